@@ -1,0 +1,64 @@
+#pragma once
+// pare::ExportTorchScript — atomic, verified TorchScript export.
+
+#include <functional>
+
+#include "pare/pipeline.hpp"
+
+namespace pare {
+
+class ExportOptions {
+ public:
+  /// torch::jit::freeze the module (eval mode, weights inlined as constants).
+  ExportOptions& freeze(bool value) { freeze_ = value; return *this; }
+  /// After writing, reload the file and compare its outputs with the module's on these inputs.
+  ExportOptions& verify_with(std::vector<std::vector<torch::jit::IValue>> inputs) {
+    verify_inputs_ = std::move(inputs);
+    return *this;
+  }
+  /// Largest tolerated absolute difference between module and reloaded file.
+  ExportOptions& tolerance(double value) { tolerance_ = value; return *this; }
+
+  bool freeze() const { return freeze_; }
+  const std::vector<std::vector<torch::jit::IValue>>& verify_inputs() const { return verify_inputs_; }
+  double tolerance() const { return tolerance_; }
+
+ private:
+  bool freeze_ = false;
+  std::vector<std::vector<torch::jit::IValue>> verify_inputs_;
+  double tolerance_ = 1e-5;
+};
+
+/// Writes the module to `path` via a temporary file and a rename, embedding the
+/// report so far as the extra file "pare/report.json". Report metrics:
+/// file_bytes, max_abs_diff (when verified). Also freezes the pipeline's module
+/// if asked, so later passes see what was written.
+class ExportTorchScript : public Pass {
+ public:
+  explicit ExportTorchScript(std::string path, ExportOptions options = {});
+  std::string name() const override { return "export_torchscript"; }
+  void run(Result& state, PassReport& entry) const override;
+
+ private:
+  std::string path_;
+  ExportOptions options_;
+};
+
+/// The extra file name under which pare embeds its report.
+inline constexpr const char* kReportExtraFile = "pare/report.json";
+
+/// Writes `module` atomically to `path` with `extra_files`: a temporary file
+/// next to `path`, then `check(temporary_path)` (if given; a throw discards
+/// the file), then a rename. A crash never leaves a half-written model.
+void save_atomically(const torch::jit::Module& module, const std::string& path,
+                     const std::map<std::string, std::string>& extra_files = {},
+                     const std::function<void(const std::string&)>& check = {});
+
+/// Largest absolute difference between two outputs (tensors, tuples, lists,
+/// dicts of tensors); pare::Error if their structure differs.
+double max_abs_diff(const torch::jit::IValue& a, const torch::jit::IValue& b);
+
+/// Reads pare's embedded report from a saved file; empty if none.
+std::string read_embedded_report(const std::string& path);
+
+}  // namespace pare

@@ -1,0 +1,8 @@
+#pragma once
+// Everything pare offers, in one include.
+
+#include "pare/error.hpp"
+#include "pare/export.hpp"
+#include "pare/pipeline.hpp"
+#include "pare/prune.hpp"
+#include "pare/report.hpp"

@@ -1,0 +1,56 @@
+"""pare: make TorchScript models smaller and faster, and serve them cheaply.
+
+The heavy lifting is the C++ library; this package binds it for Python and
+speaks torch's own types: passes take and return ``torch.jit.ScriptModule``
+objects and ``torch.Tensor`` values.
+
+    import torch, pare
+    scripted = torch.jit.script(model)
+    out, report = pare.Pipeline([pare.L1Prune(amount=0.5, scope="global"),
+                                 pare.ExportTorchScript("m.pt")]).run(scripted)
+"""
+
+import torch  # noqa: F401  (registers torch's pybind11 casters before the extension loads)
+
+from ._pare import (  # noqa: F401
+    Error,
+    ExportTorchScript,
+    InvalidArgument,
+    L1Prune,
+    LayerReport,
+    Pass,
+    PassReport,
+    Report,
+    prune_count,
+    read_embedded_report,
+)
+from ._pare import _run_pipeline
+
+__version__ = "0.1.0"
+
+
+class Pipeline:
+    """An ordered list of passes. ``run`` never modifies the module it is given.
+
+    ``run(scripted)`` returns ``(module, report)``; the pruning masks of the
+    last run are kept in ``pipeline.masks`` (parameter name -> bool tensor).
+    """
+
+    def __init__(self, passes=()):
+        self.passes = []
+        self.masks = {}
+        for p in passes:
+            self.add(p)
+
+    def add(self, p):
+        if not isinstance(p, Pass):
+            raise InvalidArgument(f"Pipeline.add: expected a pare pass such as pare.L1Prune(...), got {type(p).__name__}")
+        self.passes.append(p)
+        return self
+
+    def run(self, module):
+        out, report, self.masks = _run_pipeline(self.passes, module)
+        return out, report
+
+    def __repr__(self):
+        return "Pipeline([" + ", ".join(p.name for p in self.passes) + "])"

@@ -1,0 +1,27 @@
+#pragma once
+// Shared by the binding sources: each component binds itself into the module.
+
+#include <torch/csrc/jit/python/pybind_utils.h>  // casters for torch.Tensor, IValue, ScriptModule
+#include <torch/extension.h>
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+namespace pare::python {
+
+namespace py = pybind11;
+
+void bind_passes(py::module_& m);
+
+/// A C++ module as a Python torch.jit.ScriptModule.
+py::object wrap_module(const torch::jit::Module& module);
+/// The C++ module inside a Python torch.jit.ScriptModule; pare.Error (ValueError) otherwise.
+torch::jit::Module unwrap_module(const py::handle& scripted, const char* what);
+
+/// One model input list from a Python value: a tensor becomes (tensor,), a
+/// tuple/list becomes its elements (tensors or other TorchScript values).
+std::vector<torch::jit::IValue> to_inputs(const py::handle& value, const char* what);
+/// A list of input lists from any Python iterable of tensors or tuples.
+std::vector<std::vector<torch::jit::IValue>> to_input_batches(const py::handle& iterable, const char* what);
+
+}  // namespace pare::python
