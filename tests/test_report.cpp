@@ -1,0 +1,67 @@
+#include <catch2/catch.hpp>
+
+#include "pare/error.hpp"
+#include "pare/report.hpp"
+
+namespace {
+
+pare::Report sample_report() {
+  pare::Report report;
+  auto& pass = report.add("l1_prune");
+  pass.seconds = 0.25;
+  pass.labels["scope"] = "global";
+  pass.metrics["amount"] = 0.5;
+  pass.series = {1.5, 0.75};
+  pass.series_name = "loss";
+  pare::LayerReport layer;
+  layer.name = "fc1.weight";
+  layer.parameters = 100;
+  layer.nonzeros = 40;
+  layer.metrics["scale"] = 0.125;
+  layer.labels["observer"] = "minmax";
+  pass.layers.push_back(layer);
+  return report;
+}
+
+}  // namespace
+
+TEST_CASE("layer and pass totals derive sparsity from counts") {
+  const auto report = sample_report();
+  const auto& pass = report.at("l1_prune");
+  CHECK(pass.layers[0].sparsity() == Approx(0.6));
+  CHECK(pass.total_parameters() == 100);
+  CHECK(pass.total_nonzeros() == 40);
+  CHECK(pass.total_sparsity() == Approx(0.6));
+  CHECK(pare::LayerReport{}.sparsity() == 0.0);
+}
+
+TEST_CASE("JSON round-trips every field") {
+  const auto report = sample_report();
+  const auto copy = pare::Report::from_json(report.to_json());
+  REQUIRE(copy.passes.size() == 1);
+  const auto& pass = copy.at("l1_prune");
+  CHECK(pass.seconds == 0.25);
+  CHECK(pass.labels.at("scope") == "global");
+  CHECK(pass.metrics.at("amount") == 0.5);
+  CHECK(pass.series == std::vector<double>{1.5, 0.75});
+  CHECK(pass.series_name == "loss");
+  REQUIRE(pass.layers.size() == 1);
+  CHECK(pass.layers[0].name == "fc1.weight");
+  CHECK(pass.layers[0].nonzeros == 40);
+  CHECK(pass.layers[0].metrics.at("scale") == 0.125);
+  CHECK(pass.layers[0].labels.at("observer") == "minmax");
+}
+
+TEST_CASE("the table names every layer and the total") {
+  const auto text = sample_report().to_string();
+  CHECK(text.find("l1_prune") != std::string::npos);
+  CHECK(text.find("fc1.weight") != std::string::npos);
+  CHECK(text.find("60.00%") != std::string::npos);
+  CHECK(text.find("observer=minmax") != std::string::npos);
+}
+
+TEST_CASE("bad input gives pare::Error") {
+  CHECK_THROWS_AS(pare::Report::from_json("{not json"), pare::Error);
+  CHECK_THROWS_AS(pare::Report::from_json("{\"passes\": [{}]}"), pare::Error);
+  CHECK_THROWS_WITH(sample_report().at("quantize_int8"), Catch::Contains("no entry for pass 'quantize_int8'"));
+}
