@@ -2,7 +2,9 @@
 // (stock PyTorch, run through /usr/bin/python3) vs one torch::kthvalue over the
 // same magnitudes. Prints medians and ratios.
 //
-//   bench_prune [--repeats 3] [--python /usr/bin/python3]
+//   bench_prune [--repeats 3] [--threads N] [--python /usr/bin/python3]
+//
+// Both sides run with the same LibTorch thread count.
 
 #include <algorithm>
 #include <chrono>
@@ -70,6 +72,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--repeats")) repeats = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--python")) python = argv[i + 1];
+    if (!std::strcmp(argv[i], "--threads")) torch::set_num_threads(std::atoi(argv[i + 1]));
   }
   std::printf("global L1 pruning, 50%% of %lld weights in %lld tensors, %d threads, median of %d\n",
               (long long)(kTensors * kPerTensor), (long long)kTensors, torch::get_num_threads(), repeats);

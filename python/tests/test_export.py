@@ -1,0 +1,52 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import pare
+
+
+def test_export_loads_in_stock_torch_and_reproduces_outputs(scripted, tmp_path):
+    path = str(tmp_path / "pruned.pt")
+    samples = [torch.randn(4, 1, 28, 28), (torch.randn(1, 1, 28, 28),)]
+    out, report = pare.Pipeline([
+        pare.L1Prune(amount=0.5, scope="global"),
+        pare.ExportTorchScript(path, freeze=True, verify_with=samples),
+    ]).run(scripted)
+    entry = report["export_torchscript"]
+    assert entry.metrics["file_bytes"] == os.path.getsize(path)
+    assert entry.metrics["max_abs_diff"] <= 1e-5
+    assert os.listdir(tmp_path) == ["pruned.pt"]
+
+    # A separate interpreter that never imports pare loads the file and reproduces the outputs.
+    x = torch.randn(3, 1, 28, 28)
+    torch.save(x, tmp_path / "x.pt")
+    code = ("import sys, torch; m = torch.jit.load(sys.argv[1]); x = torch.load(sys.argv[2]);"
+            "torch.save(m(x), sys.argv[3]); assert 'pare' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code, path, str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                   check=True, env={"PATH": os.environ.get("PATH", "")})
+    assert torch.allclose(torch.load(tmp_path / "y.pt"), out(x), atol=1e-6)
+
+
+def test_report_is_embedded_and_readable(scripted, tmp_path):
+    path = str(tmp_path / "m.pt")
+    pare.Pipeline([pare.L1Prune(amount=0.2), pare.ExportTorchScript(path)]).run(scripted)
+    embedded = json.loads(pare.read_embedded_report(path))
+    assert [p["pass"] for p in embedded["passes"]] == ["l1_prune", "export_torchscript"]
+    extra = {"pare/report.json": ""}
+    torch.jit.load(path, _extra_files=extra)  # stock torch reads the embedded report too
+    assert json.loads(extra["pare/report.json"]) == embedded
+    report = pare.Report.from_json(pare.read_embedded_report(path))
+    assert "l1_prune" in report and "fc1.weight" in str(report)
+
+
+def test_bad_verification_input_fails_and_writes_nothing(scripted, tmp_path):
+    path = tmp_path / "bad.pt"
+    with pytest.raises(pare.Error, match="failed on sample input 0"):
+        pare.Pipeline([pare.ExportTorchScript(str(path), verify_with=[torch.randn(1, 3, 5, 5)])]).run(scripted)
+    assert not path.exists()
+    with pytest.raises(ValueError, match="expected tensors or tuples"):
+        pare.ExportTorchScript(str(path), verify_with=[object()])
