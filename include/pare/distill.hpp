@@ -1,0 +1,161 @@
+#pragma once
+// pare::distillation_loss and pare::Distill — knowledge distillation (Hinton et
+// al., 2015): a student learns from a teacher's softened outputs. Distill is a
+// pass that fine-tunes the pipeline's module against a teacher and keeps every
+// pruning mask, so a pruned model recovers accuracy without losing sparsity.
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "pare/pipeline.hpp"
+
+namespace torch::optim {
+class Optimizer;
+}  // namespace torch::optim
+
+namespace pare {
+
+class DistillLossOptions {
+ public:
+  /// Softmax temperature T > 0; higher T exposes more of the teacher's ranking of wrong classes.
+  DistillLossOptions& temperature(double value) { temperature_ = value; return *this; }
+  /// Weight of the distillation term in [0, 1]; 1 - alpha weighs cross-entropy on the targets.
+  DistillLossOptions& alpha(double value) { alpha_ = value; return *this; }
+
+  double temperature() const { return temperature_; }
+  double alpha() const { return alpha_; }
+
+ private:
+  double temperature_ = 4.0;
+  double alpha_ = 0.7;
+};
+
+/// alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) (mean over the
+/// batch) + (1 - alpha) * cross_entropy(student, targets).
+///
+/// Logits are N x C floating-point tensors of one shape and dtype; targets are
+/// N class indices (int64), optional when alpha == 1. Computed with
+/// log-softmax, so large logits do not overflow. Gradients flow to the student
+/// only: the teacher's logits are detached. pare::Error on invalid options,
+/// shapes or dtypes.
+torch::Tensor distillation_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
+                                const torch::Tensor& targets = {}, const DistillLossOptions& options = {});
+
+/// (input, target) — one training batch; the target holds class indices.
+using Batch = std::pair<torch::Tensor, torch::Tensor>;
+/// Streamed data: called once per epoch with the epoch index (0-based); calls
+/// `step` once per batch. Lets users read, shuffle or augment data lazily.
+using BatchStream = std::function<void(int64_t epoch, const std::function<void(const Batch&)>& step)>;
+/// Builds the optimizer over the student's trainable parameters.
+using OptimizerFactory =
+    std::function<std::unique_ptr<torch::optim::Optimizer>(const std::vector<torch::Tensor>& parameters)>;
+/// Called after every step with (step, steps, running loss); steps is 0 when
+/// a stream's length is unknown. Same shape as the examples' progress bar.
+using DistillProgress = std::function<void(int64_t step, int64_t steps, double loss)>;
+
+enum class OptimizerKind { SGD, Adam };
+
+class DistillOptions {
+ public:
+  /// The trained model to learn from; run in eval mode without gradients.
+  DistillOptions& teacher(torch::jit::Module value) { teacher_ = std::move(value); return *this; }
+  /// Training batches, reused every epoch (in shuffled order unless shuffle(false)).
+  DistillOptions& data(std::vector<Batch> batches) { batches_ = std::move(batches); stream_ = nullptr; return *this; }
+  /// Streamed training batches; `batches_per_epoch` (if known) sizes progress reports.
+  DistillOptions& data(BatchStream stream, int64_t batches_per_epoch = 0) {
+    stream_ = std::move(stream);
+    stream_batches_ = batches_per_epoch;
+    batches_.clear();
+    return *this;
+  }
+  DistillOptions& epochs(int64_t value) { epochs_ = value; return *this; }
+  /// Built-in optimizers: SGD (with momentum()) or Adam, at lr() and weight_decay().
+  DistillOptions& optimizer(OptimizerKind value) { kind_ = value; factory_ = nullptr; return *this; }
+  /// Any torch::optim optimizer; overrides the built-in choice.
+  DistillOptions& optimizer(OptimizerFactory value) { factory_ = std::move(value); return *this; }
+  DistillOptions& lr(double value) { lr_ = value; return *this; }
+  DistillOptions& momentum(double value) { momentum_ = value; return *this; }
+  DistillOptions& weight_decay(double value) { weight_decay_ = value; return *this; }
+  DistillOptions& temperature(double value) { loss_.temperature(value); return *this; }
+  DistillOptions& alpha(double value) { loss_.alpha(value); return *this; }
+  /// Batches on which to report top-1 accuracy before and after training.
+  DistillOptions& evaluate_on(std::vector<Batch> batches) { eval_ = std::move(batches); return *this; }
+  DistillOptions& shuffle(bool value) { shuffle_ = value; return *this; }
+  DistillOptions& seed(uint64_t value) { seed_ = value; return *this; }
+  DistillOptions& progress(DistillProgress value) { progress_ = std::move(value); return *this; }
+
+  const std::optional<torch::jit::Module>& teacher() const { return teacher_; }
+  const std::vector<Batch>& batches() const { return batches_; }
+  const BatchStream& stream() const { return stream_; }
+  int64_t stream_batches() const { return stream_batches_; }
+  int64_t epochs() const { return epochs_; }
+  OptimizerKind optimizer_kind() const { return kind_; }
+  const OptimizerFactory& optimizer_factory() const { return factory_; }
+  double lr() const { return lr_; }
+  double momentum() const { return momentum_; }
+  double weight_decay() const { return weight_decay_; }
+  const DistillLossOptions& loss() const { return loss_; }
+  const std::vector<Batch>& evaluation_batches() const { return eval_; }
+  bool shuffle() const { return shuffle_; }
+  uint64_t seed() const { return seed_; }
+  const DistillProgress& progress() const { return progress_; }
+
+ private:
+  std::optional<torch::jit::Module> teacher_;
+  std::vector<Batch> batches_;
+  BatchStream stream_;
+  int64_t stream_batches_ = 0;
+  int64_t epochs_ = 1;
+  OptimizerKind kind_ = OptimizerKind::Adam;
+  OptimizerFactory factory_;
+  double lr_ = 1e-3, momentum_ = 0.9, weight_decay_ = 0.0;
+  DistillLossOptions loss_;
+  std::vector<Batch> eval_;
+  bool shuffle_ = true;
+  uint64_t seed_ = 0;
+  DistillProgress progress_;
+};
+
+/// What a distillation run did.
+struct DistillSummary {
+  std::vector<double> epoch_loss;          ///< mean loss per epoch (weighted by batch size)
+  int64_t steps = 0;                       ///< optimizer steps taken
+  std::optional<double> accuracy_before;  ///< top-1 % on evaluate_on() batches, if given
+  std::optional<double> accuracy_after;
+};
+
+/// Trains `student` in place against options.teacher(), for users with their
+/// own pipeline or none. Masked weights (false in `masks`) are zeroed after
+/// every optimizer step, so they stay exactly zero. The student's parameters
+/// get requires_grad only while training; it is left in eval mode.
+/// pare::Error on invalid options, on a loss that turns NaN or infinite (the
+/// student is then left as it was at that step), and on malformed batches.
+DistillSummary distill(torch::jit::Module& student, const DistillOptions& options, const Masks& masks = {});
+
+/// Zeroes every weight whose mask is false (masks by full parameter name, as
+/// L1Prune leaves them). pare::Error on an unknown name or a shape mismatch.
+void apply_masks(torch::jit::Module& module, const Masks& masks);
+
+/// Top-1 accuracy in percent of `module` (run in eval mode, no gradients) on `batches`.
+double top1_accuracy(torch::jit::Module& module, const std::vector<Batch>& batches);
+
+/// The pass: distill() on the pipeline's module with the masks earlier passes
+/// left. Report: series "loss" per epoch; metrics epochs, steps, temperature,
+/// alpha, lr, and accuracy_before/accuracy_after when evaluate_on() is set.
+class Distill : public Pass {
+ public:
+  explicit Distill(DistillOptions options);
+  std::string name() const override { return "distill"; }
+  void run(Result& state, PassReport& entry) const override;
+  const DistillOptions& options() const { return options_; }
+
+ private:
+  DistillOptions options_;
+};
+
+}  // namespace pare

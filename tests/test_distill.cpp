@@ -1,0 +1,219 @@
+#include "testing.hpp"
+
+#include "fashion_mnist.hpp"
+#include "pare/distill.hpp"
+#include "pare/prune.hpp"
+
+namespace ex = pare::examples;
+
+namespace {
+
+// The formula written out with softmax and log, for comparison.
+torch::Tensor reference_loss(const torch::Tensor& s, const torch::Tensor& t, const torch::Tensor& y, double T,
+                             double alpha) {
+  const auto p = torch::softmax(t / T, 1);
+  const auto kl = (p * (p.log() - torch::log_softmax(s / T, 1))).sum() / double(s.size(0));
+  const auto ce = -torch::log_softmax(s, 1).gather(1, y.unsqueeze(1)).mean();
+  return alpha * T * T * kl + (1 - alpha) * ce;
+}
+
+std::vector<pare::Batch> batches_of(const ex::Dataset& data, int64_t batch) {
+  std::vector<pare::Batch> out;
+  for (int64_t begin = 0; begin < data.size(); begin += batch) {
+    const auto part = data.slice(begin, std::min(data.size(), begin + batch));
+    out.emplace_back(part.images, part.labels);
+  }
+  return out;
+}
+
+const ex::Dataset& train_subset() {
+  static const auto data = ex::load_fashion_mnist(true, 2048);
+  return data;
+}
+
+const ex::Dataset& test_subset() {
+  static const auto data = ex::load_fashion_mnist(false, 1000);
+  return data;
+}
+
+// A small CNN trained for one epoch on 2048 images: the teacher.
+const torch::jit::Module& teacher() {
+  static const auto model = [] {
+    auto m = ex::make_fashion_cnn({8, 16, 32}, 1);
+    ex::train(m, train_subset(), 2);
+    return m;
+  }();
+  return model;
+}
+
+pare::DistillOptions options() {
+  return pare::DistillOptions().teacher(teacher()).data(batches_of(train_subset(), 64)).epochs(2).lr(1e-3);
+}
+
+bool is_error(const std::function<void()>& body, pare::Error::Kind kind = pare::Error::Kind::InvalidArgument) {
+  try {
+    body();
+  } catch (const pare::Error& e) {
+    return e.kind() == kind;
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("distillation_loss matches the formula written out, in float64") {
+  torch::manual_seed(0);
+  const auto s = torch::randn({16, 10}, torch::kDouble) * 3, t = torch::randn({16, 10}, torch::kDouble) * 3;
+  const auto y = torch::randint(0, 10, {16}, torch::kLong);
+  for (const double T : {1.0, 2.0, 4.0, 10.0})
+    for (const double alpha : {0.0, 0.3, 0.7, 1.0}) {
+      const auto loss = pare::distillation_loss(s, t, y, pare::DistillLossOptions().temperature(T).alpha(alpha));
+      CHECK(loss.item<double>() == Approx(reference_loss(s, t, y, T, alpha).item<double>()).epsilon(1e-12));
+    }
+}
+
+TEST_CASE("distillation_loss gradients reach the student only and match the analytic gradient") {
+  torch::manual_seed(1);
+  const double T = 3.0, alpha = 0.6;
+  auto s = torch::randn({8, 5}, torch::kDouble).requires_grad_(true);
+  auto t = torch::randn({8, 5}, torch::kDouble).requires_grad_(true);
+  const auto y = torch::randint(0, 5, {8}, torch::kLong);
+  pare::distillation_loss(s, t, y, pare::DistillLossOptions().temperature(T).alpha(alpha)).backward();
+  // d/ds: alpha * T * (softmax(s/T) - softmax(t/T)) / N + (1 - alpha) * (softmax(s) - onehot(y)) / N
+  torch::NoGradGuard no_grad;
+  const auto onehot = torch::one_hot(y, 5).to(torch::kDouble);
+  const auto expected = (alpha * T * (torch::softmax(s / T, 1) - torch::softmax(t / T, 1)) +
+                         (1 - alpha) * (torch::softmax(s, 1) - onehot)) / 8.0;
+  CHECK(torch::allclose(s.grad(), expected, 1e-10, 1e-12));
+  CHECK_FALSE(t.grad().defined());
+}
+
+TEST_CASE("distillation_loss is stable for huge logits and zero for identical ones at alpha 1") {
+  const auto s = torch::tensor({{1e4f, -1e4f, 0.0f}, {5e3f, 5e3f, -5e3f}});
+  const auto t = torch::tensor({{-1e4f, 1e4f, 0.0f}, {5e3f, -5e3f, 5e3f}});
+  const auto y = torch::tensor({0L, 2L});
+  CHECK(std::isfinite(pare::distillation_loss(s, t, y).item<float>()));
+  const auto same = pare::distillation_loss(s, s.clone(), {}, pare::DistillLossOptions().alpha(1.0));
+  CHECK(same.item<float>() == Approx(0.0).margin(1e-6));
+}
+
+TEST_CASE("distillation_loss rejects bad options and inputs with pare::Error") {
+  const auto s = torch::randn({4, 3}), t = torch::randn({4, 3});
+  const auto y = torch::tensor({0L, 1L, 2L, 0L});
+  using O = pare::DistillLossOptions;
+  CHECK(is_error([&] { pare::distillation_loss(s, t, y, O().temperature(0)); }));
+  CHECK(is_error([&] { pare::distillation_loss(s, t, y, O().temperature(NAN)); }));
+  CHECK(is_error([&] { pare::distillation_loss(s, t, y, O().alpha(1.5)); }));
+  CHECK(is_error([&] { pare::distillation_loss(s, t, y, O().alpha(-0.1)); }));
+  CHECK(is_error([&] { pare::distillation_loss(s, t); }));  // alpha 0.7 needs targets
+  CHECK(is_error([&] { pare::distillation_loss(s, torch::randn({4, 4}), y); }));
+  CHECK(is_error([&] { pare::distillation_loss(s, t.to(torch::kDouble), y); }));
+  CHECK(is_error([&] { pare::distillation_loss(s.to(torch::kLong), t.to(torch::kLong), y); }));
+  CHECK(is_error([&] { pare::distillation_loss(s.flatten(), t.flatten(), y); }));
+  CHECK(is_error([&] { pare::distillation_loss(s, t, y.to(torch::kFloat)); }));
+  CHECK(is_error([&] { pare::distillation_loss(s, t, torch::tensor({0L, 1L, 3L, 0L})); }));
+  CHECK(is_error([&] { pare::distillation_loss(s, t, y.slice(0, 0, 3)); }));
+  CHECK_NOTHROW(pare::distillation_loss(s, t, {}, O().alpha(1.0)));
+}
+
+TEST_CASE("Distill after L1Prune recovers accuracy and keeps every pruned weight at zero") {
+  const auto eval = batches_of(test_subset(), 500);
+  auto pruned = pare::Pipeline()
+                    .add(pare::L1Prune(pare::L1PruneOptions().amount(0.85).scope(pare::Scope::Global)))
+                    .run(teacher());
+  int64_t progress_calls = 0, last_steps = 0;
+  const auto result = pare::Pipeline()
+                          .add(pare::L1Prune(pare::L1PruneOptions().amount(0.85).scope(pare::Scope::Global)))
+                          .add(pare::Distill(options().evaluate_on(eval).progress([&](int64_t, int64_t steps, double) {
+                            ++progress_calls;
+                            last_steps = steps;
+                          })))
+                          .run(teacher());
+  const auto& entry = result.report.at("distill");
+  REQUIRE(entry.series.size() == 2);
+  CHECK(entry.series_name == "loss");
+  CHECK(entry.metrics.at("steps") == 64);
+  CHECK(progress_calls == 64);
+  CHECK(last_steps == 64);
+  CHECK(entry.metrics.at("accuracy_before") == Approx(ex::accuracy(pruned.module, test_subset())));
+  CHECK(entry.metrics.at("accuracy_after") > entry.metrics.at("accuracy_before"));
+  CHECK(entry.total_sparsity() == Approx(result.report.at("l1_prune").total_sparsity()));
+
+  REQUIRE(result.masks.size() == 4);
+  for (const auto& p : result.module.named_parameters()) {
+    CHECK_FALSE(p.value.requires_grad());
+    const auto mask = result.masks.find(p.name);
+    if (mask == result.masks.end()) continue;
+    CHECK(p.value.masked_select(mask->second.logical_not()).count_nonzero().item<int64_t>() == 0);
+    const auto before = pruned.module.attr(p.name.substr(0, p.name.find('.'))).toModule().attr("weight").toTensor();
+    CHECK_FALSE(torch::equal(p.value, before));  // the kept weights did train
+  }
+}
+
+TEST_CASE("distill works outside a pipeline with streamed data and a custom optimizer") {
+  auto student = ex::make_fashion_cnn({4, 8, 16}, 2);
+  const auto batches = batches_of(train_subset().slice(0, 512), 64);
+  std::vector<int64_t> epochs_seen;
+  int64_t optimizers_made = 0;
+  auto opts = pare::DistillOptions()
+                  .teacher(teacher())
+                  .data([&](int64_t epoch, const std::function<void(const pare::Batch&)>& step) {
+                    epochs_seen.push_back(epoch);
+                    for (const auto& b : batches) step(b);
+                  })
+                  .optimizer([&](const std::vector<torch::Tensor>& params) {
+                    ++optimizers_made;
+                    return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(0.05).momentum(0.9));
+                  })
+                  .epochs(3)
+                  .alpha(1.0);
+  const auto summary = pare::distill(student, opts);
+  CHECK(epochs_seen == std::vector<int64_t>{0, 1, 2});
+  CHECK(optimizers_made == 1);
+  CHECK(summary.steps == 24);
+  REQUIRE(summary.epoch_loss.size() == 3);
+  CHECK(summary.epoch_loss.back() < summary.epoch_loss.front());
+
+  auto dry = opts;
+  dry.data([&](int64_t epoch, const std::function<void(const pare::Batch&)>& step) {
+    if (epoch == 0) step(batches[0]);
+  });
+  CHECK(is_error([&] { pare::distill(student, dry); }));
+}
+
+TEST_CASE("distill stops with a runtime pare::Error when the loss turns NaN, weights untouched") {
+  auto student = ex::make_fashion_cnn({4, 8, 16}, 3);
+  const auto before = student.attr("fc1").toModule().attr("weight").toTensor().clone();
+  auto bad = train_subset().slice(0, 64);
+  auto images = bad.images.clone();
+  images[0][0][0][0] = NAN;
+  const std::vector<pare::Batch> nan_batch{{images, bad.labels}};
+  CHECK(is_error([&] { pare::distill(student, options().data(nan_batch)); }, pare::Error::Kind::Runtime));
+  CHECK(torch::equal(student.attr("fc1").toModule().attr("weight").toTensor(), before));
+  for (const auto& p : student.parameters()) CHECK_FALSE(p.requires_grad());
+}
+
+TEST_CASE("apply_masks zeroes pruned weights and validates names and shapes") {
+  auto model = ex::make_fashion_cnn({4, 8, 16}, 4);
+  auto mask = torch::rand({16, 8 * 7 * 7}) > 0.5;
+  pare::apply_masks(model, {{"fc1.weight", mask}});
+  const auto w = model.attr("fc1").toModule().attr("weight").toTensor();
+  CHECK(w.masked_select(mask.logical_not()).count_nonzero().item<int64_t>() == 0);
+  CHECK(w.masked_select(mask).count_nonzero().item<int64_t>() == mask.sum().item<int64_t>());
+  CHECK(is_error([&] { pare::apply_masks(model, {{"fc9.weight", mask}}); }));
+  CHECK(is_error([&] { pare::apply_masks(model, {{"fc1.weight", mask.t()}}); }));
+  CHECK(is_error([&] { pare::apply_masks(model, {{"fc1.weight", mask.to(torch::kFloat)}}); }));
+}
+
+TEST_CASE("Distill validates its options") {
+  using O = pare::DistillOptions;
+  const auto data = batches_of(train_subset().slice(0, 64), 64);
+  CHECK(is_error([&] { pare::Distill(O().data(data)); }));
+  CHECK(is_error([&] { pare::Distill(O().teacher(teacher())); }));
+  CHECK(is_error([&] { pare::Distill(O().teacher(teacher()).data(data).epochs(0)); }));
+  CHECK(is_error([&] { pare::Distill(O().teacher(teacher()).data(data).lr(-1)); }));
+  CHECK(is_error([&] { pare::Distill(O().teacher(teacher()).data(data).momentum(1.0)); }));
+  CHECK(is_error([&] { pare::Distill(O().teacher(teacher()).data(data).temperature(0)); }));
+  auto self = teacher().clone();
+  CHECK(is_error([&] { pare::distill(self, O().teacher(self).data(data)); }));
+}
