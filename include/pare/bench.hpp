@@ -1,0 +1,64 @@
+#pragma once
+// pare::benchmark_models — latency and throughput of TorchScript models side by
+// side, as `pare bench` and `python -m pare bench` print them.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/script.h>
+
+#include "pare/error.hpp"
+
+namespace pare {
+
+class BenchOptions {
+ public:
+  /// Input shapes with the batch as their first dimension, e.g. {{1, 1, 28, 28}};
+  /// the first dimension is replaced by each batch size.
+  BenchOptions& inputs(std::vector<std::vector<int64_t>> shapes) { inputs_ = std::move(shapes); return *this; }
+  BenchOptions& batches(std::vector<int64_t> sizes) { batches_ = std::move(sizes); return *this; }
+  /// Client threads calling forward concurrently on the same module.
+  BenchOptions& threads(std::vector<int> counts) { threads_ = std::move(counts); return *this; }
+  /// Measuring time per (model, batch, threads) cell, after warm-up.
+  BenchOptions& seconds(double value) { seconds_ = value; return *this; }
+  BenchOptions& warmup(int runs) { warmup_ = runs; return *this; }
+
+  const std::vector<std::vector<int64_t>>& inputs() const { return inputs_; }
+  const std::vector<int64_t>& batches() const { return batches_; }
+  const std::vector<int>& threads() const { return threads_; }
+  double seconds() const { return seconds_; }
+  int warmup() const { return warmup_; }
+
+ private:
+  std::vector<std::vector<int64_t>> inputs_{{1, 1, 28, 28}};
+  std::vector<int64_t> batches_{1};
+  std::vector<int> threads_{1};
+  double seconds_ = 1.0;
+  int warmup_ = 10;
+};
+
+/// One measured cell.
+struct BenchRow {
+  std::string model;
+  int64_t batch = 0;
+  int threads = 0;
+  int64_t calls = 0;
+  double p50_ms = 0, p95_ms = 0, p99_ms = 0;
+  double samples_per_second = 0;
+  double p50_ratio = 1, throughput_ratio = 1;  ///< against the first model's same cell
+};
+
+/// Measures every model (name, module) at every batch size and thread count.
+std::vector<BenchRow> benchmark_models(std::vector<std::pair<std::string, torch::jit::Module>> models,
+                                       const BenchOptions& options);
+
+/// A fixed-width table with ratios against the first model.
+std::string bench_table(const std::vector<BenchRow>& rows);
+/// The rows as a JSON array.
+std::string bench_json(const std::vector<BenchRow>& rows);
+
+/// Parses "1x1x28x28" into {1, 1, 28, 28}; pare::Error on anything else.
+std::vector<int64_t> parse_shape(const std::string& text);
+
+}  // namespace pare

@@ -1,0 +1,72 @@
+// Bindings for the serving runner and the command line (python -m pare).
+
+#include "bindings.hpp"
+
+#include <iostream>
+
+#include "pare/cli.hpp"
+#include "pare/runner.hpp"
+
+namespace pare::python {
+namespace {
+
+py::dict stats_dict(const RunnerStats& s) {
+  py::dict d;
+  d["requests"] = s.requests;
+  d["failures"] = s.failures;
+  d["forward_passes"] = s.batches;
+  d["seconds"] = s.seconds;
+  d["throughput"] = s.throughput();
+  d["p50_ms"] = s.p50_ms;
+  d["p95_ms"] = s.p95_ms;
+  d["p99_ms"] = s.p99_ms;
+  d["max_ms"] = s.max_ms;
+  py::dict sizes;
+  for (size_t n = 1; n < s.batch_sizes.size(); ++n)
+    if (s.batch_sizes[n]) sizes[py::int_(n)] = s.batch_sizes[n];
+  d["batch_sizes"] = sizes;
+  return d;
+}
+
+std::unique_ptr<Runner> make_runner(const py::object& module, const py::object& cache, const py::object& pool,
+                                    int64_t max_batch, double max_delay_ms, int threads, int warmup,
+                                    const py::object& example_inputs) {
+  auto options = RunnerOptions().max_batch(max_batch).threads(threads).warmup(warmup).max_delay(
+      std::chrono::microseconds(int64_t(max_delay_ms * 1000)));
+  if (!cache.is_none()) options.cache(cache.cast<std::shared_ptr<InferenceCache>>());
+  if (!pool.is_none()) options.pool(pool.cast<TensorPool>());
+  if (!example_inputs.is_none()) options.example_inputs(to_inputs(example_inputs, "Runner(example_inputs=...)"));
+  auto scripted = unwrap_module(module, "Runner");
+  py::gil_scoped_release release;
+  return std::make_unique<Runner>(scripted, options);
+}
+
+}  // namespace
+
+void bind_runner(py::module_& m) {
+  py::class_<Runner>(m, "Runner", "Thread-safe serving of a ScriptModule with dynamic batching, a cache and a pool.")
+      .def(py::init(&make_runner), py::arg("module"), py::arg("cache") = py::none(), py::arg("pool") = py::none(),
+           py::arg("max_batch") = 1, py::arg("max_delay_ms") = 1.0, py::arg("threads") = 1, py::arg("warmup") = 0,
+           py::arg("example_inputs") = py::none())
+      .def("run",
+           [](Runner& runner, py::args args) {
+             auto inputs = to_inputs(args, "Runner.run");
+             c10::IValue out;
+             {
+               py::gil_scoped_release release;
+               out = runner.run(std::move(inputs));
+             }
+             return torch::jit::toPyObject(out);
+           })
+      .def("__call__", [](py::object self, py::args args) { return self.attr("run")(*args); })
+      .def("stats", [](const Runner& r) { return stats_dict(r.stats()); })
+      .def("metrics_text", &Runner::metrics_text);
+
+  m.def("cli_main", [](std::vector<std::string> args) {
+    py::gil_scoped_release release;
+    return cli_main(args, std::cout, std::cerr);
+  }, py::arg("argv"), "Runs the pare command line (argv[0] is the program name); returns the exit code.");
+  m.def("inspect_model", &inspect_model, py::arg("path"));
+}
+
+}  // namespace pare::python

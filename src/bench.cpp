@@ -1,0 +1,137 @@
+#include "pare/bench.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+namespace pare {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::vector<c10::IValue> make_inputs(const BenchOptions& options, int64_t batch) {
+  std::vector<c10::IValue> inputs;
+  for (auto shape : options.inputs()) {
+    shape[0] = batch;
+    inputs.emplace_back(torch::randn(shape));
+  }
+  return inputs;
+}
+
+double percentile(std::vector<double>& sorted, double q) {
+  return sorted[std::min(sorted.size() - 1, size_t(q * double(sorted.size())))];
+}
+
+void forward(torch::jit::Module& module, const std::vector<c10::IValue>& inputs, const std::string& name) {
+  try {
+    module.forward(inputs);
+  } catch (const c10::Error& e) {
+    throw Error("model '" + name + "' rejected its input: " + e.what_without_backtrace() +
+                "; check --input (the first dimension is the batch)");
+  }
+}
+
+BenchRow measure(const std::string& name, torch::jit::Module& module, int64_t batch, int threads,
+                 const BenchOptions& options) {
+  const auto inputs = make_inputs(options, batch);
+  for (int i = 0; i < options.warmup(); ++i) forward(module, inputs, name);
+  std::vector<double> latencies;
+  std::mutex merge;
+  const auto deadline = Clock::now() + std::chrono::duration<double>(options.seconds());
+  const auto start = Clock::now();
+  std::vector<std::thread> clients;
+  for (int t = 0; t < threads; ++t) {
+    clients.emplace_back([&] {
+      torch::NoGradGuard no_grad;
+      std::vector<double> mine;
+      do {
+        const auto begin = Clock::now();
+        module.forward(inputs);
+        mine.push_back(std::chrono::duration<double, std::milli>(Clock::now() - begin).count());
+      } while (Clock::now() < deadline);
+      std::lock_guard<std::mutex> lock(merge);
+      latencies.insert(latencies.end(), mine.begin(), mine.end());
+    });
+  }
+  for (auto& c : clients) c.join();
+  const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  std::sort(latencies.begin(), latencies.end());
+  BenchRow row{name, batch, threads, int64_t(latencies.size())};
+  row.p50_ms = percentile(latencies, 0.50);
+  row.p95_ms = percentile(latencies, 0.95);
+  row.p99_ms = percentile(latencies, 0.99);
+  row.samples_per_second = double(latencies.size()) * double(batch) / elapsed;
+  return row;
+}
+
+}  // namespace
+
+std::vector<int64_t> parse_shape(const std::string& text) {
+  std::vector<int64_t> shape;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    const size_t end = std::min(text.find('x', pos), text.size());
+    const std::string part = text.substr(pos, end - pos);
+    require(!part.empty() && part.find_first_not_of("0123456789") == std::string::npos && part.size() < 10,
+            "input shape '" + text + "' is not valid; expected positive sizes joined by 'x', e.g. 1x1x28x28");
+    shape.push_back(std::stoll(part));
+    require(shape.back() > 0, "input shape '" + text + "' has a zero size; expected positive sizes");
+    pos = end + 1;
+  }
+  return shape;
+}
+
+std::vector<BenchRow> benchmark_models(std::vector<std::pair<std::string, torch::jit::Module>> models,
+                                       const BenchOptions& options) {
+  require(!models.empty(), "bench: no models given; expected at least one TorchScript file");
+  require(!options.inputs().empty(), "bench: no input shape given; expected e.g. 1x1x28x28");
+  require(!options.batches().empty() && !options.threads().empty(), "bench: expected batch sizes and thread counts");
+  for (auto b : options.batches()) require(b > 0, "bench: batch sizes must be positive, got " + std::to_string(b));
+  for (auto t : options.threads()) require(t > 0 && t <= 256, "bench: thread counts must be in [1, 256]");
+  require(options.seconds() > 0 && options.seconds() <= 3600, "bench: seconds must be in (0, 3600]");
+  std::vector<BenchRow> rows;
+  for (auto& [name, module] : models) {
+    module.eval();
+    for (auto batch : options.batches())
+      for (int threads : options.threads()) rows.push_back(measure(name, module, batch, threads, options));
+  }
+  const size_t cells = options.batches().size() * options.threads().size();
+  for (size_t i = cells; i < rows.size(); ++i) {
+    const auto& base = rows[i % cells];
+    rows[i].p50_ratio = rows[i].p50_ms / base.p50_ms;
+    rows[i].throughput_ratio = rows[i].samples_per_second / base.samples_per_second;
+  }
+  return rows;
+}
+
+std::string bench_table(const std::vector<BenchRow>& rows) {
+  std::string out;
+  char line[320];
+  std::snprintf(line, sizeof line, "%-28s %6s %7s %8s %10s %10s %10s %12s %10s %11s\n", "model", "batch", "threads",
+                "calls", "p50 ms", "p95 ms", "p99 ms", "samples/s", "p50 ratio", "thr. ratio");
+  out += line;
+  for (const auto& r : rows) {
+    std::snprintf(line, sizeof line, "%-28s %6lld %7d %8lld %10.3f %10.3f %10.3f %12.0f %9.2fx %10.2fx\n",
+                  r.model.c_str(), (long long)r.batch, r.threads, (long long)r.calls, r.p50_ms, r.p95_ms, r.p99_ms,
+                  r.samples_per_second, r.p50_ratio, r.throughput_ratio);
+    out += line;
+  }
+  return out;
+}
+
+std::string bench_json(const std::vector<BenchRow>& rows) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& r : rows)
+    out.push_back({{"model", r.model}, {"batch", r.batch}, {"threads", r.threads}, {"calls", r.calls},
+                   {"p50_ms", r.p50_ms}, {"p95_ms", r.p95_ms}, {"p99_ms", r.p99_ms},
+                   {"samples_per_second", r.samples_per_second}, {"p50_ratio", r.p50_ratio},
+                   {"throughput_ratio", r.throughput_ratio}});
+  return out.dump(2);
+}
+
+}  // namespace pare

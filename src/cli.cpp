@@ -1,0 +1,241 @@
+#include "pare/cli.hpp"
+
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include <CLI/CLI.hpp>
+#include <torch/script.h>
+#include <torch/serialize.h>
+
+#include "pare/bench.hpp"
+#include "pare/export.hpp"
+#include "pare/prune.hpp"
+#include "pare/quantize.hpp"
+
+namespace pare {
+namespace {
+
+torch::jit::Module load_model(const std::string& path) {
+  struct stat info {};
+  require(::stat(path.c_str(), &info) == 0, "no such file: '" + path + "'");
+  try {
+    return torch::jit::load(path);
+  } catch (const c10::Error& e) {
+    throw Error("'" + path + "' is not a TorchScript file (expected the output of torch.jit.save or pare compress)");
+  }
+}
+
+// Calibration data: a file written by torch.save of a tensor (split into
+// batches of 32 along dim 0) or of a list of tensors/tuples (one batch each).
+InputBatches load_calibration(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  require(file.good(), "no such calibration file: '" + path + "'");
+  std::vector<char> bytes((std::istreambuf_iterator<char>(file)), {});
+  c10::IValue value;
+  try {
+    value = torch::pickle_load(bytes);
+  } catch (const c10::Error&) {
+    throw Error("'" + path + "' is not a torch.save file; make one with "
+                "torch.save([batch1, batch2, ...], \"calib.pt\")");
+  }
+  InputBatches batches;
+  auto add = [&](const c10::IValue& item) {
+    if (item.isTensor()) batches.push_back({item});
+    else if (item.isTuple()) batches.push_back(item.toTupleRef().elements().vec());
+    else throw Error("calibration file '" + path + "' holds a " + item.tagKind() + "; expected tensors or tuples");
+  };
+  if (value.isTensor()) {
+    for (const auto& chunk : value.toTensor().split(32)) batches.push_back({chunk});
+  } else if (value.isList()) {
+    for (const auto& item : value.toListRef()) add(item);
+  } else {
+    add(value);
+  }
+  require(!batches.empty(), "calibration file '" + path + "' holds no batches");
+  return batches;
+}
+
+void progress_bar(std::ostream& err, const std::string& label, int64_t done, int64_t total) {
+  if (total <= 0) return;
+  const int width = 30, filled = int(width * done / total);
+  err << "\r" << label << " [" << std::string(filled, '#') << std::string(width - filled, ' ') << "] " << done << "/"
+      << total << (done == total ? "\n" : "") << std::flush;
+}
+
+struct CompressArgs {
+  std::string in, out, scope = "global", calib, observer, report;
+  double prune = -1;
+  bool structured = false, int8 = false, dynamic = false, per_tensor = false;
+};
+
+int compress(const CompressArgs& a, std::ostream& out, std::ostream& err) {
+  require(a.prune >= 0 || a.int8 || a.dynamic, "nothing to do: give --prune, --int8 and/or --dynamic");
+  require(a.prune >= 0 || !a.structured, "--structured needs --prune AMOUNT");
+  require(!(a.int8 && a.dynamic), "--int8 and --dynamic contradict each other: static int8 calibrates, dynamic does not");
+  require(a.int8 || (a.calib.empty() && a.observer.empty() && !a.per_tensor),
+          "--calib, --observer and --per-tensor need --int8");
+  require(!a.int8 || !a.calib.empty(), "--int8 needs --calib CALIB.pt (torch.save([batch, ...], \"calib.pt\"))");
+  auto model = load_model(a.in);
+  Pipeline pipeline;
+  if (a.prune >= 0) {
+    auto options = L1PruneOptions().amount(a.prune).scope(a.scope == "local" ? Scope::Local : Scope::Global);
+    if (a.structured) options.structured(0);
+    pipeline.add(L1Prune(options));
+  }
+  if (a.int8) {
+    auto options = QuantizeOptions().calibration(load_calibration(a.calib)).per_channel(!a.per_tensor);
+    if (!a.observer.empty()) options.observer(ObserverOptions(parse_observer_kind(a.observer)));
+    options.progress([&err](int64_t done, int64_t total) { progress_bar(err, "calibrating", done, total); });
+    pipeline.add(QuantizeInt8(options));
+  }
+  if (a.dynamic) pipeline.add(QuantizeInt8Dynamic());
+  pipeline.add(ExportTorchScript(a.out, ExportOptions().freeze(!a.int8 && !a.dynamic)));
+  const auto result = pipeline.run(model);
+  out << result.report.to_string();
+  if (!a.report.empty()) {
+    std::ofstream file(a.report + ".tmp");
+    file << result.report.to_json();
+    file.close();
+    require(file.good() && std::rename((a.report + ".tmp").c_str(), a.report.c_str()) == 0,
+            "could not write the report to '" + a.report + "'", Error::Kind::Runtime);
+  }
+  return 0;
+}
+
+struct BenchArgs {
+  std::vector<std::string> models, inputs{"1x1x28x28"};
+  std::vector<int64_t> batches{1};
+  std::vector<int> threads{1};
+  double seconds = 1.0;
+  bool json = false;
+};
+
+int bench(const BenchArgs& a, std::ostream& out) {
+  std::vector<std::vector<int64_t>> shapes;
+  for (const auto& s : a.inputs) shapes.push_back(parse_shape(s));
+  std::vector<std::pair<std::string, torch::jit::Module>> models;
+  for (const auto& path : a.models) models.emplace_back(path.substr(path.find_last_of('/') + 1), load_model(path));
+  const auto rows = benchmark_models(std::move(models),
+                                     BenchOptions().inputs(shapes).batches(a.batches).threads(a.threads).seconds(a.seconds));
+  out << (a.json ? bench_json(rows) + "\n" : bench_table(rows));
+  return 0;
+}
+
+}  // namespace
+
+std::string inspect_model(const std::string& path) {
+  load_model(path);  // clear errors for a missing or foreign file
+  torch::jit::ExtraFilesMap extras{{kReportExtraFile, ""}, {"pare/quantization.json", ""}};
+  auto model = torch::jit::load(path, c10::nullopt, extras);
+  struct stat info {};
+  ::stat(path.c_str(), &info);
+  std::ostringstream out;
+  out << "file: " << path << " (" << info.st_size << " bytes)\n";
+  out << "type: " << model.type()->name()->qualifiedName() << "\n";
+
+  const auto layers = weight_table(model);
+  if (!layers.empty()) {
+    PassReport entry;
+    entry.pass = "layers (parameters)";
+    entry.layers = layers;
+    Report report;
+    report.passes.push_back(entry);
+    out << report.to_string();
+  }
+  // A frozen model keeps its weights as graph constants and its layers as operators.
+  std::map<std::string, int> operators;
+  int64_t constant_elements = 0, constant_nonzeros = 0;
+  for (const auto* node : model.get_method("forward").graph()->nodes()) {
+    const std::string kind = node->kind().toQualString();
+    if (kind.rfind("quantized::", 0) == 0 || kind == "aten::linear" || kind.rfind("aten::conv", 0) == 0 ||
+        kind == "aten::quantize_per_tensor" || kind == "aten::dequantize" || kind == "prim::CallMethod")
+      ++operators[kind];
+    if (node->kind() == c10::prim::Constant && node->output()->type()->kind() == c10::TypeKind::TensorType) {
+      const auto t = node->t(c10::attr::value);
+      if (t.dim() >= 2 && t.is_floating_point()) {
+        constant_elements += t.numel();
+        constant_nonzeros += t.count_nonzero().item<int64_t>();
+      }
+    }
+  }
+  if (constant_elements > 0)
+    out << "frozen float weights: " << constant_elements << " elements, " << constant_nonzeros << " non-zero ("
+        << 100.0 * (1.0 - double(constant_nonzeros) / double(constant_elements)) << "% sparse)\n";
+  out << "operators in forward:";
+  for (const auto& [kind, count] : operators) out << " " << kind << " x" << count;
+  out << (operators.count("quantized::linear") || operators.count("quantized::conv2d") ||
+                  operators.count("quantized::linear_relu") || operators.count("quantized::conv2d_relu") ||
+                  operators.count("quantized::linear_dynamic")
+              ? "\nquantized: yes (int8)\n"
+              : "\nquantized: no\n");
+  if (!extras["pare/quantization.json"].empty()) out << "pare quantization metadata: " << extras["pare/quantization.json"] << "\n";
+  if (extras[kReportExtraFile].empty()) {
+    out << "pare report: none (not written by pare)\n";
+  } else {
+    out << "pare report (embedded):\n" << Report::from_json(extras[kReportExtraFile]).to_string();
+  }
+  return out.str();
+}
+
+int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  CLI::App app{"pare: compress, benchmark and inspect TorchScript models", "pare"};
+  app.require_subcommand(1);
+  CompressArgs c;
+  auto* compress_cmd = app.add_subcommand("compress", "prune and/or quantize a model and export it");
+  compress_cmd->add_option("model", c.in, "input TorchScript file")->required();
+  compress_cmd->add_option("-o,--output", c.out, "output TorchScript file")->required();
+  compress_cmd->add_option("--prune", c.prune, "fraction of weights to prune, in [0, 1]");
+  compress_cmd->add_option("--scope", c.scope, "pruning scope")->check(CLI::IsMember({"global", "local"}));
+  compress_cmd->add_flag("--structured", c.structured, "prune whole output channels");
+  compress_cmd->add_flag("--int8", c.int8, "static int8 quantization (needs --calib)");
+  compress_cmd->add_flag("--dynamic", c.dynamic, "dynamic int8 quantization of Linear layers");
+  compress_cmd->add_option("--calib", c.calib, "calibration batches: torch.save([batch, ...], \"calib.pt\")");
+  compress_cmd->add_option("--observer", c.observer, "minmax, moving_average, percentile, histogram or entropy");
+  compress_cmd->add_flag("--per-tensor", c.per_tensor, "per-tensor instead of per-channel weight scales");
+  compress_cmd->add_option("--report", c.report, "write the report as JSON here");
+  BenchArgs b;
+  auto* bench_cmd = app.add_subcommand("bench", "latency and throughput, side by side with ratios to the first model");
+  bench_cmd->add_option("models", b.models, "TorchScript files")->required();
+  bench_cmd->add_option("--input", b.inputs, "input shape(s), batch first, e.g. 1x1x28x28");
+  bench_cmd->add_option("--batch", b.batches, "batch sizes, e.g. 1,8,64")->delimiter(',');
+  bench_cmd->add_option("--threads", b.threads, "client thread counts, e.g. 1,2")->delimiter(',');
+  bench_cmd->add_option("--seconds", b.seconds, "measuring time per cell");
+  bench_cmd->add_flag("--json", b.json, "print JSON instead of a table");
+  std::string inspect_path;
+  auto* inspect_cmd = app.add_subcommand("inspect", "layers, sparsity, quantization and pare's report of a model");
+  inspect_cmd->add_option("model", inspect_path, "TorchScript file")->required();
+
+  std::vector<std::string> reversed(args.rbegin(), args.rend() - (args.empty() ? 0 : 1));
+  try {
+    app.parse(reversed);
+  } catch (const CLI::CallForHelp&) {
+    out << app.help();
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) { out << app.help(); return 0; }
+    err << "pare: " << e.what() << " (see pare --help)\n";
+    return 2;
+  }
+  try {
+    if (compress_cmd->parsed()) return compress(c, out, err);
+    if (bench_cmd->parsed()) return bench(b, out);
+    out << inspect_model(inspect_path);
+    return 0;
+  } catch (const Error& e) {
+    err << "pare: " << e.what() << "\n";
+    return e.kind() == Error::Kind::InvalidArgument ? 2 : 1;
+  } catch (const c10::Error& e) {
+    err << "pare: " << e.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    err << "pare: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+}  // namespace pare
