@@ -2,8 +2,17 @@
 // Everything pare offers, in one include.
 
 #include "pare/distill.hpp"
+#include "pare/cache.hpp"
 #include "pare/error.hpp"
 #include "pare/export.hpp"
 #include "pare/pipeline.hpp"
+#include "pare/pool.hpp"
 #include "pare/prune.hpp"
+#include "pare/quantize.hpp"
 #include "pare/report.hpp"
+#include "pare/runner.hpp"
+#include "pare/bench.hpp"
+#include "pare/cli.hpp"
+#ifdef PARE_WITH_REDIS
+#include "pare/redis_tier.hpp"
+#endif

@@ -1,0 +1,208 @@
+// The record format a remote tier stores: inputs, output and compute time.
+//
+//   "PARECR" | u16 version | u64 body length | u64 XXH3-64 of the body | body
+//   body: f64 compute_seconds | u64 input count | values... | output value
+//   value: u8 tag, then per tag — tensor: i32 dtype, u64 dim, i64 sizes[dim],
+//   u64 byte count, bytes; tuple/list: u64 count, values; dict: u64 count,
+//   (key, value) pairs; string: u64 length, bytes; scalars: their bytes.
+//
+// Host byte order (x86-64 and arm64 are both little-endian). A reader checks
+// every length against what is left, every dtype and byte count against the
+// shape, and the checksum, so garbage in the store is reported, never used.
+
+#include <cstring>
+
+#include <ATen/ATen.h>
+#include <xxhash.h>
+
+#include "cache_values.hpp"
+
+namespace pare {
+namespace {
+
+constexpr char kMagic[6] = {'P', 'A', 'R', 'E', 'C', 'R'};
+constexpr uint16_t kVersion = 1;
+constexpr size_t kHeaderBytes = sizeof kMagic + sizeof(uint16_t) + 2 * sizeof(uint64_t);
+constexpr int kMaxDepth = 32;
+
+enum Tag : uint8_t { None = 0, Bool, Int, Double, String, Tensor, Tuple, List, Dict, Undefined };
+
+class Writer {
+ public:
+  template <class T>
+  void pod(T v) { out.append(reinterpret_cast<const char*>(&v), sizeof v); }
+  void raw(const void* p, size_t n) { out.append(static_cast<const char*>(p), n); }
+  void value(const c10::IValue& v);
+  std::string out;
+};
+
+void Writer::value(const c10::IValue& v) {
+  if (v.isNone()) return pod(None);
+  if (v.isBool()) { pod(Bool); return pod<uint8_t>(v.toBool()); }
+  if (v.isInt()) { pod(Int); return pod<int64_t>(v.toInt()); }
+  if (v.isDouble()) { pod(Double); return pod<double>(v.toDouble()); }
+  if (v.isString()) { pod(String); pod<uint64_t>(v.toStringRef().size()); return raw(v.toStringRef().data(), v.toStringRef().size()); }
+  if (v.isTensor() && !v.toTensor().defined()) return pod(Undefined);
+  if (v.isTensor()) {
+    const auto t = cache_detail::checked_contiguous(v.toTensor(), "InferenceCache");
+    pod(Tensor);
+    pod<int32_t>(static_cast<int32_t>(t.scalar_type()));
+    pod<uint64_t>(t.dim());
+    for (auto size : t.sizes()) pod<int64_t>(size);
+    pod<uint64_t>(cache_detail::tensor_bytes(t));
+    return raw(t.data_ptr(), cache_detail::tensor_bytes(t));
+  }
+  if (v.isTuple()) {
+    pod(Tuple);
+    pod<uint64_t>(v.toTupleRef().elements().size());
+    for (const auto& item : v.toTupleRef().elements()) value(item);
+    return;
+  }
+  if (v.isList()) {
+    const auto list = v.toList();
+    pod(List);
+    pod<uint64_t>(list.size());
+    for (size_t i = 0; i < list.size(); ++i) value(list.get(i));
+    return;
+  }
+  if (v.isGenericDict()) {
+    const auto dict = v.toGenericDict();
+    pod(Dict);
+    pod<uint64_t>(dict.size());
+    for (const auto& entry : dict) { value(entry.key()); value(entry.value()); }
+    return;
+  }
+  throw Error(std::string("InferenceCache: cannot store a value of type ") + v.tagKind() + " in the remote tier");
+}
+
+class Reader {
+ public:
+  Reader(const char* p, size_t n) : p_(p), end_(p + n) {}
+  template <class T>
+  T pod() {
+    T v;
+    std::memcpy(&v, take(sizeof v), sizeof v);
+    return v;
+  }
+  const char* take(size_t n) {
+    check(n <= size_t(end_ - p_), "truncated");
+    const char* at = p_;
+    p_ += n;
+    return at;
+  }
+  uint64_t count() {  // an element count can't exceed the bytes left (each element takes >= 1)
+    const auto n = pod<uint64_t>();
+    check(n <= size_t(end_ - p_), "count larger than the record");
+    return n;
+  }
+  bool done() const { return p_ == end_; }
+  c10::IValue value(int depth);
+  static void check(bool ok, const char* what) {
+    if (!ok) throw Error(std::string("cache record is corrupt: ") + what, Error::Kind::Runtime);
+  }
+
+ private:
+  at::Tensor tensor();
+  const char* p_;
+  const char* end_;
+};
+
+at::Tensor Reader::tensor() {
+  const auto dtype = pod<int32_t>();
+  check(dtype >= 0 && dtype < static_cast<int32_t>(at::ScalarType::NumOptions), "unknown dtype");
+  const auto type = static_cast<at::ScalarType>(dtype);
+  check(!c10::isQIntType(type) && type != at::ScalarType::Undefined, "unsupported dtype");
+  const auto dim = pod<uint64_t>();
+  check(dim <= 64, "too many dimensions");
+  std::vector<int64_t> sizes(dim);
+  uint64_t numel = 1;
+  for (auto& size : sizes) {
+    size = pod<int64_t>();
+    check(size >= 0 && size <= (int64_t(1) << 40), "bad size");
+    numel *= uint64_t(size);
+    check(numel <= (uint64_t(1) << 40), "tensor too large");
+  }
+  const auto bytes = pod<uint64_t>();
+  check(bytes == numel * c10::elementSize(type), "byte count does not match dtype and shape");
+  const char* data = take(bytes);
+  auto t = at::empty(sizes, at::TensorOptions().dtype(type));
+  if (bytes) std::memcpy(t.data_ptr(), data, bytes);
+  return t;
+}
+
+c10::IValue Reader::value(int depth) {
+  check(depth < kMaxDepth, "nested too deeply");
+  switch (pod<uint8_t>()) {
+    case None: return {};
+    case Bool: return bool(pod<uint8_t>());
+    case Int: return pod<int64_t>();
+    case Double: return pod<double>();
+    case String: { const auto n = count(); return std::string(take(n), n); }
+    case Undefined: return at::Tensor();
+    case Tensor: return tensor();
+    case Tuple: {
+      std::vector<c10::IValue> items(count());
+      for (auto& item : items) item = value(depth + 1);
+      return c10::ivalue::Tuple::create(std::move(items));
+    }
+    case List: {
+      std::vector<c10::IValue> items(count());
+      for (auto& item : items) item = value(depth + 1);
+      c10::impl::GenericList list(items.empty() ? c10::AnyType::get() : items.front().type());
+      for (auto& item : items) list.push_back(std::move(item));
+      return list;
+    }
+    case Dict: {
+      const auto n = count();
+      std::vector<std::pair<c10::IValue, c10::IValue>> items;
+      for (uint64_t i = 0; i < n; ++i) {
+        auto key = value(depth + 1);
+        items.emplace_back(std::move(key), value(depth + 1));
+      }
+      c10::impl::GenericDict dict(items.empty() ? c10::StringType::get() : items.front().first.type(),
+                                  items.empty() ? c10::AnyType::get() : items.front().second.type());
+      for (auto& item : items) dict.insert(std::move(item.first), std::move(item.second));
+      return dict;
+    }
+    default: check(false, "unknown value tag"); return {};
+  }
+}
+
+}  // namespace
+
+std::string serialize_cache_record(const InferenceCache::Inputs& inputs, const c10::IValue& output,
+                                   double compute_seconds) {
+  Writer body;
+  body.pod<double>(compute_seconds);
+  body.pod<uint64_t>(inputs.size());
+  for (const auto& input : inputs) body.value(input);
+  body.value(output);
+  Writer record;
+  record.raw(kMagic, sizeof kMagic);
+  record.pod<uint16_t>(kVersion);
+  record.pod<uint64_t>(body.out.size());
+  record.pod<uint64_t>(XXH3_64bits(body.out.data(), body.out.size()));
+  return record.out + body.out;
+}
+
+CacheRecord deserialize_cache_record(const std::string& bytes) {
+  Reader header(bytes.data(), bytes.size());
+  Reader::check(bytes.size() >= kHeaderBytes && std::memcmp(header.take(sizeof kMagic), kMagic, sizeof kMagic) == 0,
+                "not a pare cache record");
+  Reader::check(header.pod<uint16_t>() == kVersion, "unsupported record version");
+  const auto length = header.pod<uint64_t>();
+  const auto checksum = header.pod<uint64_t>();
+  Reader::check(length == bytes.size() - kHeaderBytes, "length does not match");
+  const char* body = bytes.data() + kHeaderBytes;
+  Reader::check(XXH3_64bits(body, length) == checksum, "checksum mismatch");
+  Reader reader(body, length);
+  CacheRecord record;
+  record.compute_seconds = reader.pod<double>();
+  record.inputs.resize(reader.count());
+  for (auto& input : record.inputs) input = reader.value(0);
+  record.output = reader.value(0);
+  Reader::check(reader.done(), "trailing bytes");
+  return record;
+}
+
+}  // namespace pare
