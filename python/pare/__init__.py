@@ -25,6 +25,13 @@ from ._pare import (  # noqa: F401
     read_embedded_report,
 )
 from ._pare import _run_pipeline
+from ._pare import (  # noqa: F401
+    PooledTensor,
+    PoolAllocatorGuard,
+    TensorPool,
+    install_pool_allocator,
+    unpooled_cpu_allocations,
+)
 
 __version__ = "0.1.0"
 

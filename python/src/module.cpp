@@ -72,4 +72,5 @@ PYBIND11_MODULE(_pare, m) {
   });
 
   bind_passes(m);
+  bind_pool(m);
 }

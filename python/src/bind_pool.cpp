@@ -1,0 +1,113 @@
+// Bindings for the tensor pool: pare.TensorPool, its leases as context
+// managers, and the allocator guard as a context manager.
+
+#include "bindings.hpp"
+
+#include <memory>
+
+#include <torch/csrc/Dtype.h>
+
+#include "pare/pool.hpp"
+
+namespace pare::python {
+namespace {
+
+at::ScalarType to_dtype(const py::handle& dtype) {
+  if (!THPDtype_Check(dtype.ptr()))
+    throw Error("TensorPool.acquire: dtype must be a torch.dtype such as torch.float32, got " +
+                py::str(py::type::of(dtype)).cast<std::string>());
+  return reinterpret_cast<THPDtype*>(dtype.ptr())->scalar_type;
+}
+
+at::Device to_device(const py::handle& device) {
+  try {
+    return at::Device(py::str(device).cast<std::string>());
+  } catch (const c10::Error&) {
+    throw Error("TensorPool.acquire: device " + py::str(device).cast<std::string>() +
+                " is not a device name; expected \"cpu\"");
+  }
+}
+
+py::dict stats_dict(const PoolStats& s) {
+  py::dict d;
+  d["acquires"] = s.acquires;
+  d["hits"] = s.hits;
+  d["misses"] = s.misses;
+  d["releases"] = s.releases;
+  d["evictions"] = s.evictions;
+  d["outlived"] = s.outlived;
+  d["blocks_idle"] = s.blocks_idle;
+  d["bytes_idle"] = s.bytes_idle;
+  d["bytes_in_use"] = s.bytes_in_use;
+  d["peak_bytes_in_use"] = s.peak_bytes_in_use;
+  return d;
+}
+
+/// `with pool.allocator_guard(): ...` — a PoolAllocatorGuard from __enter__ to __exit__.
+/// The guard is thread-local: enter and exit on the same thread (a with block does).
+class AllocatorScope {
+ public:
+  explicit AllocatorScope(TensorPool pool) : pool_(std::move(pool)) {}
+  void enter() {
+    if (guard_) throw Error("TensorPool.allocator_guard: this guard is already active", Error::Kind::Runtime);
+    guard_ = std::make_unique<PoolAllocatorGuard>(pool_);
+  }
+  void exit() { guard_.reset(); }
+
+ private:
+  TensorPool pool_;
+  std::unique_ptr<PoolAllocatorGuard> guard_;  // movable scope, pinned guard
+};
+
+}  // namespace
+
+void bind_pool(py::module_& m) {
+  py::class_<PooledTensor>(m, "PooledTensor",
+                           "A lease on pooled storage. `with lease as t:` gives the tensor and ends the lease "
+                           "on exit; the storage returns to the pool once no tensor uses it (so `t` itself "
+                           "keeps it until rebound or deleted).")
+      .def_property_readonly("tensor", &PooledTensor::tensor)
+      .def_property_readonly("valid", &PooledTensor::valid)
+      .def("release", &PooledTensor::release,
+           "Ends the lease; True if the storage went back to the pool now.")
+      .def("__enter__", &PooledTensor::tensor)
+      .def("__exit__", [](PooledTensor& lease, const py::args&) {
+        lease.release();
+        return false;
+      });
+
+  py::class_<AllocatorScope>(m, "PoolAllocatorGuard")
+      .def("__enter__", [](AllocatorScope& scope) { scope.enter(); return py::none(); })
+      .def("__exit__", [](AllocatorScope& scope, const py::args&) {
+        scope.exit();
+        return false;
+      });
+
+  py::class_<TensorPool>(m, "TensorPool")
+      .def(py::init([](size_t max_bytes, std::vector<size_t> size_classes, bool poison) {
+             return TensorPool(PoolOptions().max_bytes(max_bytes).size_classes(std::move(size_classes)).poison(poison));
+           }),
+           py::arg("max_bytes") = PoolOptions().max_bytes(), py::arg("size_classes") = std::vector<size_t>{},
+           py::arg("poison") = false)
+      .def("acquire",
+           [](TensorPool& pool, const std::vector<int64_t>& shape, const py::object& dtype,
+              const py::object& device) { return pool.acquire(shape, to_dtype(dtype), to_device(device)); },
+           py::arg("shape"), py::arg("dtype") = py::module_::import("torch").attr("float32"),
+           py::arg("device") = "cpu")
+      .def("trim", &TensorPool::trim, "Frees all idle storage; returns the bytes freed.")
+      .def("stats", [](const TensorPool& pool) { return stats_dict(pool.stats()); })
+      .def("to_prometheus",
+           [](const TensorPool& pool, const std::map<std::string, std::string>& labels) {
+             return pool.to_prometheus(prometheus::Labels(labels.begin(), labels.end()));
+           },
+           py::arg("labels") = std::map<std::string, std::string>{})
+      .def("size_class", &TensorPool::size_class, py::arg("nbytes"))
+      .def_property_readonly("max_bytes", [](const TensorPool& pool) { return pool.options().max_bytes(); })
+      .def("allocator_guard", [](const TensorPool& pool) { return AllocatorScope(pool); },
+           "A context manager routing torch's CPU allocations on this thread through the pool.");
+
+  m.def("install_pool_allocator", &install_pool_allocator);
+  m.def("unpooled_cpu_allocations", &unpooled_cpu_allocations);
+}
+
+}  // namespace pare::python
