@@ -61,6 +61,9 @@ class TrainingScope {
     for (const auto& p : module.parameters()) {
       parameters_.push_back(p);
       requires_grad_.push_back(p.requires_grad());
+      // Module::clone() of a module whose parameters require grad records the
+      // copy in autograd; detaching in place makes them leaves an optimizer accepts.
+      if (!p.is_leaf()) parameters_.back().detach_();
       parameters_.back().set_requires_grad(true);
     }
     module.train();

@@ -25,6 +25,7 @@ from ._pare import (  # noqa: F401
     read_embedded_report,
 )
 from ._pare import _run_pipeline
+from ._pare import Distill, apply_masks, distillation_loss  # noqa: F401
 from ._pare import (  # noqa: F401
     PooledTensor,
     PoolAllocatorGuard,

@@ -12,6 +12,7 @@ namespace pare::python {
 namespace py = pybind11;
 
 void bind_passes(py::module_& m);
+void bind_distill(py::module_& m);
 void bind_pool(py::module_& m);
 
 /// A C++ module as a Python torch.jit.ScriptModule.

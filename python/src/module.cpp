@@ -72,5 +72,6 @@ PYBIND11_MODULE(_pare, m) {
   });
 
   bind_passes(m);
+  bind_distill(m);
   bind_pool(m);
 }
