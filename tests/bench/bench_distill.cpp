@@ -8,7 +8,8 @@
 //
 //   bench_distill [--epochs 3] [--seeds 3] [--lr 1e-3] [--temperature 4] [--alpha 0.7]
 //                 [--student-lr 1e-3] [--student-temperature 4] [--student-alpha 0.7]
-//                 [--limit N] [--teacher FILE] [--only pruned|student]
+//                 [--limit N] [--teacher FILE] [--only pruned|student] [--sweep T:alpha:lr,...]
+// --sweep adds one distillation row per setting to the first table (for tuning).
 
 #include <algorithm>
 #include <chrono>
@@ -17,6 +18,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -33,7 +35,7 @@ struct Args {
   int64_t limit = -1;
   double lr = 1e-3, temperature = 4, alpha = 0.7;
   double student_lr = 1e-3, student_temperature = 4, student_alpha = 0.7;
-  std::string teacher_file, only;
+  std::string teacher_file, only, sweep;
 };
 
 Args parse(int argc, char** argv) {
@@ -50,6 +52,7 @@ Args parse(int argc, char** argv) {
     else if (flag == "--limit") a.limit = std::stoll(value);
     else if (flag == "--teacher") a.teacher_file = value;
     else if (flag == "--only") a.only = value;
+    else if (flag == "--sweep") a.sweep = value;
     else throw std::runtime_error("unknown flag " + flag);
   }
   return a;
@@ -132,6 +135,14 @@ void pruned_table(const torch::jit::Module& teacher, const ex::Dataset& train, c
   row("90% pruned, no recovery", none, false);
   row("90% pruned + 1 epoch cross-entropy", ce, true);
   row("90% pruned + 1 epoch distillation", kd, true);
+  std::stringstream settings(args.sweep);
+  for (std::string setting; std::getline(settings, setting, ',');) {
+    Args tuned = args;
+    if (std::sscanf(setting.c_str(), "%lf:%lf:%lf", &tuned.temperature, &tuned.alpha, &tuned.lr) != 3)
+      throw std::runtime_error("--sweep expects T:alpha:lr[,T:alpha:lr...], got " + setting);
+    const Run r = recover(teacher, train, test, tuned.alpha, tuned, "sweep " + setting);
+    row(("  distillation T=" + setting).c_str(), r, true);
+  }
 }
 
 struct Spread {
