@@ -127,7 +127,9 @@ void ExportTorchScript::run(Result& state, PassReport& entry) const {
                 " (tolerance " + std::to_string(options_.tolerance()) + "); '" + path_ + "' was not written",
             Error::Kind::Runtime);
   };
-  save_atomically(state.module, path_, {{kReportExtraFile, so_far.to_json()}}, verify);
+  auto extra_files = state.extra_files;
+  extra_files[kReportExtraFile] = so_far.to_json();
+  save_atomically(state.module, path_, extra_files, verify);
   entry.labels["path"] = path_;
   entry.labels["frozen"] = options_.freeze() ? "true" : "false";
   entry.metrics["file_bytes"] = double(file_size(path_));

@@ -21,6 +21,8 @@ struct Result {
   torch::jit::Module module;
   Report report;
   Masks masks;  ///< left by L1Prune, honoured by Distill so pruned weights stay zero
+  /// Extra files ExportTorchScript embeds (name -> content), e.g. "pare/quantization.json".
+  std::map<std::string, std::string> extra_files;
 };
 
 /// One transformation. Implementations change `state.module` in place (the

@@ -1,0 +1,126 @@
+#pragma once
+// pare::QuantizeInt8 and pare::QuantizeInt8Dynamic — post-training int8
+// quantization of any TorchScript model, exported as standard quantized
+// TorchScript (quantized::linear / quantized::conv2d with prepacked weights)
+// that stock PyTorch loads without pare.
+
+#include <functional>
+#include <optional>
+
+#include "pare/observers.hpp"
+#include "pare/pipeline.hpp"
+
+namespace pare {
+
+/// One model input list per calibration batch.
+using InputBatches = std::vector<std::vector<torch::jit::IValue>>;
+/// Yields calibration batches until it returns std::nullopt.
+using BatchSource = std::function<std::optional<std::vector<torch::jit::IValue>>()>;
+/// Called after each calibration batch with (batches done, batches in all or -1 if unknown).
+using CalibrationProgress = std::function<void(int64_t, int64_t)>;
+
+class QuantizeOptions {
+ public:
+  /// The batches to calibrate on. With two or more, the last one is held out:
+  /// it is not observed and measures each layer's SQNR against the float model.
+  QuantizeOptions& calibration(InputBatches batches) { batches_ = std::move(batches); source_ = {}; return *this; }
+  QuantizeOptions& calibration(BatchSource source) { source_ = std::move(source); batches_.clear(); return *this; }
+  /// How activation ranges are chosen (default: histogram).
+  QuantizeOptions& observer(ObserverOptions value) { observer_ = value; return *this; }
+  /// Weights: one symmetric scale per output channel (default) or one per tensor.
+  QuantizeOptions& per_channel(bool value) { per_channel_ = value; return *this; }
+  /// Layers to leave in float: names such as "fc2" or glob patterns ("features.*").
+  QuantizeOptions& skip(std::vector<std::string> layers) { skip_ = std::move(layers); return *this; }
+  /// Quantized engine ("onednn", "qnnpack", "fbgemm", "x86"); empty: the best this LibTorch has.
+  QuantizeOptions& engine(std::string value) { engine_ = std::move(value); return *this; }
+  QuantizeOptions& progress(CalibrationProgress callback) { progress_ = std::move(callback); return *this; }
+
+  const InputBatches& batches() const { return batches_; }
+  const BatchSource& source() const { return source_; }
+  const ObserverOptions& observer() const { return observer_; }
+  bool per_channel() const { return per_channel_; }
+  const std::vector<std::string>& skip() const { return skip_; }
+  const std::string& engine() const { return engine_; }
+  const CalibrationProgress& progress() const { return progress_; }
+
+ private:
+  InputBatches batches_;
+  BatchSource source_;
+  ObserverOptions observer_;
+  bool per_channel_ = true;
+  std::vector<std::string> skip_;
+  std::string engine_;
+  CalibrationProgress progress_;
+};
+
+/// Static int8: freezes the module (folding BatchNorm), calibrates activation
+/// ranges on the user's batches, and rewrites Linear/Conv1d/Conv2d (+ReLU) to
+/// quantized ops; relu, pooling, flatten/reshape and add between them stay
+/// quantized. Inputs and outputs stay float. Layers it cannot quantize stay
+/// float and are listed in the report. Sets the process's quantized engine.
+/// Report: per layer scale, zero_point, observer, sqnr_db; the engine is also
+/// written by ExportTorchScript as the extra file "pare/quantization.json".
+class QuantizeInt8 : public Pass {
+ public:
+  explicit QuantizeInt8(QuantizeOptions options);
+  std::string name() const override { return "quantize_int8"; }
+  void run(Result& state, PassReport& entry) const override;
+  const QuantizeOptions& options() const { return options_; }
+
+ private:
+  QuantizeOptions options_;
+};
+
+class QuantizeDynamicOptions {
+ public:
+  QuantizeDynamicOptions& per_channel(bool value) { per_channel_ = value; return *this; }
+  QuantizeDynamicOptions& skip(std::vector<std::string> layers) { skip_ = std::move(layers); return *this; }
+  QuantizeDynamicOptions& engine(std::string value) { engine_ = std::move(value); return *this; }
+  bool per_channel() const { return per_channel_; }
+  const std::vector<std::string>& skip() const { return skip_; }
+  const std::string& engine() const { return engine_; }
+
+ private:
+  bool per_channel_ = true;
+  std::vector<std::string> skip_;
+  std::string engine_;
+};
+
+/// Dynamic int8: Linear weights become int8 (quantized::linear_dynamic),
+/// activations are quantized on the fly; no calibration. LSTMs stay float.
+class QuantizeInt8Dynamic : public Pass {
+ public:
+  explicit QuantizeInt8Dynamic(QuantizeDynamicOptions options = {});
+  std::string name() const override { return "quantize_int8_dynamic"; }
+  void run(Result& state, PassReport& entry) const override;
+
+ private:
+  QuantizeDynamicOptions options_;
+};
+
+/// The extra file in which quantized exports record their engine and layers.
+inline constexpr const char* kQuantizationExtraFile = "pare/quantization.json";
+
+/// Quantized engines this LibTorch supports, best first (x86, fbgemm, onednn, qnnpack; qnnpack first on ARM).
+std::vector<std::string> available_quantized_engines();
+/// The engine in use now.
+std::string current_quantized_engine();
+/// Switches the process's quantized engine; pare::Error naming the available ones otherwise.
+void set_quantized_engine(const std::string& engine);
+
+/// What a quantized export recorded about itself.
+struct QuantizationInfo {
+  std::string engine;  ///< engine the weights were packed for
+  std::string mode;    ///< "static" or "dynamic"
+  std::string json;    ///< the whole record
+};
+/// Reads the record from a saved file; std::nullopt if the file is not a pare int8 export.
+std::optional<QuantizationInfo> read_quantization_info(const std::string& path);
+/// A warning when the running engine differs from the recorded one; empty otherwise.
+std::string engine_mismatch_warning(const QuantizationInfo& info);
+/// torch::jit::load, first warning (TORCH_WARN) when the file's engine differs
+/// from the running one; with `switch_engine`, switches to the file's engine
+/// if this LibTorch has it.
+torch::jit::Module load_quantized(const std::string& path, bool switch_engine = false);
+
+}  // namespace pare
