@@ -12,8 +12,11 @@ namespace pare::python {
 namespace py = pybind11;
 
 void bind_passes(py::module_& m);
+void bind_runner(py::module_& m);
 void bind_distill(py::module_& m);
+void bind_quantize(py::module_& m);
 void bind_pool(py::module_& m);
+void bind_cache(py::module_& m);
 
 /// A C++ module as a Python torch.jit.ScriptModule.
 py::object wrap_module(const torch::jit::Module& module);
