@@ -12,6 +12,7 @@ namespace pare::python {
 namespace py = pybind11;
 
 void bind_passes(py::module_& m);
+void bind_quantize(py::module_& m);
 void bind_runner(py::module_& m);
 void bind_distill(py::module_& m);
 void bind_quantize(py::module_& m);

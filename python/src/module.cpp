@@ -72,6 +72,7 @@ PYBIND11_MODULE(_pare, m) {
   });
 
   bind_passes(m);
+  bind_quantize(m);
   bind_runner(m);
   bind_distill(m);
   bind_quantize(m);

@@ -8,7 +8,7 @@
 //
 //   bench_distill [--epochs 3] [--seeds 3] [--lr 1e-3] [--temperature 4] [--alpha 0.7]
 //                 [--student-lr 1e-3] [--student-temperature 4] [--student-alpha 0.7]
-//                 [--limit N] [--teacher FILE] [--only pruned|student] [--sweep T:alpha:lr,...]
+//                 [--limit N] [--teacher FILE] [--only pruned|student|sweep] [--sweep T:alpha:lr,...]
 // --sweep adds one distillation row per setting to the first table (for tuning).
 
 #include <algorithm>
@@ -115,9 +115,10 @@ void pruned_table(const torch::jit::Module& teacher, const ex::Dataset& train, c
                   const Args& args) {
   auto dense = teacher.clone();
   const double teacher_accuracy = ex::accuracy(dense, test);
+  const bool sweep_only = args.only == "sweep";  // tuning: only the --sweep rows
   const Run none = recover(teacher, train, test, -1, args, "");
-  const Run ce = recover(teacher, train, test, 0.0, args, "90% + cross-entropy");
-  const Run kd = recover(teacher, train, test, args.alpha, args, "90% + distillation");
+  const Run ce = sweep_only ? Run{} : recover(teacher, train, test, 0.0, args, "90% + cross-entropy");
+  const Run kd = sweep_only ? Run{} : recover(teacher, train, test, args.alpha, args, "90% + distillation");
   std::printf("\n90%% global L1 sparsity, 1 epoch of recovery with masks kept (Adam lr %g; distillation T=%g alpha=%g)\n",
               args.lr, args.temperature, args.alpha);
   std::printf("%-34s %9s %12s %10s %12s %14s\n", "variant", "top-1 %", "vs teacher", "sparsity", "recovery s",
@@ -133,15 +134,18 @@ void pruned_table(const torch::jit::Module& teacher, const ex::Dataset& train, c
                 100.0 * (1.0 - double(r.nonzeros) / double(r.parameters)), time, ratio);
   };
   row("90% pruned, no recovery", none, false);
-  row("90% pruned + 1 epoch cross-entropy", ce, true);
-  row("90% pruned + 1 epoch distillation", kd, true);
+  if (!sweep_only) {
+    row("90% pruned + 1 epoch cross-entropy", ce, true);
+    row("90% pruned + 1 epoch distillation", kd, true);
+  }
   std::stringstream settings(args.sweep);
   for (std::string setting; std::getline(settings, setting, ',');) {
     Args tuned = args;
     if (std::sscanf(setting.c_str(), "%lf:%lf:%lf", &tuned.temperature, &tuned.alpha, &tuned.lr) != 3)
       throw std::runtime_error("--sweep expects T:alpha:lr[,T:alpha:lr...], got " + setting);
     const Run r = recover(teacher, train, test, tuned.alpha, tuned, "sweep " + setting);
-    row(("  distillation T=" + setting).c_str(), r, true);
+    row(("  distillation T=" + setting).c_str(), r, !sweep_only);
+    std::fflush(stdout);
   }
 }
 
@@ -221,7 +225,7 @@ int main(int argc, char** argv) try {
   std::printf("Fashion-MNIST: %lld training, %lld test images; %d threads\n", (long long)train.size(),
               (long long)test.size(), torch::get_num_threads());
   const auto teacher = trained_teacher(args, train);
-  if (args.only.empty() || args.only == "pruned") pruned_table(teacher, train, test, args);
+  if (args.only.empty() || args.only == "pruned" || args.only == "sweep") pruned_table(teacher, train, test, args);
   if (args.only.empty() || args.only == "student") student_table(teacher, train, test, args);
   return 0;
 } catch (const std::exception& e) {
