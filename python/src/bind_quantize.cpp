@@ -1,0 +1,77 @@
+// Bindings for int8 quantization: QuantizeInt8, QuantizeInt8Dynamic and the engine helpers.
+
+#include "bindings.hpp"
+
+#include "pare/quantize.hpp"
+
+namespace pare::python {
+namespace {
+
+ObserverOptions observer_options(const std::string& observer, double percentile, int64_t bins) {
+  return ObserverOptions(parse_observer_kind(observer)).percentile(percentile).bins(bins);
+}
+
+// Progress callbacks run while the pipeline has released the GIL.
+CalibrationProgress wrap_progress(const py::object& progress) {
+  if (progress.is_none()) return {};
+  if (!PyCallable_Check(progress.ptr()))
+    throw Error("QuantizeInt8: progress must be callable as progress(done, total)");
+  auto shared = std::make_shared<py::object>(progress);
+  return [shared](int64_t done, int64_t total) {
+    py::gil_scoped_acquire gil;
+    (*shared)(done, total);
+  };
+}
+
+py::dict info_dict(const QuantizationInfo& info) {
+  py::dict out;
+  out["engine"] = info.engine;
+  out["mode"] = info.mode;
+  out["json"] = info.json;
+  return out;
+}
+
+}  // namespace
+
+void bind_quantize(py::module_& m) {
+  py::class_<QuantizeInt8, Pass, std::shared_ptr<QuantizeInt8>>(m, "QuantizeInt8")
+      .def(py::init([](const py::object& calibration, const std::string& observer, bool per_channel,
+                       std::vector<std::string> skip, const std::string& engine, double percentile, int64_t bins,
+                       const py::object& progress) {
+             if (calibration.is_none())
+               throw Error("QuantizeInt8: calibration is required; pass a list or iterable of input batches");
+             auto options = QuantizeOptions()
+                                .calibration(to_input_batches(calibration, "QuantizeInt8(calibration=...)"))
+                                .observer(observer_options(observer, percentile, bins))
+                                .per_channel(per_channel)
+                                .skip(std::move(skip))
+                                .engine(engine)
+                                .progress(wrap_progress(progress));
+             return std::make_shared<QuantizeInt8>(std::move(options));
+           }),
+           py::arg("calibration") = py::none(), py::arg("observer") = "histogram", py::arg("per_channel") = true,
+           py::arg("skip") = std::vector<std::string>{}, py::arg("engine") = "", py::arg("percentile") = 99.99,
+           py::arg("bins") = 2048, py::arg("progress") = py::none(),
+           "Static int8 post-training quantization. calibration: a list or iterable of tensors or tuples "
+           "(one model input each). observer: minmax, moving_average_minmax, percentile, histogram, entropy.");
+  py::class_<QuantizeInt8Dynamic, Pass, std::shared_ptr<QuantizeInt8Dynamic>>(m, "QuantizeInt8Dynamic")
+      .def(py::init([](bool per_channel, std::vector<std::string> skip, const std::string& engine) {
+             return std::make_shared<QuantizeInt8Dynamic>(
+                 QuantizeDynamicOptions().per_channel(per_channel).skip(std::move(skip)).engine(engine));
+           }),
+           py::arg("per_channel") = true, py::arg("skip") = std::vector<std::string>{}, py::arg("engine") = "",
+           "Dynamic int8: Linear weights int8, activations quantized on the fly; no calibration.");
+  m.def("available_quantized_engines", &available_quantized_engines);
+  m.def("current_quantized_engine", &current_quantized_engine);
+  m.def("set_quantized_engine", &set_quantized_engine, py::arg("engine"));
+  m.def("quantization_info", [](const std::string& path) -> py::object {
+    const auto info = read_quantization_info(path);
+    return info ? py::object(info_dict(*info)) : py::object(py::none());
+  }, py::arg("path"), "The engine and mode a pare int8 export recorded; None for other files.");
+  m.def("_engine_mismatch_warning", [](const std::string& path) {
+    const auto info = read_quantization_info(path);
+    return info ? engine_mismatch_warning(*info) : std::string();
+  });
+}
+
+}  // namespace pare::python

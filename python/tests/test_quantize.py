@@ -1,0 +1,137 @@
+"""pare.QuantizeInt8 / QuantizeInt8Dynamic from Python, on a CNN trained on a Fashion-MNIST subset."""
+
+import gzip
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import pare
+
+DATA = os.environ.get("PARE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
+
+
+def load(split, limit):
+    with gzip.open(f"{DATA}/{split}-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16)[: limit * 784]
+    with gzip.open(f"{DATA}/{split}-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)[:limit]
+    x = (torch.tensor(images, dtype=torch.float32).view(-1, 1, 28, 28) / 255.0 - 0.2860) / 0.3530
+    return x, torch.tensor(labels, dtype=torch.long)
+
+
+class Cnn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.fc1 = nn.Linear(32 * 49, 64)
+        self.fc2 = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 2)
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    x, y = load("train", 3000)
+    model = Cnn()
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    for i in range(0, len(x), 64):
+        loss = nn.functional.cross_entropy(model(x[i : i + 64]), y[i : i + 64])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    test_x, test_y = load("t10k", 1000)
+    scripted = torch.jit.script(model)
+    calibration = [x[i : i + 64] for i in range(0, 256, 64)]
+    return scripted, calibration, test_x, test_y
+
+
+def accuracy(module, x, y):
+    with torch.no_grad():
+        return 100.0 * (module(x).argmax(1) == y).float().mean().item()
+
+
+def test_static_int8_in_a_pipeline_exports_a_file_stock_torch_loads(trained, tmp_path):
+    scripted, calibration, test_x, test_y = trained
+    path = str(tmp_path / "int8.pt")
+    seen = []
+    pipeline = pare.Pipeline([
+        pare.QuantizeInt8(calibration=calibration, observer="histogram", per_channel=True,
+                          progress=lambda done, total: seen.append((done, total))),
+        pare.ExportTorchScript(path, freeze=True, verify_with=[test_x[:8]]),
+    ])
+    module, report = pipeline.run(scripted)
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert "quantized::conv2d_relu" in str(module.graph)  # BatchNorm folded, ReLU fused
+    assert accuracy(module, test_x, test_y) > accuracy(scripted, test_x, test_y) - 2.0
+    entry = report["quantize_int8"]
+    assert [layer.name for layer in entry.layers] == ["conv1", "conv2", "fc1", "fc2"]
+    assert all(layer.metrics["sqnr_db"] > 10 for layer in entry.layers)
+    assert pare.quantization_info(path)["engine"] == pare.current_quantized_engine()
+    # A separate interpreter with stock torch and no pare loads and runs the file.
+    code = ("import torch; m = torch.jit.load(%r); y = m(torch.randn(4, 1, 28, 28)); "
+            "assert y.shape == (4, 10) and y.dtype == torch.float32" % path)
+    subprocess.run([sys.executable, "-c", code], check=True, env={"PATH": os.environ.get("PATH", "")})
+
+
+def test_observers_and_per_tensor_and_generators(trained):
+    scripted, calibration, test_x, test_y = trained
+    for observer in ["minmax", "moving_average_minmax", "percentile", "entropy"]:
+        module, _ = pare.Pipeline([pare.QuantizeInt8(calibration=(b for b in calibration), observer=observer,
+                                                     per_channel=False)]).run(scripted)
+        assert accuracy(module, test_x, test_y) > accuracy(scripted, test_x, test_y) - 2.0, observer
+
+
+def test_skip_and_bad_arguments(trained):
+    scripted, calibration, _, _ = trained
+    module, report = pare.Pipeline([pare.QuantizeInt8(calibration=calibration, skip=["fc2"])]).run(scripted)
+    assert "aten::linear" in str(module.graph)
+    fc2 = [layer for layer in report["quantize_int8"].layers if layer.name == "fc2"][0]
+    assert fc2.labels["status"] == "float"
+    with pytest.raises(ValueError, match="histogram"):
+        pare.QuantizeInt8(calibration=calibration, observer="kl")
+    with pytest.raises(pare.InvalidArgument, match="no calibration data"):
+        pare.QuantizeInt8(calibration=[])
+    bad = [b.clone() for b in calibration]
+    bad[0][0, 0, 0, 0] = float("nan")
+    with pytest.raises(pare.Error, match="input of conv1"):
+        pare.Pipeline([pare.QuantizeInt8(calibration=bad)]).run(scripted)
+    with pytest.raises(pare.Error, match="batch 0"):
+        pare.Pipeline([pare.QuantizeInt8(calibration=[torch.randn(2, 3, 28, 28)])]).run(scripted)
+
+
+def test_dynamic_int8(trained, tmp_path):
+    scripted, _, test_x, test_y = trained
+    path = str(tmp_path / "dynamic.pt")
+    module, report = pare.Pipeline([pare.QuantizeInt8Dynamic(), pare.ExportTorchScript(path)]).run(scripted)
+    assert str(module.graph).count("quantized::linear_dynamic") == 2
+    assert {layer.name: layer.labels["status"] for layer in report["quantize_int8_dynamic"].layers}["conv1"] == "float"
+    assert accuracy(module, test_x, test_y) > accuracy(scripted, test_x, test_y) - 2.0
+    assert pare.quantization_info(path)["mode"] == "dynamic"
+
+
+def test_load_quantized_warns_on_another_engine(trained, tmp_path):
+    scripted, calibration, _, _ = trained
+    engines = pare.available_quantized_engines()
+    if len(engines) < 2:
+        pytest.skip("one quantized engine only")
+    path = str(tmp_path / "int8.pt")
+    pare.Pipeline([pare.QuantizeInt8(calibration=calibration, engine=engines[0]),
+                   pare.ExportTorchScript(path)]).run(scripted)
+    pare.set_quantized_engine(engines[1])
+    try:
+        with pytest.warns(RuntimeWarning, match=engines[0]):
+            pare.load_quantized(path)
+    finally:
+        pare.set_quantized_engine(engines[0])
