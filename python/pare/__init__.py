@@ -42,15 +42,6 @@ except ImportError:
 from ._pare import Runner, inspect_model  # noqa: F401
 from ._pare import Distill, apply_masks, distillation_loss  # noqa: F401
 from ._pare import (  # noqa: F401
-    QuantizeInt8,
-    QuantizeInt8Dynamic,
-    available_quantized_engines,
-    current_quantized_engine,
-    quantization_info,
-    set_quantized_engine,
-)
-from ._pare import _engine_mismatch_warning
-from ._pare import (  # noqa: F401
     PooledTensor,
     PoolAllocatorGuard,
     TensorPool,
@@ -86,17 +77,6 @@ class Pipeline:
 
     def __repr__(self):
         return "Pipeline([" + ", ".join(p.name for p in self.passes) + "])"
-
-
-def load_quantized(path):
-    """``torch.jit.load`` for pare int8 exports, warning (``RuntimeWarning``) when
-    the running quantized engine differs from the one the file was made for."""
-    import warnings
-
-    message = _engine_mismatch_warning(path)
-    if message:
-        warnings.warn("pare: " + message, RuntimeWarning, stacklevel=2)
-    return torch.jit.load(path)
 
 
 def load_quantized(path):

@@ -15,7 +15,6 @@ void bind_passes(py::module_& m);
 void bind_quantize(py::module_& m);
 void bind_runner(py::module_& m);
 void bind_distill(py::module_& m);
-void bind_quantize(py::module_& m);
 void bind_pool(py::module_& m);
 void bind_cache(py::module_& m);
 

@@ -75,7 +75,6 @@ PYBIND11_MODULE(_pare, m) {
   bind_quantize(m);
   bind_runner(m);
   bind_distill(m);
-  bind_quantize(m);
   bind_pool(m);
   bind_cache(m);
 }
