@@ -254,7 +254,10 @@ class RoutingAllocator final : public c10::Allocator {
       : fallback_(fallback), fallback_raw_deleter_(fallback->raw_deleter()) {}
 
   c10::DataPtr allocate(size_t bytes) const override {
-    if (PoolState* state = t_guarded_pool) return state->allocate(bytes);
+    if (PoolState* state = t_guarded_pool) {
+      routed_.fetch_add(1, std::memory_order_relaxed);
+      return state->allocate(bytes);
+    }
     forwarded_.fetch_add(1, std::memory_order_relaxed);
     return fallback_->allocate(bytes);
   }
@@ -263,11 +266,13 @@ class RoutingAllocator final : public c10::Allocator {
 
   c10::DeleterFnPtr fallback_raw_deleter() const { return fallback_raw_deleter_; }
   uint64_t forwarded() const { return forwarded_.load(std::memory_order_relaxed); }
+  uint64_t routed() const { return routed_.load(std::memory_order_relaxed); }
 
  private:
   c10::Allocator* fallback_;
   c10::DeleterFnPtr fallback_raw_deleter_;
   mutable std::atomic<uint64_t> forwarded_{0};
+  mutable std::atomic<uint64_t> routed_{0};
 };
 
 std::atomic<RoutingAllocator*> g_router{nullptr};
@@ -401,6 +406,11 @@ void install_pool_allocator() {
 uint64_t unpooled_cpu_allocations() {
   auto* router = detail::g_router.load();
   return router ? router->forwarded() : 0;
+}
+
+uint64_t pooled_cpu_allocations() {
+  auto* router = detail::g_router.load();
+  return router ? router->routed() : 0;
 }
 
 PoolAllocatorGuard::PoolAllocatorGuard(TensorPool& pool)

@@ -258,7 +258,9 @@ TEST_CASE("tensors allocated under a guard may outlive the guard and the pool") 
 TEST_CASE("guards nest and stay on their thread") {
   pare::TensorPool outer, inner;
   pare::PoolAllocatorGuard outer_guard(outer);
+  const auto routed = pare::pooled_cpu_allocations();
   auto a = torch::empty({100});
+  auto zero = torch::empty({0});  // a call the guard serves without storage
   {
     pare::PoolAllocatorGuard inner_guard(inner);
     auto b = torch::empty({100});
@@ -267,6 +269,7 @@ TEST_CASE("guards nest and stay on their thread") {
   auto d = torch::empty({100});
   CHECK(outer.stats().acquires == 2);
   CHECK(inner.stats().acquires == 1);
+  CHECK(pare::pooled_cpu_allocations() == routed + 4);
 }
 
 TEST_CASE("stats in Prometheus text format") {

@@ -166,4 +166,8 @@ void install_pool_allocator();
 /// install_pool_allocator(), on all threads: lets callers count what a scope allocates.
 uint64_t unpooled_cpu_allocations();
 
+/// CPU allocator calls served under a guard, on all threads, zero-byte requests
+/// included (they need no storage and do not show in a pool's stats).
+uint64_t pooled_cpu_allocations();
+
 }  // namespace pare
