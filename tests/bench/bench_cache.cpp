@@ -227,5 +227,6 @@ int main(int argc, char** argv) {
   if (redis) bench_redis(repeats, data);
 #endif
   (void)redis;
+  std::printf("ratio: baseline time / pare time (throughput rows: pare rate / baseline rate); > 1 means the pare column is faster\n");
   return 0;
 }
