@@ -27,11 +27,21 @@ double percentile(std::vector<double>& sorted, double q) {
   return sorted[std::min(sorted.size() - 1, size_t(q * double(sorted.size())))];
 }
 
+// TorchScript interpreter errors carry a multi-line traceback; the last line says what went wrong.
+std::string last_line(const std::string& text) {
+  size_t end = text.find_last_not_of(" \n");
+  if (end == std::string::npos) return text;
+  const size_t begin = text.rfind('\n', end);
+  return text.substr(begin == std::string::npos ? 0 : begin + 1, end + 1 - (begin == std::string::npos ? 0 : begin + 1));
+}
+
 void forward(torch::jit::Module& module, const std::vector<c10::IValue>& inputs, const std::string& name) {
   try {
     module.forward(inputs);
-  } catch (const c10::Error& e) {
-    throw Error("model '" + name + "' rejected its input: " + e.what_without_backtrace() +
+  } catch (const std::exception& e) {
+    const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
+    throw Error("model '" + name + "' rejected its input: " +
+                last_line(c10_error ? c10_error->what_without_backtrace() : e.what()) +
                 "; check --input (the first dimension is the batch)");
   }
 }

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -65,6 +66,16 @@ void progress_bar(std::ostream& err, const std::string& label, int64_t done, int
   const int width = 30, filled = int(width * done / total);
   err << "\r" << label << " [" << std::string(filled, '#') << std::string(width - filled, ' ') << "] " << done << "/"
       << total << (done == total ? "\n" : "") << std::flush;
+}
+
+// Errors print as one line: multi-line messages (TorchScript tracebacks) keep their first and last lines.
+std::string one_line(const std::string& message) {
+  std::vector<std::string> lines;
+  std::istringstream in(message);
+  for (std::string line; std::getline(in, line);)
+    if (line.find_first_not_of(" \t") != std::string::npos) lines.push_back(line);
+  if (lines.size() <= 1) return lines.empty() ? message : lines.front();
+  return lines.front() + " ... " + lines.back();
 }
 
 struct CompressArgs {
@@ -210,6 +221,12 @@ int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostre
   auto* inspect_cmd = app.add_subcommand("inspect", "layers, sparsity, quantization and pare's report of a model");
   inspect_cmd->add_option("model", inspect_path, "TorchScript file")->required();
 
+  const std::vector<std::string> commands{"compress", "bench", "inspect"};
+  if (args.size() > 1 && args[1].rfind("-", 0) != 0 &&
+      std::find(commands.begin(), commands.end(), args[1]) == commands.end()) {
+    err << "pare: unknown command '" << args[1] << "'; expected compress, bench or inspect (see pare --help)\n";
+    return 2;
+  }
   std::vector<std::string> reversed(args.rbegin(), args.rend() - (args.empty() ? 0 : 1));
   try {
     app.parse(reversed);
@@ -218,7 +235,7 @@ int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostre
     return 0;
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) { out << app.help(); return 0; }
-    err << "pare: " << e.what() << " (see pare --help)\n";
+    err << "pare: " << one_line(e.what()) << " (see pare --help)\n";
     return 2;
   }
   try {
@@ -227,13 +244,13 @@ int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostre
     out << inspect_model(inspect_path);
     return 0;
   } catch (const Error& e) {
-    err << "pare: " << e.what() << "\n";
+    err << "pare: " << one_line(e.what()) << "\n";
     return e.kind() == Error::Kind::InvalidArgument ? 2 : 1;
   } catch (const c10::Error& e) {
-    err << "pare: " << e.what_without_backtrace() << "\n";
+    err << "pare: " << one_line(e.what_without_backtrace()) << "\n";
     return 1;
   } catch (const std::exception& e) {
-    err << "pare: " << e.what() << "\n";
+    err << "pare: " << one_line(e.what()) << "\n";
     return 1;
   }
 }

@@ -215,6 +215,7 @@ struct Runner::Impl {
       const auto deadline = queue.front()->arrival + options.max_delay();
       while (!stopping && queued_rows() < options.max_batch() && Clock::now() < deadline)
         wake.wait_until(lock, deadline);
+      if (queue.empty()) continue;  // another worker took them while this one waited
       auto batch = take_batch();
       lock.unlock();
       run_batch(batch);

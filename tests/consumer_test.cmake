@@ -18,11 +18,8 @@ run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/examples/consumer -B ${consumer_build} -G 
 run(${CMAKE_COMMAND} --build ${consumer_build})
 run(${consumer_build}/pare_consumer)
 
-if(PYTHON)
-  file(GLOB_RECURSE init ${prefix}/*/pare/__init__.py)
-  list(GET init 0 init)
-  get_filename_component(package_dir ${init} DIRECTORY)
-  get_filename_component(site_dir ${package_dir} DIRECTORY)
+if(PYTHON AND PYTHON_PACKAGE_DIR)
+  get_filename_component(site_dir ${prefix}/${PYTHON_PACKAGE_DIR} DIRECTORY)
   run(${CMAKE_COMMAND} -E env PYTHONPATH=${site_dir} ${PYTHON} -c
       "import pare, torch; m = torch.jit.script(torch.nn.Linear(8, 4)); out, r = pare.Pipeline([pare.L1Prune(amount=0.5)]).run(m); assert (out.weight == 0).sum() == 16; print('installed python package:', pare.__file__)")
 endif()
