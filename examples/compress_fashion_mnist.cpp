@@ -1,6 +1,7 @@
 // The main job: train a small CNN on Fashion-MNIST, compress it with pare's
-// passes, export each variant, reload it as a deployment would, and print one
-// table: accuracy, size and latency side by side.
+// passes (pruning, int8 quantization, distillation), export each variant,
+// reload it as a deployment would, and print one table: accuracy, size and
+// latency side by side.
 //
 //   compress_fashion_mnist [--epochs 3] [--out DIR]
 
@@ -36,16 +37,20 @@ Row measure(const std::string& variant, const torch::jit::Module& model, pare::P
   row.file_mb = exported.metrics.at("file_bytes") / 1e6;
   row.latency_b1 = ex::median_latency_ms(reloaded, 1, 200);
   row.latency_b64 = ex::median_latency_ms(reloaded, 64, 30);
-  row.parameters = exported.total_parameters();
-  row.nonzeros = exported.total_nonzeros();
+  // Counts from the last pass that still saw float weights (quantization freezes them into the graph).
+  for (const auto& entry : result.report.passes) {
+    if (entry.total_parameters() == 0) continue;
+    row.parameters = entry.total_parameters();
+    row.nonzeros = entry.total_nonzeros();
+  }
   return row;
 }
 
 void print_table(const std::vector<Row>& rows) {
-  std::printf("\n%-28s %9s %10s %10s %9s %12s %12s\n", "variant", "top-1 %", "params", "nonzeros",
+  std::printf("\n%-32s %9s %10s %10s %9s %12s %12s\n", "variant", "top-1 %", "params", "nonzeros",
               "file MB", "b1 ms (p50)", "b64 ms (p50)");
   for (const auto& r : rows)
-    std::printf("%-28s %9.2f %10lld %10lld %9.3f %12.3f %12.3f\n", r.variant.c_str(), r.accuracy,
+    std::printf("%-32s %9.2f %10lld %10lld %9.3f %12.3f %12.3f\n", r.variant.c_str(), r.accuracy,
                 (long long)r.parameters, (long long)r.nonzeros, r.file_mb, r.latency_b1, r.latency_b64);
 }
 
@@ -65,14 +70,41 @@ int main(int argc, char** argv) try {
   auto model = ex::make_fashion_cnn();
   ex::train(model, train, epochs, 1e-3, 0, ex::progress_bar("training (" + std::to_string(epochs) + " epochs)"));
 
+  auto prune = [](double amount) {
+    return pare::L1Prune(pare::L1PruneOptions().amount(amount).scope(pare::Scope::Global));
+  };
+  // 512 calibration images in batches of 64, and one more batch held out to measure each layer's SQNR.
+  pare::InputBatches calibration;
+  for (int64_t b = 0; b < 9; ++b) calibration.push_back({train.images.slice(0, b * 64, (b + 1) * 64)});
+  auto int8 = [&] {
+    return pare::QuantizeInt8(pare::QuantizeOptions().calibration(calibration).progress([](int64_t done, int64_t total) {
+      ex::progress_bar("calibrating int8")(done, total, 0.0);
+    }));
+  };
+
   std::vector<Row> rows;
   rows.push_back(measure("fp32", model, pare::Pipeline(), out + "/fashion_fp32.pt", test));
-  for (double amount : {0.5, 0.9}) {
-    pare::Pipeline prune;
-    prune.add(pare::L1Prune(pare::L1PruneOptions().amount(amount).scope(pare::Scope::Global)));
-    const std::string name = "pruned " + std::to_string(int(amount * 100)) + "% global";
-    rows.push_back(measure(name, model, prune, out + "/fashion_pruned" + std::to_string(int(amount * 100)) + ".pt", test));
+  rows.push_back(measure("pruned 50% global", model, pare::Pipeline().add(prune(0.5)), out + "/fashion_pruned50.pt", test));
+  rows.push_back(measure("pruned 90% global", model, pare::Pipeline().add(prune(0.9)), out + "/fashion_pruned90.pt", test));
+  rows.push_back(measure("int8", model, pare::Pipeline().add(int8()), out + "/fashion_int8.pt", test));
+  rows.push_back(measure("pruned 90% + int8", model, pare::Pipeline().add(prune(0.9)).add(int8()),
+                         out + "/fashion_pruned90_int8.pt", test));
+
+  // Recovery: one epoch of distillation from the dense model, pruning masks kept.
+  std::vector<pare::Batch> batches;
+  for (int64_t b = 0; b < train.size(); b += 64) {
+    const auto part = train.slice(b, std::min(train.size(), b + 64));
+    batches.emplace_back(part.images, part.labels);
   }
+  const auto distilled = pare::Pipeline()
+                             .add(prune(0.9))
+                             .add(pare::Distill(pare::DistillOptions().teacher(model).data(batches).epochs(1).progress(
+                                 ex::progress_bar("distilling (1 epoch)"))))
+                             .run(model);
+  rows.push_back(measure("pruned 90% + distilled", distilled.module, pare::Pipeline(),
+                         out + "/fashion_pruned90_distilled.pt", test));
+  rows.push_back(measure("pruned 90% + distilled + int8", distilled.module, pare::Pipeline().add(int8()),
+                         out + "/fashion_pruned90_distilled_int8.pt", test));
   print_table(rows);
   return 0;
 } catch (const std::exception& e) {
