@@ -219,6 +219,7 @@ struct Runner::Impl {
       auto batch = take_batch();
       lock.unlock();
       run_batch(batch);
+      batch.clear();  // drop the inputs before taking the lock again: freeing them may wait for others
       lock.lock();
     }
   }

@@ -44,7 +44,7 @@ c10::IValue call_python(const py::function& fn, const py::object& x) {
     throw error;
   }
   try {
-    return torch::jit::toTypeInferredIValue(result);
+    return unlinked(torch::jit::toTypeInferredIValue(result));
   } catch (const std::exception&) {
     throw Error("InferenceCache.get_or_compute: fn returned a " + py::str(py::type::of(result)).cast<std::string>() +
                 "; expected tensors, or tuples, lists or dicts of tensors");
@@ -151,19 +151,27 @@ void bind_cache(py::module_& m) {
            }, py::arg("x"))
       .def("put", [](InferenceCache& cache, const py::object& x, const py::object& output, double seconds) {
              const auto inputs = to_inputs(x, "InferenceCache.put");
-             const auto value = torch::jit::toTypeInferredIValue(output);
+             const auto value = unlinked(torch::jit::toTypeInferredIValue(output));
              py::gil_scoped_release release;
              cache.put(inputs, value, seconds);
            }, py::arg("x"), py::arg("output"), py::arg("compute_seconds") = 0.0)
       .def("erase", [](InferenceCache& cache, const py::object& x) {
-             return cache.erase(to_inputs(x, "InferenceCache.erase"));
+             const auto inputs = to_inputs(x, "InferenceCache.erase");
+             py::gil_scoped_release release;
+             return cache.erase(inputs);
            }, py::arg("x"))
-      .def("clear", &InferenceCache::clear)
-      .def("stats", &InferenceCache::stats)
+      // Everything that takes the shard locks runs without the GIL: a thread
+      // holding a shard lock may need the GIL to drop a Python-linked tensor.
+      .def("clear", &InferenceCache::clear, py::call_guard<py::gil_scoped_release>())
+      .def("stats", &InferenceCache::stats, py::call_guard<py::gil_scoped_release>())
       .def("to_prometheus", [](const InferenceCache& cache, const std::map<std::string, std::string>& labels) {
+             py::gil_scoped_release release;
              return cache.to_prometheus(prometheus::Labels(labels.begin(), labels.end()));
            }, py::arg("labels") = std::map<std::string, std::string>{})
-      .def("__len__", [](const InferenceCache& cache) { return cache.stats().entries; });
+      .def("__len__", [](const InferenceCache& cache) {
+             py::gil_scoped_release release;
+             return cache.stats().entries;
+           });
 }
 
 }  // namespace pare::python

@@ -28,7 +28,17 @@ py::dict stats_dict(const RunnerStats& s) {
   return d;
 }
 
-std::unique_ptr<Runner> make_runner(const py::object& module, const py::object& cache, const py::object& pool,
+// The runner's destructor joins its workers; it must not hold the GIL while a
+// worker might need it (to drop a Python-linked tensor, say).
+struct DestroyWithoutGil {
+  void operator()(Runner* runner) const {
+    py::gil_scoped_release release;
+    delete runner;
+  }
+};
+using RunnerHolder = std::unique_ptr<Runner, DestroyWithoutGil>;
+
+RunnerHolder make_runner(const py::object& module, const py::object& cache, const py::object& pool,
                                     int64_t max_batch, double max_delay_ms, int threads, int warmup,
                                     const py::object& example_inputs) {
   auto options = RunnerOptions().max_batch(max_batch).threads(threads).warmup(warmup).max_delay(
@@ -38,13 +48,13 @@ std::unique_ptr<Runner> make_runner(const py::object& module, const py::object& 
   if (!example_inputs.is_none()) options.example_inputs(to_inputs(example_inputs, "Runner(example_inputs=...)"));
   auto scripted = unwrap_module(module, "Runner");
   py::gil_scoped_release release;
-  return std::make_unique<Runner>(scripted, options);
+  return RunnerHolder(new Runner(scripted, options));
 }
 
 }  // namespace
 
 void bind_runner(py::module_& m) {
-  py::class_<Runner>(m, "Runner", "Thread-safe serving of a ScriptModule with dynamic batching, a cache and a pool.")
+  py::class_<Runner, RunnerHolder>(m, "Runner", "Thread-safe serving of a ScriptModule with dynamic batching, a cache and a pool.")
       .def(py::init(&make_runner), py::arg("module"), py::arg("cache") = py::none(), py::arg("pool") = py::none(),
            py::arg("max_batch") = 1, py::arg("max_delay_ms") = 1.0, py::arg("threads") = 1, py::arg("warmup") = 0,
            py::arg("example_inputs") = py::none())
@@ -59,8 +69,15 @@ void bind_runner(py::module_& m) {
              return torch::jit::toPyObject(out);
            })
       .def("__call__", [](py::object self, py::args args) { return self.attr("run")(*args); })
-      .def("stats", [](const Runner& r) { return stats_dict(r.stats()); })
-      .def("metrics_text", &Runner::metrics_text);
+      .def("stats", [](const Runner& r) {
+             RunnerStats stats;
+             {
+               py::gil_scoped_release release;
+               stats = r.stats();
+             }
+             return stats_dict(stats);
+           })
+      .def("metrics_text", &Runner::metrics_text, py::call_guard<py::gil_scoped_release>());
 
   m.def("cli_main", [](std::vector<std::string> args) {
     py::gil_scoped_release release;

@@ -23,8 +23,13 @@ py::object wrap_module(const torch::jit::Module& module);
 /// The C++ module inside a Python torch.jit.ScriptModule; pare.Error (ValueError) otherwise.
 torch::jit::Module unwrap_module(const py::handle& scripted, const char* what);
 
+/// `value` with every tensor replaced by a detached alias: same storage, but no
+/// link to a Python object. A C++ thread that drops the last reference to a
+/// Python-linked tensor must take the GIL; unlinked tensors never need it.
+c10::IValue unlinked(const c10::IValue& value);
+
 /// One model input list from a Python value: a tensor becomes (tensor,), a
-/// tuple/list becomes its elements (tensors or other TorchScript values).
+/// tuple/list becomes its elements (tensors or other TorchScript values), unlinked.
 std::vector<torch::jit::IValue> to_inputs(const py::handle& value, const char* what);
 /// A list of input lists from any Python iterable of tensors or tuples.
 std::vector<std::vector<torch::jit::IValue>> to_input_batches(const py::handle& iterable, const char* what);

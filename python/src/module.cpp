@@ -18,11 +18,31 @@ torch::jit::Module unwrap_module(const py::handle& scripted, const char* what) {
   return scripted.attr("_c").cast<torch::jit::Module>();
 }
 
+c10::IValue unlinked(const c10::IValue& value) {
+  if (value.isTensor()) return value.toTensor().detach();
+  if (value.isTuple()) {
+    std::vector<c10::IValue> items;
+    for (const auto& item : value.toTupleRef().elements()) items.push_back(unlinked(item));
+    return c10::ivalue::Tuple::create(std::move(items));
+  }
+  if (value.isList()) {
+    auto list = value.toList();  // a fresh C++ list made by the conversion from Python
+    for (size_t i = 0; i < list.size(); ++i) list.set(i, unlinked(list.get(i)));
+    return list;
+  }
+  if (value.isGenericDict()) {
+    auto dict = value.toGenericDict();
+    for (const auto& entry : dict) dict.insert_or_assign(entry.key(), unlinked(entry.value()));
+    return dict;
+  }
+  return value;
+}
+
 std::vector<torch::jit::IValue> to_inputs(const py::handle& value, const char* what) {
   std::vector<torch::jit::IValue> inputs;
   auto convert = [&](const py::handle& item) {
     try {
-      inputs.push_back(torch::jit::toTypeInferredIValue(item));
+      inputs.push_back(unlinked(torch::jit::toTypeInferredIValue(item)));
     } catch (const std::exception& e) {
       throw Error(std::string(what) + ": cannot pass a " + py::str(py::type::of(item)).cast<std::string>() +
                   " to a TorchScript model; expected tensors or tuples of tensors");
