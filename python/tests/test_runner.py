@@ -47,3 +47,23 @@ def test_runner_errors_and_metrics(doubling):
         pare.Runner(doubling, max_batch=0)
     with pytest.raises(ValueError, match="expected a torch.jit.ScriptModule"):
         pare.Runner(torch.nn.Linear(2, 2))
+
+
+def test_runner_torn_down_right_after_its_requests(doubling):
+    # The workers may still hold the last batch's inputs when the runner goes
+    # away; tearing it down must neither wait on the GIL nor lose a result.
+    for round in range(30):
+        runner = pare.Runner(doubling, max_batch=8, max_delay_ms=0.5, threads=2)
+        outputs = {}
+
+        def client(t):
+            for i in range(5):
+                value = float(round * 100 + t * 10 + i)
+                outputs[(t, i)] = (value, runner(torch.full((1, 2), value)))  # the input dies here
+
+        threads = [threading.Thread(target=client, args=(t,)) for t in range(4)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        runner.stats()
+        del runner
+        assert all(torch.equal(y, torch.full((1, 2), v * 2 + 1)) for v, y in outputs.values())
