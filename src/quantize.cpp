@@ -150,6 +150,18 @@ void set_quantized_engine(const std::string& engine) {
               join(available_quantized_engines()));
 }
 
+namespace {
+// Makes `requested` (or, if empty, the best engine this LibTorch has) the
+// running quantized engine and returns its name.
+std::string switch_to_engine(const std::string& requested, const std::string& pass) {
+  const auto engines = available_quantized_engines();
+  require(!engines.empty(), pass + ": this LibTorch has no quantized engine", Error::Kind::Runtime);
+  const std::string engine = requested.empty() ? engines.front() : requested;
+  set_quantized_engine(engine);
+  return engine;
+}
+}  // namespace
+
 QuantizeInt8::QuantizeInt8(QuantizeOptions options) : options_(std::move(options)) {
   require(options_.source() || !options_.batches().empty(),
           "QuantizeInt8: no calibration data; pass batches of representative inputs with "
@@ -159,10 +171,7 @@ QuantizeInt8::QuantizeInt8(QuantizeOptions options) : options_(std::move(options
 }
 
 void QuantizeInt8::run(Result& state, PassReport& entry) const {
-  const auto engines = available_quantized_engines();
-  require(!engines.empty(), "QuantizeInt8: this LibTorch has no quantized engine", Error::Kind::Runtime);
-  const std::string engine = options_.engine().empty() ? engines.front() : options_.engine();
-  set_quantized_engine(engine);
+  const std::string engine = switch_to_engine(options_.engine(), "QuantizeInt8");
   torch::NoGradGuard no_grad;
 
   auto module = frozen_copy(state.module);
@@ -276,10 +285,7 @@ QuantizeInt8Dynamic::QuantizeInt8Dynamic(QuantizeDynamicOptions options) : optio
 }
 
 void QuantizeInt8Dynamic::run(Result& state, PassReport& entry) const {
-  const auto engines = available_quantized_engines();
-  require(!engines.empty(), "QuantizeInt8Dynamic: this LibTorch has no quantized engine", Error::Kind::Runtime);
-  const std::string engine = options_.engine().empty() ? engines.front() : options_.engine();
-  set_quantized_engine(engine);
+  const std::string engine = switch_to_engine(options_.engine(), "QuantizeInt8Dynamic");
   torch::NoGradGuard no_grad;
   auto module = frozen_copy(state.module);
   auto graph = module.get_method("forward").graph();
