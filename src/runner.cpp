@@ -6,6 +6,7 @@
 #include <deque>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "pare/metrics.hpp"
@@ -73,11 +74,22 @@ class LatencyRecorder {
   double sum_ = 0;
 };
 
+// What a worker hands back to a caller: the output, or the failure as a message
+// that the caller throws as its own pare::Error. (No exception object crosses
+// threads: its reference counts live in the uninstrumented C++ runtime, where
+// ThreadSanitizer can't follow them.)
+struct Outcome {
+  c10::IValue output;
+  std::optional<std::string> error;
+  Error::Kind kind = Error::Kind::Runtime;
+};
+
 struct Request {
   Inputs inputs;
   int64_t rows = 0;  // 0: not batchable (non-tensor inputs), runs alone
   Clock::time_point arrival;
-  std::promise<c10::IValue> result;
+  std::promise<Outcome> result;
+  bool answered = false;
 };
 
 int64_t batch_rows(const Inputs& inputs) {
@@ -180,7 +192,9 @@ struct Runner::Impl {
       queue.push_back(std::move(request));
     }
     wake.notify_one();
-    return future.get();
+    auto outcome = future.get();
+    if (outcome.error) throw Error(*outcome.error, outcome.kind);
+    return outcome.output;
   }
 
   // Takes the oldest request and every compatible one behind it, up to max_batch rows.
@@ -228,7 +242,7 @@ struct Runner::Impl {
     count_batch(batch.size());
     try {
       if (batch.size() == 1) {
-        batch.front()->result.set_value(forward(batch.front()->inputs));
+        answer(*batch.front(), Outcome{forward(batch.front()->inputs)});
         return;
       }
       Inputs merged;
@@ -242,18 +256,31 @@ struct Runner::Impl {
       const auto output = forward(merged);
       int64_t begin = 0;
       for (auto& r : batch) {
-        r->result.set_value(split_rows(output, begin, r->rows, total));
+        answer(*r, Outcome{split_rows(output, begin, r->rows, total)});
         begin += r->rows;
       }
+    } catch (const std::exception& e) {
+      fail_unanswered(batch, e.what(), is_invalid_argument(e) ? Error::Kind::InvalidArgument : Error::Kind::Runtime);
     } catch (...) {
-      // The whole batch fails together: only its own callers see the error.
-      for (auto& r : batch) {
-        try {
-          r->result.set_exception(std::current_exception());
-        } catch (const std::future_error&) {  // already answered before the failure
-        }
-      }
+      fail_unanswered(batch, "the model failed with an unknown exception", Error::Kind::Runtime);
     }
+  }
+
+  static void answer(Request& request, Outcome outcome) {
+    request.result.set_value(std::move(outcome));
+    request.answered = true;
+  }
+
+  static bool is_invalid_argument(const std::exception& e) {
+    const auto* error = dynamic_cast<const Error*>(&e);
+    return error && error->kind() == Error::Kind::InvalidArgument;
+  }
+
+  // The whole batch fails together: only its own callers see the error.
+  static void fail_unanswered(std::vector<std::unique_ptr<Request>>& batch, const std::string& message,
+                              Error::Kind kind) {
+    for (auto& r : batch)
+      if (!r->answered) answer(*r, Outcome{c10::IValue(), message, kind});
   }
 };
 
