@@ -5,6 +5,7 @@
 //
 //   compress_fashion_mnist [--epochs 3] [--out DIR]
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -77,9 +78,9 @@ int main(int argc, char** argv) try {
   pare::InputBatches calibration;
   for (int64_t b = 0; b < 9; ++b) calibration.push_back({train.images.slice(0, b * 64, (b + 1) * 64)});
   auto int8 = [&] {
-    return pare::QuantizeInt8(pare::QuantizeOptions().calibration(calibration).progress([](int64_t done, int64_t total) {
-      ex::progress_bar("calibrating int8")(done, total, 0.0);
-    }));
+    auto bar = ex::progress_bar("calibrating int8");
+    return pare::QuantizeInt8(pare::QuantizeOptions().calibration(calibration).progress(
+        [bar](int64_t done, int64_t total) mutable { bar(done, total, std::nan("")); }));
   };
 
   std::vector<Row> rows;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
@@ -143,8 +144,9 @@ Progress progress_bar(const std::string& label) {
     if (percent == last && step != steps) return;
     last = percent;
     const int filled = percent * 30 / 100;
-    std::fprintf(stderr, "\r%-24s [%.*s%*s] %3d%%  loss %.4f", label.c_str(), filled,
-                 "##############################", 30 - filled, "", percent, loss);
+    std::fprintf(stderr, "\r%-24s [%.*s%*s] %3d%%", label.c_str(), filled, "##############################",
+                 30 - filled, "", percent);
+    if (!std::isnan(loss)) std::fprintf(stderr, "  loss %.4f", loss);
     if (step == steps) std::fprintf(stderr, "\n");
   };
 }

@@ -44,7 +44,7 @@ double accuracy(torch::jit::Module& module, const Dataset& data);
 /// Median wall time of one forward pass at `batch`, in milliseconds.
 double median_latency_ms(torch::jit::Module& module, int64_t batch, int repeats = 50);
 
-/// A one-line text progress bar on stderr.
+/// A one-line text progress bar on stderr; the loss is shown unless it is NaN.
 Progress progress_bar(const std::string& label);
 
 }  // namespace pare::examples
