@@ -54,21 +54,27 @@ BenchRow measure(const std::string& name, torch::jit::Module& module, int64_t ba
   std::mutex merge;
   const auto deadline = Clock::now() + std::chrono::duration<double>(options.seconds());
   const auto start = Clock::now();
-  std::vector<std::thread> clients;
-  for (int t = 0; t < threads; ++t) {
-    clients.emplace_back([&] {
-      torch::NoGradGuard no_grad;
-      std::vector<double> mine;
-      do {
-        const auto begin = Clock::now();
-        module.forward(inputs);
-        mine.push_back(std::chrono::duration<double, std::milli>(Clock::now() - begin).count());
-      } while (Clock::now() < deadline);
-      std::lock_guard<std::mutex> lock(merge);
-      latencies.insert(latencies.end(), mine.begin(), mine.end());
-    });
+  auto client = [&] {
+    torch::NoGradGuard no_grad;
+    std::vector<double> mine;
+    do {
+      const auto begin = Clock::now();
+      module.forward(inputs);
+      mine.push_back(std::chrono::duration<double, std::milli>(Clock::now() - begin).count());
+    } while (Clock::now() < deadline);
+    std::lock_guard<std::mutex> lock(merge);
+    latencies.insert(latencies.end(), mine.begin(), mine.end());
+  };
+  // One client runs on the calling thread, where the warm-up ran: LibTorch's
+  // OpenMP team belongs to the thread that starts it, and a second team on a
+  // new thread competes with the first one's spinning workers.
+  if (threads == 1) {
+    client();
+  } else {
+    std::vector<std::thread> clients;
+    for (int t = 0; t < threads; ++t) clients.emplace_back(client);
+    for (auto& c : clients) c.join();
   }
-  for (auto& c : clients) c.join();
   const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
   std::sort(latencies.begin(), latencies.end());
   BenchRow row{name, batch, threads, int64_t(latencies.size())};
