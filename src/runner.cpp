@@ -259,8 +259,10 @@ struct Runner::Impl {
         answer(*r, Outcome{split_rows(output, begin, r->rows, total)});
         begin += r->rows;
       }
+    } catch (const Error& e) {
+      fail_unanswered(batch, e.what(), e.kind());
     } catch (const std::exception& e) {
-      fail_unanswered(batch, e.what(), is_invalid_argument(e) ? Error::Kind::InvalidArgument : Error::Kind::Runtime);
+      fail_unanswered(batch, e.what(), Error::Kind::Runtime);
     } catch (...) {
       fail_unanswered(batch, "the model failed with an unknown exception", Error::Kind::Runtime);
     }
@@ -269,11 +271,6 @@ struct Runner::Impl {
   static void answer(Request& request, Outcome outcome) {
     request.result.set_value(std::move(outcome));
     request.answered = true;
-  }
-
-  static bool is_invalid_argument(const std::exception& e) {
-    const auto* error = dynamic_cast<const Error*>(&e);
-    return error && error->kind() == Error::Kind::InvalidArgument;
   }
 
   // The whole batch fails together: only its own callers see the error.
