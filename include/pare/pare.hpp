@@ -3,7 +3,7 @@
 
 #include "pare/distill.hpp"
 #include "pare/cache.hpp"
-#include "pare/error.hpp"
+include "pare/error.hpp"
 #include "pare/export.hpp"
 #include "pare/pipeline.hpp"
 #include "pare/pool.hpp"
@@ -11,6 +11,7 @@
 #include "pare/quantize.hpp"
 #include "pare/report.hpp"
 #include "pare/runner.hpp"
+#include "pare/version.hpp"
 #include "pare/bench.hpp"
 #include "pare/cli.hpp"
 #ifdef PARE_WITH_REDIS

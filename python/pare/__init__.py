@@ -49,7 +49,7 @@ from ._pare import (  # noqa: F401
     unpooled_cpu_allocations,
 )
 
-__version__ = "0.1.0"
+from ._pare import __version__  # noqa: F401  (pare/version.hpp, from the CMake project version)
 
 
 class Pipeline:

@@ -1,6 +1,7 @@
 // The pare._pare extension: exception mapping and the component bindings.
 
 #include "bindings.hpp"
+#include "pare/version.hpp"
 
 #include "pare/error.hpp"
 
@@ -72,6 +73,7 @@ PYBIND11_MODULE(_pare, m) {
   namespace py = pybind11;
   using namespace pare::python;
   m.doc() = "pare: compress and serve TorchScript models (C++ core)";
+  m.attr("__version__") = pare::version;
 
   // pare.Error derives from RuntimeError; pare.InvalidArgument from both
   // pare.Error and ValueError, so `except ValueError` catches bad arguments.

@@ -1,0 +1,18 @@
+# pare_target_options(TARGET): the compile settings every target pare builds
+# shares — its warnings, and the LibTorch precompiled header of the `pare`
+# library (build time: each LibTorch source costs ~30 s to parse without it).
+function(pare_target_options target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra)
+  if(PARE_WARNINGS_AS_ERRORS)
+    target_compile_options(${target} PRIVATE -Werror)
+  endif()
+  if(PARE_PRECOMPILED_HEADERS AND NOT target STREQUAL "pare")
+    # A precompiled header is only valid for code compiled the same way: the
+    # library is position-independent (-fPIC), so its users are as well.
+    get_target_property(type ${target} TYPE)
+    if(type STREQUAL "EXECUTABLE")
+      target_compile_options(${target} PRIVATE -fPIC)
+    endif()
+    target_precompile_headers(${target} REUSE_FROM pare)
+  endif()
+endfunction()
