@@ -13,6 +13,7 @@
 #include "pare/runner.hpp"
 #include "pare/bench.hpp"
 #include "pare/cli.hpp"
+#include "pare/fingerprint.hpp"
 #ifdef PARE_WITH_REDIS
 #include "pare/redis_tier.hpp"
 #endif
