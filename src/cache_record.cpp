@@ -1,15 +1,21 @@
-// The record format a remote tier stores: inputs, output and compute time.
+// The record format a remote tier stores: namespace, inputs, output and compute time.
 //
 //   "PARECR" | u16 version | u64 body length | u64 XXH3-64 of the body | body
-//   body: f64 compute_seconds | u64 input count | values... | output value
+//   body: f64 compute_seconds | u64 namespace length, bytes | u64 input count |
+//   values... | output value
 //   value: u8 tag, then per tag — tensor: i32 dtype, u64 dim, i64 sizes[dim],
 //   u64 byte count, bytes; tuple/list: u64 count, values; dict: u64 count,
 //   (key, value) pairs; string: u64 length, bytes; scalars: their bytes.
 //
 // Host byte order (x86-64 and arm64 are both little-endian). A reader checks
 // every length against what is left, every dtype and byte count against the
-// shape, and the checksum, so garbage in the store is reported, never used.
+// shape, and the checksum, so garbage in the store is reported, never used;
+// it also refuses what the writer never writes (lists or dicts of mixed types,
+// unhashable dict keys, bool tensors holding bytes other than 0 and 1), so a
+// decoded value is always one that TorchScript code can consume.
+// Version 1 (no namespace) is refused: its records are recomputed.
 
+#include <cmath>
 #include <cstring>
 
 #include <ATen/ATen.h>
@@ -21,7 +27,7 @@ namespace pare {
 namespace {
 
 constexpr char kMagic[6] = {'P', 'A', 'R', 'E', 'C', 'R'};
-constexpr uint16_t kVersion = 1;
+constexpr uint16_t kVersion = 2;
 constexpr size_t kHeaderBytes = sizeof kMagic + sizeof(uint16_t) + 2 * sizeof(uint64_t);
 constexpr int kMaxDepth = 32;
 
@@ -75,6 +81,9 @@ void Writer::value(const c10::IValue& v) {
   throw Error(std::string("InferenceCache: cannot store a value of type ") + v.tagKind() + " in the remote tier");
 }
 
+// The type of a homogeneous container holding values of `so_far` and `item`'s types.
+c10::TypePtr unified(const c10::TypePtr& so_far, const c10::IValue& item, const char* what);
+
 class Reader {
  public:
   Reader(const char* p, size_t n) : p_(p), end_(p + n) {}
@@ -97,6 +106,10 @@ class Reader {
   }
   bool done() const { return p_ == end_; }
   c10::IValue value(int depth);
+  std::string text() {
+    const auto n = count();
+    return std::string(take(n), n);
+  }
   static void check(bool ok, const char* what) {
     if (!ok) throw Error(std::string("cache record is corrupt: ") + what, Error::Kind::Runtime);
   }
@@ -106,6 +119,12 @@ class Reader {
   const char* p_;
   const char* end_;
 };
+
+c10::TypePtr unified(const c10::TypePtr& so_far, const c10::IValue& item, const char* what) {
+  auto type = c10::unifyTypes(so_far, item.type());
+  Reader::check(type.has_value(), what);
+  return *type;
+}
 
 at::Tensor Reader::tensor() {
   const auto dtype = pod<int32_t>();
@@ -125,6 +144,8 @@ at::Tensor Reader::tensor() {
   const auto bytes = pod<uint64_t>();
   check(bytes == numel * c10::elementSize(type), "byte count does not match dtype and shape");
   const char* data = take(bytes);
+  if (type == at::kBool)
+    for (uint64_t i = 0; i < bytes; ++i) check(static_cast<unsigned char>(data[i]) <= 1, "bool tensor holds a byte other than 0 or 1");
   auto t = at::empty(sizes, at::TensorOptions().dtype(type));
   if (bytes) std::memcpy(t.data_ptr(), data, bytes);
   return t;
@@ -137,7 +158,7 @@ c10::IValue Reader::value(int depth) {
     case Bool: return bool(pod<uint8_t>());
     case Int: return pod<int64_t>();
     case Double: return pod<double>();
-    case String: { const auto n = count(); return std::string(take(n), n); }
+    case String: return text();
     case Undefined: return at::Tensor();
     case Tensor: return tensor();
     case Tuple: {
@@ -147,20 +168,29 @@ c10::IValue Reader::value(int depth) {
     }
     case List: {
       std::vector<c10::IValue> items(count());
-      for (auto& item : items) item = value(depth + 1);
-      c10::impl::GenericList list(items.empty() ? c10::AnyType::get() : items.front().type());
+      c10::TypePtr type = c10::AnyType::get();
+      for (size_t i = 0; i < items.size(); ++i) {
+        items[i] = value(depth + 1);
+        type = i == 0 ? items[i].type() : unified(type, items[i], "list elements of different types");
+      }
+      c10::impl::GenericList list(type);
       for (auto& item : items) list.push_back(std::move(item));
       return list;
     }
     case Dict: {
       const auto n = count();
       std::vector<std::pair<c10::IValue, c10::IValue>> items;
+      c10::TypePtr key_type = c10::StringType::get(), value_type = c10::AnyType::get();
       for (uint64_t i = 0; i < n; ++i) {
         auto key = value(depth + 1);
-        items.emplace_back(std::move(key), value(depth + 1));
+        check(key.isString() || key.isInt() || key.isDouble() || key.isBool() || key.isTensor(),
+              "dict key of a type TorchScript can't hash");
+        auto item = value(depth + 1);
+        key_type = i == 0 ? key.type() : unified(key_type, key, "dict keys of different types");
+        value_type = i == 0 ? item.type() : unified(value_type, item, "dict values of different types");
+        items.emplace_back(std::move(key), std::move(item));
       }
-      c10::impl::GenericDict dict(items.empty() ? c10::StringType::get() : items.front().first.type(),
-                                  items.empty() ? c10::AnyType::get() : items.front().second.type());
+      c10::impl::GenericDict dict(key_type, value_type);
       for (auto& item : items) dict.insert(std::move(item.first), std::move(item.second));
       return dict;
     }
@@ -171,9 +201,11 @@ c10::IValue Reader::value(int depth) {
 }  // namespace
 
 std::string serialize_cache_record(const InferenceCache::Inputs& inputs, const c10::IValue& output,
-                                   double compute_seconds) {
+                                   double compute_seconds, const std::string& key_namespace) {
   Writer body;
   body.pod<double>(compute_seconds);
+  body.pod<uint64_t>(key_namespace.size());
+  body.raw(key_namespace.data(), key_namespace.size());
   body.pod<uint64_t>(inputs.size());
   for (const auto& input : inputs) body.value(input);
   body.value(output);
@@ -195,14 +227,24 @@ CacheRecord deserialize_cache_record(const std::string& bytes) {
   Reader::check(length == bytes.size() - kHeaderBytes, "length does not match");
   const char* body = bytes.data() + kHeaderBytes;
   Reader::check(XXH3_64bits(body, length) == checksum, "checksum mismatch");
+  return cache_detail::parse_cache_record_body(body, length);
+}
+
+namespace cache_detail {
+
+CacheRecord parse_cache_record_body(const char* body, size_t length) {
   Reader reader(body, length);
   CacheRecord record;
   record.compute_seconds = reader.pod<double>();
+  Reader::check(std::isfinite(record.compute_seconds) && record.compute_seconds >= 0, "bad compute time");
+  record.key_namespace = reader.text();
   record.inputs.resize(reader.count());
   for (auto& input : record.inputs) input = reader.value(0);
   record.output = reader.value(0);
   Reader::check(reader.done(), "trailing bytes");
   return record;
 }
+
+}  // namespace cache_detail
 
 }  // namespace pare

@@ -29,4 +29,9 @@ bool same_inputs(const InferenceCache::Inputs& a, const InferenceCache::Inputs& 
 /// XXH3-128 over the namespace and every input's type tag, dtype, shape and bytes.
 Hash128 hash_inputs(const std::string& key_namespace, const InferenceCache::Inputs& inputs);
 
+/// Parses the body of a remote-tier record (what follows the checksummed
+/// header); pare::Error (Runtime) on anything malformed. Separate so that the
+/// fuzzer can reach the value decoder past the checksum.
+CacheRecord parse_cache_record_body(const char* body, size_t length);
+
 }  // namespace pare::cache_detail

@@ -59,6 +59,25 @@ struct RedisTier::Impl {
     require(options.timeout().count() > 0, "RedisTierOptions: timeout must be > 0");
     require(options.ttl().count() >= 0 && options.retry_after().count() >= 0,
             "RedisTierOptions: ttl and retry_after must be >= 0");
+    require(options.user().empty() || !options.password().empty(),
+            "RedisTierOptions: user(\"" + options.user() + "\") needs a password(...)");
+  }
+
+  // AUTH [user] password on a fresh connection. A refusal is the caller's
+  // configuration, not the server's health: InvalidArgument.
+  void authenticate(redisContext* c) {
+    if (options.password().empty()) return;
+    const auto& user = options.user();
+    const auto& password = options.password();
+    Reply reply(static_cast<redisReply*>(
+        user.empty() ? redisCommand(c, "AUTH %b", password.data(), password.size())
+                     : redisCommand(c, "AUTH %b %b", user.data(), user.size(), password.data(), password.size())));
+    if (!reply) fail(std::string("AUTH failed: ") + (c->err ? c->errstr : "no reply"));
+    if (reply->type == REDIS_REPLY_ERROR)
+      throw Error("RedisTier: " + options.host() + ":" + std::to_string(options.port()) + " refused AUTH" +
+                      (user.empty() ? "" : " for user \"" + user + "\"") + ": " + std::string(reply->str, reply->len) +
+                      "; check RedisTierOptions::password" + (user.empty() ? "" : " and ::user"),
+                  Error::Kind::InvalidArgument);
   }
 
   bool backing_off() {
@@ -71,6 +90,7 @@ struct RedisTier::Impl {
     if (!c) fail("cannot allocate a connection");
     if (c->err) fail("cannot connect to " + options.host() + ":" + std::to_string(options.port()) + ": " + c->errstr);
     if (redisSetTimeout(c.get(), to_timeval(options.timeout())) != REDIS_OK) fail("cannot set the timeout");
+    authenticate(c.get());
     return c;
   }
 
@@ -111,7 +131,24 @@ struct RedisTier::Impl {
   }
 };
 
-RedisTier::RedisTier(RedisTierOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+// Checks the credentials once, now: a refused AUTH, or a server that wants a
+// password none was given for, throws. An unreachable server does not: the
+// cache carries on without it and the tier retries after its back-off.
+RedisTier::RedisTier(RedisTierOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {
+  Context c;
+  try {
+    c = impl_->connect();  // sends AUTH when there is a password
+  } catch (const Error& e) {
+    if (e.kind() == Error::Kind::InvalidArgument) throw;
+    return;
+  }
+  Reply reply(static_cast<redisReply*>(redisCommand(c.get(), "PING")));
+  if (reply && reply->type == REDIS_REPLY_ERROR && std::string(reply->str, reply->len).rfind("NOAUTH", 0) == 0)
+    throw Error("RedisTier: " + impl_->options.host() + ":" + std::to_string(impl_->options.port()) +
+                    " requires a password: set RedisTierOptions::password (and ::user for an ACL user)",
+                Error::Kind::InvalidArgument);
+  if (reply && reply->type == REDIS_REPLY_STATUS) impl_->release(std::move(c));
+}
 RedisTier::~RedisTier() = default;
 
 const RedisTierOptions& RedisTier::options() const { return impl_->options; }

@@ -9,6 +9,7 @@
 #include <optional>
 #include <thread>
 
+#include "pare/fingerprint.hpp"
 #include "pare/metrics.hpp"
 
 namespace pare {
@@ -146,6 +147,7 @@ struct Runner::Impl {
   torch::jit::Module module;
   RunnerOptions options;
   std::optional<TensorPool> pool;  // a handle sharing the options' pool (PoolAllocatorGuard needs it mutable)
+  std::string cache_namespace;     // the model's fingerprint, or the options' namespace: keeps models apart in a shared cache
   Clock::time_point started = Clock::now();
   LatencyRecorder latencies;
 
@@ -294,6 +296,8 @@ Runner::Runner(torch::jit::Module module, RunnerOptions options) : impl_(std::ma
   impl_->module = std::move(module);
   impl_->options = std::move(options);
   impl_->pool = impl_->options.pool();
+  if (impl_->options.cache_namespace()) impl_->cache_namespace = *impl_->options.cache_namespace();
+  else if (impl_->options.cache()) impl_->cache_namespace = model_fingerprint(impl_->module);
   for (int i = 0; i < impl_->options.warmup(); ++i) impl_->forward(impl_->options.example_inputs());
   impl_->started = Clock::now();
   if (impl_->options.max_batch() > 1)
@@ -317,7 +321,8 @@ c10::IValue Runner::run(std::vector<c10::IValue> inputs) {
     ~Record() { impl.latencies.record(std::chrono::duration<double>(Clock::now() - start).count(), failed); }
   } record{*impl_, start, failed};
   c10::IValue output = impl_->options.cache()
-                           ? impl_->options.cache()->get_or_compute(inputs, [&] { return impl_->execute(inputs); })
+                           ? impl_->options.cache()->get_or_compute(inputs, [&] { return impl_->execute(inputs); },
+                                                                     impl_->cache_namespace)
                            : impl_->execute(std::move(inputs));
   failed = false;
   return output;

@@ -34,6 +34,16 @@ Hash128 content_hash(const void* data, size_t bytes);
 /// (what a cache hit proves about the stored input and the query).
 bool same_content(const c10::IValue& a, const c10::IValue& b);
 
+/// An exception type that `InferenceCache::get_or_compute`'s `fn` may throw
+/// and that should reach every waiting caller as its own type: waiters each
+/// receive a copy made by `rethrow_copy`, never the leader's object itself.
+class CopyableError {
+ public:
+  virtual ~CopyableError() = default;
+  /// Throws a copy of this exception (`throw MyError(*this);`).
+  [[noreturn]] virtual void rethrow_copy() const = 0;
+};
+
 /// A shared store behind the in-process LRU (e.g. pare::RedisTier). `get` and
 /// `put` throw on failure (unreachable, timeout, protocol error); the cache
 /// counts the failure and carries on without the tier. Implementations must be
@@ -49,7 +59,8 @@ class CacheTier {
 
 class CacheOptions {
  public:
-  /// Bytes the cache may hold: stored inputs, outputs and bookkeeping. Split evenly across shards.
+  /// Bytes the cache may hold: stored inputs, outputs and bookkeeping, across
+  /// all shards. An entry larger than a quarter of it is not stored (`rejected`).
   CacheOptions& capacity_bytes(size_t value) { capacity_bytes_ = value; return *this; }
   /// Most entries the cache may hold (0: no limit besides bytes).
   CacheOptions& max_entries(size_t value) { max_entries_ = value; return *this; }
@@ -57,7 +68,9 @@ class CacheOptions {
   CacheOptions& ttl(std::chrono::milliseconds value) { ttl_ = value; return *this; }
   /// Independent LRU lists, each with its own lock; more shards, less contention.
   CacheOptions& shards(size_t value) { shards_ = value; return *this; }
-  /// Mixed into every key (model id, version) so two models never share entries.
+  /// Mixed into every key of this cache (application, version). Per-model
+  /// namespaces are the `key_namespace` argument of the lookups (pare::Runner
+  /// passes its model's fingerprint there).
   CacheOptions& key_namespace(std::string value) { key_namespace_ = std::move(value); return *this; }
   /// On a hit, compare the stored inputs with the query byte for byte, so a
   /// hash collision can never return another input's result. On by default.
@@ -92,6 +105,7 @@ struct CacheStats {
   uint64_t hits = 0;            ///< answered from memory or the remote tier
   uint64_t misses = 0;          ///< lookups that found nothing usable
   uint64_t evictions = 0;       ///< entries dropped to respect capacity or max_entries
+  uint64_t rejected = 0;        ///< results not stored: larger than a quarter of capacity_bytes
   uint64_t expirations = 0;     ///< entries dropped because their TTL passed
   uint64_t collisions = 0;      ///< same key, different inputs (seen only with verify on)
   uint64_t coalesced = 0;       ///< callers that waited for another caller's computation
@@ -120,16 +134,25 @@ class InferenceCache {
   InferenceCache(const InferenceCache&) = delete;
   InferenceCache& operator=(const InferenceCache&) = delete;
 
+  // Every lookup takes a `key_namespace`: entries stored under one namespace
+  // are never returned under another (e.g. the fingerprints of two models
+  // sharing one cache; see pare::model_fingerprint). It is part of the key,
+  // stored with each entry and each remote record, and checked on every hit.
+
   /// The stored result for `inputs` (memory, then the remote tier), or nullopt.
-  std::optional<c10::IValue> get(const Inputs& inputs);
+  std::optional<c10::IValue> get(const Inputs& inputs, const std::string& key_namespace = {});
   /// Stores `output` for `inputs`; `compute_seconds` is what a later hit saves.
-  void put(const Inputs& inputs, const c10::IValue& output, double compute_seconds = 0);
+  void put(const Inputs& inputs, const c10::IValue& output, double compute_seconds = 0,
+           const std::string& key_namespace = {});
   /// The stored result, or `fn()` stored and returned. Concurrent misses on the
-  /// same inputs run `fn` once; its exception reaches every waiting caller and
-  /// nothing is cached.
-  c10::IValue get_or_compute(const Inputs& inputs, const Compute& fn);
+  /// same inputs run `fn` once. If `fn` throws, nothing is cached and the
+  /// exception passes through unchanged to the caller that ran `fn`; every
+  /// waiting caller receives its own copy of it (pare::Error, c10::Error and the
+  /// standard exceptions as their own type, a CopyableError through its
+  /// `rethrow_copy`, anything else as pare::Error (Runtime) with its message).
+  c10::IValue get_or_compute(const Inputs& inputs, const Compute& fn, const std::string& key_namespace = {});
   /// Removes the entry for `inputs` from memory; true if there was one.
-  bool erase(const Inputs& inputs);
+  bool erase(const Inputs& inputs, const std::string& key_namespace = {});
   /// Removes every entry from memory (the remote tier keeps its own).
   void clear();
 
@@ -137,19 +160,20 @@ class InferenceCache {
   std::string to_prometheus(const prometheus::Labels& labels = {}) const { return stats().to_prometheus(labels); }
   const CacheOptions& options() const;
 
-  /// The key of `inputs` (namespace, dtype, shape, bytes), after `key_bits` truncation.
-  Hash128 key_of(const Inputs& inputs) const;
+  /// The key of `inputs` (namespaces, dtype, shape, bytes), after `key_bits` truncation.
+  Hash128 key_of(const Inputs& inputs, const std::string& key_namespace = {}) const;
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
 
-/// Serialized form of (inputs, output, compute_seconds), as stored in a
-/// remote tier: a versioned header, a checksum, dtype and shape of every tensor.
+/// Serialized form of (namespace, inputs, output, compute_seconds), as stored
+/// in a remote tier: a versioned header, a checksum, dtype and shape of every tensor.
 std::string serialize_cache_record(const InferenceCache::Inputs& inputs, const c10::IValue& output,
-                                   double compute_seconds);
+                                   double compute_seconds, const std::string& key_namespace = {});
 struct CacheRecord {
+  std::string key_namespace;  ///< the namespace the record was stored under
   InferenceCache::Inputs inputs;
   c10::IValue output;
   double compute_seconds = 0;

@@ -14,6 +14,7 @@ include "pare/error.hpp"
 #include "pare/version.hpp"
 #include "pare/bench.hpp"
 #include "pare/cli.hpp"
+#include "pare/fingerprint.hpp"
 #ifdef PARE_WITH_REDIS
 #include "pare/redis_tier.hpp"
 #endif

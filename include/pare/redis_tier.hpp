@@ -26,6 +26,10 @@ class RedisTierOptions {
   RedisTierOptions& retry_after(std::chrono::milliseconds value) { retry_after_ = value; return *this; }
   /// Connections kept open for reuse (one is used per command at a time).
   RedisTierOptions& max_idle_connections(size_t value) { max_idle_connections_ = value; return *this; }
+  /// Sent with AUTH on every new connection (redis-server --requirepass, or an ACL user's password).
+  RedisTierOptions& password(std::string value) { password_ = std::move(value); return *this; }
+  /// ACL user name (Redis 6+) for AUTH; empty: the default user. Needs a password.
+  RedisTierOptions& user(std::string value) { user_ = std::move(value); return *this; }
 
   const std::string& host() const { return host_; }
   int port() const { return port_; }
@@ -34,6 +38,8 @@ class RedisTierOptions {
   std::chrono::milliseconds ttl() const { return ttl_; }
   std::chrono::milliseconds retry_after() const { return retry_after_; }
   size_t max_idle_connections() const { return max_idle_connections_; }
+  const std::string& password() const { return password_; }
+  const std::string& user() const { return user_; }
 
  private:
   std::string host_ = "127.0.0.1";
@@ -43,6 +49,8 @@ class RedisTierOptions {
   std::chrono::milliseconds ttl_{0};
   std::chrono::milliseconds retry_after_{1000};
   size_t max_idle_connections_ = 8;
+  std::string password_;
+  std::string user_;
 };
 
 /// Counters of one tier.
@@ -55,7 +63,13 @@ struct RedisTierStats {
 /// Thread-safe: a small pool of hiredis connections. `get`/`put` throw
 /// pare::Error (Runtime) when the server is unreachable, too slow or answers
 /// with an error; while in back-off after a failure, `get` returns nullopt and
-/// `put` does nothing, without touching the network. Construction does not connect.
+/// `put` does nothing, without touching the network.
+///
+/// Construction connects once to check access: a wrong password or user, or
+/// a server that wants a password when none is given, is a pare::Error
+/// (InvalidArgument) there, not a silent miss on every lookup later. An
+/// unreachable server is not an error at construction (the cache carries on
+/// without it, and the tier retries after its back-off).
 class RedisTier : public CacheTier {
  public:
   explicit RedisTier(RedisTierOptions options = {});

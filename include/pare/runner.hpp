@@ -29,6 +29,12 @@ class RunnerOptions {
  public:
   /// A cache consulted before the model (shared: several runners may use one).
   RunnerOptions& cache(std::shared_ptr<InferenceCache> value) { cache_ = std::move(value); return *this; }
+  /// The namespace of this runner's entries in the cache. By default the
+  /// model's fingerprint (pare::model_fingerprint, computed once at
+  /// construction), so runners over different models never share results and
+  /// runners over the same model do, across processes too (Redis tier). Set it
+  /// to name the model yourself, e.g. "fashion-cnn@3".
+  RunnerOptions& cache_namespace(std::string value) { cache_namespace_ = std::move(value); return *this; }
   /// A pool whose storage the model's own allocations reuse (PoolAllocatorGuard around each forward).
   RunnerOptions& pool(TensorPool value) { pool_ = std::move(value); return *this; }
   /// Forward passes run at construction on `example_inputs` (warms allocators and the JIT's profiling).
@@ -42,6 +48,7 @@ class RunnerOptions {
   RunnerOptions& threads(int count) { threads_ = count; return *this; }
 
   const std::shared_ptr<InferenceCache>& cache() const { return cache_; }
+  const std::optional<std::string>& cache_namespace() const { return cache_namespace_; }
   const std::optional<TensorPool>& pool() const { return pool_; }
   int warmup() const { return warmup_; }
   const std::vector<c10::IValue>& example_inputs() const { return example_inputs_; }
@@ -51,6 +58,7 @@ class RunnerOptions {
 
  private:
   std::shared_ptr<InferenceCache> cache_;
+  std::optional<std::string> cache_namespace_;
   std::optional<TensorPool> pool_;
   int warmup_ = 0;
   std::vector<c10::IValue> example_inputs_;

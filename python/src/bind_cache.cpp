@@ -7,6 +7,7 @@
 #include <chrono>
 
 #include "pare/cache.hpp"
+#include "pare/fingerprint.hpp"
 #ifdef PARE_WITH_REDIS
 #include "pare/redis_tier.hpp"
 #endif
@@ -22,11 +23,13 @@ std::chrono::milliseconds to_duration(const py::object& seconds, const char* wha
 }
 
 // A Python exception raised by fn, carried to every caller waiting on the same
-// computation. (A py::error_already_set can be restored only once, so each
-// caller raises the exception instance anew.)
-struct PythonError : std::exception {
+// computation; each waiter gets its own copy of this carrier. (A
+// py::error_already_set can be restored only once, so each caller raises the
+// exception instance anew.)
+struct PythonError : std::exception, CopyableError {
   std::shared_ptr<PyObject> exception;  // released with the GIL held
   const char* what() const noexcept override { return "exception raised by fn"; }
+  [[noreturn]] void rethrow_copy() const override { throw PythonError(*this); }
 };
 
 // fn(x), or fn(*x) for a tuple or list, as an IValue; called with the GIL released around us.
@@ -77,6 +80,7 @@ void bind_stats(py::module_& m) {
       .def_readonly("hits", &CacheStats::hits)
       .def_readonly("misses", &CacheStats::misses)
       .def_readonly("evictions", &CacheStats::evictions)
+      .def_readonly("rejected", &CacheStats::rejected)
       .def_readonly("expirations", &CacheStats::expirations)
       .def_readonly("collisions", &CacheStats::collisions)
       .def_readonly("coalesced", &CacheStats::coalesced)
@@ -99,17 +103,22 @@ void bind_stats(py::module_& m) {
 void bind_redis(py::module_& m) {
   py::class_<RedisTier, std::shared_ptr<RedisTier>>(m, "RedisTier", "A Redis server shared by caches and processes.")
       .def(py::init([](const std::string& host, int port, const std::string& key_prefix, double timeout,
-                       const py::object& ttl) {
+                       const py::object& ttl, const py::object& password, const py::object& user) {
              require(timeout > 0, "RedisTier(timeout=...) must be > 0 seconds");
-             return std::make_shared<RedisTier>(RedisTierOptions()
-                                                    .host(host)
-                                                    .port(port)
-                                                    .key_prefix(key_prefix)
-                                                    .timeout(std::chrono::milliseconds(int64_t(timeout * 1000 + 0.5)))
-                                                    .ttl(to_duration(ttl, "RedisTier(ttl=...)")));
+             auto options = RedisTierOptions()
+                                .host(host)
+                                .port(port)
+                                .key_prefix(key_prefix)
+                                .timeout(std::chrono::milliseconds(int64_t(timeout * 1000 + 0.5)))
+                                .ttl(to_duration(ttl, "RedisTier(ttl=...)"));
+             if (!password.is_none()) options.password(password.cast<std::string>());
+             if (!user.is_none()) options.user(user.cast<std::string>());
+             py::gil_scoped_release release;  // construction connects to check the credentials
+             return std::make_shared<RedisTier>(options);
            }),
            py::arg("host") = "127.0.0.1", py::arg("port") = 6379, py::arg("key_prefix") = "pare:cache:",
-           py::arg("timeout") = 0.1, py::arg("ttl") = py::none())
+           py::arg("timeout") = 0.1, py::arg("ttl") = py::none(), py::arg("password") = py::none(),
+           py::arg("user") = py::none())
       .def("ping", &RedisTier::ping, py::call_guard<py::gil_scoped_release>())
       .def("clear", &RedisTier::clear, py::call_guard<py::gil_scoped_release>());
 }
@@ -119,6 +128,11 @@ void bind_redis(py::module_& m) {
 
 void bind_cache(py::module_& m) {
   bind_stats(m);
+  m.def("model_fingerprint", [](const py::object& module) {
+    const auto scripted = unwrap_module(module, "model_fingerprint");
+    py::gil_scoped_release release;
+    return model_fingerprint(scripted);
+  }, py::arg("module"), "32 hex digits identifying a ScriptModule's code and weights (XXH3-128 of its TorchScript archive).");
 #ifdef PARE_WITH_REDIS
   bind_redis(m);
 #endif
@@ -127,39 +141,42 @@ void bind_cache(py::module_& m) {
       .def(py::init(&make_cache), py::arg("capacity_bytes") = size_t(256) << 20, py::arg("ttl") = py::none(),
            py::arg("max_entries") = 0, py::arg("shards") = 8, py::arg("key_namespace") = "", py::arg("verify") = true,
            py::arg("remote") = py::none())
-      .def("get_or_compute", [](InferenceCache& cache, const py::object& x, const py::function& fn) {
+      .def("get_or_compute", [](InferenceCache& cache, const py::object& x, const py::function& fn,
+                                const std::string& key_namespace) {
              const auto inputs = to_inputs(x, "InferenceCache.get_or_compute");
              c10::IValue out;
              try {
                py::gil_scoped_release release;
-               out = cache.get_or_compute(inputs, [&] { return call_python(fn, x); });
+               out = cache.get_or_compute(inputs, [&] { return call_python(fn, x); }, key_namespace);
              } catch (const PythonError& e) {  // the GIL is held again here
                PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(e.exception.get())), e.exception.get());
                throw py::error_already_set();
              }
              return torch::jit::toPyObject(out);
-           }, py::arg("x"), py::arg("fn"),
-           "The cached result for x, or fn(x) (fn(*x) for a tuple) computed once, stored and returned.")
-      .def("get", [](InferenceCache& cache, const py::object& x) -> py::object {
+           }, py::arg("x"), py::arg("fn"), py::arg("key_namespace") = "",
+           "The cached result for x, or fn(x) (fn(*x) for a tuple) computed once, stored and returned.\n"
+           "Entries of one key_namespace (e.g. pare.model_fingerprint(model)) never answer another's.")
+      .def("get", [](InferenceCache& cache, const py::object& x, const std::string& key_namespace) -> py::object {
              const auto inputs = to_inputs(x, "InferenceCache.get");
              std::optional<c10::IValue> out;
              {
                py::gil_scoped_release release;
-               out = cache.get(inputs);
+               out = cache.get(inputs, key_namespace);
              }
              return out ? torch::jit::toPyObject(*out) : py::none();
-           }, py::arg("x"))
-      .def("put", [](InferenceCache& cache, const py::object& x, const py::object& output, double seconds) {
+           }, py::arg("x"), py::arg("key_namespace") = "")
+      .def("put", [](InferenceCache& cache, const py::object& x, const py::object& output, double seconds,
+                     const std::string& key_namespace) {
              const auto inputs = to_inputs(x, "InferenceCache.put");
              const auto value = unlinked(torch::jit::toTypeInferredIValue(output));
              py::gil_scoped_release release;
-             cache.put(inputs, value, seconds);
-           }, py::arg("x"), py::arg("output"), py::arg("compute_seconds") = 0.0)
-      .def("erase", [](InferenceCache& cache, const py::object& x) {
+             cache.put(inputs, value, seconds, key_namespace);
+           }, py::arg("x"), py::arg("output"), py::arg("compute_seconds") = 0.0, py::arg("key_namespace") = "")
+      .def("erase", [](InferenceCache& cache, const py::object& x, const std::string& key_namespace) {
              const auto inputs = to_inputs(x, "InferenceCache.erase");
              py::gil_scoped_release release;
-             return cache.erase(inputs);
-           }, py::arg("x"))
+             return cache.erase(inputs, key_namespace);
+           }, py::arg("x"), py::arg("key_namespace") = "")
       // Everything that takes the shard locks runs without the GIL: a thread
       // holding a shard lock may need the GIL to drop a Python-linked tensor.
       .def("clear", &InferenceCache::clear, py::call_guard<py::gil_scoped_release>())
