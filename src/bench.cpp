@@ -9,6 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "html_chart.hpp"
+
 namespace pare {
 namespace {
 
@@ -148,6 +150,38 @@ std::string bench_json(const std::vector<BenchRow>& rows) {
                    {"samples_per_second", r.samples_per_second}, {"p50_ratio", r.p50_ratio},
                    {"throughput_ratio", r.throughput_ratio}});
   return out.dump(2);
+}
+
+}  // namespace pare
+
+namespace pare {
+
+std::string bench_html(const std::vector<BenchRow>& rows, const std::string& title) {
+  html::BarChart latency{"Latency per call (ms, lower is better)", " ms"};
+  latency.series = {{"p50", {}}, {"p95", {}}, {"p99", {}}};
+  html::BarChart throughput{"Throughput (samples/s, higher is better)", ""};
+  throughput.series = {{"samples/s", {}}};
+  latency.width = throughput.width = 540;  // side by side on a 1140-pixel page
+  std::vector<std::vector<std::string>> table;
+  for (const auto& r : rows) {
+    const std::string cell = r.model + " b" + std::to_string(r.batch) + " t" + std::to_string(r.threads);
+    latency.labels.push_back(cell);
+    throughput.labels.push_back(cell);
+    latency.series[0].values.push_back(r.p50_ms);
+    latency.series[1].values.push_back(r.p95_ms);
+    latency.series[2].values.push_back(r.p99_ms);
+    throughput.series[0].values.push_back(r.samples_per_second);
+    table.push_back({r.model, std::to_string(r.batch), std::to_string(r.threads), std::to_string(r.calls),
+                     html::number(r.p50_ms), html::number(r.p95_ms), html::number(r.p99_ms),
+                     html::number(r.samples_per_second, 6), html::number(r.p50_ratio, 3) + "x",
+                     html::number(r.throughput_ratio, 3) + "x"});
+  }
+  const std::string body =
+      "<div class=\"side-by-side\">\n" + html::figure(latency) + html::figure(throughput) + "</div>\n" +
+      html::table({"model", "batch", "threads", "calls", "p50 ms", "p95 ms", "p99 ms", "samples/s", "p50 ratio",
+                   "thr. ratio"},
+                  table);
+  return html::page(title, body);
 }
 
 }  // namespace pare

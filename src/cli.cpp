@@ -78,6 +78,18 @@ std::string one_line(const std::string& message) {
   return lines.front() + " ... " + lines.back();
 }
 
+// Readers never see a half-written file: write a temporary, then rename it into place.
+void write_atomically(const std::string& path, const std::string& text, const std::string& what) {
+  const std::string temporary = path + ".tmp";
+  std::ofstream file(temporary, std::ios::binary);
+  file << text;
+  file.close();
+  if (!file.good() || std::rename(temporary.c_str(), path.c_str()) != 0) {
+    std::remove(temporary.c_str());
+    throw Error("could not write " + what + " to '" + path + "'", Error::Kind::Runtime);
+  }
+}
+
 struct CompressArgs {
   std::string in, out, scope = "global", calib, observer, report;
   double prune = -1;
@@ -108,13 +120,7 @@ int compress(const CompressArgs& a, std::ostream& out, std::ostream& err) {
   pipeline.add(ExportTorchScript(a.out, ExportOptions().freeze(!a.int8 && !a.dynamic)));
   const auto result = pipeline.run(model);
   out << result.report.to_string();
-  if (!a.report.empty()) {
-    std::ofstream file(a.report + ".tmp");
-    file << result.report.to_json();
-    file.close();
-    require(file.good() && std::rename((a.report + ".tmp").c_str(), a.report.c_str()) == 0,
-            "could not write the report to '" + a.report + "'", Error::Kind::Runtime);
-  }
+  if (!a.report.empty()) write_atomically(a.report, result.report.to_json(), "the report");
   return 0;
 }
 
@@ -124,6 +130,7 @@ struct BenchArgs {
   std::vector<int> threads{1};
   double seconds = 1.0;
   bool json = false;
+  std::string html;
 };
 
 int bench(const BenchArgs& a, std::ostream& out) {
@@ -134,10 +141,26 @@ int bench(const BenchArgs& a, std::ostream& out) {
   const auto rows = benchmark_models(std::move(models),
                                      BenchOptions().inputs(shapes).batches(a.batches).threads(a.threads).seconds(a.seconds));
   out << (a.json ? bench_json(rows) + "\n" : bench_table(rows));
+  if (!a.html.empty()) write_atomically(a.html, bench_html(rows), "the benchmark page");
   return 0;
 }
 
 }  // namespace
+
+Report inspect_report(const std::string& path) {
+  load_model(path);  // clear errors for a missing or foreign file
+  torch::jit::ExtraFilesMap extras{{kReportExtraFile, ""}};
+  auto model = torch::jit::load(path, c10::nullopt, extras);
+  Report report;
+  if (!extras[kReportExtraFile].empty()) report = Report::from_json(extras[kReportExtraFile]);
+  auto& entry = report.add("inspect");
+  entry.layers = weight_table(model);
+  struct stat info {};
+  ::stat(path.c_str(), &info);
+  entry.metrics["file_bytes"] = double(info.st_size);
+  entry.labels["path"] = path;
+  return report;
+}
 
 std::string inspect_model(const std::string& path) {
   load_model(path);  // clear errors for a missing or foreign file
@@ -217,9 +240,11 @@ int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostre
   bench_cmd->add_option("--threads", b.threads, "client thread counts, e.g. 1,2")->delimiter(',');
   bench_cmd->add_option("--seconds", b.seconds, "measuring time per cell");
   bench_cmd->add_flag("--json", b.json, "print JSON instead of a table");
-  std::string inspect_path;
+  bench_cmd->add_option("--html", b.html, "also write latency and throughput charts as an HTML page here");
+  std::string inspect_path, inspect_html;
   auto* inspect_cmd = app.add_subcommand("inspect", "layers, sparsity, quantization and pare's report of a model");
   inspect_cmd->add_option("model", inspect_path, "TorchScript file")->required();
+  inspect_cmd->add_option("--html", inspect_html, "also write the report as a self-contained HTML page here");
 
   const std::vector<std::string> commands{"compress", "bench", "inspect"};
   if (args.size() > 1 && args[1].rfind("-", 0) != 0 &&
@@ -242,6 +267,8 @@ int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostre
     if (compress_cmd->parsed()) return compress(c, out, err);
     if (bench_cmd->parsed()) return bench(b, out);
     out << inspect_model(inspect_path);
+    if (!inspect_html.empty())
+      write_atomically(inspect_html, inspect_report(inspect_path).to_html("pare inspect: " + inspect_path), "the page");
     return 0;
   } catch (const Error& e) {
     err << "pare: " << one_line(e.what()) << "\n";

@@ -13,12 +13,20 @@ namespace {
 using nlohmann::json;
 
 json layer_to_json(const LayerReport& layer) {
-  return json{{"name", layer.name},
-              {"parameters", layer.parameters},
-              {"nonzeros", layer.nonzeros},
-              {"sparsity", layer.sparsity()},
-              {"metrics", layer.metrics},
-              {"labels", layer.labels}};
+  json out{{"name", layer.name},
+           {"parameters", layer.parameters},
+           {"nonzeros", layer.nonzeros},
+           {"sparsity", layer.sparsity()},
+           {"metrics", layer.metrics},
+           {"labels", layer.labels}};
+  if (layer.channels_before) out["channels_before"] = *layer.channels_before;
+  if (layer.channels_after) out["channels_after"] = *layer.channels_after;
+  return out;
+}
+
+std::optional<std::int64_t> optional_count(const json& object, const char* key) {
+  if (!object.contains(key)) return std::nullopt;
+  return object[key].get<std::int64_t>();
 }
 
 json pass_to_json(const PassReport& pass) {
@@ -106,6 +114,8 @@ Report Report::from_json(const std::string& text) {
         layer.nonzeros = l.at("nonzeros").get<std::int64_t>();
         layer.metrics = l.value("metrics", std::map<std::string, double>{});
         layer.labels = l.value("labels", std::map<std::string, std::string>{});
+        layer.channels_before = optional_count(l, "channels_before");
+        layer.channels_after = optional_count(l, "channels_after");
         pass.layers.push_back(std::move(layer));
       }
     }
@@ -134,6 +144,8 @@ std::string Report::to_string() const {
     out << line;
     for (const auto& layer : pass.layers) {
       std::string details;
+      if (layer.channels_before && layer.channels_after)
+        details += "channels=" + std::to_string(*layer.channels_before) + "->" + std::to_string(*layer.channels_after) + " ";
       for (const auto& [key, value] : layer.labels) details += key + "=" + value + " ";
       for (const auto& [key, value] : layer.metrics) details += key + "=" + format("%.4g", value) + " ";
       std::snprintf(line, sizeof line, "   %-32s %12lld %12lld %8.2f%%  %s\n", layer.name.c_str(),

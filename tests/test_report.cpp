@@ -65,3 +65,54 @@ TEST_CASE("bad input gives pare::Error") {
   CHECK_THROWS_AS(pare::Report::from_json("{\"passes\": [{}]}"), pare::Error);
   CHECK_THROWS_WITH(sample_report().at("quantize_int8"), Catch::Contains("no entry for pass 'quantize_int8'"));
 }
+
+namespace {
+
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + what.size())) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("the HTML page draws one bar per layer and names every layer") {
+  auto report = sample_report();
+  auto& quantize = report.add("quantize_int8");
+  for (const char* name : {"conv1", "fc1"}) {
+    pare::LayerReport layer;
+    layer.name = name;
+    layer.metrics["sqnr_db"] = 30;
+    quantize.layers.push_back(layer);
+  }
+  pare::LayerReport island;
+  island.name = "fc2";
+  island.labels = {{"status", "float"}, {"reason", "skipped by option"}};
+  quantize.layers.push_back(island);
+  const auto page = report.to_html("a <b> title");
+  CHECK(page.rfind("<!DOCTYPE html>", 0) == 0);
+  CHECK(page.find("<script") == std::string::npos);
+  CHECK(page.find("a &lt;b&gt; title") != std::string::npos);
+  // time per pass (2) + sparsity of fc1.weight (1) + SQNR of conv1 and fc1 (2) + loss series (2)
+  CHECK(count(page, "<rect class=\"bar ") == 7);
+  CHECK(count(page, "<rect class=\"island\"") == 1);
+  CHECK(page.find("float island: skipped by option") != std::string::npos);
+  for (const char* name : {">fc1.weight<", ">conv1<", ">fc1<", ">fc2<"}) CHECK(page.find(name) != std::string::npos);
+}
+
+TEST_CASE("channels before/after round-trip through JSON and draw two bars per group") {
+  pare::Report report;
+  auto& pass = report.add("prune_channels");
+  pare::LayerReport group;
+  group.name = "layer1.0";
+  group.channels_before = 64;
+  group.channels_after = 32;
+  pass.layers.push_back(group);
+  pass.layers.push_back(pare::LayerReport{"fc.weight", 10, 10});
+  const auto copy = pare::Report::from_json(report.to_json());
+  CHECK(copy.passes[0].layers[0].channels_before == 64);
+  CHECK(copy.passes[0].layers[0].channels_after == 32);
+  CHECK(!copy.passes[0].layers[1].channels_before);
+  CHECK(copy.to_string().find("channels=64->32") != std::string::npos);
+  CHECK(count(copy.to_html(), "<rect class=\"bar ") == 1 + 2);  // time per pass + before/after
+}

@@ -57,6 +57,9 @@ std::vector<BenchRow> benchmark_models(std::vector<std::pair<std::string, torch:
 std::string bench_table(const std::vector<BenchRow>& rows);
 /// The rows as a JSON array.
 std::string bench_json(const std::vector<BenchRow>& rows);
+/// One self-contained HTML page: latency percentiles and throughput of every
+/// cell as bar charts side by side, and the table.
+std::string bench_html(const std::vector<BenchRow>& rows, const std::string& title = "pare bench");
 
 /// Parses "1x1x28x28" into {1, 1, 28, 28}; pare::Error on anything else.
 std::vector<int64_t> parse_shape(const std::string& text);

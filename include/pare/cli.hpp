@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "pare/report.hpp"
+
 namespace pare {
 
 /// Runs the command line `args` (args[0] is the program name). Writes results to
@@ -15,5 +17,9 @@ int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostre
 
 /// What `pare inspect` prints about a TorchScript file.
 std::string inspect_model(const std::string& path);
+
+/// What `pare inspect --html` draws: the report pare embedded in the file (if
+/// any), then an "inspect" entry with the file's Linear/Conv weights and size.
+Report inspect_report(const std::string& path);
 
 }  // namespace pare

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,9 @@ struct LayerReport {
   std::map<std::string, double> metrics;
   /// Pass-specific labels, e.g. {"observer", "histogram"}, {"status", "float"}.
   std::map<std::string, std::string> labels;
+  /// Channels before and after a pass that removes channels (per layer or per
+  /// group of coupled layers); empty for passes that keep every channel.
+  std::optional<std::int64_t> channels_before, channels_after;
 };
 
 /// One pass's entry.
@@ -54,6 +58,10 @@ class Report {
   static Report from_json(const std::string& text);
   /// A readable fixed-width table, one block per pass.
   std::string to_string() const;
+  /// One self-contained HTML page (inline CSS and SVG, no scripts, nothing
+  /// fetched): summary cards, a table per pass and per-layer bar charts of
+  /// sparsity, int8 SQNR (float layers marked), channels before/after.
+  std::string to_html(const std::string& title = "pare report") const;
 };
 
 }  // namespace pare

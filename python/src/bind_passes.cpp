@@ -22,6 +22,8 @@ void bind_report(py::module_& m) {
       .def_property_readonly("sparsity", &LayerReport::sparsity)
       .def_readonly("metrics", &LayerReport::metrics)
       .def_readonly("labels", &LayerReport::labels)
+      .def_readonly("channels_before", &LayerReport::channels_before)
+      .def_readonly("channels_after", &LayerReport::channels_after)
       .def("__repr__", [](const LayerReport& l) {
         return "<LayerReport " + l.name + " params=" + std::to_string(l.parameters) +
                " nonzeros=" + std::to_string(l.nonzeros) + ">";
@@ -45,7 +47,10 @@ void bind_report(py::module_& m) {
       .def("to_json", &Report::to_json, py::arg("indent") = 2)
       .def_static("from_json", &Report::from_json)
       .def("to_string", &Report::to_string)
-      .def("__str__", &Report::to_string);
+      .def("__str__", &Report::to_string)
+      .def("to_html", &Report::to_html, py::arg("title") = "pare report",
+           "One self-contained HTML page: summary, per-pass tables, per-layer SVG charts.")
+      .def("_repr_html_", [](const Report& r) { return r.to_html(); });
 }
 
 void bind_pruning(py::module_& m) {

@@ -85,6 +85,8 @@ void bind_runner(py::module_& m) {
     return cli_main(args, std::cout, std::cerr);
   }, py::arg("argv"), "Runs the pare command line (argv[0] is the program name); returns the exit code.");
   m.def("inspect_model", &inspect_model, py::arg("path"));
+  m.def("inspect_report", &inspect_report, py::arg("path"),
+        "The report embedded in a pare export (if any) plus the file's weights and size, as a Report.");
 }
 
 }  // namespace pare::python
