@@ -10,6 +10,8 @@
 #include <nlohmann/json.hpp>
 
 #include "html_chart.hpp"
+#include "eval_module.hpp"
+#include "torch_errors.hpp"
 
 namespace pare {
 namespace {
@@ -29,21 +31,11 @@ double percentile(std::vector<double>& sorted, double q) {
   return sorted[std::min(sorted.size() - 1, size_t(q * double(sorted.size())))];
 }
 
-// TorchScript interpreter errors carry a multi-line traceback; the last line says what went wrong.
-std::string last_line(const std::string& text) {
-  size_t end = text.find_last_not_of(" \n");
-  if (end == std::string::npos) return text;
-  const size_t begin = text.rfind('\n', end);
-  return text.substr(begin == std::string::npos ? 0 : begin + 1, end + 1 - (begin == std::string::npos ? 0 : begin + 1));
-}
-
 void forward(torch::jit::Module& module, const std::vector<c10::IValue>& inputs, const std::string& name) {
   try {
     module.forward(inputs);
   } catch (const std::exception& e) {
-    const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
-    throw Error("model '" + name + "' rejected its input: " +
-                last_line(c10_error ? c10_error->what_without_backtrace() : e.what()) +
+    throw Error("model '" + name + "' rejected its input: " + detail::torch_message(e) +
                 "; check --input (the first dimension is the batch)");
   }
 }
@@ -53,17 +45,28 @@ BenchRow measure(const std::string& name, torch::jit::Module& module, int64_t ba
   const auto inputs = make_inputs(options, batch);
   for (int i = 0; i < options.warmup(); ++i) forward(module, inputs, name);
   std::vector<double> latencies;
+  std::vector<std::string> failures;  // messages, not exception objects: nothing crosses threads
   std::mutex merge;
   const auto deadline = Clock::now() + std::chrono::duration<double>(options.seconds());
   const auto start = Clock::now();
   auto client = [&] {
     torch::NoGradGuard no_grad;
     std::vector<double> mine;
-    do {
-      const auto begin = Clock::now();
-      module.forward(inputs);
-      mine.push_back(std::chrono::duration<double, std::milli>(Clock::now() - begin).count());
-    } while (Clock::now() < deadline);
+    try {
+      do {
+        const auto begin = Clock::now();
+        forward(module, inputs, name);
+        mine.push_back(std::chrono::duration<double, std::milli>(Clock::now() - begin).count());
+      } while (Clock::now() < deadline);
+    } catch (const std::exception& e) {  // forward() throws pare::Error only
+      std::lock_guard<std::mutex> lock(merge);
+      failures.push_back(e.what());
+      return;
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(merge);
+      failures.push_back("model '" + name + "' threw an exception that is not a std::exception");
+      return;
+    }
     std::lock_guard<std::mutex> lock(merge);
     latencies.insert(latencies.end(), mine.begin(), mine.end());
   };
@@ -77,6 +80,9 @@ BenchRow measure(const std::string& name, torch::jit::Module& module, int64_t ba
     for (int t = 0; t < threads; ++t) clients.emplace_back(client);
     for (auto& c : clients) c.join();
   }
+  require(failures.empty(), "bench: " + std::to_string(failures.size()) + " of " + std::to_string(threads) +
+                                " client threads failed (batch " + std::to_string(batch) + "); the first: " +
+                                (failures.empty() ? "" : failures.front()));
   const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
   std::sort(latencies.begin(), latencies.end());
   BenchRow row{name, batch, threads, int64_t(latencies.size())};
@@ -114,7 +120,7 @@ std::vector<BenchRow> benchmark_models(std::vector<std::pair<std::string, torch:
   require(options.seconds() > 0 && options.seconds() <= 3600, "bench: seconds must be in (0, 3600]");
   std::vector<BenchRow> rows;
   for (auto& [name, module] : models) {
-    module.eval();
+    module = detail::eval_module(module);  // the caller's module keeps its mode
     for (auto batch : options.batches())
       for (int threads : options.threads()) rows.push_back(measure(name, module, batch, threads, options));
   }

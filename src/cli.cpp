@@ -17,6 +17,8 @@
 #include "pare/export.hpp"
 #include "pare/prune.hpp"
 #include "pare/quantize.hpp"
+#include "atomic_file.hpp"
+#include "torch_errors.hpp"
 
 namespace pare {
 namespace {
@@ -29,36 +31,6 @@ torch::jit::Module load_model(const std::string& path) {
   } catch (const c10::Error& e) {
     throw Error("'" + path + "' is not a TorchScript file (expected the output of torch.jit.save or pare compress)");
   }
-}
-
-// Calibration data: a file written by torch.save of a tensor (split into
-// batches of 32 along dim 0) or of a list of tensors/tuples (one batch each).
-InputBatches load_calibration(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  require(file.good(), "no such calibration file: '" + path + "'");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(file)), {});
-  c10::IValue value;
-  try {
-    value = torch::pickle_load(bytes);
-  } catch (const c10::Error&) {
-    throw Error("'" + path + "' is not a torch.save file; make one with "
-                "torch.save([batch1, batch2, ...], \"calib.pt\")");
-  }
-  InputBatches batches;
-  auto add = [&](const c10::IValue& item) {
-    if (item.isTensor()) batches.push_back({item});
-    else if (item.isTuple()) batches.push_back(item.toTupleRef().elements().vec());
-    else throw Error("calibration file '" + path + "' holds a " + item.tagKind() + "; expected tensors or tuples");
-  };
-  if (value.isTensor()) {
-    for (const auto& chunk : value.toTensor().split(32)) batches.push_back({chunk});
-  } else if (value.isList()) {
-    for (const auto& item : value.toListRef()) add(item);
-  } else {
-    add(value);
-  }
-  require(!batches.empty(), "calibration file '" + path + "' holds no batches");
-  return batches;
 }
 
 void progress_bar(std::ostream& err, const std::string& label, int64_t done, int64_t total) {
@@ -78,20 +50,14 @@ std::string one_line(const std::string& message) {
   return lines.front() + " ... " + lines.back();
 }
 
-// Readers never see a half-written file: write a temporary, then rename it into place.
-void write_atomically(const std::string& path, const std::string& text, const std::string& what) {
-  const std::string temporary = path + ".tmp";
-  std::ofstream file(temporary, std::ios::binary);
-  file << text;
-  file.close();
-  if (!file.good() || std::rename(temporary.c_str(), path.c_str()) != 0) {
-    std::remove(temporary.c_str());
-    throw Error("could not write " + what + " to '" + path + "'", Error::Kind::Runtime);
-  }
+std::string join(const std::vector<std::string>& items, const std::string& separator) {
+  std::string out;
+  for (const auto& item : items) out += (out.empty() ? "" : separator) + item;
+  return out;
 }
 
 struct CompressArgs {
-  std::string in, out, scope = "global", calib, observer, report;
+  std::string in, out, scope = to_string(L1PruneOptions().scope()), calib, observer, report;
   double prune = -1;
   bool structured = false, int8 = false, dynamic = false, per_tensor = false;
 };
@@ -106,12 +72,12 @@ int compress(const CompressArgs& a, std::ostream& out, std::ostream& err) {
   auto model = load_model(a.in);
   Pipeline pipeline;
   if (a.prune >= 0) {
-    auto options = L1PruneOptions().amount(a.prune).scope(a.scope == "local" ? Scope::Local : Scope::Global);
+    auto options = L1PruneOptions().amount(a.prune).scope(parse_scope(a.scope));
     if (a.structured) options.structured(0);
     pipeline.add(L1Prune(options));
   }
   if (a.int8) {
-    auto options = QuantizeOptions().calibration(load_calibration(a.calib)).per_channel(!a.per_tensor);
+    auto options = QuantizeOptions().calibration(load_calibration_file(a.calib)).per_channel(!a.per_tensor);
     if (!a.observer.empty()) options.observer(ObserverOptions(parse_observer_kind(a.observer)));
     options.progress([&err](int64_t done, int64_t total) { progress_bar(err, "calibrating", done, total); });
     pipeline.add(QuantizeInt8(options));
@@ -120,7 +86,7 @@ int compress(const CompressArgs& a, std::ostream& out, std::ostream& err) {
   pipeline.add(ExportTorchScript(a.out, ExportOptions().freeze(!a.int8 && !a.dynamic)));
   const auto result = pipeline.run(model);
   out << result.report.to_string();
-  if (!a.report.empty()) write_atomically(a.report, result.report.to_json(), "the report");
+  if (!a.report.empty()) detail::write_file_atomically(a.report, result.report.to_json(), "--report");
   return 0;
 }
 
@@ -141,29 +107,11 @@ int bench(const BenchArgs& a, std::ostream& out) {
   const auto rows = benchmark_models(std::move(models),
                                      BenchOptions().inputs(shapes).batches(a.batches).threads(a.threads).seconds(a.seconds));
   out << (a.json ? bench_json(rows) + "\n" : bench_table(rows));
-  if (!a.html.empty()) write_atomically(a.html, bench_html(rows), "the benchmark page");
+  if (!a.html.empty()) detail::write_file_atomically(a.html, bench_html(rows), "--html");
   return 0;
 }
 
-}  // namespace
-
-Report inspect_report(const std::string& path) {
-  load_model(path);  // clear errors for a missing or foreign file
-  torch::jit::ExtraFilesMap extras{{kReportExtraFile, ""}};
-  auto model = torch::jit::load(path, c10::nullopt, extras);
-  Report report;
-  if (!extras[kReportExtraFile].empty()) report = Report::from_json(extras[kReportExtraFile]);
-  auto& entry = report.add("inspect");
-  entry.layers = weight_table(model);
-  struct stat info {};
-  ::stat(path.c_str(), &info);
-  entry.metrics["file_bytes"] = double(info.st_size);
-  entry.labels["path"] = path;
-  return report;
-}
-
-std::string inspect_model(const std::string& path) {
-  load_model(path);  // clear errors for a missing or foreign file
+std::string describe_model(const std::string& path) {
   torch::jit::ExtraFilesMap extras{{kReportExtraFile, ""}, {"pare/quantization.json", ""}};
   auto model = torch::jit::load(path, c10::nullopt, extras);
   struct stat info {};
@@ -216,6 +164,30 @@ std::string inspect_model(const std::string& path) {
   return out.str();
 }
 
+}  // namespace
+
+Report inspect_report(const std::string& path) {
+  load_model(path);  // clear errors for a missing or foreign file
+  return detail::translate_torch_errors("inspect: '" + path + "'", [&] {
+    torch::jit::ExtraFilesMap extras{{kReportExtraFile, ""}};
+    auto model = torch::jit::load(path, c10::nullopt, extras);
+    Report report;
+    if (!extras[kReportExtraFile].empty()) report = Report::from_json(extras[kReportExtraFile]);
+    auto& entry = report.add("inspect");
+    entry.layers = weight_table(model);
+    struct stat info {};
+    ::stat(path.c_str(), &info);
+    entry.metrics["file_bytes"] = double(info.st_size);
+    entry.labels["path"] = path;
+    return report;
+  });
+}
+
+std::string inspect_model(const std::string& path) {
+  load_model(path);  // clear errors for a missing or foreign file
+  return detail::translate_torch_errors("inspect: '" + path + "'", [&] { return describe_model(path); });
+}
+
 int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   CLI::App app{"pare: compress, benchmark and inspect TorchScript models", "pare"};
   app.require_subcommand(1);
@@ -224,12 +196,17 @@ int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostre
   compress_cmd->add_option("model", c.in, "input TorchScript file")->required();
   compress_cmd->add_option("-o,--output", c.out, "output TorchScript file")->required();
   compress_cmd->add_option("--prune", c.prune, "fraction of weights to prune, in [0, 1]");
-  compress_cmd->add_option("--scope", c.scope, "pruning scope")->check(CLI::IsMember({"global", "local"}));
+  compress_cmd->add_option("--scope", c.scope, "pruning scope: " + join(scope_names(), " or "))
+      ->check(CLI::IsMember(scope_names()))
+      ->capture_default_str();
   compress_cmd->add_flag("--structured", c.structured, "prune whole output channels");
   compress_cmd->add_flag("--int8", c.int8, "static int8 quantization (needs --calib)");
   compress_cmd->add_flag("--dynamic", c.dynamic, "dynamic int8 quantization of Linear layers");
   compress_cmd->add_option("--calib", c.calib, "calibration batches: torch.save([batch, ...], \"calib.pt\")");
-  compress_cmd->add_option("--observer", c.observer, "minmax, moving_average, percentile, histogram or entropy");
+  compress_cmd->add_option("--observer", c.observer,
+                           "activation observer: " + join(observer_kind_names(), ", ") + " (default " +
+                               to_string(ObserverOptions().kind()) + ")")
+      ->check(CLI::IsMember(observer_kind_names()));
   compress_cmd->add_flag("--per-tensor", c.per_tensor, "per-tensor instead of per-channel weight scales");
   compress_cmd->add_option("--report", c.report, "write the report as JSON here");
   BenchArgs b;
@@ -268,16 +245,13 @@ int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostre
     if (bench_cmd->parsed()) return bench(b, out);
     out << inspect_model(inspect_path);
     if (!inspect_html.empty())
-      write_atomically(inspect_html, inspect_report(inspect_path).to_html("pare inspect: " + inspect_path), "the page");
+      detail::write_file_atomically(inspect_html, inspect_report(inspect_path).to_html("pare inspect: " + inspect_path), "--html");
     return 0;
   } catch (const Error& e) {
     err << "pare: " << one_line(e.what()) << "\n";
     return e.kind() == Error::Kind::InvalidArgument ? 2 : 1;
-  } catch (const c10::Error& e) {
-    err << "pare: " << one_line(e.what_without_backtrace()) << "\n";
-    return 1;
   } catch (const std::exception& e) {
-    err << "pare: " << one_line(e.what()) << "\n";
+    err << "pare: " << detail::torch_message(e) << "\n";
     return 1;
   }
 }

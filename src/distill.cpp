@@ -8,6 +8,9 @@
 #include <random>
 #include <sstream>
 
+#include "eval_module.hpp"
+#include "torch_errors.hpp"
+
 namespace pare {
 namespace {
 
@@ -85,21 +88,6 @@ class TrainingScope {
   std::vector<bool> requires_grad_;
 };
 
-// Eval mode for the teacher while it teaches; its own mode restored afterwards.
-class EvalScope {
- public:
-  explicit EvalScope(torch::jit::Module& module) : module_(module), was_training_(module.is_training()) {
-    module.eval();
-  }
-  ~EvalScope() { module_.train(was_training_); }
-  EvalScope(const EvalScope&) = delete;
-  EvalScope& operator=(const EvalScope&) = delete;
-
- private:
-  torch::jit::Module& module_;
-  bool was_training_;
-};
-
 // A parameter and where its mask says "pruned".
 struct MaskedParameter {
   torch::Tensor parameter, pruned;
@@ -151,11 +139,20 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const DistillOptions& o,
                                               torch::optim::AdamOptions(o.lr()).weight_decay(o.weight_decay()));
 }
 
-torch::Tensor logits_of(torch::jit::Module& module, const torch::Tensor& input, const char* who) {
-  require(input.defined(), std::string("Distill: a batch has an undefined input tensor"));
-  const auto output = module.forward({input});
-  require(output.isTensor(), std::string("Distill: the ") + who + " returned " + output.tagKind() +
-                                 "; expected a tensor of logits");
+// `who` names the caller and the model, e.g. "Distill: the teacher".
+torch::Tensor logits_of(torch::jit::Module& module, const torch::Tensor& input, const std::string& who) {
+  require(input.defined(), who + " got a batch with an undefined input tensor");
+  c10::IValue output;
+  try {
+    output = module.forward({input});
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Error(who + " failed on a batch of shape " + shape_of(input) + " (" + dtype_of(input) +
+                    "): " + detail::torch_message(e) + "; expected batches the model accepts",
+                Error::Kind::InvalidArgument);
+  }
+  require(output.isTensor(), who + " returned " + output.tagKind() + "; expected a tensor of logits");
   return output.toTensor();
 }
 
@@ -164,11 +161,11 @@ torch::Tensor logits_of(torch::jit::Module& module, const torch::Tensor& input, 
 double train_step(torch::jit::Module& student, torch::jit::Module& teacher, torch::optim::Optimizer& optimizer,
                   const Batch& batch, const DistillLossOptions& loss_options,
                   const std::vector<MaskedParameter>& masked, int64_t epoch, int64_t step) {
-  const auto student_logits = logits_of(student, batch.first, "student");
+  const auto student_logits = logits_of(student, batch.first, "Distill: the student");
   torch::Tensor teacher_logits;
   if (loss_options.alpha() > 0) {
     torch::NoGradGuard no_grad;
-    teacher_logits = logits_of(teacher, batch.first, "teacher");
+    teacher_logits = logits_of(teacher, batch.first, "Distill: the teacher");
   } else {
     teacher_logits = student_logits.detach();  // alpha 0 is plain cross-entropy: the teacher need not run
   }
@@ -232,34 +229,34 @@ void apply_masks(torch::jit::Module& module, const Masks& masks) { zero_pruned(r
 double top1_accuracy(torch::jit::Module& module, const std::vector<Batch>& batches) {
   require(!batches.empty(), "top1_accuracy: no batches; expected at least one (input, target) batch");
   torch::NoGradGuard no_grad;
-  const bool was_training = module.is_training();
-  module.eval();
+  auto model = detail::eval_module(module);  // the caller's module keeps its mode
   int64_t correct = 0, total = 0;
   for (const auto& [input, target] : batches) {
     require(target.defined() && target.scalar_type() == torch::kLong && target.dim() == 1,
             "top1_accuracy: targets must be 1-D int64 class indices");
-    const auto logits = logits_of(module, input, "model");
+    const auto logits = logits_of(model, input, "top1_accuracy: the model");
     require(logits.dim() == 2 && logits.size(0) == target.size(0),
             "top1_accuracy: logits of shape " + shape_of(logits) + " do not match targets of shape " + shape_of(target));
     correct += logits.argmax(1).eq(target).sum().item<int64_t>();
     total += target.size(0);
   }
-  module.train(was_training);
   return total == 0 ? 0.0 : 100.0 * double(correct) / double(total);
 }
 
-DistillSummary distill(torch::jit::Module& student, const DistillOptions& options, const Masks& masks) {
+namespace {
+
+DistillSummary train_student(torch::jit::Module& student, const DistillOptions& options, const Masks& masks) {
   check_options(options);
-  torch::jit::Module teacher = *options.teacher();
-  require(student._ivalue().get() != teacher._ivalue().get(),
+  require(student._ivalue().get() != options.teacher()->_ivalue().get(),
           "Distill: the student is the teacher; expected a separate copy (module.clone()) to train");
+  // The caller's teacher keeps its mode: one in training mode is copied.
+  torch::jit::Module teacher = detail::eval_module(*options.teacher());
   const auto masked = resolve_masks(student, masks);
   DistillSummary summary;
   if (!options.evaluation_batches().empty())
     summary.accuracy_before = top1_accuracy(student, options.evaluation_batches());
 
   {
-    EvalScope teacher_scope(teacher);
     TrainingScope scope(student);
     require(!scope.parameters().empty(),
             "Distill: the module has no parameters (frozen?); run Distill before ExportTorchScript(freeze)");
@@ -287,6 +284,12 @@ DistillSummary distill(torch::jit::Module& student, const DistillOptions& option
   if (!options.evaluation_batches().empty())
     summary.accuracy_after = top1_accuracy(student, options.evaluation_batches());
   return summary;
+}
+
+}  // namespace
+
+DistillSummary distill(torch::jit::Module& student, const DistillOptions& options, const Masks& masks) {
+  return detail::translate_torch_errors("Distill", [&] { return train_student(student, options, masks); });
 }
 
 Distill::Distill(DistillOptions options) : options_(std::move(options)) { check_options(options_); }

@@ -5,21 +5,21 @@
 
 #include <cmath>
 #include <cstdio>
+#include <limits>
+#include <optional>
 #include <fstream>
-#include <random>
 
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/passes/freeze_module.h>
 #include <torch/csrc/jit/passes/frozen_graph_optimizations.h>
 #include <torch/csrc/jit/serialization/import.h>
 
+#include "atomic_file.hpp"
+#include "engine_scope.hpp"
+#include "torch_errors.hpp"
+
 namespace pare {
 namespace {
-
-std::string temporary_path_for(const std::string& path) {
-  std::random_device random;
-  return path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(random());
-}
 
 int64_t file_size(const std::string& path) {
   struct stat info {};
@@ -32,8 +32,23 @@ torch::jit::IValue forward(torch::jit::Module& module, const std::vector<torch::
     return module.forward(inputs);
   } catch (const std::exception& e) {
     throw Error("export verification: the " + std::string(which) + " module failed on sample input " +
-                std::to_string(index) + ": " + e.what());
+                std::to_string(index) + ": " + detail::torch_message(e));
   }
+}
+
+// NaN never compares greater than a tolerance, so non-finite values are judged
+// apart: NaN or Inf on one side where the other is finite (or a different
+// non-finite value) is an infinite difference; the same NaN/Inf on both is none.
+double tensor_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  if (a.numel() == 0) return 0.0;
+  const auto x = a.to(torch::kDouble), y = b.to(torch::kDouble);
+  const auto x_finite = x.isfinite(), y_finite = y.isfinite();
+  const auto both_finite = x_finite.logical_and(y_finite);
+  const auto same_nonfinite = x_finite.logical_or(y_finite).logical_not().logical_and(
+      x.eq(y).logical_or(x.isnan().logical_and(y.isnan())));
+  if (!both_finite.logical_or(same_nonfinite).all().item<bool>()) return std::numeric_limits<double>::infinity();
+  const auto finite_diff = (x - y).abs().masked_select(both_finite);
+  return finite_diff.numel() == 0 ? 0.0 : finite_diff.max().item<double>();
 }
 
 }  // namespace
@@ -41,33 +56,16 @@ torch::jit::IValue forward(torch::jit::Module& module, const std::vector<torch::
 void save_atomically(const torch::jit::Module& module, const std::string& path,
                      const std::map<std::string, std::string>& extra_files,
                      const std::function<void(const std::string&)>& check) {
-  require(!path.empty(), "save: path is empty; expected a file name such as \"model.pt\"");
-  const std::string temporary = temporary_path_for(path);
-  torch::jit::ExtraFilesMap extras(extra_files.begin(), extra_files.end());
-  try {
-    module.save(temporary, extras);
-  } catch (const std::exception& e) {
-    std::remove(temporary.c_str());
-    throw Error("could not write '" + path + "': " + e.what(), Error::Kind::Runtime);
-  }
-  try {
-    if (check) check(temporary);
-  } catch (...) {
-    std::remove(temporary.c_str());  // a file that failed its check never lands at `path`
-    throw;
-  }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    std::remove(temporary.c_str());
-    throw Error("could not move the exported model into place at '" + path + "'", Error::Kind::Runtime);
-  }
+  const torch::jit::ExtraFilesMap extras(extra_files.begin(), extra_files.end());
+  detail::replace_file_atomically(
+      path, "save", [&](const std::string& temporary) { module.save(temporary, extras); }, check);
 }
 
 double max_abs_diff(const torch::jit::IValue& a, const torch::jit::IValue& b) {
   if (a.isTensor() && b.isTensor()) {
     const auto x = a.toTensor(), y = b.toTensor();
     require(x.sizes() == y.sizes(), "outputs differ in shape");
-    if (x.numel() == 0) return 0.0;
-    return (x.to(torch::kDouble) - y.to(torch::kDouble)).abs().max().item<double>();
+    return tensor_abs_diff(x, y);
   }
   auto elements = [](const torch::jit::IValue& v) -> std::vector<torch::jit::IValue> {
     if (v.isTuple()) return v.toTupleRef().elements().vec();
@@ -93,7 +91,7 @@ std::string read_embedded_report(const std::string& path) {
   try {
     torch::jit::load(path, c10::nullopt, extras);
   } catch (const std::exception& e) {
-    throw Error("'" + path + "' is not a loadable TorchScript file: " + e.what());
+    throw Error("'" + path + "' is not a loadable TorchScript file: " + detail::torch_message(e));
   }
   return extras[kReportExtraFile];
 }
@@ -108,8 +106,10 @@ ExportTorchScript::ExportTorchScript(std::string path, ExportOptions options)
 void ExportTorchScript::run(Result& state, PassReport& entry) const {
   entry.layers = weight_table(state.module);  // before freezing turns weights into constants
   if (options_.freeze()) {
-    state.module.eval();
-    state.module = torch::jit::freeze(state.module);
+    state.module = detail::translate_torch_errors("ExportTorchScript: torch::jit::freeze failed on the model", [&] {
+      state.module.eval();  // the pipeline's own copy
+      return torch::jit::freeze(state.module);
+    });
   }
   std::vector<torch::jit::IValue> expected;
   for (size_t i = 0; i < options_.verify_inputs().size(); ++i)
@@ -118,12 +118,20 @@ void ExportTorchScript::run(Result& state, PassReport& entry) const {
   Report so_far = state.report;
   so_far.passes.push_back(entry);
   double worst = 0.0;
+  // An int8 module reloads (repacks its weights) under the engine it was quantized for.
+  std::optional<detail::EngineScope> engine;
+  const auto record = state.extra_files.find(kQuantizationExtraFile);
+  if (record != state.extra_files.end())
+    engine.emplace(parse_quantization_info(record->second).engine, "ExportTorchScript");
   auto verify = [&](const std::string& written) {
-    torch::jit::Module reloaded = torch::jit::load(written);
+    auto reloaded = detail::translate_torch_errors("ExportTorchScript: the written file does not load",
+                                                  [&] { return torch::jit::load(written); });
     for (size_t i = 0; i < expected.size(); ++i)
       worst = std::max(worst, max_abs_diff(expected[i], forward(reloaded, options_.verify_inputs()[i], i, "reloaded")));
     require(worst <= options_.tolerance(),
-            "ExportTorchScript: the reloaded file differs from the module by " + std::to_string(worst) +
+            "ExportTorchScript: the reloaded file differs from the module by " +
+                (std::isinf(worst) ? std::string("NaN or Inf where the module's output is finite")
+                                   : std::to_string(worst)) +
                 " (tolerance " + std::to_string(options_.tolerance()) + "); '" + path_ + "' was not written",
             Error::Kind::Runtime);
   };

@@ -162,23 +162,35 @@ QuantParams choose_qparams(double min, double max, QuantRange range, bool symmet
   return out;
 }
 
+namespace {
+// The one table of observer names: the library, the Python bindings and the
+// `pare` command line all read it.
+constexpr std::pair<ObserverKind, const char*> kObserverNames[] = {
+    {ObserverKind::MinMax, "minmax"},         {ObserverKind::MovingAverageMinMax, "moving_average_minmax"},
+    {ObserverKind::Percentile, "percentile"}, {ObserverKind::Histogram, "histogram"},
+    {ObserverKind::Entropy, "entropy"},
+};
+}  // namespace
+
+std::vector<std::string> observer_kind_names() {
+  std::vector<std::string> names;
+  for (const auto& [kind, name] : kObserverNames) names.emplace_back(name);
+  return names;
+}
+
 std::string to_string(ObserverKind kind) {
-  switch (kind) {
-    case ObserverKind::MinMax: return "minmax";
-    case ObserverKind::MovingAverageMinMax: return "moving_average_minmax";
-    case ObserverKind::Percentile: return "percentile";
-    case ObserverKind::Histogram: return "histogram";
-    case ObserverKind::Entropy: return "entropy";
-  }
+  for (const auto& [known, name] : kObserverNames)
+    if (known == kind) return name;
   return "unknown";
 }
 
 ObserverKind parse_observer_kind(const std::string& name) {
-  for (auto kind : {ObserverKind::MinMax, ObserverKind::MovingAverageMinMax, ObserverKind::Percentile,
-                    ObserverKind::Histogram, ObserverKind::Entropy})
-    if (to_string(kind) == name) return kind;
-  throw Error("observer '" + name + "' is not known; expected one of minmax, moving_average_minmax, "
-              "percentile, histogram, entropy");
+  std::string known_names;
+  for (const auto& [kind, known] : kObserverNames) {
+    if (name == known) return kind;
+    known_names += (known_names.empty() ? "" : ", ") + std::string(known);
+  }
+  throw Error("observer '" + name + "' is not known; expected one of " + known_names);
 }
 
 void ObserverOptions::validate() const {

@@ -4,6 +4,8 @@
 
 #include <chrono>
 
+#include "torch_errors.hpp"
+
 namespace pare {
 namespace {
 
@@ -52,7 +54,7 @@ Result Pipeline::run(const torch::jit::Module& module) const {
     const auto start = std::chrono::steady_clock::now();
     PassReport entry;
     entry.pass = pass->name();
-    pass->run(state, entry);
+    detail::translate_torch_errors(pass->name(), [&] { pass->run(state, entry); });
     entry.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (entry.layers.empty()) entry.layers = weight_table(state.module);
     state.report.passes.push_back(std::move(entry));

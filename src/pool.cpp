@@ -341,6 +341,9 @@ bool PooledTensor::release() noexcept {
 
 TensorPool::TensorPool(PoolOptions options) {
   detail::validate(options);
+  // c10's allocator table is not thread-safe: the router goes in here, on the
+  // thread that builds the pool, before any guard or Runner worker can use it.
+  install_pool_allocator();
   state_ = std::make_shared<detail::PoolState>(std::move(options));
 }
 
@@ -415,8 +418,8 @@ uint64_t pooled_cpu_allocations() {
 
 PoolAllocatorGuard::PoolAllocatorGuard(TensorPool& pool)
     : state_(pool.state_), previous_(detail::t_guarded_pool) {
-  install_pool_allocator();
-  require(c10::GetCPUAllocator() == detail::g_router.load(),
+  // The pool's constructor installed the router: a guard only reads the table.
+  require(detail::g_router.load() != nullptr && c10::GetCPUAllocator() == detail::g_router.load(),
           "PoolAllocatorGuard: another CPU allocator replaced pare's; allocations cannot be routed",
           Error::Kind::Runtime);
   detail::t_guarded_pool = state_.get();

@@ -140,6 +140,31 @@ std::string dtype_name(const torch::Tensor& t) { return c10::toString(t.scalar_t
 
 }  // namespace
 
+namespace {
+constexpr std::pair<Scope, const char*> kScopeNames[] = {{Scope::Local, "local"}, {Scope::Global, "global"}};
+}  // namespace
+
+std::string to_string(Scope scope) {
+  for (const auto& [known, name] : kScopeNames)
+    if (known == scope) return name;
+  return "unknown";
+}
+
+Scope parse_scope(const std::string& name) {
+  std::string known_names;
+  for (const auto& [scope, known] : kScopeNames) {
+    if (name == known) return scope;
+    known_names += (known_names.empty() ? "" : " or ") + std::string(known);
+  }
+  throw Error("scope '" + name + "' is not known; expected " + known_names);
+}
+
+std::vector<std::string> scope_names() {
+  std::vector<std::string> names;
+  for (const auto& [scope, name] : kScopeNames) names.emplace_back(name);
+  return names;
+}
+
 int64_t prune_count(double amount, int64_t n) {
   return static_cast<int64_t>(std::nearbyint(amount * double(n)));  // FE_TONEAREST: half to even, as Python's round()
 }
@@ -212,7 +237,7 @@ void L1Prune::run(Result& state, PassReport& entry) const {
     auto& mask = state.masks[weights[i].name];
     mask = mask.defined() ? mask.logical_and(masks[i]) : masks[i];
   }
-  entry.labels["scope"] = global ? "global" : "local";
+  entry.labels["scope"] = to_string(options_.scope());
   entry.labels["mode"] = options_.structured_dim() ? "structured(dim=" + std::to_string(*options_.structured_dim()) + ")" : "unstructured";
   entry.metrics["amount"] = options_.amount();
 }

@@ -10,7 +10,9 @@
 #include <torch/csrc/jit/passes/freeze_module.h>
 #include <torch/csrc/jit/serialization/import.h>
 
+#include "engine_scope.hpp"
 #include "quantize_graph.hpp"
+#include "torch_errors.hpp"
 
 namespace pare {
 namespace {
@@ -37,22 +39,26 @@ std::string join(const std::vector<std::string>& items) {
 // Freezes a private copy: eval mode, weights inlined, BatchNorm folded into
 // the convolutions. "training" survives so later passes (ExportTorchScript's
 // freeze) can call eval() on the result.
-torch::jit::Module frozen_copy(const torch::jit::Module& module) {
-  auto copy = module.clone();
-  std::vector<std::string> keep;
-  if (copy.hasattr("training")) {
-    copy.eval();
-    keep.push_back("training");
-  }
-  return torch::jit::freeze(copy, keep, /*optimize_numerics=*/true);
+torch::jit::Module frozen_copy(const torch::jit::Module& module, const std::string& pass) {
+  return detail::translate_torch_errors(pass + ": torch::jit::freeze failed on the model", [&] {
+    auto copy = module.clone();
+    std::vector<std::string> keep;
+    if (copy.hasattr("training")) {
+      copy.eval();
+      keep.push_back("training");
+    }
+    return torch::jit::freeze(copy, keep, /*optimize_numerics=*/true);
+  });
 }
 
 // A fresh module from serialized bytes: the edited graph gets a new execution
 // plan, and a module that cannot be saved fails here rather than at export.
-torch::jit::Module reloaded(const torch::jit::Module& module) {
-  std::stringstream bytes;
-  module.save(bytes);
-  return torch::jit::load(bytes);
+torch::jit::Module reloaded(const torch::jit::Module& module, const std::string& pass) {
+  return detail::translate_torch_errors(pass + ": the quantized model failed to save and reload", [&] {
+    std::stringstream bytes;
+    module.save(bytes);
+    return torch::jit::load(bytes);
+  });
 }
 
 // Runs a graph (self first) on batches; one executor across calls.
@@ -69,7 +75,7 @@ class GraphRunner {
       function_.run(stack);
     } catch (const std::exception& e) {
       throw Error("QuantizeInt8: calibration batch " + std::to_string(batch) + " failed in the " + which +
-                      " model: " + e.what(),
+                      " model: " + detail::torch_message(e),
                   Error::Kind::Runtime);
     }
     return stack.at(0).toTupleRef().elements().vec();
@@ -151,14 +157,12 @@ void set_quantized_engine(const std::string& engine) {
 }
 
 namespace {
-// Makes `requested` (or, if empty, the best engine this LibTorch has) the
-// running quantized engine and returns its name.
-std::string switch_to_engine(const std::string& requested, const std::string& pass) {
+// Validates an engine name at construction without switching to it.
+void check_engine(const std::string& engine) {
+  if (engine.empty()) return;
   const auto engines = available_quantized_engines();
-  require(!engines.empty(), pass + ": this LibTorch has no quantized engine", Error::Kind::Runtime);
-  const std::string engine = requested.empty() ? engines.front() : requested;
-  set_quantized_engine(engine);
-  return engine;
+  require(std::find(engines.begin(), engines.end(), engine) != engines.end(),
+          "quantized engine '" + engine + "' is not available in this LibTorch; available: " + join(engines));
 }
 }  // namespace
 
@@ -167,14 +171,15 @@ QuantizeInt8::QuantizeInt8(QuantizeOptions options) : options_(std::move(options
           "QuantizeInt8: no calibration data; pass batches of representative inputs with "
           "QuantizeOptions().calibration(...)");
   options_.observer().validate();
-  if (!options_.engine().empty()) set_quantized_engine(options_.engine());  // validates early
+  check_engine(options_.engine());
 }
 
 void QuantizeInt8::run(Result& state, PassReport& entry) const {
-  const std::string engine = switch_to_engine(options_.engine(), "QuantizeInt8");
+  const detail::EngineScope engine_scope(options_.engine(), "QuantizeInt8");
+  const std::string& engine = engine_scope.engine();
   torch::NoGradGuard no_grad;
 
-  auto module = frozen_copy(state.module);
+  auto module = frozen_copy(state.module, "QuantizeInt8");
   auto graph = module.get_method("forward").graph();
   auto plan = detail::plan_static(*graph, options_.skip());
   std::vector<LayerFacts> facts;
@@ -276,18 +281,19 @@ void QuantizeInt8::run(Result& state, PassReport& entry) const {
   entry.metrics["calibration_samples"] = double(samples);
   entry.metrics["layers_int8"] = double(facts.size());
   if (!quantized.empty()) entry.metrics["output_sqnr_db"] = sqnr(reference[0], quantized[0]);
-  state.module = reloaded(module);
+  state.module = reloaded(module, "QuantizeInt8");
   state.extra_files[kQuantizationExtraFile] = record.dump(2);
 }
 
 QuantizeInt8Dynamic::QuantizeInt8Dynamic(QuantizeDynamicOptions options) : options_(std::move(options)) {
-  if (!options_.engine().empty()) set_quantized_engine(options_.engine());
+  check_engine(options_.engine());
 }
 
 void QuantizeInt8Dynamic::run(Result& state, PassReport& entry) const {
-  const std::string engine = switch_to_engine(options_.engine(), "QuantizeInt8Dynamic");
+  const detail::EngineScope engine_scope(options_.engine(), "QuantizeInt8Dynamic");
+  const std::string& engine = engine_scope.engine();
   torch::NoGradGuard no_grad;
-  auto module = frozen_copy(state.module);
+  auto module = frozen_copy(state.module, "QuantizeInt8Dynamic");
   auto graph = module.get_method("forward").graph();
   std::vector<detail::FloatLayer> float_layers;
   const auto done = detail::rewrite_dynamic(*graph, options_.skip(), options_.per_channel(), float_layers);
@@ -307,7 +313,7 @@ void QuantizeInt8Dynamic::run(Result& state, PassReport& entry) const {
   add_float_layers(float_layers, entry, record);
   entry.labels = {{"engine", engine}, {"weights", options_.per_channel() ? "per_channel_symmetric" : "per_tensor_symmetric"}};
   entry.metrics["layers_int8"] = double(done.size());
-  state.module = reloaded(module);
+  state.module = reloaded(module, "QuantizeInt8Dynamic");
   state.extra_files[kQuantizationExtraFile] = record.dump(2);
 }
 
@@ -320,12 +326,11 @@ std::optional<QuantizationInfo> read_quantization_info(const std::string& path) 
     auto [data, size] = reader.getRecord(record);
     text.assign(static_cast<const char*>(data.get()), size);
   } catch (const std::exception& e) {
-    throw Error("'" + path + "' is not a readable TorchScript file: " + e.what());
+    throw Error("'" + path + "' is not a readable TorchScript file: " + detail::torch_message(e));
   }
   try {
-    const auto doc = json::parse(text);
-    return QuantizationInfo{doc.at("engine").get<std::string>(), doc.at("mode").get<std::string>(), text};
-  } catch (const json::exception& e) {
+    return parse_quantization_info(text);
+  } catch (const Error& e) {
     throw Error("'" + path + "' has a malformed " + kQuantizationExtraFile + ": " + e.what());
   }
 }
@@ -352,7 +357,7 @@ torch::jit::Module load_quantized(const std::string& path, bool switch_engine) {
   try {
     return torch::jit::load(path);
   } catch (const std::exception& e) {
-    throw Error("could not load '" + path + "': " + e.what(), Error::Kind::Runtime);
+    throw Error("could not load '" + path + "': " + detail::torch_message(e), Error::Kind::Runtime);
   }
 }
 

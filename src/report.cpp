@@ -1,6 +1,7 @@
 #include "pare/report.hpp"
 
 #include <cstdio>
+#include <limits>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -44,6 +45,25 @@ json pass_to_json(const PassReport& pass) {
   return out;
 }
 
+// A layer's count from untrusted JSON: an integer in [0, 2^53] (what a double
+// holds exactly); floats and out-of-range values would be undefined to convert.
+std::int64_t count_field(const json& layer, const char* key) {
+  const auto& value = layer.at(key);
+  constexpr std::int64_t kLargest = std::int64_t(1) << 53;
+  const bool valid = (value.is_number_unsigned() && value.get<std::uint64_t>() <= std::uint64_t(kLargest)) ||
+                     (value.is_number_integer() && !value.is_number_unsigned() && value.get<std::int64_t>() >= 0);
+  if (!valid)
+    throw Error(std::string("report JSON is malformed: layer field '") + key + "' is " + value.dump() +
+                "; expected an integer in [0, 2^53]");
+  return value.get<std::int64_t>();
+}
+
+// Totals saturate instead of overflowing on absurd (hand-written) reports.
+std::int64_t saturating_add(std::int64_t a, std::int64_t b) {
+  std::int64_t sum = 0;
+  return __builtin_add_overflow(a, b, &sum) ? std::numeric_limits<std::int64_t>::max() : sum;
+}
+
 std::string format(const char* fmt, double a) {
   char buffer[64];
   std::snprintf(buffer, sizeof buffer, fmt, a);
@@ -54,13 +74,13 @@ std::string format(const char* fmt, double a) {
 
 std::int64_t PassReport::total_parameters() const {
   std::int64_t total = 0;
-  for (const auto& layer : layers) total += layer.parameters;
+  for (const auto& layer : layers) total = saturating_add(total, layer.parameters);
   return total;
 }
 
 std::int64_t PassReport::total_nonzeros() const {
   std::int64_t total = 0;
-  for (const auto& layer : layers) total += layer.nonzeros;
+  for (const auto& layer : layers) total = saturating_add(total, layer.nonzeros);
   return total;
 }
 
@@ -110,8 +130,8 @@ Report Report::from_json(const std::string& text) {
       for (const auto& l : p.at("layers")) {
         LayerReport layer;
         layer.name = l.at("name").get<std::string>();
-        layer.parameters = l.at("parameters").get<std::int64_t>();
-        layer.nonzeros = l.at("nonzeros").get<std::int64_t>();
+        layer.parameters = count_field(l, "parameters");
+        layer.nonzeros = count_field(l, "nonzeros");
         layer.metrics = l.value("metrics", std::map<std::string, double>{});
         layer.labels = l.value("labels", std::map<std::string, std::string>{});
         layer.channels_before = optional_count(l, "channels_before");

@@ -11,6 +11,8 @@
 
 #include "pare/fingerprint.hpp"
 #include "pare/metrics.hpp"
+#include "eval_module.hpp"
+#include "torch_errors.hpp"
 
 namespace pare {
 namespace {
@@ -22,11 +24,6 @@ using Inputs = std::vector<c10::IValue>;
 constexpr std::array<double, 14> kLatencyBuckets{1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3,
                                                  2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 1.0};
 constexpr size_t kRecentLatencies = 8192;
-
-std::string model_message(const std::exception& e) {
-  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) return c10_error->what_without_backtrace();
-  return e.what();
-}
 
 // Latencies: exact percentiles over a ring of recent requests, and cumulative
 // bucket counts for Prometheus.
@@ -168,7 +165,7 @@ struct Runner::Impl {
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
-      throw Error("the model failed: " + model_message(e), Error::Kind::Runtime);
+      throw Error("the model failed: " + detail::torch_message(e), Error::Kind::Runtime);
     }
   }
 
@@ -292,8 +289,7 @@ Runner::Runner(torch::jit::Module module, RunnerOptions options) : impl_(std::ma
   require(options.warmup() == 0 || !options.example_inputs().empty(),
           "RunnerOptions: warmup(" + std::to_string(options.warmup()) + ") needs example_inputs(...) to run on");
   require(module.find_method("forward").has_value(), "Runner: the module has no forward method");
-  module.eval();
-  impl_->module = std::move(module);
+  impl_->module = detail::eval_module(module);  // the caller's module keeps its mode
   impl_->options = std::move(options);
   impl_->pool = impl_->options.pool();
   if (impl_->options.cache_namespace()) impl_->cache_namespace = *impl_->options.cache_namespace();

@@ -217,3 +217,28 @@ TEST_CASE("Distill validates its options") {
   auto self = teacher().clone();
   CHECK(is_error([&] { pare::distill(self, O().teacher(self).data(data)); }));
 }
+
+TEST_CASE("a batch the model rejects is a pare::Error naming the model and the batch shape") {
+  auto student = ex::make_fashion_cnn({4, 8, 16}, 5);
+  const std::vector<pare::Batch> wrong{{torch::randn({4, 3, 28, 28}), torch::zeros({4}, torch::kLong)}};
+  // Before: LibTorch's c10::Error escaped distill() and the pipeline.
+  CHECK_THROWS_WITH(pare::distill(student, options().data(wrong)),
+                    Catch::Contains("Distill: the student failed on a batch of shape [4, 3, 28, 28]") &&
+                        Catch::Contains("channels"));
+  CHECK_THROWS_AS(pare::Pipeline().add(pare::Distill(options().data(wrong))).run(student), pare::Error);
+  const std::vector<pare::Batch> flat{{torch::randn({4, 784}), torch::zeros({4}, torch::kLong)}};
+  CHECK_THROWS_WITH(pare::top1_accuracy(student, flat), Catch::Contains("top1_accuracy: the model failed"));
+  for (const auto& p : student.parameters()) CHECK_FALSE(p.requires_grad());
+}
+
+TEST_CASE("distill and top1_accuracy leave the caller's teacher and model in their own mode") {
+  auto training_teacher = teacher().clone();
+  training_teacher.train(true);  // a user's module straight from training
+  auto student = ex::make_fashion_cnn({4, 8, 16}, 6);
+  const auto data = batches_of(train_subset().slice(0, 128), 64);
+  pare::distill(student, options().teacher(training_teacher).data(data).epochs(1));
+  for (const auto& m : training_teacher.modules()) CHECK(m.is_training());  // before: eval() for the run
+  training_teacher.train(true);
+  CHECK(pare::top1_accuracy(training_teacher, data) > 0);
+  for (const auto& m : training_teacher.modules()) CHECK(m.is_training());
+}

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "fashion_mnist.hpp"
 #include "pare/export.hpp"
@@ -110,4 +111,46 @@ TEST_CASE("bad export arguments give pare::Error") {
   CHECK_THROWS_WITH(pare::Pipeline().add(pare::ExportTorchScript(dir.file("no/such/dir/x.pt"))).run(model),
                     Catch::Contains("could not write"));
   CHECK_THROWS_WITH(pare::read_embedded_report(dir.file("missing.pt")), Catch::Contains("not a loadable TorchScript"));
+}
+
+TEST_CASE("max_abs_diff: NaN or Inf where the other side is finite is an infinite difference") {
+  using torch::jit::IValue;
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::nan("");
+  const auto finite = torch::tensor({1.0, 2.0, 3.0});
+  // Before: (x - y).abs().max() was NaN, which std::max(worst, NaN) then dropped: verification passed.
+  CHECK(pare::max_abs_diff(IValue(finite), IValue(torch::tensor({1.0, nan, 3.0}))) == inf);
+  CHECK(pare::max_abs_diff(IValue(torch::tensor({1.0, nan, 3.0})), IValue(finite)) == inf);
+  CHECK(pare::max_abs_diff(IValue(finite), IValue(torch::tensor({1.0, 2.0, inf}))) == inf);
+  CHECK(pare::max_abs_diff(IValue(torch::tensor({inf})), IValue(torch::tensor({-inf}))) == inf);
+  CHECK(pare::max_abs_diff(IValue(torch::tensor({nan})), IValue(torch::tensor({inf}))) == inf);
+  // The same non-finite value on both sides is no difference; the finite entries still count.
+  CHECK(pare::max_abs_diff(IValue(torch::tensor({nan, 1.0, inf})), IValue(torch::tensor({nan, 1.25, inf}))) == 0.25);
+}
+
+TEST_CASE("export verification fails when the reloaded file's output is NaN where the module's is finite") {
+  TempDir dir;
+  // Finite on its first call (the in-memory reference), NaN on every later one:
+  // the reloaded file starts from the saved counter, 1.
+  torch::jit::Module model("__torch__.TurnsNaN");
+  model.register_attribute("calls", c10::IntType::get(), int64_t(0));
+  model.define(R"(
+def forward(self, x):
+  self.calls += 1
+  if self.calls > 1:
+    return x * float("nan")
+  return x
+)");
+  const auto path = dir.file("nan.pt");
+  const std::vector<std::vector<torch::jit::IValue>> inputs{{torch::ones({2, 3})}};
+  CHECK_THROWS_WITH(pare::Pipeline().add(pare::ExportTorchScript(path, pare::ExportOptions().verify_with(inputs))).run(model),
+                    Catch::Contains("NaN or Inf where the module's output is finite") && Catch::Contains("was not written"));
+  CHECK(files_in(dir.path) == 0);
+}
+
+TEST_CASE("a missing directory is a pare::Error and leaves nothing behind") {
+  TempDir dir;
+  const auto model = pare::examples::make_fashion_cnn({4, 8, 16}, 6);
+  CHECK_THROWS_AS(pare::save_atomically(model, dir.file("missing/m.pt")), pare::Error);
+  CHECK_THROWS_AS(pare::save_atomically(model, ""), pare::Error);
+  CHECK(files_in(dir.path) == 0);
 }

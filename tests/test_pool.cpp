@@ -12,6 +12,8 @@
 #include "fashion_mnist.hpp"
 #include "pare/pool.hpp"
 
+#include <c10/core/CPUAllocator.h>
+
 namespace {
 
 constexpr size_t kKiB = 1024;
@@ -282,4 +284,23 @@ TEST_CASE("stats in Prometheus text format") {
   CHECK_THAT(text, Catch::Contains("pare_pool_misses_total{pool=\"io\"} 1\n"));
   CHECK_THAT(text, Catch::Contains("pare_pool_idle_bytes{pool=\"io\"} 256\n"));
   CHECK_THAT(text, Catch::Contains("# TYPE pare_pool_in_use_bytes gauge"));
+}
+
+// Hidden from the default run: needs a process in which no pool exists yet
+// (ctest runs it alone as cpp.pool.fresh_process).
+TEST_CASE("the routing allocator is installed by the pool's constructor, on its thread", "[.][fresh-process]") {
+  c10::Allocator* const libtorch_allocator = c10::GetCPUAllocator();
+  REQUIRE(pare::unpooled_cpu_allocations() == 0);  // no router yet in this process
+  pare::TensorPool pool;
+  // Before: only the first PoolAllocatorGuard installed it, on whichever thread
+  // (a Runner worker) entered one first, racing other threads' allocations.
+  CHECK(c10::GetCPUAllocator() != libtorch_allocator);
+  auto plain = torch::ones({16});
+  CHECK(pare::unpooled_cpu_allocations() > 0);  // forwarded to LibTorch's allocator outside a guard
+  std::thread worker([&] {
+    pare::PoolAllocatorGuard guard(pool);  // a worker only reads the table
+    auto pooled = torch::ones({1024});
+  });
+  worker.join();
+  CHECK(pool.stats().acquires > 0);
 }

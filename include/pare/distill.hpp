@@ -62,7 +62,8 @@ enum class OptimizerKind { SGD, Adam };
 
 class DistillOptions {
  public:
-  /// The trained model to learn from; run in eval mode without gradients.
+  /// The trained model to learn from; run in eval mode without gradients. A
+  /// teacher in training mode is deep-copied for the run: yours keeps its mode.
   DistillOptions& teacher(torch::jit::Module value) { teacher_ = std::move(value); return *this; }
   /// Training batches, reused every epoch (in shuffled order unless shuffle(false)).
   DistillOptions& data(std::vector<Batch> batches) { batches_ = std::move(batches); stream_ = nullptr; return *this; }
@@ -134,14 +135,17 @@ struct DistillSummary {
 /// every optimizer step, so they stay exactly zero. The student's parameters
 /// get requires_grad only while training; it is left in eval mode.
 /// pare::Error on invalid options, on a loss that turns NaN or infinite (the
-/// student is then left as it was at that step), and on malformed batches.
+/// student is then left as it was at that step), on malformed batches and on
+/// batches the student or teacher rejects (naming the batch's shape and
+/// LibTorch's message); no other exception leaves it.
 DistillSummary distill(torch::jit::Module& student, const DistillOptions& options, const Masks& masks = {});
 
 /// Zeroes every weight whose mask is false (masks by full parameter name, as
 /// L1Prune leaves them). pare::Error on an unknown name or a shape mismatch.
 void apply_masks(torch::jit::Module& module, const Masks& masks);
 
-/// Top-1 accuracy in percent of `module` (run in eval mode, no gradients) on `batches`.
+/// Top-1 accuracy in percent of `module` (run in eval mode, no gradients) on
+/// `batches`; a module in training mode is copied, so its mode never changes.
 double top1_accuracy(torch::jit::Module& module, const std::vector<Batch>& batches);
 
 /// The pass: distill() on the pipeline's module with the masks earlier passes

@@ -49,13 +49,17 @@ inline constexpr const char* kReportExtraFile = "pare/report.json";
 
 /// Writes `module` atomically to `path` with `extra_files`: a temporary file
 /// next to `path`, then `check(temporary_path)` (if given; a throw discards
-/// the file), then a rename. A crash never leaves a half-written model.
+/// the file), an fsync of the file, a rename and an fsync of the directory.
+/// A crash or power cut never leaves a half-written model. pare::Error on
+/// failure (missing directory, no permission, disk full).
 void save_atomically(const torch::jit::Module& module, const std::string& path,
                      const std::map<std::string, std::string>& extra_files = {},
                      const std::function<void(const std::string&)>& check = {});
 
 /// Largest absolute difference between two outputs (tensors, tuples, lists,
-/// dicts of tensors); pare::Error if their structure differs.
+/// dicts of tensors); pare::Error if their structure differs. NaN or Inf on
+/// one side where the other is finite counts as an infinite difference (equal
+/// non-finite values on both sides count as none), so verification fails on it.
 double max_abs_diff(const torch::jit::IValue& a, const torch::jit::IValue& b);
 
 /// Reads pare's embedded report from a saved file; empty if none.

@@ -43,6 +43,8 @@ enum class ObserverKind {
 std::string to_string(ObserverKind kind);
 /// The inverse of to_string; pare::Error naming the known kinds otherwise.
 ObserverKind parse_observer_kind(const std::string& name);
+/// Every observer name, in ObserverKind order (what the CLI and Python accept).
+std::vector<std::string> observer_kind_names();
 
 class ObserverOptions {
  public:

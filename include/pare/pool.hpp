@@ -111,6 +111,9 @@ class PooledTensor {
 /// Thread-safe pool of CPU storage. Copies share one pool.
 class TensorPool {
  public:
+  /// Also installs pare's routing CPU allocator (install_pool_allocator), once
+  /// per process, on the constructing thread: build pools before starting
+  /// threads that allocate, as c10's allocator table is not thread-safe.
   explicit TensorPool(PoolOptions options = {});
 
   /// A contiguous tensor of `shape` and `dtype` on reused storage when an idle
@@ -155,7 +158,7 @@ class PoolAllocatorGuard {
   detail::PoolState* previous_;
 };
 
-/// Installs pare's routing CPU allocator (done by the first PoolAllocatorGuard).
+/// Installs pare's routing CPU allocator (done by the first TensorPool).
 /// It forwards to the allocator it replaces unless a guard is active on the
 /// calling thread. Call it once at start-up, before other threads allocate, to
 /// keep the switch out of concurrent work. Idempotent; pare::Error if LibTorch

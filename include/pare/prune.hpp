@@ -12,6 +12,13 @@ enum class Scope {
   Global,  ///< one threshold across all selected weights
 };
 
+/// "local" or "global": the names the CLI and Python use.
+std::string to_string(Scope scope);
+/// The inverse of to_string; pare::Error naming the known scopes otherwise.
+Scope parse_scope(const std::string& name);
+/// Every scope name, in Scope order.
+std::vector<std::string> scope_names();
+
 class L1PruneOptions {
  public:
   /// Fraction of weights (or of output channels, when structured) to zero, in [0, 1].

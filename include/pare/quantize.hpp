@@ -9,6 +9,7 @@
 
 #include "pare/observers.hpp"
 #include "pare/pipeline.hpp"
+#include "pare/quantization_info.hpp"
 
 namespace pare {
 
@@ -57,7 +58,8 @@ class QuantizeOptions {
 /// ranges on the user's batches, and rewrites Linear/Conv1d/Conv2d (+ReLU) to
 /// quantized ops; relu, pooling, flatten/reshape and add between them stay
 /// quantized. Inputs and outputs stay float. Layers it cannot quantize stay
-/// float and are listed in the report. Sets the process's quantized engine.
+/// float and are listed in the report. The process's quantized engine is
+/// switched to options().engine() only while the pass runs, then restored.
 /// Report: per layer scale, zero_point, observer, sqnr_db; the engine is also
 /// written by ExportTorchScript as the extra file "pare/quantization.json".
 class QuantizeInt8 : public Pass {
@@ -98,6 +100,13 @@ class QuantizeInt8Dynamic : public Pass {
   QuantizeDynamicOptions options_;
 };
 
+/// Calibration batches from a file written by stock PyTorch's torch.save: a
+/// list of tensors or tuples of tensors, one batch each, of any length
+/// including one; a tuple (one batch of a multi-input model); or a bare
+/// tensor, split along dim 0 into batches of `batch_size`. pare::Error for a missing file, bytes that are not a
+/// torch.save file, or contents of another type.
+InputBatches load_calibration_file(const std::string& path, int64_t batch_size = 32);
+
 /// The extra file in which quantized exports record their engine and layers.
 inline constexpr const char* kQuantizationExtraFile = "pare/quantization.json";
 
@@ -108,12 +117,6 @@ std::string current_quantized_engine();
 /// Switches the process's quantized engine; pare::Error naming the available ones otherwise.
 void set_quantized_engine(const std::string& engine);
 
-/// What a quantized export recorded about itself.
-struct QuantizationInfo {
-  std::string engine;  ///< engine the weights were packed for
-  std::string mode;    ///< "static" or "dynamic"
-  std::string json;    ///< the whole record
-};
 /// Reads the record from a saved file; std::nullopt if the file is not a pare int8 export.
 std::optional<QuantizationInfo> read_quantization_info(const std::string& path);
 /// A warning when the running engine differs from the recorded one; empty otherwise.

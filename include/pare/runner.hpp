@@ -79,6 +79,9 @@ struct RunnerStats {
 
 class Runner {
  public:
+  /// Serves `module` in eval mode. The caller's module is never changed: one
+  /// already in eval mode is used as is (shared), one in training mode is
+  /// deep-copied once and the copy put in eval mode.
   Runner(torch::jit::Module module, RunnerOptions options = {});
   ~Runner();
   Runner(const Runner&) = delete;

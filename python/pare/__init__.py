@@ -23,6 +23,7 @@ from ._pare import (  # noqa: F401
     Report,
     prune_count,
     read_embedded_report,
+    scope_names,
 )
 from ._pare import _run_pipeline
 from ._pare import (  # noqa: F401
@@ -30,6 +31,8 @@ from ._pare import (  # noqa: F401
     QuantizeInt8Dynamic,
     available_quantized_engines,
     current_quantized_engine,
+    load_calibration_file,
+    observer_names,
     quantization_info,
     set_quantized_engine,
 )

@@ -8,10 +8,12 @@
 namespace pare::python {
 namespace {
 
-Scope parse_scope(const std::string& scope) {
-  if (scope == "global") return Scope::Global;
-  if (scope == "local") return Scope::Local;
-  throw Error("L1Prune: scope '" + scope + "' is not known; expected \"local\" or \"global\"");
+Scope parse_scope_for(const std::string& who, const std::string& scope) {
+  try {
+    return parse_scope(scope);
+  } catch (const Error& e) {
+    throw Error(who + ": " + e.what());
+  }
 }
 
 void bind_report(py::module_& m) {
@@ -58,14 +60,15 @@ void bind_pruning(py::module_& m) {
   py::class_<L1Prune, Pass, std::shared_ptr<L1Prune>>(m, "L1Prune")
       .def(py::init([](double amount, const std::string& scope, std::optional<int64_t> structured,
                        std::vector<std::string> include, std::vector<std::string> exclude) {
-             auto options = L1PruneOptions().amount(amount).scope(parse_scope(scope));
+             auto options = L1PruneOptions().amount(amount).scope(parse_scope_for("L1Prune", scope));
              if (structured) options.structured(*structured);
              return std::make_shared<L1Prune>(options.include(std::move(include)).exclude(std::move(exclude)));
            }),
-           py::arg("amount") = 0.5, py::arg("scope") = "local", py::arg("structured") = py::none(),
+           py::arg("amount") = 0.5, py::arg("scope") = to_string(L1PruneOptions().scope()), py::arg("structured") = py::none(),
            py::arg("include") = std::vector<std::string>{}, py::arg("exclude") = std::vector<std::string>{},
            "L1 magnitude pruning. structured=dim prunes whole slices along dim (0: output channels).");
   m.def("prune_count", &prune_count, py::arg("amount"), py::arg("n"));
+  m.def("scope_names", &scope_names, "The pruning scopes L1Prune and `pare compress --scope` accept.");
 }
 
 void bind_export(py::module_& m) {

@@ -49,7 +49,7 @@ void bind_quantize(py::module_& m) {
                                 .progress(wrap_progress(progress));
              return std::make_shared<QuantizeInt8>(std::move(options));
            }),
-           py::arg("calibration") = py::none(), py::arg("observer") = "histogram", py::arg("per_channel") = true,
+           py::arg("calibration") = py::none(), py::arg("observer") = to_string(ObserverOptions().kind()), py::arg("per_channel") = true,
            py::arg("skip") = std::vector<std::string>{}, py::arg("engine") = "", py::arg("percentile") = 99.99,
            py::arg("bins") = 2048, py::arg("progress") = py::none(),
            "Static int8 post-training quantization. calibration: a list or iterable of tensors or tuples "
@@ -61,6 +61,13 @@ void bind_quantize(py::module_& m) {
            }),
            py::arg("per_channel") = true, py::arg("skip") = std::vector<std::string>{}, py::arg("engine") = "",
            "Dynamic int8: Linear weights int8, activations quantized on the fly; no calibration.");
+  m.def("observer_names", &observer_kind_names, "The observers QuantizeInt8 and `pare compress --observer` accept.");
+  m.def("load_calibration_file", [](const std::string& path, int64_t batch_size) {
+    py::list batches;
+    for (const auto& batch : load_calibration_file(path, batch_size)) batches.append(py::tuple(py::cast(batch)));
+    return batches;
+  }, py::arg("path"), py::arg("batch_size") = 32,
+     "Calibration batches (tuples of tensors) from a torch.save file, as `pare compress --calib` reads it.");
   m.def("available_quantized_engines", &available_quantized_engines);
   m.def("current_quantized_engine", &current_quantized_engine);
   m.def("set_quantized_engine", &set_quantized_engine, py::arg("engine"));

@@ -93,6 +93,17 @@ PYBIND11_MODULE(_pare, m) {
     }
   });
 
+  // A LibTorch error that some path still lets through surfaces as pare.Error
+  // (a RuntimeError) with LibTorch's message minus its C++ backtrace. Local to
+  // this extension: torch's own functions keep their translation.
+  py::register_local_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const c10::Error& e) {
+      PyErr_SetString(error.ptr(), e.what_without_backtrace());
+    }
+  });
+
   bind_passes(m);
   bind_quantize(m);
   bind_runner(m);

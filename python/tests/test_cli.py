@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+import pare
+
 from conftest import FashionCNN
 
 
@@ -114,3 +116,35 @@ def test_bad_inputs_give_one_line_errors(files):
     one_line_error(pare_cli("compress", files / "model.pt"), "--output is required")
     one_line_error(pare_cli("frobnicate"), "frobnicate")
     assert not (files / "x.pt").exists()
+
+
+def test_compress_takes_one_batch_calibration_lists_and_every_library_observer(files, tmp_path):
+    images = fashion_images(os.environ.get("PARE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"), 64)
+    torch.save([images[:32]], tmp_path / "one.pt")  # stock torch pickles a one-element list with APPEND
+    torch.save(images, tmp_path / "bare.pt")
+    for calib, observer in [("one.pt", "moving_average_minmax"), ("bare.pt", "entropy")]:
+        out = tmp_path / f"{observer}.pt"
+        result = pare_cli("compress", files / "model.pt", "-o", out, "--int8", "--calib", tmp_path / calib,
+                          "--observer", observer)
+        assert result.returncode == 0, result.stderr
+        assert pare.quantization_info(str(out))["mode"] == "static"
+    one_line_error(pare_cli("compress", files / "model.pt", "-o", tmp_path / "x.pt", "--int8", "--calib",
+                            tmp_path / "one.pt", "--observer", "moving_average"), "moving_average_minmax")
+
+
+def test_compress_fsyncs_the_file_before_and_the_directory_after_the_rename(files, tmp_path):
+    strace = shutil.which("strace")
+    if not strace:
+        pytest.skip("strace is not installed (Debian package strace)")
+    out, trace = tmp_path / "durable.pt", tmp_path / "trace.txt"
+    result = subprocess.run([strace, "-f", "-e", "trace=fsync,rename,renameat,renameat2", "-o", str(trace), cli_path(),
+                             "compress", str(files / "model.pt"), "-o", str(out), "--prune", "0.5"],
+                            capture_output=True, text=True, timeout=300)
+    if result.returncode != 0 and "ptrace" in result.stderr:
+        pytest.skip(f"strace cannot trace here: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    calls = [line for line in trace.read_text().splitlines() if "fsync(" in line or "rename" in line]
+    renamed = [i for i, line in enumerate(calls) if "rename" in line and f'"{out}"' in line]
+    assert len(renamed) == 1, calls
+    assert any("fsync(" in line for line in calls[:renamed[0]]), calls  # the new file's bytes are on disk first
+    assert any("fsync(" in line for line in calls[renamed[0] + 1:]), calls  # then the directory entry

@@ -194,3 +194,25 @@ def test_apply_masks_in_place(teacher):
     assert torch.count_nonzero(model.fc1.weight[~mask]) == 0
     with pytest.raises(ValueError, match="no parameter"):
         pare.apply_masks(model, {"fc9.weight": mask})
+
+
+def test_a_batch_the_model_rejects_is_a_pare_error(data):
+    (train_x, train_y), _ = data
+    torch.manual_seed(0)
+    teacher = torch.jit.script(FashionCNN().eval())
+    student = torch.jit.script(FashionCNN())
+    wrong = [(torch.randn(8, 3, 28, 28), train_y[:8])]  # three channels for a one-channel CNN
+    with pytest.raises(pare.Error, match=r"the student failed on a batch of shape \[8, 3, 28, 28\]") as caught:
+        pare.Pipeline([pare.Distill(teacher=teacher, data=wrong, epochs=1)]).run(student)
+    assert isinstance(caught.value, (ValueError, RuntimeError))
+    assert "Traceback" not in str(caught.value)  # LibTorch's line, not its whole traceback
+
+
+def test_the_callers_teacher_keeps_its_training_mode(data):
+    (train_x, train_y), _ = data
+    torch.manual_seed(0)
+    teacher = torch.jit.script(FashionCNN())  # scripted in training mode, as nn.Modules start
+    assert teacher.training
+    student = torch.jit.script(FashionCNN().eval())
+    pare.Pipeline([pare.Distill(teacher=teacher, data=batches(train_x[:128], train_y[:128]), epochs=1)]).run(student)
+    assert teacher.training and all(m.training for m in teacher.modules())

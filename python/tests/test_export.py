@@ -50,3 +50,25 @@ def test_bad_verification_input_fails_and_writes_nothing(scripted, tmp_path):
     assert not path.exists()
     with pytest.raises(ValueError, match="expected tensors or tuples"):
         pare.ExportTorchScript(str(path), verify_with=[object()])
+
+
+class TurnsNaN(torch.nn.Module):
+    """Finite on its first call (the in-memory reference), NaN on every later one."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > 1:
+            return x * float("nan")
+        return x
+
+
+def test_verification_fails_on_nan_where_the_module_is_finite(tmp_path):
+    path = tmp_path / "nan.pt"
+    with pytest.raises(pare.Error, match="NaN or Inf where the module's output is finite"):
+        pare.Pipeline([pare.ExportTorchScript(str(path), verify_with=[torch.ones(2, 3)])]).run(
+            torch.jit.script(TurnsNaN()))
+    assert not path.exists() and list(tmp_path.iterdir()) == []

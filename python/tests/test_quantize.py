@@ -78,7 +78,7 @@ def test_static_int8_in_a_pipeline_exports_a_file_stock_torch_loads(trained, tmp
     entry = report["quantize_int8"]
     assert [layer.name for layer in entry.layers] == ["conv1", "conv2", "fc1", "fc2"]
     assert all(layer.metrics["sqnr_db"] > 10 for layer in entry.layers)
-    assert pare.quantization_info(path)["engine"] == pare.current_quantized_engine()
+    assert pare.quantization_info(path)["engine"] == pare.available_quantized_engines()[0]
     # A separate interpreter with stock torch and no pare loads and runs the file.
     code = ("import torch; m = torch.jit.load(%r); y = m(torch.randn(4, 1, 28, 28)); "
             "assert y.shape == (4, 10) and y.dtype == torch.float32" % path)
@@ -135,3 +135,45 @@ def test_load_quantized_warns_on_another_engine(trained, tmp_path):
             pare.load_quantized(path)
     finally:
         pare.set_quantized_engine(engines[0])
+
+
+def test_a_model_failing_on_the_calibration_data_raises_pare_error(trained):
+    scripted, _, _, _ = trained
+    wrong = [torch.randn(4, 3, 28, 28), torch.randn(4, 3, 28, 28)]  # three channels for a one-channel CNN
+    with pytest.raises(pare.Error, match="QuantizeInt8: calibration batch 0 failed in the float model") as caught:
+        pare.Pipeline([pare.QuantizeInt8(calibration=wrong)]).run(scripted)
+    assert isinstance(caught.value, RuntimeError)
+    assert "Traceback" not in str(caught.value)
+
+
+def test_constructing_a_pass_leaves_the_engine_alone(trained):
+    scripted, calibration, _, _ = trained
+    engines = pare.available_quantized_engines()
+    if len(engines) < 2:
+        pytest.skip(f"one quantized engine only ({engines}); Debian's x86 LibTorch has two or more")
+    before = pare.current_quantized_engine()
+    other = engines[1] if engines[0] == before else engines[0]
+    p = pare.QuantizeInt8(calibration=calibration, engine=other)
+    pare.QuantizeInt8Dynamic(engine=other)
+    assert pare.current_quantized_engine() == before
+    _, report = pare.Pipeline([p]).run(scripted)
+    assert report["quantize_int8"].labels["engine"] == other
+    assert pare.current_quantized_engine() == before
+
+
+def test_calibration_files_from_torch_save_and_one_table_of_names(trained, tmp_path):
+    _, calibration, _, _ = trained
+    torch.save([calibration[0]], tmp_path / "one.pt")
+    torch.save(calibration, tmp_path / "many.pt")
+    torch.save(torch.cat(calibration), tmp_path / "bare.pt")
+    one = pare.load_calibration_file(str(tmp_path / "one.pt"))
+    assert len(one) == 1 and torch.equal(one[0][0], calibration[0])
+    assert len(pare.load_calibration_file(str(tmp_path / "many.pt"))) == len(calibration)
+    bare = pare.load_calibration_file(str(tmp_path / "bare.pt"), batch_size=50)
+    assert sum(len(batch[0]) for batch in bare) == sum(len(batch) for batch in calibration)
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "many.pt").read_bytes()[:200])
+    with pytest.raises(ValueError, match="not a torch.save file"):
+        pare.load_calibration_file(str(tmp_path / "cut.pt"))
+    for name in pare.observer_names():
+        pare.QuantizeInt8(calibration=calibration, observer=name)
+    assert "moving_average_minmax" in pare.observer_names() and pare.scope_names() == ["local", "global"]
