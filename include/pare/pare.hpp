@@ -8,6 +8,7 @@
 #include "pare/pipeline.hpp"
 #include "pare/pool.hpp"
 #include "pare/prune.hpp"
+#include "pare/prune_channels.hpp"
 #include "pare/quantize.hpp"
 #include "pare/report.hpp"
 #include "pare/runner.hpp"

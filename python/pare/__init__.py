@@ -49,6 +49,8 @@ from ._pare import (  # noqa: F401
     unpooled_cpu_allocations,
 )
 
+from ._pare import ChannelGroupReport, ChannelPruneStats, PruneChannels, count_macs, prune_channels  # noqa: F401
+
 __version__ = "0.1.0"
 
 
