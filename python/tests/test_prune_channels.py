@@ -129,3 +129,25 @@ def test_options_and_errors():
 
     with pytest.raises(ValueError, match="aten::view"):
         pare.prune_channels(torch.jit.script(Reshaped()), amount=0.5, input_shape=[1, 3, 8, 8])
+
+
+def test_cli_compress_channels(tmp_path):
+    import shutil
+    import subprocess
+
+    cli = os.environ.get("PARE_CLI") or shutil.which("pare")
+    if not cli:
+        pytest.skip("set PARE_CLI to the installed pare binary (ctest does)")
+    torch.manual_seed(0)
+    original, small = tmp_path / "m.pt", tmp_path / "small.pt"
+    torch.jit.script(randomized(Block())).save(str(original))
+    run = subprocess.run([cli, "compress", str(original), "-o", str(small), "--channels", "0.5", "--scope", "local",
+                          "--input", "1x3x8x8"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "macs_after" in run.stdout
+    reloaded = torch.jit.load(str(small))
+    assert reloaded(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+    assert os.path.getsize(small) < os.path.getsize(original)
+    bad = subprocess.run([cli, "compress", str(original), "-o", str(small), "--input", "1x3x8x8", "--int8"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--input needs --channels" in bad.stderr
