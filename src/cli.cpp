@@ -16,6 +16,7 @@
 #include "pare/bench.hpp"
 #include "pare/export.hpp"
 #include "pare/prune.hpp"
+#include "pare/prune_channels.hpp"
 #include "pare/quantize.hpp"
 #include "atomic_file.hpp"
 #include "torch_errors.hpp"
@@ -60,10 +61,14 @@ struct CompressArgs {
   std::string in, out, scope = to_string(L1PruneOptions().scope()), calib, observer, report;
   double prune = -1;
   bool structured = false, int8 = false, dynamic = false, per_tensor = false;
+  double channels = -1;        // --channels: fraction of channels to remove
+  std::string channels_input;  // --input: example input shape for --channels
 };
 
 int compress(const CompressArgs& a, std::ostream& out, std::ostream& err) {
-  require(a.prune >= 0 || a.int8 || a.dynamic, "nothing to do: give --prune, --int8 and/or --dynamic");
+  require(a.prune >= 0 || a.int8 || a.dynamic || a.channels >= 0,
+          "nothing to do: give --channels, --prune, --int8 and/or --dynamic");
+  require(a.channels >= 0 || a.channels_input.empty(), "--input needs --channels AMOUNT");
   require(a.prune >= 0 || !a.structured, "--structured needs --prune AMOUNT");
   require(!(a.int8 && a.dynamic), "--int8 and --dynamic contradict each other: static int8 calibrates, dynamic does not");
   require(a.int8 || (a.calib.empty() && a.observer.empty() && !a.per_tensor),
@@ -71,6 +76,11 @@ int compress(const CompressArgs& a, std::ostream& out, std::ostream& err) {
   require(!a.int8 || !a.calib.empty(), "--int8 needs --calib CALIB.pt (torch.save([batch, ...], \"calib.pt\"))");
   auto model = load_model(a.in);
   Pipeline pipeline;
+  if (a.channels >= 0) {
+    auto options = PruneChannelsOptions(a.channels).scope(a.scope == "local" ? Scope::Local : Scope::Global);
+    if (!a.channels_input.empty()) options.input_shape(parse_shape(a.channels_input));
+    pipeline.add(PruneChannels(options));
+  }
   if (a.prune >= 0) {
     auto options = L1PruneOptions().amount(a.prune).scope(parse_scope(a.scope));
     if (a.structured) options.structured(0);
@@ -200,6 +210,8 @@ int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostre
       ->check(CLI::IsMember(scope_names()))
       ->capture_default_str();
   compress_cmd->add_flag("--structured", c.structured, "prune whole output channels");
+  compress_cmd->add_option("--channels", c.channels, "fraction of channels to remove (the model gets smaller), in [0, 1]");
+  compress_cmd->add_option("--input", c.channels_input, "example input shape for --channels, e.g. 1x3x224x224");
   compress_cmd->add_flag("--int8", c.int8, "static int8 quantization (needs --calib)");
   compress_cmd->add_flag("--dynamic", c.dynamic, "dynamic int8 quantization of Linear layers");
   compress_cmd->add_option("--calib", c.calib, "calibration batches: torch.save([batch, ...], \"calib.pt\")");

@@ -110,4 +110,5 @@ PYBIND11_MODULE(_pare, m) {
   bind_distill(m);
   bind_pool(m);
   bind_cache(m);
+  bind_prune_channels(m);
 }

@@ -1,0 +1,469 @@
+#include "channel_groups.hpp"
+
+#include <torch/csrc/jit/ir/constants.h>
+#include <torch/csrc/jit/passes/constant_propagation.h>
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
+#include <torch/csrc/jit/passes/inliner.h>
+
+#include <algorithm>
+#include <functional>
+#include <map>
+#include <optional>
+#include <set>
+#include <unordered_map>
+
+#include "channel_ops.hpp"
+#include "pare/error.hpp"
+
+namespace pare::detail {
+namespace {
+
+using torch::jit::Block;
+using torch::jit::Module;
+
+std::string join_path(const std::string& base, const std::string& name) {
+  return base.empty() ? name : base + "." + name;
+}
+
+// Replaces reads of bool/int/float/str module attributes (training, flags
+// such as use_res_connect or memory_efficient) with their current values, so
+// that constant propagation removes the branches this instance never takes.
+void fold_scalar_attributes(Graph& graph, const Module& root) {
+  std::unordered_map<const Value*, Module> modules{{graph.inputs()[0], root}};
+  std::function<void(Block*)> walk = [&](Block* block) {
+    for (Node* node : block->nodes()) {
+      for (Block* sub : node->blocks()) walk(sub);
+      if (node->kind() != c10::prim::GetAttr) continue;
+      const auto owner = modules.find(node->input(0));
+      if (owner == modules.end()) continue;
+      const auto value = owner->second.attr(node->s(c10::attr::name));
+      if (value.isModule()) {
+        modules.emplace(node->output(), value.toModule());
+      } else if (value.isBool() || value.isInt() || value.isDouble() || value.isString()) {
+        torch::jit::WithInsertPoint guard(node);
+        node->output()->replaceAllUsesWith(graph.insertConstant(value));
+      }
+    }
+  };
+  walk(graph.block());
+}
+
+// Where a value's channels are.
+enum class Layout {
+  Channels,   // dim 1 of an N x C x ... tensor (conv activations)
+  Features,   // dim 1 of an N x C matrix
+  Last,       // the last dim, rank unknown (linear outputs on unknown inputs)
+  Flattened,  // an N x (C*S) matrix from flatten: channel c owns columns [c*S, (c+1)*S)
+};
+
+struct Tracked {
+  ChannelMap slots;
+  Layout layout;
+  bool operator==(const Tracked& o) const { return slots == o.slots && layout == o.layout; }
+};
+
+struct TrackedList {
+  std::vector<std::optional<Tracked>> items;
+  bool poisoned = false;  // appended to inside a branch or loop: contents unknown
+};
+
+class Analyzer {
+ public:
+  explicit Analyzer(const Module& root) : root_(root) {}
+
+  ChannelAnalysis run() {
+    auto graph = specialized_forward_graph(root_);
+    modules_.emplace(graph->inputs()[0], root_);
+    paths_.emplace(graph->inputs()[0], "");
+    walk(graph->block());
+    for (Value* output : graph->outputs()) block_value(output, "model output");
+    return compact();
+  }
+
+ private:
+  void walk(Block* block) {
+    for (Node* node : block->nodes()) visit(node);
+  }
+
+  void visit(Node* node) {
+    const auto kind = node->kind();
+    if (kind == c10::prim::GetAttr) return on_get_attr(node);
+    if (kind == c10::prim::If) return on_if(node);
+    if (kind == c10::prim::Loop) return on_loop(node);
+    if (is_conv(kind) && on_conv(node)) return;
+    if (kind == c10::aten::linear && on_linear(node)) return;
+    if (kind == c10::aten::batch_norm && on_batch_norm(node)) return;
+    if (kind == c10::prim::ListConstruct && on_list(node)) return;
+    if (kind == c10::aten::append && on_append(node)) return;
+    if (kind == c10::aten::cat && on_cat(node)) return;
+    if (is_binary(kind) && on_binary(node)) return;
+    if (is_channel_preserving(kind) && on_preserving(node)) return;
+    if (kind == c10::aten::flatten && on_flatten(node)) return;
+    if (kind == c10::aten::mean && on_mean(node)) return;
+    if (reads_metadata_only(kind)) return;
+    for (Value* input : node->inputs()) block_value(input, kind.toQualString());
+  }
+
+  // --- module attributes ---------------------------------------------------
+
+  void on_get_attr(Node* node) {
+    const auto owner = modules_.find(node->input(0));
+    if (owner == modules_.end()) return;
+    const std::string name = node->s(c10::attr::name);
+    const auto value = owner->second.attr(name);
+    const std::string path = join_path(paths_.at(node->input(0)), name);
+    if (value.isModule()) modules_.emplace(node->output(), value.toModule());
+    if (value.isModule() || value.isTensor()) paths_.emplace(node->output(), path);
+  }
+
+  // The dotted name of a tensor attribute ("layer1.0.conv1.weight"), if `value` reads one.
+  std::optional<std::string> tensor_name(Value* value) const {
+    const auto found = paths_.find(value);
+    if (found == paths_.end() || modules_.count(value)) return std::nullopt;
+    return found->second;
+  }
+
+  torch::Tensor tensor_at(const std::string& name) const {
+    const auto dot = name.rfind('.');
+    const auto owner = submodule_at(root_, dot == std::string::npos ? "" : name.substr(0, dot));
+    return owner.attr(dot == std::string::npos ? name : name.substr(dot + 1)).toTensor();
+  }
+
+  // --- layers ---------------------------------------------------------------
+
+  bool on_conv(Node* node) {
+    const auto spec = conv_spec(node);
+    const auto weight_name = tensor_name(node->input(1));
+    if (!spec || !weight_name) return false;
+    const auto weight = tensor_at(*weight_name);
+    const auto bias_name = tensor_name(node->input(2));
+    const auto input = tracked(node->input(0));
+    const int64_t out_channels = weight.size(0);
+    const std::string layer = owner_of(*weight_name);
+    const bool depthwise = spec->groups > 1 && spec->groups == out_channels && weight.size(1) == 1;
+    if (depthwise && input && input->layout == Layout::Channels && int64_t(input->slots.size()) == out_channels) {
+      add_cut(*weight_name, 0, input->slots, 1, true);
+      if (bias_name) add_cut(*bias_name, 0, input->slots, 1, false);
+      if (std::find(depthwise_.begin(), depthwise_.end(), *weight_name) == depthwise_.end())
+        depthwise_.push_back(*weight_name);
+      tracked_[node->output()] = *input;
+      return true;
+    }
+    if (spec->groups == 1 && input) {
+      if (input->layout == Layout::Channels && int64_t(input->slots.size()) == weight.size(1))
+        add_cut(*weight_name, 1, input->slots, 1, false);
+      else
+        block_slots(input->slots, "input layout of " + layer);
+    } else if (input) {
+      block_slots(input->slots, "grouped conv " + layer);
+    }
+    const auto out = new_group(*weight_name, out_channels);
+    if (spec->groups != 1) block_slots(out, depthwise ? "depthwise conv on an unprunable input " + layer
+                                                      : "grouped conv " + layer);
+    add_cut(*weight_name, 0, out, 1, true);
+    if (bias_name) add_cut(*bias_name, 0, out, 1, false);
+    tracked_[node->output()] = {out, Layout::Channels};
+    return true;
+  }
+
+  bool on_linear(Node* node) {
+    const auto weight_name = tensor_name(node->input(1));
+    if (!weight_name) return false;
+    const auto weight = tensor_at(*weight_name);
+    const auto input = tracked(node->input(0));
+    Layout out_layout = Layout::Last;
+    if (input) {
+      const int64_t in_features = weight.size(1), channels = int64_t(input->slots.size());
+      int64_t block = 0;
+      if (input->layout == Layout::Flattened && in_features % channels == 0) block = in_features / channels;
+      if (input->layout != Layout::Flattened && input->layout != Layout::Channels && in_features == channels) block = 1;
+      if (block > 0) add_cut(*weight_name, 1, input->slots, block, false);
+      else block_slots(input->slots, "input layout of " + owner_of(*weight_name));
+      if (input->layout != Layout::Last) out_layout = Layout::Features;
+    }
+    const auto out = new_group(*weight_name, weight.size(0));
+    add_cut(*weight_name, 0, out, 1, true);
+    if (const auto bias_name = tensor_name(node->input(2))) add_cut(*bias_name, 0, out, 1, false);
+    tracked_[node->output()] = {out, out_layout};
+    return true;
+  }
+
+  bool on_batch_norm(Node* node) {
+    const auto input = tracked(node->input(0));
+    if (!input) return true;  // normalises channels nobody prunes
+    if (input->layout != Layout::Channels && input->layout != Layout::Features) return false;
+    for (size_t i = 1; i <= 4; ++i) {  // weight, bias, running_mean, running_var
+      Value* v = node->input(i);
+      if (v->type()->kind() == c10::TypeKind::NoneType) continue;
+      const auto name = tensor_name(v);
+      if (!name) return false;
+      add_cut(*name, 0, input->slots, 1, false);
+    }
+    tracked_[node->output()] = *input;
+    return true;
+  }
+
+  // --- channel plumbing -----------------------------------------------------
+
+  bool on_preserving(Node* node) {
+    const auto input = tracked(node->input(0));
+    if (input && is_spatial(node->kind()) && input->layout != Layout::Channels) return false;
+    for (size_t i = 1; i < node->inputs().size(); ++i)
+      if (tracked(node->input(i))) return false;
+    if (input) tracked_[node->output()] = *input;
+    return true;
+  }
+
+  bool on_binary(Node* node) {
+    const auto a = tracked(node->input(0));
+    const bool tensor_operand = node->input(1)->type()->isSubtypeOf(*c10::TensorType::get());
+    if (!tensor_operand) {
+      if (a) tracked_[node->output()] = *a;
+      return true;
+    }
+    const auto b = tracked(node->input(1));
+    if (!a && !b) return true;
+    if (!a || !b || a->layout != b->layout) return false;  // broadcasting against unknown channels
+    if (!tie(a->slots, b->slots, std::string(node->kind().toQualString()) + " of mismatched channels")) return true;
+    tracked_[node->output()] = *a;
+    return true;
+  }
+
+  bool on_flatten(Node* node) {
+    const auto input = tracked(node->input(0));
+    const auto start = constant_int(node->input(1)), end = constant_int(node->input(2));
+    if (!input) return true;
+    if (start != 1 || end != -1 || input->layout == Layout::Last) return false;
+    tracked_[node->output()] = {input->slots, input->layout == Layout::Channels ? Layout::Flattened : input->layout};
+    return true;
+  }
+
+  bool on_mean(Node* node) {
+    const auto input = tracked(node->input(0));
+    if (!input) return true;
+    const auto dims = constant_int_list(node->input(1));
+    const auto keepdim = torch::jit::toIValue(node->input(2));
+    if (input->layout != Layout::Channels || !dims || !keepdim || !keepdim->isBool()) return false;
+    for (int64_t d : *dims)
+      if (d < 2) return false;
+    if (keepdim->toBool()) tracked_[node->output()] = *input;
+    else if (*dims == std::vector<int64_t>{2, 3}) tracked_[node->output()] = {input->slots, Layout::Features};
+    else return false;
+    return true;
+  }
+
+  bool on_list(Node* node) {
+    auto list = std::make_shared<TrackedList>();
+    for (Value* item : node->inputs()) list->items.push_back(tracked(item));
+    lists_[node->output()] = list;
+    return true;
+  }
+
+  bool on_append(Node* node) {
+    const auto found = lists_.find(node->input(0));
+    if (found == lists_.end()) return false;
+    auto list = found->second;
+    list->items.push_back(tracked(node->input(1)));
+    if (node->owningBlock() != node->owningGraph()->block()) {
+      list->poisoned = true;  // the list's contents depend on which branch ran
+      block_value(node->input(0), "list append in a branch");
+    }
+    lists_[node->output()] = list;
+    return true;
+  }
+
+  bool on_cat(Node* node) {
+    const auto found = lists_.find(node->input(0));
+    const auto dim = constant_int(node->input(1));
+    if (found == lists_.end() || found->second->poisoned || dim != 1) return false;
+    Tracked out{{}, Layout::Channels};
+    for (const auto& item : found->second->items) {
+      if (!item || (item->layout != Layout::Channels && item->layout != Layout::Features)) return false;
+      out.layout = item->layout;
+      out.slots.insert(out.slots.end(), item->slots.begin(), item->slots.end());
+    }
+    tracked_[node->output()] = out;
+    return true;
+  }
+
+  // --- control flow ---------------------------------------------------------
+
+  void on_if(Node* node) {
+    for (Block* block : node->blocks()) walk(block);
+    for (size_t i = 0; i < node->outputs().size(); ++i) {
+      std::vector<Value*> branches;
+      for (Block* block : node->blocks()) branches.push_back(block->outputs()[i]);
+      const auto first = tracked(branches[0]);
+      bool same = first.has_value();
+      for (Value* v : branches) same = same && tracked(v) == first;
+      if (same) { tracked_[node->output(i)] = *first; continue; }
+      for (Value* v : branches) block_value(v, "branch-dependent channels");
+    }
+  }
+
+  void on_loop(Node* node) {
+    for (Value* input : node->inputs()) block_value(input, "prim::Loop");
+    for (Block* block : node->blocks()) {
+      walk(block);
+      for (Value* output : block->outputs()) block_value(output, "prim::Loop");
+    }
+  }
+
+  // --- groups ---------------------------------------------------------------
+
+  std::optional<Tracked> tracked(Value* value) const {
+    const auto found = tracked_.find(value);
+    if (found == tracked_.end()) return std::nullopt;
+    return found->second;
+  }
+
+  ChannelMap new_group(const std::string& producer, int64_t channels) {
+    const int id = int(groups_.size());
+    groups_.push_back({{owner_of(producer)}, channels, {}});
+    parent_.push_back(id);
+    ChannelMap slots(channels);
+    for (int64_t i = 0; i < channels; ++i) slots[i] = {id, i};
+    return slots;
+  }
+
+  int find(int g) {
+    while (parent_[g] != g) g = parent_[g] = parent_[parent_[g]];
+    return g;
+  }
+
+  // Channel i of `a` is channel i of `b`: their groups merge. Only identical
+  // channel positions can merge; anything else blocks both sides.
+  bool tie(const ChannelMap& a, const ChannelMap& b, const std::string& reason) {
+    bool aligned = a.size() == b.size();
+    for (size_t i = 0; aligned && i < a.size(); ++i) aligned = a[i].index == b[i].index;
+    if (!aligned) {
+      block_slots(a, reason);
+      block_slots(b, reason);
+      return false;
+    }
+    for (size_t i = 0; i < a.size(); ++i) parent_[find(a[i].group)] = find(b[i].group);
+    return true;
+  }
+
+  void block_slots(const ChannelMap& slots, const std::string& reason) {
+    std::set<int> seen;
+    for (const auto& slot : slots)
+      if (seen.insert(slot.group).second) groups_[slot.group].blocked_by.push_back(reason);
+  }
+
+  void block_value(Value* value, const std::string& reason) {
+    if (const auto t = tracked(value)) block_slots(t->slots, reason);
+    const auto list = lists_.find(value);
+    if (list == lists_.end()) return;
+    for (const auto& item : list->second->items)
+      if (item) block_slots(item->slots, reason);
+  }
+
+  void add_cut(const std::string& name, int64_t dim, const ChannelMap& slots, int64_t block, bool producer) {
+    const auto tensor = tensor_at(name);
+    if (tensor.dim() <= dim || tensor.size(dim) != int64_t(slots.size()) * block) {
+      block_slots(slots, "unexpected shape of " + name);
+      return;
+    }
+    const auto key = std::make_pair(name, dim);
+    const auto found = cut_at_.find(key);
+    if (found == cut_at_.end()) {
+      const auto dot = name.rfind('.');
+      cut_at_.emplace(key, cuts_.size());
+      cuts_.push_back({dot == std::string::npos ? "" : name.substr(0, dot),
+                       dot == std::string::npos ? name : name.substr(dot + 1), dim, slots, block, producer});
+      return;
+    }
+    auto& cut = cuts_[found->second];  // a layer called twice: both calls must agree
+    cut.producer = cut.producer || producer;
+    if (cut.block != block) {
+      block_slots(cut.slots, "shared layer " + name);
+      block_slots(slots, "shared layer " + name);
+      return;
+    }
+    tie(cut.slots, slots, "shared layer " + name);
+  }
+
+  static std::string owner_of(const std::string& tensor_name) {
+    const auto dot = tensor_name.rfind('.');
+    return dot == std::string::npos ? "" : tensor_name.substr(0, dot);
+  }
+
+  // Merged groups get dense ids; reasons and producers are combined.
+  ChannelAnalysis compact() {
+    ChannelAnalysis out;
+    std::map<int, int> dense;
+    for (int g = 0; g < int(groups_.size()); ++g) {
+      const int root = find(g);
+      if (!dense.count(root)) {
+        dense[root] = int(out.groups.size());
+        out.groups.push_back({{}, groups_[root].channels, {}});
+      }
+      auto& group = out.groups[dense[root]];
+      group.producers.insert(group.producers.end(), groups_[g].producers.begin(), groups_[g].producers.end());
+      for (const auto& reason : groups_[g].blocked_by)
+        if (std::find(group.blocked_by.begin(), group.blocked_by.end(), reason) == group.blocked_by.end())
+          group.blocked_by.push_back(reason);
+    }
+    for (auto cut : cuts_) {
+      for (auto& slot : cut.slots) slot.group = dense.at(find(slot.group));
+      out.cuts.push_back(std::move(cut));
+    }
+    out.depthwise = depthwise_;
+    return out;
+  }
+
+  const Module& root_;
+  std::unordered_map<const Value*, Module> modules_;
+  std::unordered_map<const Value*, std::string> paths_;
+  std::unordered_map<const Value*, Tracked> tracked_;
+  std::unordered_map<const Value*, std::shared_ptr<TrackedList>> lists_;
+  std::vector<ChannelGroup> groups_;
+  std::vector<int> parent_;
+  std::vector<TensorCut> cuts_;
+  std::map<std::pair<std::string, int64_t>, size_t> cut_at_;
+  std::vector<std::string> depthwise_;
+};
+
+}  // namespace
+
+std::shared_ptr<Graph> specialized_forward_graph(const Module& module) {
+  require(module.find_method("forward").has_value(), "PruneChannels: the module has no forward method");
+  auto graph = module.get_method("forward").graph()->copy();
+  torch::jit::Inline(*graph);
+  fold_scalar_attributes(*graph, module);
+  torch::jit::ConstantPropagation(graph);
+  torch::jit::EliminateDeadCode(graph);
+  return graph;
+}
+
+Module submodule_at(const Module& root, const std::string& path) {
+  Module current = root;
+  size_t begin = 0;
+  while (begin < path.size()) {
+    const auto end = std::min(path.find('.', begin), path.size());
+    current = current.attr(path.substr(begin, end - begin)).toModule();
+    begin = end + 1;
+  }
+  return current;
+}
+
+ChannelAnalysis analyze_channels(const Module& module) { return Analyzer(module).run(); }
+
+std::optional<torch::Tensor> attribute_tensor(const Module& root, const Value* value) {
+  std::vector<std::string> names;
+  while (value->node()->kind() == c10::prim::GetAttr) {
+    names.push_back(value->node()->s(c10::attr::name));
+    value = value->node()->input(0);
+  }
+  if (names.empty() || value != value->owningGraph()->inputs()[0]) return std::nullopt;
+  c10::IValue current = root._ivalue();
+  for (auto name = names.rbegin(); name != names.rend(); ++name) {
+    if (!current.isObject()) return std::nullopt;
+    current = current.toObjectRef().getAttr(*name);
+  }
+  if (!current.isTensor()) return std::nullopt;
+  return current.toTensor();
+}
+
+}  // namespace pare::detail

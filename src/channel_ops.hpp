@@ -1,0 +1,43 @@
+#pragma once
+// Internal to pare: what the channel analysis knows about individual
+// TorchScript ops (which keep channels, which only read metadata, how a conv
+// call spells its groups) and small graph helpers shared with PruneChannels.
+
+#include <optional>
+#include <vector>
+
+#include <torch/csrc/jit/ir/ir.h>
+#include <torch/script.h>
+
+namespace pare::detail {
+
+using torch::jit::Graph;
+using torch::jit::Node;
+using torch::jit::Value;
+
+struct ConvSpec {
+  int64_t groups = 1;
+  size_t groups_input = 6;  ///< where the groups argument sits in the call
+};
+
+bool is_conv(c10::Symbol kind);
+bool is_linear(c10::Symbol kind);
+/// A non-transposed conv call whose groups argument is a constant; nullopt otherwise.
+std::optional<ConvSpec> conv_spec(const Node* node);
+/// add/sub/mul/div (and in-place forms): two tensors of one channel layout.
+bool is_binary(c10::Symbol kind);
+/// Ops whose output has the channels of their first input (activations, pooling, dropout).
+bool is_channel_preserving(c10::Symbol kind);
+/// The preserving ops that need a N x C x spatial input (pooling).
+bool is_spatial(c10::Symbol kind);
+/// Ops that read a tensor's metadata (size, dim, dtype), never its channels' values.
+bool reads_metadata_only(c10::Symbol kind);
+
+std::optional<int64_t> constant_int(const Value* value);
+std::optional<std::vector<int64_t>> constant_int_list(const Value* value);
+
+/// Rewrites the depthwise conv calls in the methods of `conv` so their
+/// `groups` argument reads the weight's channel count instead of the constant `old_groups`.
+void make_groups_follow_weight(const torch::jit::Module& conv, int64_t old_groups);
+
+}  // namespace pare::detail
