@@ -11,6 +11,7 @@
 #include "pare/quantize.hpp"
 #include "pare/report.hpp"
 #include "pare/runner.hpp"
+#include "pare/trace.hpp"
 #include "pare/bench.hpp"
 #include "pare/cli.hpp"
 #ifdef PARE_WITH_REDIS
