@@ -271,6 +271,7 @@ torch::jit::Module trace(torch::nn::Module& model, const ForwardFunction& forwar
   auto graph = trace_graph(module, forward, example_inputs, replay, "example inputs");
   auto check_graph = trace_graph(module, forward, check_inputs, replay, "check inputs");
   detail::generalize_batch(*graph, *check_graph, {batch, batch_of(check_inputs)}, options.dynamic_batch());
+  detail::canonicalize_layers(graph);
   install_forward(module, graph);
   check_outputs(module, forward, example_inputs, replay, options.tolerance(), "example inputs");
   check_outputs(module, forward, check_inputs, replay, options.tolerance(), "check inputs");

@@ -159,7 +159,77 @@ class Walk {
   Value* batch_ = nullptr;
 };
 
+// The length of an int[] value: a ListConstruct's inputs or a constant list's size.
+int64_t list_length(const Value* list) {
+  if (list->node()->kind() == c10::prim::ListConstruct) return int64_t(list->node()->inputs().size());
+  const auto constant = torch::jit::toIValue(list);
+  return constant && constant->isIntList() ? int64_t(constant->toIntVector().size()) : -1;
+}
+
+bool is_constant(const Value* value, int64_t expected) {
+  const auto constant = torch::jit::toIValue(value);
+  return constant && (constant->isInt() || constant->isBool()) &&
+         (constant->isInt() ? constant->toInt() : int64_t(constant->toBool())) == expected;
+}
+
+// Reroutes `old`'s uses to `kind(inputs)`, inserted where `old` was; dead code elimination removes `old`.
+void replace_with(Node* old, c10::Symbol kind, const std::vector<Value*>& inputs) {
+  Graph& graph = *old->owningGraph();
+  Node* node = graph.create(kind, inputs, 1)->insertBefore(old);
+  node->output()->setType(c10::TensorType::get());
+  old->output()->replaceAllUsesWith(node->output());
+}
+
+// aten::_convolution(x, w, b, stride, padding, dilation, transposed=False, output_padding, groups, ...).
+void rewrite_convolution(Node* n) {
+  static const c10::Symbol convs[] = {c10::aten::conv1d, c10::aten::conv2d, c10::aten::conv3d};
+  const int64_t dims = list_length(n->input(3));
+  if (n->inputs().size() != 13 || !is_constant(n->input(6), 0) || dims < 1 || dims > 3) return;
+  replace_with(n, convs[dims - 1], {n->input(0), n->input(1), n->input(2), n->input(3), n->input(4), n->input(5),
+                                    n->input(8)});
+}
+
+// The weight `w` when `value` is aten::t(w), else null.
+Value* transposed_weight(const Value* value) {
+  return value->node()->kind() == c10::aten::t ? value->node()->input(0) : nullptr;
+}
+
+// addmm(b, x, w.t(), 1, 1) -> linear(x, w, b).
+void rewrite_addmm(Node* n) {
+  Value* w = transposed_weight(n->input(2));
+  if (!w || !is_constant(n->input(3), 1) || !is_constant(n->input(4), 1)) return;
+  replace_with(n, c10::aten::linear, {n->input(1), w, n->input(0)});
+}
+
+// matmul(x, w.t()) [then add_(·, b, 1) as its one use] -> linear(x, w, b or None).
+void rewrite_matmul(Node* n) {
+  Value* w = transposed_weight(n->input(1));
+  if (!w) return;
+  const auto& uses = n->output()->uses();
+  Node* add = uses.size() == 1 ? uses[0].user : nullptr;
+  if (add && add->kind() == c10::aten::add_ && add->input(0) == n->output() && is_constant(add->input(2), 1)) {
+    replace_with(add, c10::aten::linear, {n->input(0), w, add->input(1)});
+    return;
+  }
+  torch::jit::WithInsertPoint here(n);
+  replace_with(n, c10::aten::linear, {n->input(0), w, n->owningGraph()->insertConstant(IValue())});
+}
+
 }  // namespace
+
+void canonicalize_layers(std::shared_ptr<Graph>& graph) {
+  std::vector<Node*> nodes(graph->nodes().begin(), graph->nodes().end());
+  for (Node* n : nodes) {
+    if (n->kind() == c10::aten::_convolution) rewrite_convolution(n);
+    else if (n->kind() == c10::aten::addmm) rewrite_addmm(n);
+    else if (n->kind() == c10::aten::matmul) rewrite_matmul(n);
+    // Where view succeeds reshape returns the same view; unlike view it also takes the
+    // channels-last tensors that passes like int8 quantization put between the layers.
+    else if (n->kind() == c10::aten::view && n->inputs().size() == 2)
+      replace_with(n, c10::aten::reshape, {n->input(0), n->input(1)});
+  }
+  torch::jit::EliminateDeadCode(graph);
+}
 
 void generalize_batch(Graph& example, Graph& check, TracedBatches batches, bool dynamic_batch) {
   Walk(example, check, batches, dynamic_batch).run();

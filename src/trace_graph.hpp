@@ -24,4 +24,11 @@ struct TracedBatches {
 void generalize_batch(torch::jit::Graph& example, torch::jit::Graph& check, TracedBatches batches,
                       bool dynamic_batch);
 
+/// Rewrites what the C++ frontend's layers leave in a trace into the operators
+/// Python's torch.nn layers script to, which pare's passes (int8 quantization,
+/// BatchNorm folding) recognise: aten::_convolution -> aten::conv1d/2d/3d, and
+/// torch::nn::functional::linear's addmm(b, x, w.t()) / matmul(x, w.t()) [+= b]
+/// -> aten::linear(x, w, b); aten::view -> aten::reshape (the same wherever view works).
+void canonicalize_layers(std::shared_ptr<torch::jit::Graph>& graph);
+
 }  // namespace pare::detail

@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "pare/prune.hpp"
+#include "pare/quantize.hpp"
 #include "pare/trace.hpp"
 
 namespace nn = torch::nn;
@@ -118,7 +119,7 @@ TEST_CASE("traced modules equal the torch::nn model at two batch sizes") {
   torch::NoGradGuard no_grad;
   torch::manual_seed(0);
   SECTION("torch::nn::Sequential") {
-    nn::Sequential model(nn::Linear(6, 12), nn::ReLU(), nn::Dropout(0.5), nn::Linear(12, 3));
+    nn::Sequential model(nn::Linear(6, 12), nn::ReLU(), nn::Dropout(0.5), nn::Linear(nn::LinearOptions(12, 3).bias(false)));
     model->eval();  // trace's default mode: Dropout off
     auto traced = pare::trace(model, {torch::randn({4, 6})});
     for (int64_t batch : {1, 9}) {
@@ -132,6 +133,14 @@ TEST_CASE("traced modules equal the torch::nn model at two batch sizes") {
     for (int64_t batch : {1, 7}) {
       const auto x = torch::randn({batch, 3, 9, 9});
       CHECK(max_difference(traced.forward({x}), conv(x)) <= 1e-6);
+    }
+  }
+  SECTION("a Linear on 3-d inputs (matmul and add_ in the C++ frontend)") {
+    nn::Linear linear(6, 4);
+    auto traced = pare::trace(linear, {torch::randn({2, 5, 6})});
+    for (int64_t batch : {1, 3}) {
+      const auto x = torch::randn({batch, 5, 6});
+      CHECK(max_difference(traced.forward({x}), linear(x)) <= 1e-6);
     }
   }
   SECTION("a custom module with submodules, BatchNorm, Dropout and view({x.size(0), -1})") {
@@ -179,6 +188,28 @@ TEST_CASE("the traced module keeps parameters and buffers by name and reads them
   CHECK(reads >= int(params.size()));
   CHECK(tensor_constants == 0);
   CHECK_FALSE(net->is_training());  // the model's mode is restored
+}
+
+TEST_CASE("layers trace to the operators Python scripts them to, so int8 quantization finds them all") {
+  auto net = trained_net();
+  auto traced = pare::trace(net, {torch::randn({4, 1, 8, 8})});
+  std::map<std::string, int> kinds;
+  const auto graph = traced.get_method("forward").graph();
+  for (const auto* node : graph->nodes()) ++kinds[node->kind().toQualString()];
+  INFO(graph->toString());
+  CHECK(kinds["aten::conv2d"] == 2);
+  CHECK(kinds["aten::linear"] == 1);
+  CHECK(kinds["aten::_convolution"] + kinds["aten::addmm"] + kinds["aten::matmul"] + kinds["aten::view"] == 0);
+
+  const auto calibration = pare::InputBatches{{torch::randn({16, 1, 8, 8})}};
+  const auto result = pare::Pipeline().add(pare::QuantizeInt8(pare::QuantizeOptions().calibration(calibration))).run(traced);
+  int int8_layers = 0;
+  for (const auto& layer : result.report.at("quantize_int8").layers) int8_layers += layer.labels.at("status") == "int8";
+  CHECK(int8_layers == 3);
+  const auto x = torch::randn({6, 1, 8, 8});
+  torch::NoGradGuard no_grad;
+  const auto error = (const_cast<torch::jit::Module&>(result.module).forward({x}).toTensor() - net(x)).abs().max();
+  CHECK(error.item<double>() < 0.1 * net(x).abs().max().item<double>());
 }
 
 TEST_CASE("training mode traces batch statistics and leaves the model's buffers as they were") {
