@@ -14,6 +14,7 @@
 #include <pare/pare.hpp>
 
 #include "fashion_mnist.hpp"
+#include "frontend_cnn.hpp"
 
 namespace ex = pare::examples;
 
@@ -111,6 +112,13 @@ int main(int argc, char** argv) try {
                          out + "/fashion_pruned90_distilled.pt", test));
   rows.push_back(measure("pruned 90% + distilled + int8", distilled.module, pare::Pipeline().add(int8()),
                          out + "/fashion_pruned90_distilled_int8.pt", test));
+  // The same CNN written with the C++ frontend (torch::nn), traced (docs/trace.md), compressed the same way.
+  const auto frontend = ex::train_frontend_cnn(train, epochs, ex::progress_bar("training torch::nn CNN"));
+  const auto frontend_distilled =
+      pare::Pipeline().add(prune(0.9)).add(pare::Distill(pare::DistillOptions(distill).teacher(frontend))).run(frontend);
+  rows.push_back(measure("C++ frontend CNN fp32", frontend, pare::Pipeline(), out + "/fashion_frontend_fp32.pt", test));
+  rows.push_back(measure("C++ frontend CNN p90+dist+int8", frontend_distilled.module, pare::Pipeline().add(int8()),
+                         out + "/fashion_frontend_pruned90_distilled_int8.pt", test));
   print_table(rows);
   return 0;
 } catch (const std::exception& e) {

@@ -84,15 +84,13 @@ def forward(self, x):
   return net;
 }
 
-void train(torch::jit::Module& module, const Dataset& data, int epochs, double lr, uint64_t seed,
-           const Progress& progress) {
-  std::vector<torch::Tensor> params;
-  for (const auto& p : module.parameters()) {
-    p.set_requires_grad(true);
-    params.push_back(p);
-  }
-  torch::optim::Adam optimizer(params, torch::optim::AdamOptions(lr));
-  module.train();
+namespace {
+
+// Adam with cross-entropy over shuffled batches of 64; `parameters` are left requiring no grad.
+void fit(std::vector<torch::Tensor> parameters, const std::function<torch::Tensor(const torch::Tensor&)>& forward,
+         const Dataset& data, int epochs, double lr, uint64_t seed, const Progress& progress) {
+  for (auto& p : parameters) p.set_requires_grad(true);
+  torch::optim::Adam optimizer(parameters, torch::optim::AdamOptions(lr));
   torch::manual_seed(seed);
   const int64_t batch = 64, steps = (data.size() + batch - 1) / batch;
   for (int epoch = 0; epoch < epochs; ++epoch) {
@@ -100,7 +98,7 @@ void train(torch::jit::Module& module, const Dataset& data, int epochs, double l
     double running = 0;
     for (int64_t step = 0; step < steps; ++step) {
       const auto index = order.slice(0, step * batch, std::min(data.size(), (step + 1) * batch));
-      const auto logits = module.forward({data.images.index_select(0, index)}).toTensor();
+      const auto logits = forward(data.images.index_select(0, index));
       const auto loss = torch::nn::functional::cross_entropy(logits, data.labels.index_select(0, index));
       optimizer.zero_grad();
       loss.backward();
@@ -109,7 +107,24 @@ void train(torch::jit::Module& module, const Dataset& data, int epochs, double l
       if (progress) progress(epoch * steps + step + 1, epochs * steps, running);
     }
   }
-  for (auto& p : params) p.set_requires_grad(false);
+  for (auto& p : parameters) p.set_requires_grad(false);
+}
+
+}  // namespace
+
+void train(torch::jit::Module& module, const Dataset& data, int epochs, double lr, uint64_t seed,
+           const Progress& progress) {
+  std::vector<torch::Tensor> params;
+  for (const auto& p : module.parameters()) params.push_back(p);
+  module.train();
+  fit(params, [&](const torch::Tensor& x) { return module.forward({x}).toTensor(); }, data, epochs, lr, seed, progress);
+  module.eval();
+}
+
+void train(torch::nn::Module& module, const std::function<torch::Tensor(const torch::Tensor&)>& forward,
+           const Dataset& data, int epochs, double lr, uint64_t seed, const Progress& progress) {
+  module.train();
+  fit(module.parameters(), forward, data, epochs, lr, seed, progress);
   module.eval();
 }
 

@@ -38,6 +38,10 @@ using Progress = std::function<void(int64_t, int64_t, double)>;
 void train(torch::jit::Module& module, const Dataset& data, int epochs, double lr = 1e-3,
            uint64_t seed = 0, const Progress& progress = {});
 
+/// The same loop for a torch::nn model, whose `forward` maps images to logits.
+void train(torch::nn::Module& module, const std::function<torch::Tensor(const torch::Tensor&)>& forward,
+           const Dataset& data, int epochs, double lr = 1e-3, uint64_t seed = 0, const Progress& progress = {});
+
 /// Top-1 accuracy in percent.
 double accuracy(torch::jit::Module& module, const Dataset& data);
 
