@@ -20,6 +20,7 @@
 #include "pare/quantize.hpp"
 #include "atomic_file.hpp"
 #include "torch_errors.hpp"
+#include "pare/runner.hpp"
 
 namespace pare {
 namespace {
@@ -107,11 +108,33 @@ struct BenchArgs {
   double seconds = 1.0;
   bool json = false;
   std::string html;
+  double rate = 0;  // > 0: open loop through a Runner
+  int64_t max_batch = 1;
+  size_t max_queue = 0;
+  double timeout = 0;
 };
+
+// Open loop: each model behind a Runner, sent single requests at a.rate per second.
+int bench_open_loop(const BenchArgs& a, const std::vector<std::vector<int64_t>>& shapes, std::ostream& out) {
+  require(a.timeout >= 0 && a.timeout <= 3600, "bench: --timeout must be in [0, 3600] seconds");
+  std::vector<std::vector<c10::IValue>> inputs(64);
+  for (auto& list : inputs)
+    for (auto shape : shapes) list.emplace_back(torch::randn(shape));
+  std::vector<std::pair<std::string, OpenLoopResult>> rows;
+  for (const auto& path : a.models) {
+    Runner runner(load_model(path), RunnerOptions().max_batch(a.max_batch).max_queue(a.max_queue).warmup(10)
+                                        .example_inputs(inputs.front()).timeout(std::chrono::microseconds(int64_t(a.timeout * 1e6))));
+    rows.emplace_back(path.substr(path.find_last_of('/') + 1),
+                      run_open_loop(runner, OpenLoopOptions(a.rate).seconds(a.seconds).inputs(inputs)));
+  }
+  out << (a.json ? open_loop_json(rows) + "\n" : open_loop_table(rows));
+  return 0;
+}
 
 int bench(const BenchArgs& a, std::ostream& out) {
   std::vector<std::vector<int64_t>> shapes;
   for (const auto& s : a.inputs) shapes.push_back(parse_shape(s));
+  if (a.rate > 0) return bench_open_loop(a, shapes, out);
   std::vector<std::pair<std::string, torch::jit::Module>> models;
   for (const auto& path : a.models) models.emplace_back(path.substr(path.find_last_of('/') + 1), load_model(path));
   const auto rows = benchmark_models(std::move(models),
@@ -230,6 +253,10 @@ int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostre
   bench_cmd->add_option("--seconds", b.seconds, "measuring time per cell");
   bench_cmd->add_flag("--json", b.json, "print JSON instead of a table");
   bench_cmd->add_option("--html", b.html, "also write latency and throughput charts as an HTML page here");
+  bench_cmd->add_option("--rate", b.rate, "open loop: requests per second offered (Poisson arrivals) through a Runner");
+  bench_cmd->add_option("--max-batch", b.max_batch, "open loop: the Runner's max_batch");
+  bench_cmd->add_option("--max-queue", b.max_queue, "open loop: the Runner's max_queue (0: unbounded)");
+  bench_cmd->add_option("--timeout", b.timeout, "open loop: each request's deadline in seconds (0: none)");
   std::string inspect_path, inspect_html;
   auto* inspect_cmd = app.add_subcommand("inspect", "layers, sparsity, quantization and pare's report of a model");
   inspect_cmd->add_option("model", inspect_path, "TorchScript file")->required();

@@ -10,7 +10,9 @@
 #include "pare/pool.hpp"
 
 #include <ATen/EmptyTensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/core/CPUAllocator.h>
+#include <c10/util/accumulate.h>
 
 #include <algorithm>
 #include <array>
@@ -158,10 +160,13 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
 
   PoolStats snapshot() const {
     std::lock_guard<std::mutex> lock(mutex);
-    return stats;
+    PoolStats copy = stats;
+    copy.small = small_leases.load(std::memory_order_relaxed);
+    return copy;
   }
 
   const PoolOptions options;
+  std::atomic<uint64_t> small_leases{0};  // counted off the mutex: the small path must stay cheap
   LeaseAllocator lease_allocator;
 
  private:
@@ -356,6 +361,11 @@ PooledTensor TensorPool::acquire(at::IntArrayRef shape, at::ScalarType dtype, at
   for (auto dim : shape)
     require(dim >= 0, "TensorPool.acquire: shape " + c10::str(shape) +
                           " has a negative dimension; expected sizes >= 0");
+  if (state_->options.small_bytes() > 0 &&
+      size_t(c10::multiply_integers(shape)) * c10::elementSize(dtype) < state_->options.small_bytes()) {
+    state_->small_leases.fetch_add(1, std::memory_order_relaxed);
+    return PooledTensor(at::empty(shape, at::TensorOptions().dtype(dtype)), state_);
+  }
   auto tensor = at::detail::empty_generic(shape, &state_->lease_allocator,
                                           c10::DispatchKeySet(c10::DispatchKey::CPU), dtype,
                                           c10::nullopt);
@@ -387,6 +397,7 @@ std::string TensorPool::to_prometheus(const prometheus::Labels& labels) const {
   gauge("pare_pool_idle_blocks", "Idle storage blocks kept for reuse.", s.blocks_idle);
   gauge("pare_pool_in_use_bytes", "Bytes of pooled storage in use.", s.bytes_in_use);
   gauge("pare_pool_peak_in_use_bytes", "Peak bytes of pooled storage in use.", s.peak_bytes_in_use);
+  counter("pare_pool_small_total", "Leases below small_bytes given plain storage by LibTorch's allocator.", s.small);
   return out;
 }
 

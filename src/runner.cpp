@@ -1,172 +1,101 @@
 #include "pare/runner.hpp"
 
-#include <algorithm>
-#include <array>
-#include <condition_variable>
-#include <deque>
-#include <future>
+#include <atomic>
 #include <mutex>
 #include <optional>
 #include <thread>
 
 #include "pare/fingerprint.hpp"
-#include "pare/metrics.hpp"
+#include "batch_queue.hpp"
 #include "eval_module.hpp"
 #include "torch_errors.hpp"
+#include "runner_metrics.hpp"
 
 namespace pare {
+
+using detail::Clock;
+using detail::Inputs;
+using detail::RequestPtr;
+using detail::ServedModel;
+
 namespace {
 
-using Clock = std::chrono::steady_clock;
-using Inputs = std::vector<c10::IValue>;
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
-// Upper bounds of the latency histogram, in seconds.
-constexpr std::array<double, 14> kLatencyBuckets{1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3,
-                                                 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 1.0};
-constexpr size_t kRecentLatencies = 8192;
+RunOutcome failure(std::string message, Error::Kind kind) { return RunOutcome{c10::IValue(), std::move(message), kind}; }
 
-// Latencies: exact percentiles over a ring of recent requests, and cumulative
-// bucket counts for Prometheus.
-class LatencyRecorder {
- public:
-  void record(double seconds, bool failed) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (recent_.size() < kRecentLatencies) recent_.push_back(seconds);
-    else recent_[next_++ % kRecentLatencies] = seconds;
-    for (size_t b = 0; b < kLatencyBuckets.size(); ++b)
-      if (seconds <= kLatencyBuckets[b]) ++buckets_[b];
-    ++count_;
-    failures_ += failed;
-    sum_ += seconds;
-  }
-
-  void fill(RunnerStats& stats) const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stats.requests = count_;
-    stats.failures = failures_;
-    if (recent_.empty()) return;
-    auto sorted = recent_;
-    std::sort(sorted.begin(), sorted.end());
-    auto at = [&](double q) { return 1e3 * sorted[std::min(sorted.size() - 1, size_t(q * double(sorted.size())))]; };
-    stats.p50_ms = at(0.50), stats.p95_ms = at(0.95), stats.p99_ms = at(0.99);
-    stats.max_ms = 1e3 * sorted.back();
-  }
-
-  void append_prometheus(std::string& out) const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const std::string name = "pare_runner_latency_seconds";
-    prometheus::append_header(out, name, "histogram", "Request latency, cache hits included.");
-    for (size_t b = 0; b < kLatencyBuckets.size(); ++b)
-      prometheus::append_sample(out, name + "_bucket", double(buckets_[b]), {{"le", prometheus::format_value(kLatencyBuckets[b])}});
-    prometheus::append_sample(out, name + "_bucket", double(count_), {{"le", "+Inf"}});
-    prometheus::append_sample(out, name + "_sum", sum_);
-    prometheus::append_sample(out, name + "_count", double(count_));
-  }
-
- private:
-  mutable std::mutex mutex_;
-  std::vector<double> recent_;
-  size_t next_ = 0;
-  std::array<uint64_t, kLatencyBuckets.size()> buckets_{};
-  uint64_t count_ = 0, failures_ = 0;
-  double sum_ = 0;
-};
-
-// What a worker hands back to a caller: the output, or the failure as a message
-// that the caller throws as its own pare::Error. (No exception object crosses
-// threads: its reference counts live in the uninstrumented C++ runtime, where
-// ThreadSanitizer can't follow them.)
-struct Outcome {
-  c10::IValue output;
-  std::optional<std::string> error;
-  Error::Kind kind = Error::Kind::Runtime;
-};
-
-struct Request {
-  Inputs inputs;
-  int64_t rows = 0;  // 0: not batchable (non-tensor inputs), runs alone
-  Clock::time_point arrival;
-  std::promise<Outcome> result;
-  bool answered = false;
-};
-
-int64_t batch_rows(const Inputs& inputs) {
-  int64_t rows = -1;
-  for (const auto& input : inputs) {
-    if (!input.isTensor() || input.toTensor().dim() == 0) return 0;
-    const int64_t r = input.toTensor().size(0);
-    if (rows >= 0 && r != rows) return 0;
-    rows = r;
-  }
-  return std::max<int64_t>(rows, 0);
+RunOutcome timed_out(const detail::Request& request) {
+  const double waited_ms = 1e3 * seconds_since(request.arrival);
+  return failure("Runner: the request's deadline passed after " + std::to_string(waited_ms) +
+                     " ms in the queue; it never ran (give it a later deadline, add threads or bound the queue "
+                     "with max_queue)",
+                 Error::Kind::Timeout);
 }
 
-// Requests merge when every input has the same dtype and the same shape after dim 0.
-bool compatible(const Request& a, const Request& b) {
-  if (a.rows == 0 || b.rows == 0 || a.inputs.size() != b.inputs.size()) return false;
-  for (size_t i = 0; i < a.inputs.size(); ++i) {
-    const auto& x = a.inputs[i].toTensor();
-    const auto& y = b.inputs[i].toTensor();
-    if (x.scalar_type() != y.scalar_type() || x.sizes().slice(1) != y.sizes().slice(1)) return false;
-  }
-  return true;
-}
-
-// The rows [begin, begin + rows) of a batched output (a tensor, or a tuple/list of tensors).
-c10::IValue split_rows(const c10::IValue& output, int64_t begin, int64_t rows, int64_t total) {
-  if (output.isTensor()) {
-    const auto& t = output.toTensor();
-    require(t.dim() > 0 && t.size(0) == total,
-            "the model's batched output has " + std::string(t.dim() ? std::to_string(t.size(0)) : "no") +
-                " rows for " + std::to_string(total) + " merged input rows; this model can't be batched along "
-                "dim 0: use RunnerOptions().max_batch(1)",
-            Error::Kind::Runtime);
-    return t.narrow(0, begin, rows);
-  }
-  if (output.isTuple()) {
-    std::vector<c10::IValue> parts;
-    for (const auto& element : output.toTupleRef().elements()) parts.push_back(split_rows(element, begin, rows, total));
-    return c10::ivalue::Tuple::create(std::move(parts));
-  }
-  if (output.isTensorList()) {
-    c10::List<at::Tensor> parts;
-    for (const at::Tensor t : output.toTensorList()) parts.push_back(split_rows(c10::IValue(t), begin, rows, total).toTensor());
-    return parts;
-  }
-  throw Error("the model returned a " + output.tagKind() +
-                  "; batching splits tensors, tuples and lists of tensors: use RunnerOptions().max_batch(1)",
-              Error::Kind::Runtime);
+void validate(const RunnerOptions& options) {
+  require(options.max_batch() >= 1, "RunnerOptions: max_batch must be >= 1, got " + std::to_string(options.max_batch()));
+  require(options.threads() >= 1 && options.threads() <= 256,
+          "RunnerOptions: threads must be in [1, 256], got " + std::to_string(options.threads()));
+  require(options.max_delay().count() >= 0, "RunnerOptions: max_delay must not be negative");
+  require(options.batch_gap().count() >= 0, "RunnerOptions: batch_gap must not be negative");
+  require(options.timeout().count() >= 0, "RunnerOptions: timeout must not be negative (0: no deadline)");
+  require(options.warmup() >= 0, "RunnerOptions: warmup must not be negative");
+  require(options.warmup() == 0 || !options.example_inputs().empty(),
+          "RunnerOptions: warmup(" + std::to_string(options.warmup()) + ") needs example_inputs(...) to run on");
+  const auto& preferred = options.preferred_batch_sizes();
+  for (size_t i = 0; i < preferred.size(); ++i)
+    require(preferred[i] >= 1 && preferred[i] <= options.max_batch() && (i == 0 || preferred[i] > preferred[i - 1]),
+            "RunnerOptions: preferred_batch_sizes must be ascending row counts in [1, max_batch = " +
+                std::to_string(options.max_batch()) + "], got " + std::to_string(preferred[i]) + " at position " +
+                std::to_string(i));
 }
 
 }  // namespace
 
 struct Runner::Impl {
-  torch::jit::Module module;
   RunnerOptions options;
   std::optional<TensorPool> pool;  // a handle sharing the options' pool (PoolAllocatorGuard needs it mutable)
-  std::string cache_namespace;     // the model's fingerprint, or the options' namespace: keeps models apart in a shared cache
   Clock::time_point started = Clock::now();
-  LatencyRecorder latencies;
+  detail::LatencyRecorder latencies;
+  std::unique_ptr<detail::BatchQueue> queue;
+  std::atomic<uint64_t> next_id{1};
 
-  std::mutex mutex;  // guards the fields below
-  std::condition_variable wake;
-  std::deque<std::unique_ptr<Request>> queue;
-  bool stopping = false;
-  uint64_t batches = 0;
+  mutable std::mutex mutex;  // guards the fields below
+  std::shared_ptr<ServedModel> model;
+  uint64_t batches = 0, swaps = 0;
   std::vector<uint64_t> batch_sizes;
   std::vector<std::thread> workers;
 
-  c10::IValue forward(const Inputs& inputs) {
+  // The one place the served model changes: the module and its cache namespace
+  // together. The namespace is the one given, else the model's fingerprint, so
+  // models sharing a cache never see each other's results.
+  void install(torch::jit::Module module, std::optional<std::string> cache_namespace) {
+    if (!cache_namespace && options.cache()) cache_namespace = model_fingerprint(module);
+    auto served = std::make_shared<ServedModel>(ServedModel{module, cache_namespace.value_or("")});
+    std::lock_guard<std::mutex> lock(mutex);
+    model = std::move(served);
+  }
+
+  std::shared_ptr<ServedModel> current_model() const {
+    std::lock_guard<std::mutex> lock(mutex);
+    return model;
+  }
+
+  c10::IValue forward(ServedModel& served, const Inputs& inputs) {
     torch::NoGradGuard no_grad;
     std::optional<PoolAllocatorGuard> pooled;
     if (pool) pooled.emplace(*pool);
     try {
-      return module.forward(inputs);
+      return served.module.forward(inputs);
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
       throw Error("the model failed: " + detail::torch_message(e), Error::Kind::Runtime);
     }
+  }
+
+  void warm_up(ServedModel& served) {
+    for (int i = 0; i < options.warmup(); ++i) forward(served, options.example_inputs());
   }
 
   void count_batch(size_t requests) {
@@ -176,86 +105,78 @@ struct Runner::Impl {
     ++batch_sizes[requests];
   }
 
-  c10::IValue execute(Inputs inputs) {
-    if (options.max_batch() <= 1) {
-      count_batch(1);
-      return forward(inputs);
-    }
-    auto request = std::make_unique<Request>();
-    request->rows = batch_rows(inputs);
+  Clock::time_point resolve(Deadline deadline, Clock::time_point now) const {
+    if (deadline != Deadline::max() || options.timeout().count() == 0) return deadline;
+    return now + options.timeout();
+  }
+
+  static Error overloaded(size_t max_queue) {
+    return Error("Runner: the queue is full (" + std::to_string(max_queue) +
+                     " requests waiting, RunnerOptions::max_queue); retry later or raise max_queue",
+                 Error::Kind::Overloaded);
+  }
+
+  // Queues a request; its id, or 0 when the queue is full (counted as a rejection; `done` not called).
+  uint64_t enqueue(std::shared_ptr<ServedModel> served, Inputs inputs, Clock::time_point deadline, Done done) {
+    auto request = std::make_unique<detail::Request>();
+    request->id = next_id.fetch_add(1, std::memory_order_relaxed);
+    request->rows = detail::batch_rows(inputs);
     request->inputs = std::move(inputs);
+    request->model = std::move(served);
     request->arrival = Clock::now();
-    auto future = request->result.get_future();
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      queue.push_back(std::move(request));
-    }
-    wake.notify_one();
-    auto outcome = future.get();
-    if (outcome.error) throw Error(*outcome.error, outcome.kind);
-    return outcome.output;
+    request->deadline = deadline;
+    request->done = std::move(done);
+    const uint64_t id = request->id;
+    if (queue->push(request)) return id;
+    latencies.record_rejection();
+    return 0;
   }
 
-  // Takes the oldest request and every compatible one behind it, up to max_batch rows.
-  std::vector<std::unique_ptr<Request>> take_batch() {
-    std::vector<std::unique_ptr<Request>> batch;
-    batch.push_back(std::move(queue.front()));
-    queue.pop_front();
-    int64_t rows = batch.front()->rows;
-    for (auto it = queue.begin(); it != queue.end() && rows > 0;) {
-      if (compatible(*batch.front(), **it) && rows + (*it)->rows <= options.max_batch()) {
-        rows += (*it)->rows;
-        batch.push_back(std::move(*it));
-        it = queue.erase(it);
-      } else {
-        ++it;
-      }
+  // A blocking request: on this thread without batching, else queued and waited for.
+  c10::IValue execute(std::shared_ptr<ServedModel> served, Inputs inputs, Clock::time_point deadline) {
+    if (options.max_batch() <= 1) {
+      require(Clock::now() < deadline, "Runner: the request's deadline had passed before it started; it never ran",
+              Error::Kind::Timeout);
+      count_batch(1);
+      return forward(*served, inputs);
     }
-    return batch;
-  }
-
-  int64_t queued_rows() const {
-    int64_t rows = 0;
-    for (const auto& r : queue) rows += std::max<int64_t>(r->rows, 1);
-    return rows;
+    auto promise = std::make_shared<std::promise<RunOutcome>>();  // shared: the worker may still be in set_value
+    auto future = promise->get_future();
+    const uint64_t id =
+        enqueue(std::move(served), std::move(inputs), deadline, [promise](RunOutcome o) { promise->set_value(std::move(o)); });
+    if (id == 0) throw overloaded(options.max_queue());
+    // At its deadline a request still queued is taken back here, so the caller never waits past it.
+    if (deadline != Deadline::max() && future.wait_until(deadline) == std::future_status::timeout)
+      if (auto mine = queue->cancel(id)) mine->answer(timed_out(*mine));
+    return future.get().value();
   }
 
   void worker() {
-    std::unique_lock<std::mutex> lock(mutex);
     while (true) {
-      wake.wait(lock, [&] { return stopping || !queue.empty(); });
-      if (queue.empty()) return;  // stopping, nothing left
-      const auto deadline = queue.front()->arrival + options.max_delay();
-      while (!stopping && queued_rows() < options.max_batch() && Clock::now() < deadline)
-        wake.wait_until(lock, deadline);
-      if (queue.empty()) continue;  // another worker took them while this one waited
-      auto batch = take_batch();
-      lock.unlock();
-      run_batch(batch);
-      batch.clear();  // drop the inputs before taking the lock again: freeing them may wait for others
-      lock.lock();
+      std::vector<RequestPtr> expired;
+      auto batch = queue->next_batch(expired);
+      for (auto& r : expired) r->answer(timed_out(*r));
+      if (batch.empty() && expired.empty()) return;  // closed and drained
+      expired.clear();
+      if (!batch.empty()) run_batch(batch);
+      batch.clear();  // drop the inputs before waiting again: freeing them may take time
     }
   }
 
-  void run_batch(std::vector<std::unique_ptr<Request>>& batch) {
+  void run_batch(std::vector<RequestPtr>& batch) {
     count_batch(batch.size());
     try {
+      auto& served = *batch.front()->model;
       if (batch.size() == 1) {
-        answer(*batch.front(), Outcome{forward(batch.front()->inputs)});
+        batch.front()->answer(RunOutcome{forward(served, batch.front()->inputs)});
         return;
       }
-      Inputs merged;
       int64_t total = 0;
       for (const auto& r : batch) total += r->rows;
-      for (size_t i = 0; i < batch.front()->inputs.size(); ++i) {
-        std::vector<at::Tensor> parts;
-        for (const auto& r : batch) parts.push_back(r->inputs[i].toTensor());
-        merged.emplace_back(at::cat(parts, 0));
-      }
-      const auto output = forward(merged);
+      const auto output = forward(served, detail::merge_inputs(batch));
       int64_t begin = 0;
       for (auto& r : batch) {
-        answer(*r, Outcome{split_rows(output, begin, r->rows, total)});
+        r->answer(RunOutcome{detail::split_rows(output, begin, r->rows, total)});
         begin += r->rows;
       }
     } catch (const Error& e) {
@@ -267,84 +188,115 @@ struct Runner::Impl {
     }
   }
 
-  static void answer(Request& request, Outcome outcome) {
-    request.result.set_value(std::move(outcome));
-    request.answered = true;
-  }
-
   // The whole batch fails together: only its own callers see the error.
-  static void fail_unanswered(std::vector<std::unique_ptr<Request>>& batch, const std::string& message,
-                              Error::Kind kind) {
+  static void fail_unanswered(std::vector<RequestPtr>& batch, const std::string& message, Error::Kind kind) {
     for (auto& r : batch)
-      if (!r->answered) answer(*r, Outcome{c10::IValue(), message, kind});
+      if (!r->answered) r->answer(failure(message, kind));
   }
 };
 
 Runner::Runner(torch::jit::Module module, RunnerOptions options) : impl_(std::make_unique<Impl>()) {
-  require(options.max_batch() >= 1, "RunnerOptions: max_batch must be >= 1, got " + std::to_string(options.max_batch()));
-  require(options.threads() >= 1 && options.threads() <= 256,
-          "RunnerOptions: threads must be in [1, 256], got " + std::to_string(options.threads()));
-  require(options.max_delay().count() >= 0, "RunnerOptions: max_delay must not be negative");
-  require(options.warmup() >= 0, "RunnerOptions: warmup must not be negative");
-  require(options.warmup() == 0 || !options.example_inputs().empty(),
-          "RunnerOptions: warmup(" + std::to_string(options.warmup()) + ") needs example_inputs(...) to run on");
+  validate(options);
   require(module.find_method("forward").has_value(), "Runner: the module has no forward method");
-  impl_->module = detail::eval_module(module);  // the caller's module keeps its mode
   impl_->options = std::move(options);
   impl_->pool = impl_->options.pool();
-  if (impl_->options.cache_namespace()) impl_->cache_namespace = *impl_->options.cache_namespace();
-  else if (impl_->options.cache()) impl_->cache_namespace = model_fingerprint(impl_->module);
-  for (int i = 0; i < impl_->options.warmup(); ++i) impl_->forward(impl_->options.example_inputs());
+  impl_->install(detail::eval_module(module), impl_->options.cache_namespace());  // the caller's module keeps its mode
+  impl_->warm_up(*impl_->model);
+  const auto& o = impl_->options;
+  impl_->queue = std::make_unique<detail::BatchQueue>(
+      detail::BatchRule{o.max_batch(), o.max_delay(), o.batch_gap(), o.preferred_batch_sizes(), o.max_queue()});
   impl_->started = Clock::now();
-  if (impl_->options.max_batch() > 1)
-    for (int i = 0; i < impl_->options.threads(); ++i) impl_->workers.emplace_back([this] { impl_->worker(); });
+  for (int i = 0; i < o.threads(); ++i) impl_->workers.emplace_back([this] { impl_->worker(); });
 }
 
 Runner::~Runner() {
-  {
-    std::lock_guard<std::mutex> lock(impl_->mutex);
-    impl_->stopping = true;
-  }
-  impl_->wake.notify_all();
+  impl_->queue->close();
   for (auto& worker : impl_->workers) worker.join();
 }
 
-c10::IValue Runner::run(std::vector<c10::IValue> inputs) {
+c10::IValue Runner::run(std::vector<c10::IValue> inputs) { return run(std::move(inputs), Deadline::max()); }
+
+c10::IValue Runner::run(std::vector<c10::IValue> inputs, Deadline deadline) {
   const auto start = Clock::now();
-  bool failed = true;
-  struct Record {  // records the latency however run() leaves
-    Impl& impl; const Clock::time_point& start; bool& failed;
-    ~Record() { impl.latencies.record(std::chrono::duration<double>(Clock::now() - start).count(), failed); }
-  } record{*impl_, start, failed};
-  c10::IValue output = impl_->options.cache()
-                           ? impl_->options.cache()->get_or_compute(inputs, [&] { return impl_->execute(inputs); },
-                                                                     impl_->cache_namespace)
-                           : impl_->execute(std::move(inputs));
-  failed = false;
-  return output;
+  deadline = impl_->resolve(deadline, start);
+  try {
+    auto served = impl_->current_model();  // one model answers, and its namespace keys the cache
+    const auto& cache = impl_->options.cache();
+    c10::IValue output =
+        cache ? cache->get_or_compute(inputs, [&] { return impl_->execute(served, inputs, deadline); }, served->cache_namespace)
+              : impl_->execute(served, std::move(inputs), deadline);
+    impl_->latencies.record(seconds_since(start), false);
+    return output;
+  } catch (const Error& e) {
+    if (e.kind() != Error::Kind::Overloaded) impl_->latencies.record(seconds_since(start), true, e.kind());
+    throw;
+  } catch (...) {
+    impl_->latencies.record(seconds_since(start), true);
+    throw;
+  }
+}
+
+void Runner::run_async(std::vector<c10::IValue> inputs, Done done, Deadline deadline) {
+  require(bool(done), "Runner.run_async: expected a callback, got an empty std::function");
+  const auto start = Clock::now();
+  auto call = [user = std::make_shared<Done>(std::move(done))](RunOutcome outcome) {
+    try {
+      (*user)(std::move(outcome));
+    } catch (...) {  // a throwing callback must not take a worker down with it
+    }
+  };
+  Done finish = [impl = impl_.get(), start, call](RunOutcome outcome) {
+    impl->latencies.record(seconds_since(start), !outcome.ok(), outcome.kind);
+    call(std::move(outcome));
+  };
+  auto served = impl_->current_model();
+  if (const auto& cache = impl_->options.cache()) {
+    if (auto hit = cache->get(inputs, served->cache_namespace)) return finish(RunOutcome{*hit});
+    finish = [cache, inputs, start, ns = served->cache_namespace, recorded = std::move(finish)](RunOutcome outcome) {
+      if (outcome.ok()) cache->put(inputs, outcome.output, seconds_since(start), ns);
+      recorded(std::move(outcome));
+    };
+  }
+  if (impl_->enqueue(std::move(served), std::move(inputs), impl_->resolve(deadline, start), std::move(finish)) == 0) {
+    const auto error = Impl::overloaded(impl_->options.max_queue());
+    call(failure(error.what(), error.kind()));
+  }
+}
+
+std::future<c10::IValue> Runner::run_async(std::vector<c10::IValue> inputs, Deadline deadline) {
+  auto promise = std::make_shared<std::promise<c10::IValue>>();
+  auto future = promise->get_future();
+  run_async(std::move(inputs), [promise](RunOutcome outcome) {
+    if (outcome.ok()) promise->set_value(std::move(outcome.output));
+    else promise->set_exception(std::make_exception_ptr(Error(*outcome.error, outcome.kind)));
+  }, deadline);
+  return future;
+}
+
+void Runner::swap(torch::jit::Module module, std::optional<std::string> cache_namespace) {
+  require(module.find_method("forward").has_value(), "Runner.swap: the module has no forward method");
+  module = detail::eval_module(module);  // the caller's module keeps its mode
+  ServedModel warming{module, ""};
+  impl_->warm_up(warming);  // off the serving path: requests keep flowing to the current model
+  impl_->install(std::move(module), std::move(cache_namespace));
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  ++impl_->swaps;
 }
 
 RunnerStats Runner::stats() const {
   RunnerStats stats;
   impl_->latencies.fill(stats);
-  stats.seconds = std::chrono::duration<double>(Clock::now() - impl_->started).count();
+  stats.seconds = seconds_since(impl_->started);
+  stats.queue_depth = impl_->queue->depth();
   std::lock_guard<std::mutex> lock(impl_->mutex);
   stats.batches = impl_->batches;
+  stats.swaps = impl_->swaps;
   stats.batch_sizes = impl_->batch_sizes;
   return stats;
 }
 
 std::string Runner::metrics_text() const {
-  const auto s = stats();
-  std::string out;
-  prometheus::append_metric(out, "pare_runner_requests_total", "counter", "Requests answered, failures included.", double(s.requests));
-  prometheus::append_metric(out, "pare_runner_failures_total", "counter", "Requests that ended in an error.", double(s.failures));
-  prometheus::append_metric(out, "pare_runner_forward_passes_total", "counter", "Forward passes run (cache hits run none).", double(s.batches));
-  prometheus::append_metric(out, "pare_runner_throughput_requests_per_second", "gauge", "Requests per second since start.", s.throughput());
-  prometheus::append_header(out, "pare_runner_batch_requests", "gauge", "Forward passes by the number of requests they merged.");
-  for (size_t n = 1; n < s.batch_sizes.size(); ++n)
-    if (s.batch_sizes[n]) prometheus::append_sample(out, "pare_runner_batch_requests", double(s.batch_sizes[n]), {{"requests", std::to_string(n)}});
-  impl_->latencies.append_prometheus(out);
+  std::string out = detail::runner_prometheus(stats(), impl_->latencies);
   if (impl_->options.cache()) out += impl_->options.cache()->to_prometheus();
   if (impl_->options.pool()) out += impl_->options.pool()->to_prometheus();
   return out;

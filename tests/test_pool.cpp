@@ -20,6 +20,9 @@ constexpr size_t kKiB = 1024;
 
 void* data_of(const pare::PooledTensor& lease) { return lease.tensor().data_ptr(); }
 
+// These tests exercise pooling on small tensors: no size goes to the system allocator.
+pare::PoolOptions every_size() { return pare::PoolOptions().small_bytes(0); }
+
 struct SingleThreadUnderTsan {  // OpenMP's runtime is not TSan-instrumented
   SingleThreadUnderTsan() {
 #if defined(__SANITIZE_THREAD__)
@@ -31,7 +34,7 @@ struct SingleThreadUnderTsan {  // OpenMP's runtime is not TSan-instrumented
 }  // namespace
 
 TEST_CASE("released storage is handed back to the next request") {
-  pare::TensorPool pool;
+  pare::TensorPool pool(every_size());
   void* first = nullptr;
   {
     auto lease = pool.acquire({64, 1024}, torch::kFloat);
@@ -50,7 +53,7 @@ TEST_CASE("released storage is handed back to the next request") {
 }
 
 TEST_CASE("a storage serves any shape and dtype of its size class") {
-  pare::TensorPool pool;
+  pare::TensorPool pool(every_size());
   void* block = nullptr;
   { block = data_of(pool.acquire({64, 1024}, torch::kFloat)); }
   { CHECK(data_of(pool.acquire({128, 512}, torch::kFloat)) == block); }
@@ -63,7 +66,7 @@ TEST_CASE("a storage serves any shape and dtype of its size class") {
 }
 
 TEST_CASE("size classes: the default and explicit ones") {
-  pare::TensorPool pool;
+  pare::TensorPool pool(every_size());
   CHECK(pool.size_class(1) == 256);
   CHECK(pool.size_class(64 * kKiB) == 64 * kKiB);
   CHECK(pool.size_class(64 * kKiB + 1) == 80 * kKiB);
@@ -80,7 +83,7 @@ TEST_CASE("size classes: the default and explicit ones") {
 }
 
 TEST_CASE("idle bytes stay under max_bytes, least recently used freed first") {
-  pare::TensorPool pool(pare::PoolOptions().max_bytes(3 * 64 * kKiB));
+  pare::TensorPool pool(every_size().max_bytes(3 * 64 * kKiB));
   std::vector<pare::PooledTensor> leases;
   std::vector<void*> blocks;
   for (int i = 0; i < 5; ++i) {
@@ -104,7 +107,7 @@ TEST_CASE("idle bytes stay under max_bytes, least recently used freed first") {
 }
 
 TEST_CASE("trim frees all idle storage") {
-  pare::TensorPool pool;
+  pare::TensorPool pool(every_size());
   auto held = pool.acquire({1000}, torch::kDouble);
   { auto a = pool.acquire({4096}, torch::kFloat), b = pool.acquire({100}, torch::kLong); }
   const auto idle = pool.stats().bytes_idle;
@@ -117,7 +120,7 @@ TEST_CASE("trim frees all idle storage") {
 }
 
 TEST_CASE("poison mode fills released storage with NaN / 0xFF") {
-  pare::TensorPool pool(pare::PoolOptions().poison(true));
+  pare::TensorPool pool(every_size().poison(true));
   auto lease = pool.acquire({256}, torch::kFloat);
   lease.tensor().fill_(1);
   const float* stale = lease.tensor().data_ptr<float>();
@@ -128,7 +131,7 @@ TEST_CASE("poison mode fills released storage with NaN / 0xFF") {
 }
 
 TEST_CASE("a tensor copied out of a lease keeps its storage out of the pool") {
-  pare::TensorPool pool;
+  pare::TensorPool pool(every_size());
   torch::Tensor kept;
   void* block = nullptr;
   {
@@ -153,7 +156,7 @@ TEST_CASE("a tensor copied out of a lease keeps its storage out of the pool") {
 }
 
 TEST_CASE("leases move, and a moved-to lease releases once") {
-  pare::TensorPool pool;
+  pare::TensorPool pool(every_size());
   auto a = pool.acquire({10}, torch::kFloat);
   pare::PooledTensor b = std::move(a);
   CHECK_FALSE(a.valid());
@@ -167,7 +170,7 @@ TEST_CASE("leases move, and a moved-to lease releases once") {
 }
 
 TEST_CASE("acquire validates its arguments") {
-  pare::TensorPool pool;
+  pare::TensorPool pool(every_size());
   CHECK_THROWS_WITH(pool.acquire({4, -1}), Catch::Contains("negative dimension"));
   CHECK_THROWS_WITH(pool.acquire({4}, torch::kQInt8), Catch::Contains("dtype"));
   CHECK_THROWS_WITH(pool.acquire({4}, torch::kFloat, torch::Device(torch::kCUDA, 0)),
@@ -177,7 +180,7 @@ TEST_CASE("acquire validates its arguments") {
 }
 
 TEST_CASE("many threads acquire and release concurrently", "[tsan]") {
-  pare::TensorPool pool(pare::PoolOptions().max_bytes(512 * kKiB));
+  pare::TensorPool pool(every_size().max_bytes(512 * kKiB));
   constexpr int kThreads = 8, kRounds = 300;
   std::atomic<int> wrong{0};
   std::vector<std::thread> threads;
@@ -212,7 +215,7 @@ TEST_CASE("the allocator guard makes a forward pass reuse its buffers", "[tsan]"
   torch::NoGradGuard no_grad;
   const auto reference = model.forward({input}).toTensor();
 
-  pare::TensorPool pool;
+  pare::TensorPool pool(every_size());
   for (int i = 0; i < 3; ++i) {  // warm-up: the executor's profiling runs allocate differently
     pare::PoolAllocatorGuard guard(pool);
     model.forward({input});
@@ -245,7 +248,7 @@ TEST_CASE("the allocator guard makes a forward pass reuse its buffers", "[tsan]"
 TEST_CASE("tensors allocated under a guard may outlive the guard and the pool") {
   torch::Tensor survivor;
   {
-    pare::TensorPool pool(pare::PoolOptions().poison(true));
+    pare::TensorPool pool(every_size().poison(true));
     {
       pare::PoolAllocatorGuard guard(pool);
       survivor = torch::ones({300, 300});
@@ -275,7 +278,7 @@ TEST_CASE("guards nest and stay on their thread") {
 }
 
 TEST_CASE("stats in Prometheus text format") {
-  pare::TensorPool pool;
+  pare::TensorPool pool(every_size());
   { auto lease = pool.acquire({10}); }
   { auto lease = pool.acquire({10}); }
   const auto text = pool.to_prometheus({{"pool", "io"}});
@@ -303,4 +306,18 @@ TEST_CASE("the routing allocator is installed by the pool's constructor, on its 
   });
   worker.join();
   CHECK(pool.stats().acquires > 0);
+TEST_CASE("leases below small_bytes get plain storage from LibTorch's allocator") {
+  pare::TensorPool pool(pare::PoolOptions().small_bytes(64 * kKiB));
+  CHECK(pare::PoolOptions().small_bytes() == 128 * kKiB);  // the default
+  {
+    auto small = pool.acquire({16 * 1024 - 1}, torch::kFloat);  // one float under 64 KiB
+    small.tensor().fill_(2);
+    CHECK(small.tensor().sum().item<float>() == 2.0f * (16 * 1024 - 1));
+  }
+  { auto large = pool.acquire({16 * 1024}, torch::kFloat); }
+  const auto stats = pool.stats();
+  CHECK(stats.small == 1);
+  CHECK(stats.acquires == 1);  // only the 64 KiB lease went through the pool
+  CHECK(stats.releases == 1);
+  CHECK(pool.to_prometheus().find("pare_pool_small_total 1") != std::string::npos);
 }

@@ -1,12 +1,79 @@
 #include "testing.hpp"
 
 #include <array>
+#include <torch/csrc/jit/frontend/resolver.h>
+#include <torch/library.h>
+
+#include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <thread>
 
 #include "pare/runner.hpp"
 
 namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr auto kForever = std::chrono::hours(1);
+
+// A gate the test holds a worker at: the op pare_test::gate counts the rows it
+// sees and blocks while the gate is closed. Tests decide outcomes with it (and
+// with queue sizes and deadlines), never with sleeps.
+struct Gate {
+  std::mutex mutex;
+  std::condition_variable changed;
+  bool open = true;
+  int entered = 0;
+  std::vector<float> seen;  // first element of every row that reached the model
+
+  void close() { std::lock_guard<std::mutex> lock(mutex); open = false; }
+  void release() {
+    { std::lock_guard<std::mutex> lock(mutex); open = true; }
+    changed.notify_all();
+  }
+  void wait_entered(int count) {
+    std::unique_lock<std::mutex> lock(mutex);
+    changed.wait(lock, [&] { return entered >= count; });
+  }
+  bool saw(float value) {
+    std::lock_guard<std::mutex> lock(mutex);
+    return std::find(seen.begin(), seen.end(), value) != seen.end();
+  }
+  void reset() {
+    std::lock_guard<std::mutex> lock(mutex);
+    open = true, entered = 0, seen.clear();
+  }
+};
+Gate g_gate;
+
+at::Tensor gate_op(at::Tensor x) {
+  std::unique_lock<std::mutex> lock(g_gate.mutex);
+  ++g_gate.entered;
+  for (int64_t r = 0; r < x.size(0); ++r) g_gate.seen.push_back(x[r][0].item<float>());
+  g_gate.changed.notify_all();
+  g_gate.changed.wait(lock, [] { return g_gate.open; });
+  return x;
+}
+
+TORCH_LIBRARY(pare_test, m) { m.def("gate(Tensor x) -> Tensor", gate_op); }
+
+// Lets TorchScript source call the test's ops as pare_test.name(...).
+struct TestOpsResolver : torch::jit::NativeResolver {
+  std::shared_ptr<torch::jit::SugaredValue> resolveValue(const std::string& name, torch::jit::GraphFunction& m,
+                                                         const torch::jit::SourceRange& loc) override {
+    if (name == "pare_test") return std::make_shared<torch::jit::BuiltinModule>("pare_test");
+    return NativeResolver::resolveValue(name, m, loc);
+  }
+};
+
+// Rows pass the gate, then become x * scale + shift.
+torch::jit::Module gated_model(float scale = 2, float shift = 1) {
+  torch::jit::Module m("__torch__.GatedModel");
+  m.define("def forward(self, x):\n  return pare_test.gate(x) * " + std::to_string(scale) + " + " +
+               std::to_string(shift) + "\n",
+           std::make_shared<TestOpsResolver>());
+  return m;
+}
 
 // Each output row is its input row doubled plus one; a negative input fails the whole forward pass.
 torch::jit::Module row_model() {
@@ -52,11 +119,13 @@ TEST_CASE("concurrent single requests are merged and each caller gets its own ro
         std::string::npos);
 }
 
-// Four concurrent requests; returns how many failed with "negative input".
-int run_four(pare::Runner& runner, const std::array<float, 4>& values) {
+TEST_CASE("a failing batch fails only its own callers") {
+  torch::set_num_threads(1);
+  // Only a full batch of 4 goes out (an hour of delay and gap): one batch, which the negative request poisons.
+  pare::Runner runner(row_model(), pare::RunnerOptions().max_batch(4).max_delay(kForever).batch_gap(kForever));
   std::vector<std::thread> clients;
   std::atomic<int> failed{0};
-  for (float value : values) {
+  for (float value : {1.0f, 2.0f, -1.0f, 3.0f}) {
     clients.emplace_back([&, value] {
       try {
         if (!torch::equal(runner.run({row(value)}).toTensor(), row(value * 2 + 1))) failed += 100;
@@ -66,16 +135,11 @@ int run_four(pare::Runner& runner, const std::array<float, 4>& values) {
     });
   }
   for (auto& c : clients) c.join();
-  return failed;
-}
-
-TEST_CASE("a failing batch fails only its own callers") {
-  torch::set_num_threads(1);
-  // A batch closes when it holds max_batch rows; the delay is too long to ever
-  // run out, so the four requests share one batch however slowly they arrive.
-  pare::Runner runner(row_model(), pare::RunnerOptions().max_batch(4).max_delay(std::chrono::hours(1)).threads(1));
-  CHECK(run_four(runner, {1, 2, -1, 3}) == 4);  // the negative request poisons its batch
-  CHECK(run_four(runner, {5, 6, 7, 8}) == 0);   // the next batch is unaffected
+  clients.clear();
+  CHECK(failed == 4);
+  for (float value : {5.0f, 6.0f, 7.0f}) clients.emplace_back([&, value] { runner.run({row(value)}); });
+  CHECK(torch::equal(runner.run({row(8)}).toTensor(), row(17)));  // the next batch is unaffected
+  for (auto& c : clients) c.join();
   CHECK(runner.stats().failures == 4);
   CHECK(runner.stats().batch_sizes.at(4) == 2);
 }
@@ -123,7 +187,7 @@ TEST_CASE("the pool serves the model's allocations from call to call") {
 TEST_CASE("outputs that can't be split by rows are reported clearly") {
   torch::jit::Module scalar("__torch__.Scalar");
   scalar.define("def forward(self, x):\n  return x.sum()\n");
-  pare::Runner runner(scalar, pare::RunnerOptions().max_batch(2).max_delay(std::chrono::milliseconds(500)));
+  pare::Runner runner(scalar, pare::RunnerOptions().max_batch(2).max_delay(kForever).batch_gap(kForever));
   std::string messages[2];
   std::thread other([&] {
     try { runner.run({row(1)}); } catch (const pare::Error& e) { messages[0] = e.what(); }
@@ -141,4 +205,199 @@ TEST_CASE("bad runner options give pare::Error") {
   CHECK_THROWS_WITH(pare::Runner(row_model(), pare::RunnerOptions().warmup(3)), Catch::Contains("needs example_inputs"));
   torch::jit::Module empty("__torch__.Empty");
   CHECK_THROWS_WITH(pare::Runner(empty), Catch::Contains("no forward method"));
+  CHECK_THROWS_WITH(pare::Runner(row_model(), pare::RunnerOptions().max_batch(8).preferred_batch_sizes({4, 2})),
+                    Catch::Contains("preferred_batch_sizes must be ascending"));
+  CHECK_THROWS_WITH(pare::Runner(row_model(), pare::RunnerOptions().max_batch(8).preferred_batch_sizes({16})),
+                    Catch::Contains("max_batch = 8"));
+  CHECK_THROWS_WITH(pare::Runner(row_model(), pare::RunnerOptions().timeout(std::chrono::microseconds(-1))),
+                    Catch::Contains("timeout must not be negative"));
+}
+
+TEST_CASE("a full queue refuses at once with kind Overloaded, and nothing queued is lost") {
+  g_gate.reset();
+  g_gate.close();
+  pare::Runner runner(gated_model(), pare::RunnerOptions().max_batch(4).max_queue(2).batch_gap(std::chrono::microseconds(0)));
+  auto running = runner.run_async({row(1)});
+  g_gate.wait_entered(1);  // the only worker is held at the gate with request 1
+  auto queued_a = runner.run_async({row(2)});
+  auto queued_b = runner.run_async({row(3)});
+  CHECK(runner.stats().queue_depth == 2);
+  auto refused = runner.run_async({row(4)});
+  CHECK(refused.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
+  try {
+    runner.run({row(5)});
+    FAIL("expected Overloaded");
+  } catch (const pare::Error& e) {
+    CHECK(e.kind() == pare::Error::Kind::Overloaded);
+    CHECK_THAT(e.what(), Catch::Contains("max_queue"));
+  }
+  g_gate.release();
+  CHECK(torch::equal(running.get().toTensor(), row(3)));
+  CHECK(torch::equal(queued_a.get().toTensor(), row(5)));
+  CHECK(torch::equal(queued_b.get().toTensor(), row(7)));
+  CHECK_THROWS_AS(refused.get(), pare::Error);
+  CHECK_FALSE(g_gate.saw(4));
+  const auto stats = runner.stats();
+  CHECK(stats.rejected == 2);
+  CHECK(stats.requests == 5);
+  CHECK(stats.failures == 2);
+  CHECK(runner.metrics_text().find("pare_runner_rejected_total 2") != std::string::npos);
+}
+
+TEST_CASE("a request still queued at its deadline fails with kind Timeout and never runs") {
+  g_gate.reset();
+  g_gate.close();
+  pare::Runner runner(gated_model(), pare::RunnerOptions().max_batch(4).batch_gap(std::chrono::microseconds(0)));
+  auto running = runner.run_async({row(1)});
+  g_gate.wait_entered(1);
+  const auto deadline = Clock::now() + std::chrono::milliseconds(1);
+  auto queued_async = runner.run_async({row(2)}, deadline);
+  try {
+    runner.run({row(3)}, deadline);  // the worker is held: this one can only time out
+    FAIL("expected Timeout");
+  } catch (const pare::Error& e) {
+    CHECK(e.kind() == pare::Error::Kind::Timeout);
+    CHECK_THAT(e.what(), Catch::Contains("never ran"));
+  }
+  g_gate.release();
+  CHECK(torch::equal(running.get().toTensor(), row(3)));
+  try {
+    queued_async.get();  // past its deadline when the worker came back for it
+    FAIL("expected Timeout");
+  } catch (const pare::Error& e) {
+    CHECK(e.kind() == pare::Error::Kind::Timeout);
+  }
+  CHECK_FALSE(g_gate.saw(2));
+  CHECK_FALSE(g_gate.saw(3));
+  CHECK(runner.stats().timeouts == 2);
+  CHECK(runner.metrics_text().find("pare_runner_timeouts_total 2") != std::string::npos);
+}
+
+TEST_CASE("a deadline already past fails without running, batched or not") {
+  g_gate.reset();
+  for (int64_t max_batch : {1, 8}) {
+    pare::Runner runner(gated_model(), pare::RunnerOptions().max_batch(max_batch));
+    CHECK_THROWS_AS(runner.run({row(9)}, Clock::now() - std::chrono::microseconds(1)), pare::Error);
+    CHECK(runner.stats().timeouts == 1);
+    CHECK(torch::equal(runner.run({row(1)}, Clock::now() + kForever).toTensor(), row(3)));
+  }
+  CHECK_FALSE(g_gate.saw(9));
+  pare::Runner with_default(gated_model(), pare::RunnerOptions().max_batch(4).timeout(std::chrono::hours(1)));
+  CHECK(torch::equal(with_default.run({row(2)}).toTensor(), row(5)));
+}
+
+TEST_CASE("a lone request goes out when no other arrives, without waiting out max_delay") {
+  // With an hour of max_delay, only the gap rule can answer before the deadline.
+  pare::Runner runner(row_model(), pare::RunnerOptions().max_batch(64).max_delay(kForever));
+  for (int i = 0; i < 3; ++i)
+    CHECK(torch::equal(runner.run({row(float(i))}, Clock::now() + std::chrono::seconds(60)).toTensor(), row(2.0f * i + 1)));
+  CHECK(runner.stats().timeouts == 0);
+}
+
+TEST_CASE("a full batch goes out at once; preferred sizes cap and cut batches") {
+  SECTION("full") {
+    pare::Runner runner(row_model(), pare::RunnerOptions().max_batch(4).max_delay(kForever).batch_gap(kForever));
+    std::vector<std::future<c10::IValue>> futures;
+    for (int i = 0; i < 4; ++i) futures.push_back(runner.run_async({row(float(i))}, Clock::now() + std::chrono::seconds(60)));
+    for (int i = 0; i < 4; ++i) CHECK(torch::equal(futures[i].get().toTensor(), row(2.0f * i + 1)));
+    CHECK(runner.stats().batch_sizes.at(4) == 1);
+  }
+  SECTION("preferred") {
+    g_gate.reset();
+    g_gate.close();
+    pare::Runner runner(gated_model(), pare::RunnerOptions().max_batch(8).preferred_batch_sizes({2, 4})
+                                           .batch_gap(std::chrono::microseconds(0)));
+    std::vector<std::future<c10::IValue>> futures;
+    futures.push_back(runner.run_async({row(0)}));
+    g_gate.wait_entered(1);
+    for (int i = 1; i < 4; ++i) futures.push_back(runner.run_async({row(float(i))}));
+    g_gate.release();  // 3 rows wait: cut to 2, then the last one alone
+    for (int i = 0; i < 4; ++i) CHECK(torch::equal(futures[i].get().toTensor(), row(2.0f * i + 1)));
+    const auto sizes = runner.stats().batch_sizes;
+    CHECK(sizes.at(1) == 2);
+    CHECK(sizes.at(2) == 1);
+  }
+}
+
+TEST_CASE("run_async hands every caller its own result, by future or callback") {
+  pare::Runner runner(row_model(), pare::RunnerOptions().max_batch(16).threads(2));
+  std::vector<std::future<c10::IValue>> futures;
+  for (int i = 0; i < 50; ++i) futures.push_back(runner.run_async({row(float(i))}));
+  std::mutex mutex;
+  std::condition_variable all_done;
+  int done = 0, wrong = 0;
+  for (int i = 0; i < 50; ++i) {
+    runner.run_async({row(float(i))}, [&, i](pare::RunOutcome outcome) {
+      std::lock_guard<std::mutex> lock(mutex);
+      wrong += !outcome.ok() || !torch::equal(outcome.output.toTensor(), row(2.0f * i + 1));
+      ++done;
+      all_done.notify_all();
+    });
+  }
+  for (int i = 0; i < 50; ++i) CHECK(torch::equal(futures[i].get().toTensor(), row(2.0f * i + 1)));
+  std::unique_lock<std::mutex> lock(mutex);
+  all_done.wait(lock, [&] { return done == 50; });
+  CHECK(wrong == 0);
+  auto failing = runner.run_async({row(-1)});
+  CHECK_THROWS_WITH(failing.get(), Catch::Contains("negative input"));
+  CHECK_THROWS_AS(runner.run_async({row(1)}, pare::Runner::Done()), pare::Error);
+}
+
+TEST_CASE("swap: queued requests finish on the old model, new ones run on the new one") {
+  g_gate.reset();
+  g_gate.close();
+  pare::Runner runner(gated_model(2, 1), pare::RunnerOptions().max_batch(8).batch_gap(std::chrono::microseconds(0)));
+  auto running = runner.run_async({row(1)});
+  g_gate.wait_entered(1);
+  auto queued = runner.run_async({row(2)});
+  runner.swap(gated_model(10, 0));
+  auto after = runner.run_async({row(3)});
+  g_gate.release();
+  CHECK(torch::equal(running.get().toTensor(), row(3)));
+  CHECK(torch::equal(queued.get().toTensor(), row(5)));
+  CHECK(torch::equal(after.get().toTensor(), row(30)));
+  CHECK(runner.stats().swaps == 1);
+  CHECK(runner.stats().failures == 0);
+  torch::jit::Module empty("__torch__.Empty");
+  CHECK_THROWS_WITH(runner.swap(empty), Catch::Contains("no forward method"));
+}
+
+TEST_CASE("swaps under concurrent load fail and drop nothing") {
+  torch::set_num_threads(1);
+  pare::Runner runner(row_model(), pare::RunnerOptions().max_batch(8).threads(2));
+  std::atomic<bool> stop{false};
+  std::atomic<int> wrong{0}, answered{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 4; ++t) {
+    clients.emplace_back([&, t] {
+      for (int i = 0; !stop || i < 20; ++i) {
+        const float value = float(t * 1000 + i % 1000);
+        try {
+          wrong += !torch::equal(runner.run({row(value)}).toTensor(), row(value * 2 + 1));
+        } catch (const pare::Error&) {
+          ++wrong;
+        }
+        ++answered;
+      }
+    });
+  }
+  for (int s = 0; s < 20; ++s) runner.swap(row_model());
+  stop = true;
+  for (auto& c : clients) c.join();
+  CHECK(wrong == 0);
+  CHECK(runner.stats().requests == uint64_t(answered));
+  CHECK(runner.stats().swaps == 20);
+}
+
+TEST_CASE("Prometheus exposition: latency and batch size histograms, queue depth, counters") {
+  pare::Runner runner(row_model(), pare::RunnerOptions().max_batch(4).max_delay(kForever).batch_gap(kForever));
+  std::vector<std::future<c10::IValue>> futures;
+  for (int i = 0; i < 4; ++i) futures.push_back(runner.run_async({row(float(i))}));
+  for (auto& f : futures) f.get();
+  const auto text = runner.metrics_text();
+  for (const char* line : {"pare_runner_batch_size_bucket{le=\"2\"} 0", "pare_runner_batch_size_bucket{le=\"4\"} 1",
+                           "pare_runner_batch_size_count 1", "pare_runner_batch_size_sum 4", "pare_runner_queue_depth 0",
+                           "pare_runner_latency_seconds_count 4", "# TYPE pare_runner_latency_seconds histogram",
+                           "pare_runner_rejected_total 0", "pare_runner_timeouts_total 0"})
+    CHECK_THAT(text, Catch::Contains(line));
 }

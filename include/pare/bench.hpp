@@ -61,6 +61,50 @@ std::string bench_json(const std::vector<BenchRow>& rows);
 /// cell as bar charts side by side, and the table.
 std::string bench_html(const std::vector<BenchRow>& rows, const std::string& title = "pare bench");
 
+class Runner;
+
+/// Open-loop load: requests sent at a fixed offered rate whatever the answers do.
+class OpenLoopOptions {
+ public:
+  /// `rate`: requests per second offered, with Poisson (exponential) gaps between sends.
+  explicit OpenLoopOptions(double rate) : rate_(rate) {}
+  /// Sending time; the answers still outstanding at its end are waited for.
+  OpenLoopOptions& seconds(double value) { seconds_ = value; return *this; }
+  /// Seed of the arrival process (the same seed sends at the same offsets).
+  OpenLoopOptions& seed(uint64_t value) { seed_ = value; return *this; }
+  /// The inputs sent, one list per request, cycled through.
+  OpenLoopOptions& inputs(std::vector<std::vector<c10::IValue>> value) { inputs_ = std::move(value); return *this; }
+
+  double rate() const { return rate_; }
+  double seconds() const { return seconds_; }
+  uint64_t seed() const { return seed_; }
+  const std::vector<std::vector<c10::IValue>>& inputs() const { return inputs_; }
+
+ private:
+  double rate_;
+  double seconds_ = 2.0;
+  uint64_t seed_ = 0;
+  std::vector<std::vector<c10::IValue>> inputs_;
+};
+
+/// What an open-loop run saw. Latency runs from each request's scheduled send
+/// time (not the moment it was actually sent), so a sender that falls behind
+/// shows up as latency instead of hiding it (no coordinated omission).
+struct OpenLoopResult {
+  double offered_rate = 0;   ///< requests per second asked for
+  double achieved_rate = 0;  ///< successful answers per second of sending time
+  uint64_t sent = 0, succeeded = 0, rejected = 0, timeouts = 0, failed = 0;  ///< failed: other errors
+  double p50_ms = 0, p95_ms = 0, p99_ms = 0, p999_ms = 0;  ///< successful requests only
+};
+
+/// Drives `runner` (through run_async) with Poisson arrivals; every request ends
+/// as a success, a rejection, a timeout or another failure before it returns.
+OpenLoopResult run_open_loop(Runner& runner, const OpenLoopOptions& options);
+
+/// One line per result: offered and achieved rate, percentiles, rejections and timeouts.
+std::string open_loop_table(const std::vector<std::pair<std::string, OpenLoopResult>>& rows);
+std::string open_loop_json(const std::vector<std::pair<std::string, OpenLoopResult>>& rows);
+
 /// Parses "1x1x28x28" into {1, 1, 28, 28}; pare::Error on anything else.
 std::vector<int64_t> parse_shape(const std::string& text);
 

@@ -8,10 +8,16 @@ namespace pare {
 
 /// Thrown for invalid arguments and unsupported models. The message says what
 /// was wrong and what is expected. `kind()` tells bindings how to map it
-/// (Python: InvalidArgument -> ValueError, Runtime -> RuntimeError).
+/// (Python: InvalidArgument -> ValueError, Runtime -> RuntimeError,
+/// Overloaded -> pare.Overloaded, Timeout -> pare.Timeout).
 class Error : public std::runtime_error {
  public:
-  enum class Kind { InvalidArgument, Runtime };
+  enum class Kind {
+    InvalidArgument,
+    Runtime,
+    Overloaded,  ///< refused at once: the runner's queue is full (RunnerOptions::max_queue)
+    Timeout,     ///< the request's deadline passed while it waited; it never ran
+  };
 
   explicit Error(const std::string& what, Kind kind = Kind::InvalidArgument)
       : std::runtime_error(what), kind_(kind) {}

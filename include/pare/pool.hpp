@@ -56,10 +56,18 @@ class PoolOptions {
   PoolOptions& poison(bool enabled) { poison_ = enabled; return *this; }
   bool poison() const { return poison_; }
 
+  /// Leases smaller than this many bytes get plain storage from LibTorch's
+  /// allocator: the system allocator recycles small blocks without page faults,
+  /// faster than the pool's bookkeeping. 0: pool every size. (Allocator mode
+  /// under a PoolAllocatorGuard pools every size regardless.)
+  PoolOptions& small_bytes(size_t bytes) { small_bytes_ = bytes; return *this; }
+  size_t small_bytes() const { return small_bytes_; }
+
  private:
   size_t max_bytes_ = size_t{256} << 20;
   std::vector<size_t> size_classes_;
   bool poison_ = false;
+  size_t small_bytes_ = size_t{128} << 10;
 };
 
 struct PoolStats {
@@ -73,6 +81,7 @@ struct PoolStats {
   uint64_t bytes_idle = 0;
   uint64_t bytes_in_use = 0;    ///< capacity of storage handed out and not yet returned
   uint64_t peak_bytes_in_use = 0;
+  uint64_t small = 0;           ///< leases below small_bytes, given plain storage (not in acquires)
 };
 
 namespace detail {

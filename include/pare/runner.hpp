@@ -12,6 +12,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <future>
 #include <memory>
 #include <optional>
 #include <string>
@@ -40,11 +42,23 @@ class RunnerOptions {
   /// Forward passes run at construction on `example_inputs` (warms allocators and the JIT's profiling).
   RunnerOptions& warmup(int runs) { warmup_ = runs; return *this; }
   RunnerOptions& example_inputs(std::vector<c10::IValue> inputs) { example_inputs_ = std::move(inputs); return *this; }
-  /// Largest merged batch; 1 runs every request on its caller's thread.
+  /// Largest merged batch; 1 runs every blocking request on its caller's thread.
   RunnerOptions& max_batch(int64_t rows) { max_batch_ = rows; return *this; }
-  /// How long the first request of a batch waits for company.
+  /// The longest the first request of a batch waits for company.
   RunnerOptions& max_delay(std::chrono::microseconds value) { max_delay_ = value; return *this; }
-  /// Worker threads that run merged batches (max_batch > 1).
+  /// A batch goes out early when no request arrived for this long: waiting longer can't help.
+  RunnerOptions& batch_gap(std::chrono::microseconds value) { batch_gap_ = value; return *this; }
+  /// Batch sizes (rows, ascending, each <= max_batch) the model runs best at: a batch
+  /// reaching the largest goes out at once, and a batch sent early is cut to the
+  /// largest size that the queued rows fill (the rest waits for the next one).
+  RunnerOptions& preferred_batch_sizes(std::vector<int64_t> rows) { preferred_ = std::move(rows); return *this; }
+  /// Requests allowed to wait in the queue; beyond it run() fails at once with
+  /// pare::Error of kind Overloaded. 0: unbounded.
+  RunnerOptions& max_queue(size_t requests) { max_queue_ = requests; return *this; }
+  /// Default deadline of a request, from its arrival: still queued then, it fails
+  /// with kind Timeout and never runs. 0: none.
+  RunnerOptions& timeout(std::chrono::microseconds value) { timeout_ = value; return *this; }
+  /// Worker threads that run queued batches (and asynchronous requests).
   RunnerOptions& threads(int count) { threads_ = count; return *this; }
 
   const std::shared_ptr<InferenceCache>& cache() const { return cache_; }
@@ -54,6 +68,10 @@ class RunnerOptions {
   const std::vector<c10::IValue>& example_inputs() const { return example_inputs_; }
   int64_t max_batch() const { return max_batch_; }
   std::chrono::microseconds max_delay() const { return max_delay_; }
+  std::chrono::microseconds batch_gap() const { return batch_gap_; }
+  const std::vector<int64_t>& preferred_batch_sizes() const { return preferred_; }
+  size_t max_queue() const { return max_queue_; }
+  std::chrono::microseconds timeout() const { return timeout_; }
   int threads() const { return threads_; }
 
  private:
@@ -64,21 +82,47 @@ class RunnerOptions {
   std::vector<c10::IValue> example_inputs_;
   int64_t max_batch_ = 1;
   std::chrono::microseconds max_delay_{1000};
+  std::chrono::microseconds batch_gap_{100};
+  std::vector<int64_t> preferred_;
+  size_t max_queue_ = 0;
+  std::chrono::microseconds timeout_{0};
   int threads_ = 1;
 };
 
 struct RunnerStats {
-  uint64_t requests = 0;
-  uint64_t failures = 0;
+  uint64_t requests = 0;               ///< answered, errors included
+  uint64_t failures = 0;               ///< ended in an error (rejections and timeouts included)
+  uint64_t rejected = 0;               ///< refused at once because the queue was full (kind Overloaded)
+  uint64_t timeouts = 0;               ///< failed at their deadline without running (kind Timeout)
+  uint64_t swaps = 0;                  ///< models installed by swap()
   uint64_t batches = 0;                ///< forward passes run (cache hits run none)
+  uint64_t queue_depth = 0;            ///< requests waiting now
   double seconds = 0;                  ///< since construction
-  double p50_ms = 0, p95_ms = 0, p99_ms = 0, max_ms = 0;  ///< over the most recent requests
+  double p50_ms = 0, p95_ms = 0, p99_ms = 0, max_ms = 0;  ///< over the most recent requests (rejections excluded)
   std::vector<uint64_t> batch_sizes;   ///< batch_sizes[n]: forward passes that merged n requests
   double throughput() const { return seconds > 0 ? double(requests) / seconds : 0.0; }
 };
 
+/// What an asynchronous request ends with: the output, or the error run() would throw.
+struct RunOutcome {
+  c10::IValue output;
+  std::optional<std::string> error;
+  Error::Kind kind = Error::Kind::Runtime;
+  bool ok() const { return !error; }
+  /// The output, or the error thrown as pare::Error on the calling thread.
+  c10::IValue value() const {
+    if (error) throw Error(*error, kind);
+    return output;
+  }
+};
+
 class Runner {
  public:
+  using Deadline = std::chrono::steady_clock::time_point;
+  /// Called once per asynchronous request, on a worker thread (or on the calling
+  /// thread when the request is refused or answered by the cache). Must not throw.
+  using Done = std::function<void(RunOutcome)>;
+
   /// Serves `module` in eval mode. The caller's module is never changed: one
   /// already in eval mode is used as is (shared), one in training mode is
   /// deep-copied once and the copy put in eval mode.
@@ -89,11 +133,25 @@ class Runner {
 
   /// The model's output for `inputs` (batch-of-one tensors along dim 0 when
   /// batching). Thread-safe. A model error reaches the callers whose requests
-  /// were in the failing batch, as pare::Error (Runtime) with the model's message.
+  /// were in the failing batch, as pare::Error (Runtime) with the model's message;
+  /// a full queue gives kind Overloaded, a deadline passed while queued kind Timeout.
   c10::IValue run(std::vector<c10::IValue> inputs);
+  c10::IValue run(std::vector<c10::IValue> inputs, Deadline deadline);
+
+  /// Queues `inputs` and returns at once; the future holds the output or the pare::Error.
+  std::future<c10::IValue> run_async(std::vector<c10::IValue> inputs, Deadline deadline = Deadline::max());
+  /// Queues `inputs` and returns at once; `done` receives the outcome.
+  void run_async(std::vector<c10::IValue> inputs, Done done, Deadline deadline = Deadline::max());
+
+  /// Installs `module` for every request that arrives from now on; requests already
+  /// queued or running finish on the model they arrived for. None fails or is
+  /// dropped. Runs the options' warmup on `module` first, off the serving path.
+  /// `cache_namespace`: the new model's namespace in the cache; by default its
+  /// fingerprint (an explicit RunnerOptions::cache_namespace names only the first model).
+  void swap(torch::jit::Module module, std::optional<std::string> cache_namespace = std::nullopt);
 
   RunnerStats stats() const;
-  /// Runner, latency histogram, cache and pool metrics as one Prometheus text exposition.
+  /// Runner, latency and batch size histograms, cache and pool metrics as one Prometheus text exposition.
   std::string metrics_text() const;
 
  private:

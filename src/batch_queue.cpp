@@ -1,0 +1,166 @@
+#include "batch_queue.hpp"
+
+#include <algorithm>
+#include <iterator>
+
+namespace pare::detail {
+
+bool BatchQueue::push(RequestPtr& request) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (rule_.max_queue > 0 && queue_.size() >= rule_.max_queue) return false;
+    last_arrival_ = Clock::now();
+    queue_.push_back(std::move(request));
+  }
+  wake_.notify_one();
+  return true;
+}
+
+RequestPtr BatchQueue::cancel(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = std::find_if(queue_.begin(), queue_.end(), [&](const RequestPtr& r) { return r->id == id; });
+  if (it == queue_.end()) return nullptr;
+  RequestPtr taken = std::move(*it);
+  queue_.erase(it);
+  return taken;
+}
+
+void BatchQueue::close() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    closed_ = true;
+  }
+  wake_.notify_all();
+}
+
+size_t BatchQueue::depth() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return queue_.size();
+}
+
+std::vector<RequestPtr> BatchQueue::next_batch(std::vector<RequestPtr>& expired) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (true) {
+    wake_.wait(lock, [&] { return closed_ || !queue_.empty(); });
+    if (queue_.empty()) return {};  // closed and drained
+    // This worker is idle: wait while more company may come (each push wakes it).
+    while (!closed_ && !queue_.empty() && rows_queued() < full_rows()) {
+      const auto at = due_at();
+      if (Clock::now() >= at) break;
+      wake_.wait_until(lock, at);
+    }
+    if (queue_.empty()) continue;  // another worker took them meanwhile
+    auto batch = take(Clock::now(), expired);
+    if (!queue_.empty()) wake_.notify_one();  // leftovers: another idle worker may start on them
+    if (!batch.empty() || !expired.empty()) return batch;
+  }
+}
+
+Clock::time_point BatchQueue::due_at() const {
+  return std::min(queue_.front()->arrival + rule_.max_delay, last_arrival_ + rule_.gap);
+}
+
+int64_t BatchQueue::rows_queued() const {
+  int64_t rows = 0;
+  for (const auto& r : queue_) rows += std::max<int64_t>(r->rows, 1);
+  return rows;
+}
+
+int64_t BatchQueue::full_rows() const { return rule_.preferred.empty() ? rule_.max_batch : rule_.preferred.back(); }
+
+int64_t BatchQueue::cut_to_preferred(int64_t rows) const {
+  auto it = std::upper_bound(rule_.preferred.begin(), rule_.preferred.end(), rows);
+  return it == rule_.preferred.begin() ? rows : *std::prev(it);
+}
+
+// The oldest live request and the compatible ones behind it, up to the batch's
+// row limit; expired requests anywhere in the queue go to `expired`.
+std::vector<RequestPtr> BatchQueue::take(Clock::time_point now, std::vector<RequestPtr>& expired) {
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if ((*it)->deadline > now) {
+      ++it;
+      continue;
+    }
+    expired.push_back(std::move(*it));
+    it = queue_.erase(it);
+  }
+  std::vector<RequestPtr> batch;
+  if (queue_.empty()) return batch;
+  const Request& front = *queue_.front();
+  auto fits = [&](const Request& r, int64_t rows, int64_t limit) {
+    return &r == &front || (front.rows > 0 && compatible(front, r) && rows + r.rows <= limit);
+  };
+  int64_t available = 0;
+  for (const auto& r : queue_)
+    if (fits(*r, available, rule_.max_batch)) available += std::max<int64_t>(r->rows, 1);
+  const int64_t limit = cut_to_preferred(available);
+  int64_t rows = 0;
+  for (auto it = queue_.begin(); it != queue_.end() && rows < limit;) {
+    if (fits(**it, rows, limit)) {
+      rows += std::max<int64_t>((*it)->rows, 1);
+      batch.push_back(std::move(*it));
+      it = queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return batch;
+}
+
+int64_t batch_rows(const Inputs& inputs) {
+  int64_t rows = -1;
+  for (const auto& input : inputs) {
+    if (!input.isTensor() || input.toTensor().dim() == 0) return 0;
+    const int64_t r = input.toTensor().size(0);
+    if (rows >= 0 && r != rows) return 0;
+    rows = r;
+  }
+  return std::max<int64_t>(rows, 0);
+}
+
+bool compatible(const Request& a, const Request& b) {
+  if (a.model != b.model || a.rows == 0 || b.rows == 0 || a.inputs.size() != b.inputs.size()) return false;
+  for (size_t i = 0; i < a.inputs.size(); ++i) {
+    const auto& x = a.inputs[i].toTensor();
+    const auto& y = b.inputs[i].toTensor();
+    if (x.scalar_type() != y.scalar_type() || x.sizes().slice(1) != y.sizes().slice(1)) return false;
+  }
+  return true;
+}
+
+Inputs merge_inputs(const std::vector<RequestPtr>& batch) {
+  Inputs merged;
+  for (size_t i = 0; i < batch.front()->inputs.size(); ++i) {
+    std::vector<at::Tensor> parts;
+    for (const auto& r : batch) parts.push_back(r->inputs[i].toTensor());
+    merged.emplace_back(at::cat(parts, 0));
+  }
+  return merged;
+}
+
+c10::IValue split_rows(const c10::IValue& output, int64_t begin, int64_t rows, int64_t total) {
+  if (output.isTensor()) {
+    const auto& t = output.toTensor();
+    require(t.dim() > 0 && t.size(0) == total,
+            "the model's batched output has " + std::string(t.dim() ? std::to_string(t.size(0)) : "no") +
+                " rows for " + std::to_string(total) + " merged input rows; this model can't be batched along "
+                "dim 0: use RunnerOptions().max_batch(1)",
+            Error::Kind::Runtime);
+    return t.narrow(0, begin, rows);
+  }
+  if (output.isTuple()) {
+    std::vector<c10::IValue> parts;
+    for (const auto& element : output.toTupleRef().elements()) parts.push_back(split_rows(element, begin, rows, total));
+    return c10::ivalue::Tuple::create(std::move(parts));
+  }
+  if (output.isTensorList()) {
+    c10::List<at::Tensor> parts;
+    for (const at::Tensor t : output.toTensorList()) parts.push_back(split_rows(c10::IValue(t), begin, rows, total).toTensor());
+    return parts;
+  }
+  throw Error("the model returned a " + output.tagKind() +
+                  "; batching splits tensors, tuples and lists of tensors: use RunnerOptions().max_batch(1)",
+              Error::Kind::Runtime);
+}
+
+}  // namespace pare::detail

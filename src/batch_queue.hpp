@@ -1,0 +1,98 @@
+#pragma once
+// The runner's request queue and its batching rule (internal to pare).
+//
+// A batch goes out when the first of these holds:
+//   1. full: the queued rows reach max_batch (or the largest preferred size);
+//   2. the oldest request has waited max_delay;
+//   3. waiting can't help: no request arrived for batch_gap while this worker sat idle.
+// Requests past their deadline are taken out and answered with Timeout; they never run.
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <torch/script.h>
+
+#include "pare/runner.hpp"
+
+namespace pare::detail {
+
+using Clock = std::chrono::steady_clock;
+using Inputs = std::vector<c10::IValue>;
+
+/// The model requests run on, with the cache namespace that goes with it.
+/// swap() replaces both together, so a request never pairs one with the other's.
+struct ServedModel {
+  torch::jit::Module module;
+  std::string cache_namespace;
+};
+
+struct Request {
+  uint64_t id = 0;  // what cancel() looks for (an address could be reused by a later request)
+  Inputs inputs;
+  int64_t rows = 0;  // 0: not batchable (non-tensor inputs), runs alone
+  std::shared_ptr<ServedModel> model;
+  Clock::time_point arrival;
+  Clock::time_point deadline = Clock::time_point::max();
+  Runner::Done done;
+  bool answered = false;
+
+  void answer(RunOutcome outcome) {
+    answered = true;
+    done(std::move(outcome));
+  }
+};
+using RequestPtr = std::unique_ptr<Request>;
+
+struct BatchRule {
+  int64_t max_batch = 1;
+  Clock::duration max_delay{}, gap{};
+  std::vector<int64_t> preferred;  // ascending
+  size_t max_queue = 0;            // 0: unbounded
+};
+
+/// Thread-safe. Workers block in next_batch(); callers push() and may cancel().
+class BatchQueue {
+ public:
+  explicit BatchQueue(BatchRule rule) : rule_(std::move(rule)) {}
+
+  /// Queues `request` (taking it) unless max_queue requests already wait; false then.
+  bool push(RequestPtr& request);
+  /// Takes the request `id` back if it is still queued (nullptr if a worker has it).
+  RequestPtr cancel(uint64_t id);
+  /// Blocks until a batch is due; empty once closed and drained. Requests found
+  /// past their deadline are moved to `expired` (possibly with an empty batch).
+  std::vector<RequestPtr> next_batch(std::vector<RequestPtr>& expired);
+  /// Wakes every worker; queued requests are still handed out, then next_batch returns empty.
+  void close();
+  size_t depth() const;
+
+ private:
+  Clock::time_point due_at() const;  // when the front batch goes out by delay or gap
+  int64_t rows_queued() const;
+  int64_t full_rows() const;
+  std::vector<RequestPtr> take(Clock::time_point now, std::vector<RequestPtr>& expired);
+  int64_t cut_to_preferred(int64_t rows) const;
+
+  const BatchRule rule_;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<RequestPtr> queue_;
+  Clock::time_point last_arrival_{};
+  bool closed_ = false;
+};
+
+/// Rows along dim 0 shared by every input, or 0 when the request can't merge.
+int64_t batch_rows(const Inputs& inputs);
+/// Same model, same dtypes, same shapes after dim 0.
+bool compatible(const Request& a, const Request& b);
+/// The batch's inputs concatenated along dim 0.
+Inputs merge_inputs(const std::vector<RequestPtr>& batch);
+/// The rows [begin, begin + rows) of a batched output (a tensor, or a tuple/list of tensors).
+c10::IValue split_rows(const c10::IValue& output, int64_t begin, int64_t rows, int64_t total);
+
+}  // namespace pare::detail
