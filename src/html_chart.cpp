@@ -50,6 +50,13 @@ std::string attr(const char* name, double value) {
   return buffer;
 }
 
+// Plain digits up to 9999, then SI suffixes: never "1.89e+03" on an axis.
+std::string compact(double value, int digits) {
+  if (std::fabs(value) >= 1e4) return si(value);
+  const int integer_digits = std::fabs(value) >= 1 ? int(std::log10(std::fabs(value))) + 1 : 1;
+  return number(value, std::max(digits, integer_digits));
+}
+
 std::string text(double x, double y, const std::string& content, const char* extra = "") {
   return "<text" + attr("x", x) + attr("y", y) + " " + extra + ">" + escape(content) + "</text>\n";
 }
@@ -117,11 +124,12 @@ std::string BarChart::to_svg() const {
       x += 16 + double(series[s].name.size() + 3) * kCharWidth;
     }
   }
-  for (int tick = 0; tick <= 4; ++tick) {  // a dashed grid line every quarter of the axis
-    const double x = label_width + bar_width * tick / 4.0;
+  const int ticks = std::clamp(bar_width / 110, 2, 4);  // dashed grid lines, labels at least 110 px apart
+  for (int tick = 0; tick <= ticks; ++tick) {
+    const double x = label_width + double(bar_width) * tick / ticks;
     svg += "<line class=\"" + std::string(tick == 0 ? "axis" : "grid") + "\"" + attr("x1", x) + attr("y1", top - 4) +
            attr("x2", x) + attr("y2", height - 4) + "/>\n";
-    svg += text(x, top - 8, number(axis_max * tick / 4.0, 3) + unit, "text-anchor=\"middle\"");
+    svg += text(x, top - 8, compact(axis_max * tick / ticks, 3) + unit, "text-anchor=\"middle\"");
   }
   for (size_t row = 0; row < labels.size(); ++row) {
     const double y = top + double(row) * row_height;
@@ -129,7 +137,7 @@ std::string BarChart::to_svg() const {
     for (size_t s = 0; s < series.size(); ++s) {
       const double value = row < series[s].values.size() ? series[s].values[row] : NAN;
       const double by = y + kRowGap / 2.0 + double(s) * kBarHeight, width = scaled(value);
-      const std::string shown = number(value) + unit;
+      const std::string shown = compact(value, 4) + unit;
       svg += "<rect class=\"bar s" + std::to_string(s % 4) + "\"" + attr("x", label_width) + attr("y", by) +
              attr("width", width) + attr("height", kBarHeight - 1) + "><title>" + escape(labels[row]) + " — " +
              escape(series[s].name) + ": " + escape(shown) + "</title></rect>\n";
