@@ -63,7 +63,9 @@ void Hasher::value(const c10::IValue& v) {
     case Double: return pod<double>(v.toDouble());
     case String: return text(v.toStringRef());
     case Tensor: {
-      const auto t = checked_contiguous(v.toTensor(), "InferenceCache");
+      const auto& device = v.toTensor().device();
+      if (!device.is_cpu()) text(device.str());  // a GPU input never matches a CPU entry (CPU keys unchanged)
+      const auto t = host_contiguous(v.toTensor(), "InferenceCache");  // a GPU tensor's bytes: one copy out
       pod<int32_t>(static_cast<int32_t>(t.scalar_type()));
       pod<uint64_t>(t.dim());
       for (auto size : t.sizes()) pod<int64_t>(size);
@@ -93,11 +95,17 @@ void Hasher::value(const c10::IValue& v) {
 }  // namespace
 
 at::Tensor checked_contiguous(const at::Tensor& tensor, const char* what) {
-  require(tensor.device().is_cpu(), std::string(what) + ": tensors must be on the CPU for now, got one on " +
-                                        tensor.device().str() + "; move it with .cpu() first");
+  require(tensor.device().is_cpu() || tensor.device().is_cuda(),
+          std::string(what) + ": tensors on " + tensor.device().str() +
+              " can't be cached; expected CPU or CUDA tensors (move them with .cpu() or .cuda())");
   require(tensor.layout() == at::kStrided && !tensor.is_quantized(),
           std::string(what) + ": only dense, non-quantized tensors can be cached");
   return tensor.contiguous();
+}
+
+at::Tensor host_contiguous(const at::Tensor& tensor, const char* what) {
+  const auto t = checked_contiguous(tensor, what);
+  return t.is_cpu() ? t : t.cpu();
 }
 
 c10::IValue deep_copy(const c10::IValue& v, size_t& bytes, const char* what) {
@@ -146,6 +154,9 @@ bool same_value(const c10::IValue& a, const c10::IValue& b) {
       if (x.scalar_type() != y.scalar_type() || x.sizes() != y.sizes()) return false;
       const auto cx = checked_contiguous(x, "InferenceCache");
       const auto cy = checked_contiguous(y, "InferenceCache");
+      if (cx.device() != cy.device()) return false;
+      if (!cx.is_cpu())  // compared where they live, bit for bit (NaN payloads included)
+        return at::equal(cx.view(at::kByte), cy.view(at::kByte));
       return std::memcmp(cx.data_ptr(), cy.data_ptr(), tensor_bytes(cx)) == 0;
     }
     case Tuple: {

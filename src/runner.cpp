@@ -9,7 +9,10 @@
 #include <optional>
 #include <thread>
 
+#include <c10/core/StreamGuard.h>
+
 #include "pare/metrics.hpp"
+#include "runner_device.hpp"
 
 namespace pare {
 namespace {
@@ -146,6 +149,7 @@ struct Runner::Impl {
   torch::jit::Module module;
   RunnerOptions options;
   std::optional<TensorPool> pool;  // a handle sharing the options' pool (PoolAllocatorGuard needs it mutable)
+  std::optional<detail::DeviceIO> io;  // the model's device and the copies around it
   Clock::time_point started = Clock::now();
   LatencyRecorder latencies;
 
@@ -160,7 +164,7 @@ struct Runner::Impl {
   c10::IValue forward(const Inputs& inputs) {
     torch::NoGradGuard no_grad;
     std::optional<PoolAllocatorGuard> pooled;
-    if (pool) pooled.emplace(*pool);
+    if (pool && pool->options().memory() == PoolMemory::Host) pooled.emplace(*pool);
     try {
       return module.forward(inputs);
     } catch (const Error&) {
@@ -168,6 +172,12 @@ struct Runner::Impl {
     } catch (const std::exception& e) {
       throw Error("the model failed: " + model_message(e), Error::Kind::Runtime);
     }
+  }
+
+  // One request's inputs to the model's device, the forward pass, the output back as callers get it.
+  c10::IValue forward_one(const Inputs& inputs, const std::optional<c10::Stream>& stream) {
+    detail::Staging staging;
+    return io->deliver(forward(io->to_device(inputs, staging)), stream);
   }
 
   void count_batch(size_t requests) {
@@ -180,7 +190,7 @@ struct Runner::Impl {
   c10::IValue execute(Inputs inputs) {
     if (options.max_batch() <= 1) {
       count_batch(1);
-      return forward(inputs);
+      return forward_one(inputs, std::nullopt);  // on the caller's thread and current stream
     }
     auto request = std::make_unique<Request>();
     request->rows = batch_rows(inputs);
@@ -194,6 +204,7 @@ struct Runner::Impl {
     wake.notify_one();
     auto outcome = future.get();
     if (outcome.error) throw Error(*outcome.error, outcome.kind);
+    io->hand_over(outcome.output);
     return outcome.output;
   }
 
@@ -222,6 +233,7 @@ struct Runner::Impl {
   }
 
   void worker() {
+    const auto stream = io->new_stream();  // this worker's own CUDA stream (none on the CPU)
     std::unique_lock<std::mutex> lock(mutex);
     while (true) {
       wake.wait(lock, [&] { return stopping || !queue.empty(); });
@@ -232,28 +244,31 @@ struct Runner::Impl {
       if (queue.empty()) continue;  // another worker took them while this one waited
       auto batch = take_batch();
       lock.unlock();
-      run_batch(batch);
+      run_batch(batch, stream);
       batch.clear();  // drop the inputs before taking the lock again: freeing them may wait for others
       lock.lock();
     }
   }
 
-  void run_batch(std::vector<std::unique_ptr<Request>>& batch) {
+  void run_batch(std::vector<std::unique_ptr<Request>>& batch, const std::optional<c10::Stream>& stream) {
     count_batch(batch.size());
+    std::optional<c10::StreamGuard> on_stream;
+    if (stream) on_stream.emplace(*stream);
     try {
       if (batch.size() == 1) {
-        answer(*batch.front(), Outcome{forward(batch.front()->inputs)});
+        answer(*batch.front(), Outcome{forward_one(batch.front()->inputs, stream)});
         return;
       }
+      detail::Staging staging;  // pinned host buffers, alive until deliver() has waited for the copy
       Inputs merged;
       int64_t total = 0;
       for (const auto& r : batch) total += r->rows;
       for (size_t i = 0; i < batch.front()->inputs.size(); ++i) {
         std::vector<at::Tensor> parts;
         for (const auto& r : batch) parts.push_back(r->inputs[i].toTensor());
-        merged.emplace_back(at::cat(parts, 0));
+        merged.emplace_back(io->stack(parts, staging));
       }
-      const auto output = forward(merged);
+      const auto output = io->deliver(forward(merged), stream);
       int64_t begin = 0;
       for (auto& r : batch) {
         answer(*r, Outcome{split_rows(output, begin, r->rows, total)});
@@ -291,10 +306,15 @@ Runner::Runner(torch::jit::Module module, RunnerOptions options) : impl_(std::ma
           "RunnerOptions: warmup(" + std::to_string(options.warmup()) + ") needs example_inputs(...) to run on");
   require(module.find_method("forward").has_value(), "Runner: the module has no forward method");
   module.eval();
+  impl_->io.emplace(options.device(), options.outputs_on_device(), options.pool());
+  if (impl_->io->on_accelerator()) {  // serve a copy: the caller's module stays where it is
+    module = module.clone();
+    module.to(impl_->io->device());
+  }
   impl_->module = std::move(module);
   impl_->options = std::move(options);
   impl_->pool = impl_->options.pool();
-  for (int i = 0; i < impl_->options.warmup(); ++i) impl_->forward(impl_->options.example_inputs());
+  for (int i = 0; i < impl_->options.warmup(); ++i) impl_->forward_one(impl_->options.example_inputs(), std::nullopt);
   impl_->started = Clock::now();
   if (impl_->options.max_batch() > 1)
     for (int i = 0; i < impl_->options.threads(); ++i) impl_->workers.emplace_back([this] { impl_->worker(); });

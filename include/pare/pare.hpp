@@ -7,6 +7,7 @@
 #include "pare/export.hpp"
 #include "pare/pipeline.hpp"
 #include "pare/pool.hpp"
+#include "pare/precision.hpp"
 #include "pare/prune.hpp"
 #include "pare/quantize.hpp"
 #include "pare/report.hpp"

@@ -40,6 +40,13 @@ class RunnerOptions {
   RunnerOptions& max_delay(std::chrono::microseconds value) { max_delay_ = value; return *this; }
   /// Worker threads that run merged batches (max_batch > 1).
   RunnerOptions& threads(int count) { threads_ = count; return *this; }
+  /// Where the model runs: cpu (default) or cuda[:index]. On a GPU the runner
+  /// serves a copy of the module moved there; host inputs of a batch are stacked
+  /// in pinned memory (from pool() when it holds PoolMemory::Pinned) and cross in
+  /// one non-blocking copy, and each worker thread runs on its own CUDA stream.
+  RunnerOptions& device(c10::Device value) { device_ = value; return *this; }
+  /// On a GPU: leave outputs on the device (true) or copy them to the host (false, the default).
+  RunnerOptions& outputs_on_device(bool value) { outputs_on_device_ = value; return *this; }
 
   const std::shared_ptr<InferenceCache>& cache() const { return cache_; }
   const std::optional<TensorPool>& pool() const { return pool_; }
@@ -48,6 +55,8 @@ class RunnerOptions {
   int64_t max_batch() const { return max_batch_; }
   std::chrono::microseconds max_delay() const { return max_delay_; }
   int threads() const { return threads_; }
+  const c10::Device& device() const { return device_; }
+  bool outputs_on_device() const { return outputs_on_device_; }
 
  private:
   std::shared_ptr<InferenceCache> cache_;
@@ -57,6 +66,8 @@ class RunnerOptions {
   int64_t max_batch_ = 1;
   std::chrono::microseconds max_delay_{1000};
   int threads_ = 1;
+  c10::Device device_ = c10::kCPU;
+  bool outputs_on_device_ = false;
 };
 
 struct RunnerStats {

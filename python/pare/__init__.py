@@ -35,6 +35,7 @@ from ._pare import (  # noqa: F401
 )
 from ._pare import _engine_mismatch_warning
 from ._pare import CacheStats, InferenceCache  # noqa: F401
+from ._pare import ConvertPrecision  # noqa: F401
 try:
     from ._pare import RedisTier  # noqa: F401  (built with PARE_WITH_REDIS)
 except ImportError:

@@ -97,4 +97,5 @@ PYBIND11_MODULE(_pare, m) {
   bind_distill(m);
   bind_pool(m);
   bind_cache(m);
+  bind_precision(m);
 }
