@@ -59,17 +59,19 @@ pare::Error::Kind error_kind(const std::function<void()>& body) {
 }  // namespace
 
 TEST_CASE("CUDA options say what is wrong when the device is missing or unknown") {
+  const auto model = ex::make_fashion_cnn({4, 8, 16}, 1);  // untrained: only the checks run
   const auto missing = torch::cuda::is_available() ? c10::Device(c10::kCUDA, 99) : c10::Device(c10::kCUDA, 0);
-  CHECK_THROWS_AS(pare::Runner(trained_cnn(), pare::RunnerOptions().device(missing)), pare::Error);
-  CHECK_THROWS_AS(pare::Distill(pare::DistillOptions().teacher(trained_cnn()).data(batches_of(train_subset(), 512))
+  CHECK_THROWS_AS(pare::Runner(model, pare::RunnerOptions().device(missing)), pare::Error);
+  CHECK_THROWS_AS(pare::Distill(pare::DistillOptions().teacher(model).data({{torch::zeros({1, 1, 28, 28}),
+                                                                              torch::zeros({1}, torch::kLong)}})
                                     .device(missing)),
                   pare::Error);
-  CHECK_THROWS_WITH(pare::Runner(trained_cnn(), pare::RunnerOptions().device(c10::Device("meta"))),
+  CHECK_THROWS_WITH(pare::Runner(model, pare::RunnerOptions().device(c10::Device("meta"))),
                     Catch::Contains("expected cpu or cuda"));
   if (!torch::cuda::is_available()) {
     CHECK(error_kind([] { pare::TensorPool(pare::PoolOptions().memory(pare::PoolMemory::Pinned)); }) ==
           pare::Error::Kind::Runtime);
-    CHECK_THROWS_WITH(pare::Runner(trained_cnn(), pare::RunnerOptions().device(torch::kCUDA)),
+    CHECK_THROWS_WITH(pare::Runner(model, pare::RunnerOptions().device(torch::kCUDA)),
                       Catch::Contains("sees no CUDA device"));
   }
   pare::TensorPool host;
@@ -199,4 +201,26 @@ TEST_CASE("the cache keys CUDA inputs and keeps values on their device [cuda]") 
   cache.get_or_compute({changed}, compute);
   CHECK(computed == 3);
   CHECK(cache.stats().collisions == 0);
+}
+
+TEST_CASE("large CUDA inputs are fingerprinted on the device and still keyed exactly [cuda]") {
+  PARE_REQUIRE_CUDA();
+  pare::InferenceCache cache(pare::CacheOptions().capacity_bytes(64 << 20));
+  // 300 x 1023 floats (1.2 MB) at an odd row offset: words are not 8-byte aligned in the storage.
+  const auto base = torch::randn({301, 1023}).to(torch::kCUDA);
+  const auto x = base.narrow(0, 1, 300);
+  CHECK(cache.key_of({x}) == cache.key_of({x.clone()}));
+  CHECK(cache.key_of({x}) != cache.key_of({x.cpu()}));
+  for (const auto& [row, col] : std::vector<std::pair<int, int>>{{0, 0}, {150, 511}, {299, 1022}}) {
+    auto changed = x.clone();
+    changed[row][col] = changed[row][col] * 2 + 1;  // one element anywhere changes the key
+    CHECK(cache.key_of({changed}) != cache.key_of({x}));
+  }
+  int computed = 0;
+  auto compute = [&] { ++computed; return c10::IValue(x.sum(1)); };
+  cache.get_or_compute({x}, compute);
+  const auto hit = cache.get_or_compute({x.clone()}, compute).toTensor();
+  CHECK(computed == 1);
+  CHECK(hit.is_cuda());
+  CHECK(cache.stats().hits == 1);
 }

@@ -50,8 +50,9 @@ def test_fp16_on_the_gpu_tracks_fp32(scripted):
     x = torch.randn(64, 1, 28, 28, device="cuda")
     with torch.no_grad():
         reference = model(x)
-    out, _ = pare.Pipeline([pare.ConvertPrecision(torch.float16, keep_fp32=["fc2"])]).run(model)
+    out, _ = pare.Pipeline([pare.ConvertPrecision(torch.float16, keep_fp32=["fc2"], channels_last=True)]).run(model)
     with torch.no_grad():
         y = out(x)
+    assert out.conv2.weight.is_contiguous(memory_format=torch.channels_last)
     assert y.is_cuda and y.dtype == torch.float32
     assert relative_error(y, reference) < 5e-3

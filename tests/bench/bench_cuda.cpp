@@ -6,7 +6,8 @@
 //      worker) and pare::Runner on the CPU with the int8 model;
 //   2. ConvertPrecision bf16 vs fp32 forward at batch 256 (the CNN, and any
 //      scripted models given with --model, e.g. torchvision's resnet18);
-//   3. one Distill epoch over the 60k training images on the GPU vs the CPU.
+//   3. one Distill epoch over the 60k training images on the GPU vs the CPU;
+//   4. the cache key of a GPU input (device fingerprint) vs copying it out and hashing.
 // Prints medians and ratios. Skips (exit 0) without a CUDA device.
 //
 //   bench_cuda [--seconds 2] [--cpu-distill-images 12800] [--model name=path.pt:3x224x224 ...]
@@ -15,11 +16,13 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <thread>
 
 #include <torch/cuda.h>
 
+#include <pare/cache.hpp>
 #include <pare/distill.hpp>
 #include <pare/precision.hpp>
 #include <pare/quantize.hpp>
@@ -173,6 +176,31 @@ void distillation(const ex::Dataset& train, int64_t cpu_images) {
               60000 / gpu.samples_per_second, gpu.samples_per_second / cpu.samples_per_second);
 }
 
+void cache_keys() {
+  std::printf("\n4. cache key of one GPU input: pare's key_of vs copy to the host + XXH3-128, median of 30\n");
+  std::printf("%-12s %14s %14s %10s\n", "input", "key_of ms", "copy+hash ms", "speed-up");
+  pare::InferenceCache cache;
+  for (const int64_t mib : {1, 16, 256}) {
+    const auto x = torch::randn({mib << 18}).to(torch::kCUDA);  // mib MiB of float32
+    auto time = [&](const std::function<void()>& body) {
+      std::vector<double> times;
+      for (int i = 0; i < 33; ++i) {
+        torch::cuda::synchronize();
+        const auto t0 = Clock::now();
+        body();
+        times.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+      }
+      return percentile({times.begin() + 3, times.end()}, 0.5);
+    };
+    const double key = time([&] { cache.key_of({x}); });
+    const double copy = time([&] {
+      const auto host = x.cpu();
+      pare::content_hash(host.data_ptr(), host.numel() * host.element_size());
+    });
+    std::printf("%9lld MiB %14.3f %14.3f %9.2fx\n", (long long)mib, key, copy, copy / key);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -208,6 +236,7 @@ int main(int argc, char** argv) {
   models.insert(models.begin(), std::make_tuple(std::string("fashion_cnn"), cnn, std::vector<int64_t>{1, 28, 28}));
   precision(models);
   distillation(train, cpu_distill_images);
+  cache_keys();
   serving(cnn, test.images, train.images.slice(0, 0, 640), seconds);
   return 0;
 }
