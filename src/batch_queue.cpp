@@ -128,12 +128,12 @@ bool compatible(const Request& a, const Request& b) {
   return true;
 }
 
-Inputs merge_inputs(const std::vector<RequestPtr>& batch) {
+Inputs merge_inputs(const std::vector<RequestPtr>& batch, const Stack& stack) {
   Inputs merged;
   for (size_t i = 0; i < batch.front()->inputs.size(); ++i) {
     std::vector<at::Tensor> parts;
     for (const auto& r : batch) parts.push_back(r->inputs[i].toTensor());
-    merged.emplace_back(at::cat(parts, 0));
+    merged.emplace_back(stack(parts));
   }
   return merged;
 }

@@ -7,6 +7,7 @@
 //   3. waiting can't help: no request arrived for batch_gap while this worker sat idle.
 // Requests past their deadline are taken out and answered with Timeout; they never run.
 
+#include <functional>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -91,7 +92,9 @@ int64_t batch_rows(const Inputs& inputs);
 /// Same model, same dtypes, same shapes after dim 0.
 bool compatible(const Request& a, const Request& b);
 /// The batch's inputs concatenated along dim 0.
-Inputs merge_inputs(const std::vector<RequestPtr>& batch);
+/// Joins the parts of one input along dim 0 (at::cat, or a copy to the model's device).
+using Stack = std::function<at::Tensor(const std::vector<at::Tensor>&)>;
+Inputs merge_inputs(const std::vector<RequestPtr>& batch, const Stack& stack);
 /// The rows [begin, begin + rows) of a batched output (a tensor, or a tuple/list of tensors).
 c10::IValue split_rows(const c10::IValue& output, int64_t begin, int64_t rows, int64_t total);
 

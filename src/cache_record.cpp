@@ -50,7 +50,7 @@ void Writer::value(const c10::IValue& v) {
   if (v.isString()) { pod(String); pod<uint64_t>(v.toStringRef().size()); return raw(v.toStringRef().data(), v.toStringRef().size()); }
   if (v.isTensor() && !v.toTensor().defined()) return pod(Undefined);
   if (v.isTensor()) {
-    const auto t = cache_detail::checked_contiguous(v.toTensor(), "InferenceCache");
+    const auto t = cache_detail::host_contiguous(v.toTensor(), "InferenceCache");
     pod(Tensor);
     pod<int32_t>(static_cast<int32_t>(t.scalar_type()));
     pod<uint64_t>(t.dim());

@@ -3,6 +3,7 @@
 
 #include "cache_values.hpp"
 
+#include <array>
 #include <cstring>
 
 #include <ATen/ATen.h>
@@ -34,6 +35,33 @@ Tag tag_of(const c10::IValue& v, const char* what) {
               "; expected tensors, tuples, lists, dicts, numbers, strings or None");
 }
 
+// GPU inputs from this size on are fingerprinted on the device (16 bytes cross
+// to the host); smaller ones are copied out whole, which costs less than the
+// fingerprint's handful of kernel launches.
+constexpr size_t kDeviceFingerprintBytes = size_t(1) << 20;
+
+// Two wrapping 64-bit sums, over the tensor's 64-bit words, of each word times
+// an odd multiplier derived from its position (two multiplier streams): one
+// pass of elementwise kernels and a reduction on the device. Linear, so inputs
+// can be crafted to collide; the cache's verify() (on by default) compares the
+// stored input with the query byte for byte on every hit.
+std::array<int64_t, 2> device_fingerprint(const at::Tensor& contiguous) {
+  auto bytes = contiguous.reshape({-1}).view(at::kByte);
+  const int64_t tail = bytes.numel() % 8;
+  if (tail || bytes.storage_offset() % 8)  // whole, aligned words: a fresh, zero-padded copy
+    bytes = at::cat({bytes, at::zeros({tail ? 8 - tail : 0}, bytes.options())});
+  const auto words = bytes.view(at::kLong);
+  const auto position = at::arange(words.numel(), words.options());
+  std::array<int64_t, 2> sums{};
+  const int64_t seeds[2] = {int64_t(0x9E3779B97F4A7C15ull), int64_t(0xC2B2AE3D27D4EB4Full)};
+  for (int i = 0; i < 2; ++i) {
+    auto multiplier = position * seeds[i] + seeds[1 - i];
+    multiplier = at::bitwise_or(at::bitwise_xor(multiplier, at::bitwise_right_shift(multiplier, 31)), 1);
+    sums[i] = (words * multiplier).sum().item<int64_t>();
+  }
+  return sums;
+}
+
 class Hasher {
  public:
   Hasher() { XXH3_128bits_reset(&state_); }
@@ -63,10 +91,17 @@ void Hasher::value(const c10::IValue& v) {
     case Double: return pod<double>(v.toDouble());
     case String: return text(v.toStringRef());
     case Tensor: {
-      const auto t = checked_contiguous(v.toTensor(), "InferenceCache");
-      pod<int32_t>(static_cast<int32_t>(t.scalar_type()));
-      pod<uint64_t>(t.dim());
-      for (auto size : t.sizes()) pod<int64_t>(size);
+      const auto& device = v.toTensor().device();
+      if (!device.is_cpu()) text(device.str());  // a GPU input never matches a CPU entry (CPU keys unchanged)
+      const auto c = checked_contiguous(v.toTensor(), "InferenceCache");
+      pod<int32_t>(static_cast<int32_t>(c.scalar_type()));
+      pod<uint64_t>(c.dim());
+      for (auto size : c.sizes()) pod<int64_t>(size);
+      if (!c.is_cpu() && tensor_bytes(c) >= kDeviceFingerprintBytes) {
+        for (const auto sum : device_fingerprint(c)) pod<int64_t>(sum);
+        return;
+      }
+      const auto t = c.is_cpu() ? c : c.cpu();  // a small GPU tensor's bytes: one copy out
       return bytes(t.data_ptr(), tensor_bytes(t));
     }
     case Tuple: {
@@ -93,11 +128,17 @@ void Hasher::value(const c10::IValue& v) {
 }  // namespace
 
 at::Tensor checked_contiguous(const at::Tensor& tensor, const char* what) {
-  require(tensor.device().is_cpu(), std::string(what) + ": tensors must be on the CPU for now, got one on " +
-                                        tensor.device().str() + "; move it with .cpu() first");
+  require(tensor.device().is_cpu() || tensor.device().is_cuda(),
+          std::string(what) + ": tensors on " + tensor.device().str() +
+              " can't be cached; expected CPU or CUDA tensors (move them with .cpu() or .cuda())");
   require(tensor.layout() == at::kStrided && !tensor.is_quantized(),
           std::string(what) + ": only dense, non-quantized tensors can be cached");
   return tensor.contiguous();
+}
+
+at::Tensor host_contiguous(const at::Tensor& tensor, const char* what) {
+  const auto t = checked_contiguous(tensor, what);
+  return t.is_cpu() ? t : t.cpu();
 }
 
 c10::IValue deep_copy(const c10::IValue& v, size_t& bytes, const char* what) {
@@ -146,6 +187,9 @@ bool same_value(const c10::IValue& a, const c10::IValue& b) {
       if (x.scalar_type() != y.scalar_type() || x.sizes() != y.sizes()) return false;
       const auto cx = checked_contiguous(x, "InferenceCache");
       const auto cy = checked_contiguous(y, "InferenceCache");
+      if (cx.device() != cy.device()) return false;
+      if (!cx.is_cpu())  // compared where they live, bit for bit (NaN payloads included)
+        return at::equal(cx.view(at::kByte), cy.view(at::kByte));
       return std::memcmp(cx.data_ptr(), cy.data_ptr(), tensor_bytes(cx)) == 0;
     }
     case Tuple: {

@@ -11,9 +11,11 @@
 
 namespace pare::cache_detail {
 
-/// The contiguous bytes of a CPU strided tensor; pare::Error for other devices,
-/// sparse or quantized tensors. `what` names the caller in messages.
+/// The contiguous bytes of a CPU or CUDA strided tensor; pare::Error for other
+/// devices, sparse or quantized tensors. `what` names the caller in messages.
 at::Tensor checked_contiguous(const at::Tensor& tensor, const char* what);
+/// checked_contiguous, copied to the host when it lives on a GPU.
+at::Tensor host_contiguous(const at::Tensor& tensor, const char* what);
 
 /// Bytes of a tensor's values.
 inline size_t tensor_bytes(const at::Tensor& t) { return t.defined() ? t.numel() * t.element_size() : 0; }

@@ -1,8 +1,10 @@
 #include "pare/distill.hpp"
 
+#include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -88,6 +90,55 @@ class TrainingScope {
   std::vector<bool> requires_grad_;
 };
 
+c10::Device device_of(const torch::jit::Module& module) {
+  for (const auto& p : module.parameters()) return p.device();
+  return c10::kCPU;
+}
+
+// Training on options.device(): the student moved there for the duration (and
+// back however training ends), the teacher as a copy there, batches per step.
+class Placement {
+ public:
+  Placement(torch::jit::Module& student, torch::jit::Module teacher, c10::Device device)
+      : student_(student), home_(device_of(student)), device_(device), teacher_(std::move(teacher)) {
+    if (device_of(teacher_) != device_) {
+      teacher_ = teacher_.clone();
+      teacher_.to(device_);
+    }
+    if (home_ != device_) student_.to(device_);
+  }
+  ~Placement() {
+    if (home_ != device_) student_.to(home_);
+  }
+  Placement(const Placement&) = delete;
+  Placement& operator=(const Placement&) = delete;
+
+  torch::jit::Module& teacher() { return teacher_; }
+  Batch batch(const Batch& batch) const {
+    if (device_.is_cpu() && batch.first.device().is_cpu()) return batch;
+    return {batch.first.to(device_, /*non_blocking=*/true),
+            batch.second.defined() ? batch.second.to(device_, /*non_blocking=*/true) : batch.second};
+  }
+
+ private:
+  torch::jit::Module& student_;
+  c10::Device home_, device_;
+  torch::jit::Module teacher_;
+};
+
+void check_device(const std::optional<c10::Device>& requested) {
+  if (!requested) return;
+  const auto device = *requested;
+  require(device.is_cpu() || device.is_cuda(),
+          "Distill: device " + device.str() + " is not served; expected cpu or cuda[:index]");
+  require(device.is_cpu() || torch::cuda::is_available(),
+          "Distill: device " + device.str() + " requested but this process sees no CUDA device "
+          "(CPU-only LibTorch, or no GPU visible)", Error::Kind::Runtime);
+  require(device.is_cpu() || device.index() < static_cast<int64_t>(torch::cuda::device_count()),
+          "Distill: device " + device.str() + " does not exist; this process sees " +
+              std::to_string(torch::cuda::device_count()) + " CUDA device(s)");
+}
+
 // A parameter and where its mask says "pruned".
 struct MaskedParameter {
   torch::Tensor parameter, pruned;
@@ -123,6 +174,7 @@ void check_options(const DistillOptions& o) {
           "Distill: momentum " + std::to_string(o.momentum()) + " is outside [0, 1)");
   require(o.weight_decay() >= 0, "Distill: weight_decay " + std::to_string(o.weight_decay()) + " is negative");
   check_loss_options(o.loss(), "Distill");
+  check_device(o.device());
 }
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const DistillOptions& o,
@@ -251,12 +303,17 @@ DistillSummary train_student(torch::jit::Module& student, const DistillOptions& 
           "Distill: the student is the teacher; expected a separate copy (module.clone()) to train");
   // The caller's teacher keeps its mode: one in training mode is copied.
   torch::jit::Module teacher = detail::eval_module(*options.teacher());
-  const auto masked = resolve_masks(student, masks);
+  auto masked = resolve_masks(student, masks);
   DistillSummary summary;
   if (!options.evaluation_batches().empty())
     summary.accuracy_before = top1_accuracy(student, options.evaluation_batches());
 
   {
+    auto device = options.device().value_or(device_of(student));
+    if (device.is_cuda() && !device.has_index()) device = c10::Device(c10::kCUDA, 0);
+    Placement placement(student, teacher, device);
+    summary.device = device.str();
+    for (auto& m : masked) m.pruned = m.pruned.to(device);
     TrainingScope scope(student);
     require(!scope.parameters().empty(),
             "Distill: the module has no parameters (frozen?); run Distill before ExportTorchScript(freeze)");
@@ -266,11 +323,15 @@ DistillSummary train_student(torch::jit::Module& student, const DistillOptions& 
     const int64_t per_epoch = options.stream() ? options.stream_batches() : int64_t(options.batches().size());
     const int64_t steps = per_epoch * options.epochs();
     double running = 0;
+    int64_t trained = 0;
+    const auto started = std::chrono::steady_clock::now();
     for (int64_t epoch = 0; epoch < options.epochs(); ++epoch) {
       double sum = 0;
       int64_t samples = 0, step = 0;
-      for_each_batch(options, epoch, rng, [&](const Batch& batch) {
-        const double loss = train_step(student, teacher, *optimizer, batch, options.loss(), masked, epoch, step++);
+      for_each_batch(options, epoch, rng, [&](const Batch& host_batch) {
+        const auto batch = placement.batch(host_batch);
+        const double loss = train_step(student, placement.teacher(), *optimizer, batch, options.loss(), masked,
+                                       epoch, step++);
         sum += loss * double(batch.first.size(0));
         samples += batch.first.size(0);
         running = summary.steps++ == 0 ? loss : 0.98 * running + 0.02 * loss;
@@ -279,7 +340,10 @@ DistillSummary train_student(torch::jit::Module& student, const DistillOptions& 
       require(samples > 0, "Distill: the data produced no batches in epoch " + std::to_string(epoch + 1) +
                                "; a stream must yield batches every epoch (a one-shot iterator runs dry)");
       summary.epoch_loss.push_back(sum / double(samples));
+      trained += samples;
     }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    summary.samples_per_second = seconds > 0 ? double(trained) / seconds : 0.0;  // each step's loss.item() syncs
   }
   if (!options.evaluation_batches().empty())
     summary.accuracy_after = top1_accuracy(student, options.evaluation_batches());
@@ -308,6 +372,8 @@ void Distill::run(Result& state, PassReport& entry) const {
                                                                                 : "adam";
   if (summary.accuracy_before) entry.metrics["accuracy_before"] = *summary.accuracy_before;
   if (summary.accuracy_after) entry.metrics["accuracy_after"] = *summary.accuracy_after;
+  entry.metrics["samples_per_second"] = summary.samples_per_second;
+  entry.labels["device"] = summary.device;
 }
 
 }  // namespace pare

@@ -9,10 +9,12 @@
 
 #include "pare/pool.hpp"
 
+#include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/util/accumulate.h>
+#include <torch/cuda.h>
 
 #include <algorithm>
 #include <array>
@@ -23,6 +25,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "compat.hpp"
 #include "pare/error.hpp"
 
 namespace pare {
@@ -54,6 +57,7 @@ struct Block {
   Block* newer = nullptr;  // idle LRU list links
   Block* older = nullptr;
   std::shared_ptr<PoolState> owner;
+  at::Tensor backing;  // pinned and CUDA memory: the byte tensor that owns it (host blocks: malloc'd)
 };
 
 namespace {
@@ -103,11 +107,17 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
   /// Hands this pool's storage to at::detail::empty_generic for leases.
   struct LeaseAllocator final : c10::Allocator {
     PoolState* state = nullptr;
-    c10::DataPtr allocate(size_t bytes) const override { return state->allocate(bytes); }
+    c10::DataPtr allocate(size_t bytes) PARE_ALLOCATE_CONST override { return state->allocate(bytes); }
     c10::DeleterFnPtr raw_deleter() const override { return &release_cpu; }
+    PARE_ALLOCATOR_COPY_DATA
   };
 
-  explicit PoolState(PoolOptions opts) : options(std::move(opts)) { lease_allocator.state = this; }
+  explicit PoolState(PoolOptions opts)
+      : options(std::move(opts)),
+        device(options.memory() == PoolMemory::Cuda ? c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(options.device_index()))
+                                                    : c10::Device(c10::kCPU)) {
+    lease_allocator.state = this;
+  }
   ~PoolState() { free_blocks(take_all_idle()); }
 
   size_t size_class(size_t bytes) const {
@@ -118,16 +128,16 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
   }
 
   c10::DataPtr allocate(size_t bytes) {
-    if (bytes == 0) return c10::DataPtr(nullptr, c10::Device(c10::kCPU));
+    if (bytes == 0) return c10::DataPtr(nullptr, device);
     const size_t capacity = size_class(bytes);
     Block* block = take_idle(capacity);
     if (!block) block = new_block(capacity);
     block->owner = shared_from_this();
-    return c10::DataPtr(block->data, block->data, &release_cpu, c10::Device(c10::kCPU));
+    return c10::DataPtr(block->data, block->data, &release_cpu, device);
   }
 
   void give_back(Block* block) noexcept {
-    if (options.poison()) std::memset(block->data, 0xFF, block->capacity);
+    if (options.poison()) poison(*block);
     std::vector<Block*> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex);
@@ -167,6 +177,7 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
 
   const PoolOptions options;
   std::atomic<uint64_t> small_leases{0};  // counted off the mutex: the small path must stay cheap
+  const c10::Device device;  // of the storage handed out
   LeaseAllocator lease_allocator;
 
  private:
@@ -187,17 +198,38 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
     return block;
   }
 
+  static void poison(Block& block) {
+    if (block.backing.defined() && !block.backing.is_cpu()) block.backing.fill_(0xFF);
+    else std::memset(block.data, 0xFF, block.capacity);
+  }
+
+  // Pinned and CUDA memory come from LibTorch's own allocators, held by a byte tensor.
+  bool allocate_backing(size_t capacity, at::Tensor& backing) const {
+    const auto bytes = at::TensorOptions().dtype(at::kByte);
+    try {
+      backing = options.memory() == PoolMemory::Pinned ? at::empty({int64_t(capacity)}, bytes.pinned_memory(true))
+                                                       : at::empty({int64_t(capacity)}, bytes.device(device));
+      return true;
+    } catch (const std::exception&) {
+      return false;
+    }
+  }
+
   Block* new_block(size_t capacity) {
     void* data = nullptr;
-    if (posix_memalign(&data, kAlignment, capacity) != 0) {
+    at::Tensor backing;
+    const bool allocated = options.memory() == PoolMemory::Host ? posix_memalign(&data, kAlignment, capacity) == 0
+                                                                : allocate_backing(capacity, backing);
+    if (!allocated) {
       std::lock_guard<std::mutex> lock(mutex);
       stats.bytes_in_use -= capacity;
-      throw Error("TensorPool: out of memory allocating " + std::to_string(capacity) + " bytes",
+      throw Error("TensorPool: out of " + device.str() + " memory allocating " + std::to_string(capacity) + " bytes",
                   Error::Kind::Runtime);
     }
     auto* block = new Block;
-    block->data = data;
+    block->data = backing.defined() ? backing.data_ptr() : data;
     block->capacity = capacity;
+    block->backing = std::move(backing);
     BlockRegistry::get().add(block);
     return block;
   }
@@ -205,8 +237,8 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
   static void free_blocks(const std::vector<Block*>& blocks) {
     for (auto* block : blocks) {
       BlockRegistry::get().remove(block->data);
-      std::free(block->data);
-      delete block;
+      if (!block->backing.defined()) std::free(block->data);
+      delete block;  // a backing tensor frees pinned / CUDA memory with its own allocator
     }
   }
 
@@ -258,7 +290,7 @@ class RoutingAllocator final : public c10::Allocator {
   explicit RoutingAllocator(c10::Allocator* fallback)
       : fallback_(fallback), fallback_raw_deleter_(fallback->raw_deleter()) {}
 
-  c10::DataPtr allocate(size_t bytes) const override {
+  c10::DataPtr allocate(size_t bytes) PARE_ALLOCATE_CONST override {
     if (PoolState* state = t_guarded_pool) {
       routed_.fetch_add(1, std::memory_order_relaxed);
       return state->allocate(bytes);
@@ -268,6 +300,7 @@ class RoutingAllocator final : public c10::Allocator {
   }
   // raw_deallocate receives pooled and forwarded pointers alike: release_cpu tells them apart.
   c10::DeleterFnPtr raw_deleter() const override { return &release_cpu; }
+  PARE_ALLOCATOR_COPY_DATA
 
   c10::DeleterFnPtr fallback_raw_deleter() const { return fallback_raw_deleter_; }
   uint64_t forwarded() const { return forwarded_.load(std::memory_order_relaxed); }
@@ -305,6 +338,15 @@ bool supported_dtype(at::ScalarType dtype) {
 }
 
 void validate(const PoolOptions& options) {
+  if (options.memory() != PoolMemory::Host) {
+    require(torch::cuda::is_available(), std::string("PoolOptions.memory: ") +
+                                             (options.memory() == PoolMemory::Pinned ? "Pinned" : "Cuda") +
+                                             " memory needs a CUDA device, and this process sees none; use PoolMemory::Host",
+            Error::Kind::Runtime);
+    require(options.device_index() >= 0 && options.device_index() < int(torch::cuda::device_count()),
+            "PoolOptions.device_index: " + std::to_string(options.device_index()) + " is not a CUDA device here (" +
+                std::to_string(torch::cuda::device_count()) + " visible)");
+  }
   const auto& classes = options.size_classes();
   for (size_t i = 0; i < classes.size(); ++i) {
     require(classes[i] > 0, "PoolOptions.size_classes: sizes must be positive byte counts");
@@ -353,21 +395,23 @@ TensorPool::TensorPool(PoolOptions options) {
 }
 
 PooledTensor TensorPool::acquire(at::IntArrayRef shape, at::ScalarType dtype, at::Device device) {
-  require(device.is_cpu(), "TensorPool.acquire: device " + device.str() +
-                               " is not served; the pool holds CPU storage only (device=cpu)");
+  const auto& served = state_->device;
+  require(device.type() == served.type() && (!device.has_index() || device.index() == served.index()),
+          "TensorPool.acquire: device " + device.str() + " is not served; this pool holds " +
+              (served.is_cpu() ? std::string("CPU") : served.str()) + " storage only (PoolOptions.memory)");
   require(detail::supported_dtype(dtype), std::string("TensorPool.acquire: dtype ") +
                                               c10::toString(dtype) +
                                               " is not served; expected a plain numeric or bool dtype");
   for (auto dim : shape)
     require(dim >= 0, "TensorPool.acquire: shape " + c10::str(shape) +
                           " has a negative dimension; expected sizes >= 0");
-  if (state_->options.small_bytes() > 0 &&
+  if (state_->options.memory() == PoolMemory::Host && state_->options.small_bytes() > 0 &&
       size_t(c10::multiply_integers(shape)) * c10::elementSize(dtype) < state_->options.small_bytes()) {
     state_->small_leases.fetch_add(1, std::memory_order_relaxed);
     return PooledTensor(at::empty(shape, at::TensorOptions().dtype(dtype)), state_);
   }
-  auto tensor = at::detail::empty_generic(shape, &state_->lease_allocator,
-                                          c10::DispatchKeySet(c10::DispatchKey::CPU), dtype,
+  const auto key = served.is_cuda() ? c10::DispatchKey::CUDA : c10::DispatchKey::CPU;
+  auto tensor = at::detail::empty_generic(shape, &state_->lease_allocator, c10::DispatchKeySet(key), dtype,
                                           c10::nullopt);
   return PooledTensor(at::Tensor(std::move(tensor)), state_);
 }
@@ -429,6 +473,9 @@ uint64_t pooled_cpu_allocations() {
 
 PoolAllocatorGuard::PoolAllocatorGuard(TensorPool& pool)
     : state_(pool.state_), previous_(detail::t_guarded_pool) {
+  require(state_->options.memory() == PoolMemory::Host,
+          "PoolAllocatorGuard: the pool holds pinned or CUDA memory; routing LibTorch's CPU allocations needs a "
+          "PoolMemory::Host pool");
   // The pool's constructor installed the router: a guard only reads the table.
   require(detail::g_router.load() != nullptr && c10::GetCPUAllocator() == detail::g_router.load(),
           "PoolAllocatorGuard: another CPU allocator replaced pare's; allocations cannot be routed",

@@ -5,10 +5,13 @@
 #include <optional>
 #include <thread>
 
+#include <c10/core/StreamGuard.h>
+
 #include "pare/fingerprint.hpp"
 #include "batch_queue.hpp"
 #include "eval_module.hpp"
 #include "torch_errors.hpp"
+#include "runner_device.hpp"
 #include "runner_metrics.hpp"
 
 namespace pare {
@@ -55,6 +58,7 @@ void validate(const RunnerOptions& options) {
 struct Runner::Impl {
   RunnerOptions options;
   std::optional<TensorPool> pool;  // a handle sharing the options' pool (PoolAllocatorGuard needs it mutable)
+  std::optional<detail::DeviceIO> io;  // the model's device and the copies around it
   Clock::time_point started = Clock::now();
   detail::LatencyRecorder latencies;
   std::unique_ptr<detail::BatchQueue> queue;
@@ -69,9 +73,16 @@ struct Runner::Impl {
   // The one place the served model changes: the module and its cache namespace
   // together. The namespace is the one given, else the model's fingerprint, so
   // models sharing a cache never see each other's results.
-  void install(torch::jit::Module module, std::optional<std::string> cache_namespace) {
+  std::shared_ptr<ServedModel> prepare(torch::jit::Module module, std::optional<std::string> cache_namespace) const {
     if (!cache_namespace && options.cache()) cache_namespace = model_fingerprint(module);
-    auto served = std::make_shared<ServedModel>(ServedModel{module, cache_namespace.value_or("")});
+    if (io->on_accelerator()) {  // serve a copy: the caller's module stays where it is
+      module = module.clone();
+      module.to(io->device());
+    }
+    return std::make_shared<ServedModel>(ServedModel{module, cache_namespace.value_or("")});
+  }
+
+  void install(std::shared_ptr<ServedModel> served) {
     std::lock_guard<std::mutex> lock(mutex);
     model = std::move(served);
   }
@@ -84,7 +95,7 @@ struct Runner::Impl {
   c10::IValue forward(ServedModel& served, const Inputs& inputs) {
     torch::NoGradGuard no_grad;
     std::optional<PoolAllocatorGuard> pooled;
-    if (pool) pooled.emplace(*pool);
+    if (pool && pool->options().memory() == PoolMemory::Host) pooled.emplace(*pool);
     try {
       return served.module.forward(inputs);
     } catch (const Error&) {
@@ -94,8 +105,14 @@ struct Runner::Impl {
     }
   }
 
+  // One request's inputs to the model's device, the forward pass, the output back as callers get it.
+  c10::IValue forward_one(ServedModel& served, const Inputs& inputs, const std::optional<c10::Stream>& stream) {
+    detail::Staging staging;
+    return io->deliver(forward(served, io->to_device(inputs, staging)), stream);
+  }
+
   void warm_up(ServedModel& served) {
-    for (int i = 0; i < options.warmup(); ++i) forward(served, options.example_inputs());
+    for (int i = 0; i < options.warmup(); ++i) forward_one(served, options.example_inputs(), std::nullopt);
   }
 
   void count_batch(size_t requests) {
@@ -138,7 +155,7 @@ struct Runner::Impl {
       require(Clock::now() < deadline, "Runner: the request's deadline had passed before it started; it never ran",
               Error::Kind::Timeout);
       count_batch(1);
-      return forward(*served, inputs);
+      return forward_one(*served, inputs, std::nullopt);  // on the caller's thread and current stream
     }
     auto promise = std::make_shared<std::promise<RunOutcome>>();  // shared: the worker may still be in set_value
     auto future = promise->get_future();
@@ -148,32 +165,39 @@ struct Runner::Impl {
     // At its deadline a request still queued is taken back here, so the caller never waits past it.
     if (deadline != Deadline::max() && future.wait_until(deadline) == std::future_status::timeout)
       if (auto mine = queue->cancel(id)) mine->answer(timed_out(*mine));
-    return future.get().value();
+    auto output = future.get().value();
+    io->hand_over(output);
+    return output;
   }
 
   void worker() {
+    const auto stream = io->new_stream();  // this worker's own CUDA stream (none on the CPU)
     while (true) {
       std::vector<RequestPtr> expired;
       auto batch = queue->next_batch(expired);
       for (auto& r : expired) r->answer(timed_out(*r));
       if (batch.empty() && expired.empty()) return;  // closed and drained
       expired.clear();
-      if (!batch.empty()) run_batch(batch);
+      if (!batch.empty()) run_batch(batch, stream);
       batch.clear();  // drop the inputs before waiting again: freeing them may take time
     }
   }
 
-  void run_batch(std::vector<RequestPtr>& batch) {
+  void run_batch(std::vector<RequestPtr>& batch, const std::optional<c10::Stream>& stream) {
     count_batch(batch.size());
+    std::optional<c10::StreamGuard> on_stream;
+    if (stream) on_stream.emplace(*stream);
     try {
       auto& served = *batch.front()->model;
       if (batch.size() == 1) {
-        batch.front()->answer(RunOutcome{forward(served, batch.front()->inputs)});
+        batch.front()->answer(RunOutcome{forward_one(served, batch.front()->inputs, stream)});
         return;
       }
       int64_t total = 0;
       for (const auto& r : batch) total += r->rows;
-      const auto output = forward(served, detail::merge_inputs(batch));
+      detail::Staging staging;  // pinned host buffers, alive until deliver() has waited for the copy
+      const auto merged = detail::merge_inputs(batch, [&](const auto& parts) { return io->stack(parts, staging); });
+      const auto output = io->deliver(forward(served, merged), stream);
       int64_t begin = 0;
       for (auto& r : batch) {
         r->answer(RunOutcome{detail::split_rows(output, begin, r->rows, total)});
@@ -200,7 +224,11 @@ Runner::Runner(torch::jit::Module module, RunnerOptions options) : impl_(std::ma
   require(module.find_method("forward").has_value(), "Runner: the module has no forward method");
   impl_->options = std::move(options);
   impl_->pool = impl_->options.pool();
-  impl_->install(detail::eval_module(module), impl_->options.cache_namespace());  // the caller's module keeps its mode
+  impl_->io.emplace(impl_->options.device(), impl_->options.outputs_on_device(), impl_->options.pool());
+  // The caller's module keeps its mode (and its device: an accelerator serves a copy).
+  auto served = impl_->prepare(detail::eval_module(module), impl_->options.cache_namespace());
+  impl_->warm_up(*served);
+  impl_->install(std::move(served));
   impl_->warm_up(*impl_->model);
   const auto& o = impl_->options;
   impl_->queue = std::make_unique<detail::BatchQueue>(
@@ -275,10 +303,11 @@ std::future<c10::IValue> Runner::run_async(std::vector<c10::IValue> inputs, Dead
 
 void Runner::swap(torch::jit::Module module, std::optional<std::string> cache_namespace) {
   require(module.find_method("forward").has_value(), "Runner.swap: the module has no forward method");
-  module = detail::eval_module(module);  // the caller's module keeps its mode
-  ServedModel warming{module, ""};
-  impl_->warm_up(warming);  // off the serving path: requests keep flowing to the current model
-  impl_->install(std::move(module), std::move(cache_namespace));
+  // The caller's module keeps its mode and device; warmed off the serving path:
+  // requests keep flowing to the current model meanwhile.
+  auto served = impl_->prepare(detail::eval_module(module), std::move(cache_namespace));
+  impl_->warm_up(*served);
+  impl_->install(std::move(served));
   std::lock_guard<std::mutex> lock(impl_->mutex);
   ++impl_->swaps;
 }

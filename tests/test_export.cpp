@@ -1,5 +1,7 @@
 #include "testing.hpp"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -16,7 +18,7 @@ namespace {
 struct TempDir {
   fs::path path = fs::temp_directory_path() / ("pare_export_" + std::to_string(::getpid()));
   TempDir() { fs::create_directories(path); }
-  ~TempDir() { fs::remove_all(path); }
+  ~TempDir() { remove_tree(path.string()); }
   std::string file(const std::string& name) const { return (path / name).string(); }
 };
 

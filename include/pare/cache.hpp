@@ -121,7 +121,11 @@ struct CacheStats {
 };
 
 /// Thread-safe. Holds IValue results (tensors, tuples, lists, dicts of
-/// tensors) for IValue inputs on the CPU. Results are copied on return (and
+/// tensors) for IValue inputs on the CPU or a CUDA device. A GPU input's key is
+/// a device-side fingerprint from 1 MiB on (its bytes copied to the host below
+/// that; see docs/cache.md); a hit compares stored inputs on the
+/// device; values are stored and returned on the device they came from (the
+/// remote tier stores and returns host copies). Results are copied on return (and
 /// inputs and outputs copied on insert), so callers may write into what they
 /// get without touching what the cache holds.
 class InferenceCache {

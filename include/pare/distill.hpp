@@ -89,6 +89,10 @@ class DistillOptions {
   DistillOptions& shuffle(bool value) { shuffle_ = value; return *this; }
   DistillOptions& seed(uint64_t value) { seed_ = value; return *this; }
   DistillOptions& progress(DistillProgress value) { progress_ = std::move(value); return *this; }
+  /// Where training runs: cpu or cuda[:index] (unset: where the student's parameters are). The student is moved
+  /// there for training and back to its own device afterwards; the teacher runs
+  /// there as a copy; masks and batches follow (listed batches are copied once).
+  DistillOptions& device(c10::Device value) { device_ = value; return *this; }
 
   const std::optional<torch::jit::Module>& teacher() const { return teacher_; }
   const std::vector<Batch>& batches() const { return batches_; }
@@ -105,6 +109,7 @@ class DistillOptions {
   bool shuffle() const { return shuffle_; }
   uint64_t seed() const { return seed_; }
   const DistillProgress& progress() const { return progress_; }
+  const std::optional<c10::Device>& device() const { return device_; }
 
  private:
   std::optional<torch::jit::Module> teacher_;
@@ -120,6 +125,7 @@ class DistillOptions {
   bool shuffle_ = true;
   uint64_t seed_ = 0;
   DistillProgress progress_;
+  std::optional<c10::Device> device_;
 };
 
 /// What a distillation run did.
@@ -128,6 +134,8 @@ struct DistillSummary {
   int64_t steps = 0;                       ///< optimizer steps taken
   std::optional<double> accuracy_before;  ///< top-1 % on evaluate_on() batches, if given
   std::optional<double> accuracy_after;
+  double samples_per_second = 0;           ///< training samples over the training loop's wall time
+  std::string device;                      ///< where training ran
 };
 
 /// Trains `student` in place against options.teacher(), for users with their
@@ -150,7 +158,8 @@ double top1_accuracy(torch::jit::Module& module, const std::vector<Batch>& batch
 
 /// The pass: distill() on the pipeline's module with the masks earlier passes
 /// left. Report: series "loss" per epoch; metrics epochs, steps, temperature,
-/// alpha, lr, and accuracy_before/accuracy_after when evaluate_on() is set.
+/// alpha, lr, samples_per_second, and accuracy_before/accuracy_after when
+/// evaluate_on() is set; label device.
 class Distill : public Pass {
  public:
   explicit Distill(DistillOptions options);

@@ -39,6 +39,13 @@
 
 namespace pare {
 
+/// The memory a pool holds. One pool holds one kind; stats, poison and trim are per pool.
+enum class PoolMemory {
+  Host,    ///< pageable CPU memory (the default)
+  Pinned,  ///< page-locked CPU memory: fast, asynchronous host <-> GPU copies (needs CUDA)
+  Cuda,    ///< GPU memory on CUDA device device_index()
+};
+
 class PoolOptions {
  public:
   /// Idle bytes kept for reuse; above it idle storage is freed least recently used first.
@@ -62,12 +69,24 @@ class PoolOptions {
   /// under a PoolAllocatorGuard pools every size regardless.)
   PoolOptions& small_bytes(size_t bytes) { small_bytes_ = bytes; return *this; }
   size_t small_bytes() const { return small_bytes_; }
+  /// Which memory the pool holds. Pinned and Cuda pools need a CUDA device
+  /// (pare::Error at construction otherwise) and serve leases only: a
+  /// PoolAllocatorGuard routes CPU allocations and needs a Host pool. A Cuda
+  /// block returns to the pool when its last tensor dies; work still queued on
+  /// a stream that uses it must be finished first (the pool does not track streams).
+  PoolOptions& memory(PoolMemory kind) { memory_ = kind; return *this; }
+  PoolMemory memory() const { return memory_; }
+  /// The CUDA device a Cuda pool allocates on.
+  PoolOptions& device_index(int index) { device_index_ = index; return *this; }
+  int device_index() const { return device_index_; }
 
  private:
   size_t max_bytes_ = size_t{256} << 20;
   std::vector<size_t> size_classes_;
   bool poison_ = false;
   size_t small_bytes_ = size_t{128} << 10;
+  PoolMemory memory_ = PoolMemory::Host;
+  int device_index_ = 0;
 };
 
 struct PoolStats {
@@ -126,7 +145,8 @@ class TensorPool {
   explicit TensorPool(PoolOptions options = {});
 
   /// A contiguous tensor of `shape` and `dtype` on reused storage when an idle
-  /// block of the same size class exists. Contents are uninitialized.
+  /// block of the same size class exists. Contents are uninitialized. `device`
+  /// is the pool's: cpu for Host and Pinned pools, cuda:device_index() for Cuda.
   PooledTensor acquire(at::IntArrayRef shape, at::ScalarType dtype = at::kFloat,
                        at::Device device = at::kCPU);
 

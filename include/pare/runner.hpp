@@ -60,6 +60,13 @@ class RunnerOptions {
   RunnerOptions& timeout(std::chrono::microseconds value) { timeout_ = value; return *this; }
   /// Worker threads that run queued batches (and asynchronous requests).
   RunnerOptions& threads(int count) { threads_ = count; return *this; }
+  /// Where the model runs: cpu (default) or cuda[:index]. On a GPU the runner
+  /// serves a copy of the module moved there; host inputs of a batch are stacked
+  /// in pinned memory (from pool() when it holds PoolMemory::Pinned) and cross in
+  /// one non-blocking copy, and each worker thread runs on its own CUDA stream.
+  RunnerOptions& device(c10::Device value) { device_ = value; return *this; }
+  /// On a GPU: leave outputs on the device (true) or copy them to the host (false, the default).
+  RunnerOptions& outputs_on_device(bool value) { outputs_on_device_ = value; return *this; }
 
   const std::shared_ptr<InferenceCache>& cache() const { return cache_; }
   const std::optional<std::string>& cache_namespace() const { return cache_namespace_; }
@@ -73,6 +80,8 @@ class RunnerOptions {
   size_t max_queue() const { return max_queue_; }
   std::chrono::microseconds timeout() const { return timeout_; }
   int threads() const { return threads_; }
+  const c10::Device& device() const { return device_; }
+  bool outputs_on_device() const { return outputs_on_device_; }
 
  private:
   std::shared_ptr<InferenceCache> cache_;
@@ -87,6 +96,8 @@ class RunnerOptions {
   size_t max_queue_ = 0;
   std::chrono::microseconds timeout_{0};
   int threads_ = 1;
+  c10::Device device_ = c10::kCPU;
+  bool outputs_on_device_ = false;
 };
 
 struct RunnerStats {

@@ -39,6 +39,7 @@ from ._pare import (  # noqa: F401
 from ._pare import _engine_mismatch_warning
 from ._pare import CacheStats, InferenceCache  # noqa: F401
 from ._pare import model_fingerprint  # noqa: F401
+from ._pare import ConvertPrecision  # noqa: F401
 try:
     from ._pare import RedisTier  # noqa: F401  (built with PARE_WITH_REDIS)
 except ImportError:

@@ -72,7 +72,7 @@ OptimizerKind parse_optimizer(const std::string& name) {
 std::shared_ptr<Distill> make_distill(const py::object& teacher, const py::object& data, int64_t epochs, double lr,
                                       const std::string& optimizer, double momentum, double weight_decay,
                                       double temperature, double alpha, const py::object& eval_data, bool shuffle,
-                                      uint64_t seed, const py::object& progress) {
+                                      uint64_t seed, const py::object& progress, const py::object& device) {
   auto options = DistillOptions()
                      .teacher(unwrap_module(teacher, "Distill(teacher=...)"))
                      .epochs(epochs)
@@ -85,6 +85,7 @@ std::shared_ptr<Distill> make_distill(const py::object& teacher, const py::objec
                      .shuffle(shuffle)
                      .seed(seed);
   set_data(options, data);
+  if (!device.is_none()) options.device(parse_device(device, "Distill(device=...)"));
   if (!eval_data.is_none()) options.evaluate_on(to_batches(eval_data, "Distill(eval_data=...)"));
   if (!progress.is_none()) {
     if (!PyCallable_Check(progress.ptr()))
@@ -118,9 +119,10 @@ void bind_distill(py::module_& m) {
            py::arg("lr") = 1e-3, py::arg("optimizer") = "adam", py::arg("momentum") = 0.9,
            py::arg("weight_decay") = 0.0, py::arg("temperature") = 4.0, py::arg("alpha") = 0.7,
            py::arg("eval_data") = py::none(), py::arg("shuffle") = true, py::arg("seed") = 0,
-           py::arg("progress") = py::none(),
+           py::arg("progress") = py::none(), py::arg("device") = py::none(),
            "Fine-tunes the pipeline's module against `teacher`, keeping pruning masks. `data`: a list of "
-           "(input, target) pairs, an iterable such as a DataLoader, or a callable epoch -> iterable.");
+           "(input, target) pairs, an iterable such as a DataLoader, or a callable epoch -> iterable. "
+           "device: where training runs (\"cuda\"; default: where the module is).");
 
   m.def(
       "apply_masks",

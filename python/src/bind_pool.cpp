@@ -19,6 +19,13 @@ at::ScalarType to_dtype(const py::handle& dtype) {
   return reinterpret_cast<THPDtype*>(dtype.ptr())->scalar_type;
 }
 
+PoolMemory parse_memory(const std::string& memory) {
+  if (memory == "host") return PoolMemory::Host;
+  if (memory == "pinned") return PoolMemory::Pinned;
+  if (memory == "cuda") return PoolMemory::Cuda;
+  throw Error("TensorPool: memory '" + memory + "' is not known; expected \"host\", \"pinned\" or \"cuda\"");
+}
+
 at::Device to_device(const py::handle& device) {
   try {
     return at::Device(py::str(device).cast<std::string>());
@@ -84,11 +91,15 @@ void bind_pool(py::module_& m) {
       });
 
   py::class_<TensorPool>(m, "TensorPool")
-      .def(py::init([](size_t max_bytes, std::vector<size_t> size_classes, bool poison) {
-             return TensorPool(PoolOptions().max_bytes(max_bytes).size_classes(std::move(size_classes)).poison(poison));
+      .def(py::init([](size_t max_bytes, std::vector<size_t> size_classes, bool poison, const std::string& memory,
+                       int device_index) {
+             return TensorPool(PoolOptions().max_bytes(max_bytes).size_classes(std::move(size_classes)).poison(poison)
+                                   .memory(parse_memory(memory)).device_index(device_index));
            }),
            py::arg("max_bytes") = PoolOptions().max_bytes(), py::arg("size_classes") = std::vector<size_t>{},
-           py::arg("poison") = false)
+           py::arg("poison") = false, py::arg("memory") = "host", py::arg("device_index") = 0,
+           "memory: \"host\" (pageable), \"pinned\" (page-locked, for fast copies to a GPU) or \"cuda\" "
+           "(GPU memory on device_index).")
       .def("acquire",
            [](TensorPool& pool, const std::vector<int64_t>& shape, const py::object& dtype,
               const py::object& device) { return pool.acquire(shape, to_dtype(dtype), to_device(device)); },

@@ -40,13 +40,15 @@ using RunnerHolder = std::unique_ptr<Runner, DestroyWithoutGil>;
 
 RunnerHolder make_runner(const py::object& module, const py::object& cache, const py::object& pool,
                                     int64_t max_batch, double max_delay_ms, int threads, int warmup,
-                                    const py::object& example_inputs, const py::object& cache_namespace) {
+                                    const py::object& example_inputs, const py::object& cache_namespace,
+                                    const py::object& device, bool outputs_on_device) {
   auto options = RunnerOptions().max_batch(max_batch).threads(threads).warmup(warmup).max_delay(
       std::chrono::microseconds(int64_t(max_delay_ms * 1000)));
   if (!cache.is_none()) options.cache(cache.cast<std::shared_ptr<InferenceCache>>());
   if (!pool.is_none()) options.pool(pool.cast<TensorPool>());
   if (!example_inputs.is_none()) options.example_inputs(to_inputs(example_inputs, "Runner(example_inputs=...)"));
   if (!cache_namespace.is_none()) options.cache_namespace(cache_namespace.cast<std::string>());
+  options.device(parse_device(device, "Runner(device=...)")).outputs_on_device(outputs_on_device);
   auto scripted = unwrap_module(module, "Runner");
   py::gil_scoped_release release;
   return RunnerHolder(new Runner(scripted, options));
@@ -58,7 +60,8 @@ void bind_runner(py::module_& m) {
   py::class_<Runner, RunnerHolder>(m, "Runner", "Thread-safe serving of a ScriptModule with dynamic batching, a cache and a pool.")
       .def(py::init(&make_runner), py::arg("module"), py::arg("cache") = py::none(), py::arg("pool") = py::none(),
            py::arg("max_batch") = 1, py::arg("max_delay_ms") = 1.0, py::arg("threads") = 1, py::arg("warmup") = 0,
-           py::arg("example_inputs") = py::none(), py::arg("cache_namespace") = py::none())
+           py::arg("example_inputs") = py::none(), py::arg("cache_namespace") = py::none(), py::arg("device") = "cpu",
+           py::arg("outputs_on_device") = false)
       .def("run",
            [](Runner& runner, py::args args) {
              auto inputs = to_inputs(args, "Runner.run");

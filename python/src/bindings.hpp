@@ -18,6 +18,7 @@ void bind_distill(py::module_& m);
 void bind_pool(py::module_& m);
 void bind_cache(py::module_& m);
 void bind_prune_channels(py::module_& m);
+void bind_precision(py::module_& m);
 
 /// A C++ module as a Python torch.jit.ScriptModule.
 py::object wrap_module(const torch::jit::Module& module);
@@ -32,6 +33,9 @@ c10::IValue unlinked(const c10::IValue& value);
 /// One model input list from a Python value: a tensor becomes (tensor,), a
 /// tuple/list becomes its elements (tensors or other TorchScript values), unlinked.
 std::vector<torch::jit::IValue> to_inputs(const py::handle& value, const char* what);
+/// A device from "cpu", "cuda", "cuda:1" or a torch.device; pare.Error (ValueError) otherwise.
+c10::Device parse_device(const py::handle& value, const char* what);
+
 /// A list of input lists from any Python iterable of tensors or tuples.
 std::vector<std::vector<torch::jit::IValue>> to_input_batches(const py::handle& iterable, const char* what);
 

@@ -111,4 +111,5 @@ PYBIND11_MODULE(_pare, m) {
   bind_pool(m);
   bind_cache(m);
   bind_prune_channels(m);
+  bind_precision(m);
 }
