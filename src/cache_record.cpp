@@ -120,8 +120,19 @@ class Reader {
   const char* end_;
 };
 
+// The TorchScript type of a decoded value; values without one (an undefined
+// tensor inside a list, say) can't be elements of a typed container.
+c10::TypePtr type_of(const c10::IValue& value) {
+  try {
+    return value.type();
+  } catch (const std::exception&) {
+    Reader::check(false, "a container element without a TorchScript type");
+    throw;
+  }
+}
+
 c10::TypePtr unified(const c10::TypePtr& so_far, const c10::IValue& item, const char* what) {
-  auto type = c10::unifyTypes(so_far, item.type());
+  auto type = c10::unifyTypes(so_far, type_of(item));
   Reader::check(type.has_value(), what);
   return *type;
 }
@@ -171,7 +182,7 @@ c10::IValue Reader::value(int depth) {
       c10::TypePtr type = c10::AnyType::get();
       for (size_t i = 0; i < items.size(); ++i) {
         items[i] = value(depth + 1);
-        type = i == 0 ? items[i].type() : unified(type, items[i], "list elements of different types");
+        type = i == 0 ? type_of(items[i]) : unified(type, items[i], "list elements of different types");
       }
       c10::impl::GenericList list(type);
       for (auto& item : items) list.push_back(std::move(item));
@@ -186,8 +197,8 @@ c10::IValue Reader::value(int depth) {
         check(key.isString() || key.isInt() || key.isDouble() || key.isBool() || key.isTensor(),
               "dict key of a type TorchScript can't hash");
         auto item = value(depth + 1);
-        key_type = i == 0 ? key.type() : unified(key_type, key, "dict keys of different types");
-        value_type = i == 0 ? item.type() : unified(value_type, item, "dict values of different types");
+        key_type = i == 0 ? type_of(key) : unified(key_type, key, "dict keys of different types");
+        value_type = i == 0 ? type_of(item) : unified(value_type, item, "dict values of different types");
         items.emplace_back(std::move(key), std::move(item));
       }
       c10::impl::GenericDict dict(key_type, value_type);
