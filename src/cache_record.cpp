@@ -145,13 +145,21 @@ at::Tensor Reader::tensor() {
   const auto dim = pod<uint64_t>();
   check(dim <= 64, "too many dimensions");
   std::vector<int64_t> sizes(dim);
-  uint64_t numel = 1;
+  // The product of the non-zero sizes is bounded too (checked before each
+  // multiplication, so it can't wrap): LibTorch refuses a shape whose product
+  // overflows even when another size is 0.
+  constexpr uint64_t kMaxElements = uint64_t(1) << 40;
+  uint64_t nonzero_product = 1;
+  bool empty = false;
   for (auto& size : sizes) {
     size = pod<int64_t>();
-    check(size >= 0 && size <= (int64_t(1) << 40), "bad size");
-    numel *= uint64_t(size);
-    check(numel <= (uint64_t(1) << 40), "tensor too large");
+    check(size >= 0 && uint64_t(size) <= kMaxElements, "bad size");
+    empty = empty || size == 0;
+    if (size == 0) continue;
+    check(nonzero_product <= kMaxElements / uint64_t(size), "tensor too large");
+    nonzero_product *= uint64_t(size);
   }
+  const uint64_t numel = empty ? 0 : nonzero_product;
   const auto bytes = pod<uint64_t>();
   check(bytes == numel * c10::elementSize(type), "byte count does not match dtype and shape");
   const char* data = take(bytes);
