@@ -120,8 +120,19 @@ class Reader {
   const char* end_;
 };
 
+// The TorchScript type of a decoded value; values without one (an undefined
+// tensor inside a list, say) can't be elements of a typed container.
+c10::TypePtr type_of(const c10::IValue& value) {
+  try {
+    return value.type();
+  } catch (const std::exception&) {
+    Reader::check(false, "a container element without a TorchScript type");
+    throw;
+  }
+}
+
 c10::TypePtr unified(const c10::TypePtr& so_far, const c10::IValue& item, const char* what) {
-  auto type = c10::unifyTypes(so_far, item.type());
+  auto type = c10::unifyTypes(so_far, type_of(item));
   Reader::check(type.has_value(), what);
   return *type;
 }
@@ -134,13 +145,21 @@ at::Tensor Reader::tensor() {
   const auto dim = pod<uint64_t>();
   check(dim <= 64, "too many dimensions");
   std::vector<int64_t> sizes(dim);
-  uint64_t numel = 1;
+  // The product of the non-zero sizes is bounded too (checked before each
+  // multiplication, so it can't wrap): LibTorch refuses a shape whose product
+  // overflows even when another size is 0.
+  constexpr uint64_t kMaxElements = uint64_t(1) << 40;
+  uint64_t nonzero_product = 1;
+  bool empty = false;
   for (auto& size : sizes) {
     size = pod<int64_t>();
-    check(size >= 0 && size <= (int64_t(1) << 40), "bad size");
-    numel *= uint64_t(size);
-    check(numel <= (uint64_t(1) << 40), "tensor too large");
+    check(size >= 0 && uint64_t(size) <= kMaxElements, "bad size");
+    empty = empty || size == 0;
+    if (size == 0) continue;
+    check(nonzero_product <= kMaxElements / uint64_t(size), "tensor too large");
+    nonzero_product *= uint64_t(size);
   }
+  const uint64_t numel = empty ? 0 : nonzero_product;
   const auto bytes = pod<uint64_t>();
   check(bytes == numel * c10::elementSize(type), "byte count does not match dtype and shape");
   const char* data = take(bytes);
@@ -171,7 +190,7 @@ c10::IValue Reader::value(int depth) {
       c10::TypePtr type = c10::AnyType::get();
       for (size_t i = 0; i < items.size(); ++i) {
         items[i] = value(depth + 1);
-        type = i == 0 ? items[i].type() : unified(type, items[i], "list elements of different types");
+        type = i == 0 ? type_of(items[i]) : unified(type, items[i], "list elements of different types");
       }
       c10::impl::GenericList list(type);
       for (auto& item : items) list.push_back(std::move(item));
@@ -186,8 +205,8 @@ c10::IValue Reader::value(int depth) {
         check(key.isString() || key.isInt() || key.isDouble() || key.isBool() || key.isTensor(),
               "dict key of a type TorchScript can't hash");
         auto item = value(depth + 1);
-        key_type = i == 0 ? key.type() : unified(key_type, key, "dict keys of different types");
-        value_type = i == 0 ? item.type() : unified(value_type, item, "dict values of different types");
+        key_type = i == 0 ? type_of(key) : unified(key_type, key, "dict keys of different types");
+        value_type = i == 0 ? type_of(item) : unified(value_type, item, "dict values of different types");
         items.emplace_back(std::move(key), std::move(item));
       }
       c10::impl::GenericDict dict(key_type, value_type);

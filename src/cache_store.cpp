@@ -3,6 +3,7 @@
 
 #include "cache_store.hpp"
 
+#include <cstdlib>
 #include <new>
 #include <stdexcept>
 
@@ -63,6 +64,7 @@ void throw_copy_of(const std::exception_ptr& error) {
     throw Error("InferenceCache: the computation this call waited for failed with a non-standard exception",
                 Error::Kind::Runtime);
   }
+  std::abort();  // unreachable: every handler throws (CopyableError::rethrow_copy is [[noreturn]])
 }
 
 void Flight::finish(c10::IValue value, double seconds, std::exception_ptr failure) {

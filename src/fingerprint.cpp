@@ -1,10 +1,17 @@
-// pare::model_fingerprint: the module's TorchScript archive, streamed through
-// XXH3-128 instead of into a file. The archive is what defines the model for
-// every loader (code, constants, tensors), and its writer is deterministic.
+// pare::model_fingerprint: XXH3-128 over a canonical form of the module —
+// the code TorchScript would serialize for it (and its constant tensors),
+// then every attribute of every submodule by name (parameters, buffers,
+// numbers, strings, containers; packed int8 weights through __getstate__).
+//
+// Not the saved archive's bytes: those also hold source locations and depend
+// on the order in which attributes were added, so a module and its save/load
+// copy would differ.
 
 #include "pare/fingerprint.hpp"
 
-#include <streambuf>
+#include <algorithm>
+
+#include <torch/csrc/jit/serialization/python_print.h>
 
 #define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
 #include <xxhash.h>
@@ -15,48 +22,128 @@
 namespace pare {
 namespace {
 
-// An output stream buffer that hashes what is written and keeps none of it.
-class HashingBuffer : public std::streambuf {
+constexpr int kMaxDepth = 64;
+
+class Fingerprinter {
  public:
-  HashingBuffer() { XXH3_128bits_reset(&state_); }
+  Fingerprinter() { XXH3_128bits_reset(&state_); }
   Hash128 digest() const {
     const auto h = XXH3_128bits_digest(&state_);
     return {h.low64, h.high64};
   }
 
- protected:
-  std::streamsize xsputn(const char* data, std::streamsize n) override {
-    if (n > 0) XXH3_128bits_update(&state_, data, static_cast<size_t>(n));
-    return n;
+  void bytes(const void* data, size_t n) {
+    if (n) XXH3_128bits_update(&state_, data, n);
   }
-  int_type overflow(int_type c) override {
-    if (traits_type::eq_int_type(c, traits_type::eof())) return traits_type::not_eof(c);
-    const char byte = traits_type::to_char_type(c);
-    XXH3_128bits_update(&state_, &byte, 1);
-    return c;
+  template <class T>
+  void pod(T value) { bytes(&value, sizeof value); }
+  void text(const std::string& s) { pod<uint64_t>(s.size()); bytes(s.data(), s.size()); }
+
+  void code(const torch::jit::Module& module) {
+    torch::jit::ExtraFilesMap sources;
+    std::vector<c10::IValue> constants;
+    torch::jit::jitModuleToPythonCodeAndConstants(module, &sources, &constants);
+    std::vector<std::pair<std::string, std::string>> files(sources.begin(), sources.end());
+    std::sort(files.begin(), files.end());
+    pod<uint64_t>(files.size());
+    for (const auto& [name, source] : files) text(name), text(source);
+    pod<uint64_t>(constants.size());
+    for (const auto& constant : constants) value(constant, 0);
   }
 
+  void value(const c10::IValue& v, int depth);
+
  private:
+  void tensor(const at::Tensor& t);
+  void object(const c10::intrusive_ptr<c10::ivalue::Object>& object, int depth);
+
   XXH3_state_t state_;
 };
+
+void Fingerprinter::tensor(const at::Tensor& t) {
+  pod<uint8_t>(t.defined());
+  if (!t.defined()) return;
+  pod<int32_t>(static_cast<int32_t>(t.scalar_type()));
+  pod<uint8_t>(t.requires_grad());
+  pod<uint64_t>(t.dim());
+  for (auto size : t.sizes()) pod<int64_t>(size);
+  at::Tensor values = t;
+  if (t.is_quantized()) {
+    pod<int32_t>(static_cast<int32_t>(t.qscheme()));
+    if (t.qscheme() == at::kPerTensorAffine) {
+      pod<double>(t.q_scale());
+      pod<int64_t>(t.q_zero_point());
+    } else {
+      pod<int64_t>(t.q_per_channel_axis());
+      tensor(t.q_per_channel_scales());
+      tensor(t.q_per_channel_zero_points());
+    }
+    values = t.int_repr();
+  }
+  if (values.is_sparse() || values.is_mkldnn()) values = values.to_dense();
+  values = values.cpu().contiguous();
+  bytes(values.data_ptr(), values.numel() * values.element_size());
+}
+
+void Fingerprinter::object(const c10::intrusive_ptr<c10::ivalue::Object>& object, int depth) {
+  const auto type = object->type();
+  if (auto* getstate = type->findMethod("__getstate__")) {  // custom classes: packed weights
+    pod<uint8_t>(1);
+    return value((*getstate)({c10::IValue(object)}), depth + 1);
+  }
+  pod<uint8_t>(0);
+  std::vector<std::pair<std::string, size_t>> slots;  // by name: independent of the order they were added in
+  for (size_t slot = 0; slot < type->numAttributes(); ++slot) slots.emplace_back(type->getAttributeName(slot), slot);
+  std::sort(slots.begin(), slots.end());
+  pod<uint64_t>(slots.size());
+  for (const auto& [name, slot] : slots) {
+    text(name);
+    value(object->getSlot(slot), depth + 1);
+  }
+}
+
+void Fingerprinter::value(const c10::IValue& v, int depth) {
+  require(depth < kMaxDepth, "model_fingerprint: attributes nested deeper than " + std::to_string(kMaxDepth),
+          Error::Kind::Runtime);
+  text(v.tagKind());
+  if (v.isTensor()) return tensor(v.toTensor());
+  if (v.isBool()) return pod<uint8_t>(v.toBool());
+  if (v.isInt()) return pod<int64_t>(v.toInt());
+  if (v.isDouble()) return pod<double>(v.toDouble());
+  if (v.isString()) return text(v.toStringRef());
+  if (v.isObject()) return object(v.toObject(), depth);
+  if (v.isTuple() || v.isList()) {
+    const auto items = v.isTuple() ? v.toTupleRef().elements().vec() : v.toList().vec();
+    pod<uint64_t>(items.size());
+    for (const auto& item : items) value(item, depth + 1);
+    return;
+  }
+  if (v.isGenericDict()) {
+    const auto dict = v.toGenericDict();
+    pod<uint64_t>(dict.size());
+    for (const auto& entry : dict) value(entry.key(), depth + 1), value(entry.value(), depth + 1);
+    return;
+  }
+  if (!v.isNone()) text(v.type()->str());  // devices, dtypes, ...: their printed form
+}
 
 }  // namespace
 
 std::string model_fingerprint(const torch::jit::Module& module) {
-  HashingBuffer buffer;
-  std::ostream out(&buffer);
+  Fingerprinter fingerprinter;
   try {
-    module.save(out);
+    fingerprinter.code(module);
+    fingerprinter.value(module._ivalue(), 0);
+  } catch (const Error&) {
+    throw;
   } catch (const std::exception& e) {
     const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
     const std::string reason = c10_error ? c10_error->what_without_backtrace() : e.what();
-    throw Error("model_fingerprint: the module can't be serialized, so it has no fingerprint (" +
-                    reason.substr(0, reason.find('\n')) +
+    throw Error("model_fingerprint: the module can't be fingerprinted (" + reason.substr(0, reason.find('\n')) +
                     "); name the model yourself instead (RunnerOptions::cache_namespace)",
                 Error::Kind::Runtime);
   }
-  require(out.good(), "model_fingerprint: writing the module failed", Error::Kind::Runtime);
-  return buffer.digest().hex();
+  return fingerprinter.digest().hex();
 }
 
 }  // namespace pare

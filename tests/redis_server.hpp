@@ -64,13 +64,16 @@ class RedisServer {
   static bool available() { return !find_on_path("redis-server").empty(); }
 
   /// Starts redis-server (no persistence, DEBUG enabled for tests of slowness)
-  /// on `port`, or on a free port if 0; waits until it accepts connections.
-  explicit RedisServer(int port = 0) : port_(port ? port : free_port()) {
+  /// on `port`, or on a free port if 0, with `extra_args` (e.g. {"--requirepass",
+  /// "secret"}); waits until it accepts connections.
+  explicit RedisServer(int port = 0, const std::vector<std::string>& extra_args = {})
+      : port_(port ? port : free_port()) {
     const std::string binary = find_on_path("redis-server");
     if (binary.empty()) throw std::runtime_error("redis-server is not on PATH (Debian package redis-server)");
     std::vector<std::string> args = {binary, "--port", std::to_string(port_), "--bind", "127.0.0.1",
                                      "--save", "", "--appendonly", "no", "--daemonize", "no",
                                      "--enable-debug-command", "yes", "--loglevel", "warning"};
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
     pid_ = ::fork();
     if (pid_ < 0) throw std::runtime_error("RedisServer: fork failed");
     if (pid_ == 0) {

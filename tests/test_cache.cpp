@@ -7,6 +7,8 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <fstream>
+#include <iterator>
 #include <thread>
 
 #include "../src/cache_values.hpp"  // the record body decoder, as the fuzzer reaches it
@@ -271,8 +273,30 @@ TEST_CASE("records refuse what the writer never writes") {
   CHECK_THROWS_WITH(parse_cache_record_body(tuple_key.data(), tuple_key.size()), Catch::Contains("can't hash"));
   const auto bad_bool = head + body(tensor, int32_t(at::kBool), uint64_t(1), int64_t(1), uint64_t(1), uint8_t(7));
   CHECK_THROWS_WITH(parse_cache_record_body(bad_bool.data(), bad_bool.size()), Catch::Contains("bool"));
+  // Found by the fuzzer: sizes whose product wraps around 2^64 passed the size check.
+  const auto wrapping = head + body(tensor, int32_t(at::kFloat), uint64_t(2), int64_t(1) << 35, int64_t(1) << 35,
+                                    uint64_t(0));
+  CHECK_THROWS_WITH(parse_cache_record_body(wrapping.data(), wrapping.size()), Catch::Contains("too large"));
+  const auto zero_and_huge = head + body(tensor, int32_t(at::kFloat), uint64_t(3), int64_t(0), int64_t(1) << 35,
+                                         int64_t(1) << 35, uint64_t(0));
+  CHECK_THROWS_WITH(parse_cache_record_body(zero_and_huge.data(), zero_and_huge.size()), Catch::Contains("too large"));
   const auto negative_time = body(-1.0, uint64_t(0), uint64_t(0), uint8_t(0));
   CHECK_THROWS_AS(parse_cache_record_body(negative_time.data(), negative_time.size()), pare::Error);
+}
+
+TEST_CASE("the fuzzer's seed records decode (the seeds follow the format)") {
+  const std::string dir = std::string(PARE_SOURCE_DIR) + "/tests/fuzz/corpus/fuzz_cache_record/";
+  for (const char* name : {"tensor", "nested", "bool_uint8", "no_inputs", "int_dict"}) {
+    std::ifstream file(dir + name, std::ios::binary);
+    REQUIRE(file.good());
+    const std::string bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    INFO(name);
+    const auto record = pare::deserialize_cache_record(bytes);
+    CHECK(pare::same_content(pare::deserialize_cache_record(pare::serialize_cache_record(
+                                 record.inputs, record.output, record.compute_seconds, record.key_namespace))
+                                 .output,
+                             record.output));
+  }
 }
 
 TEST_CASE("records round-trip and corruption is detected") {

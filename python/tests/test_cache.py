@@ -154,14 +154,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def redis_port():
+def _redis_server(*extra_args):
     server = shutil.which("redis-server")
     if server is None or not hasattr(pare, "RedisTier"):
         pytest.skip("redis-server is not installed (Debian package redis-server) or pare was built without Redis")
     port = _free_port()
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             *extra_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 5
     while time.time() < deadline:
         try:
@@ -172,6 +171,32 @@ def redis_port():
     yield port
     proc.kill()
     proc.wait()
+
+
+@pytest.fixture
+def redis_port():
+    yield from _redis_server()
+
+
+@pytest.fixture
+def redis_port_with_password():
+    yield from _redis_server("--requirepass", "s3cret")
+
+
+def test_redis_password_is_sent_and_a_wrong_one_fails_at_construction(redis_port_with_password):
+    port = redis_port_with_password
+    tier = pare.RedisTier(port=port, key_prefix="auth:", password="s3cret")
+    x = torch.ones(3)
+    pare.InferenceCache(remote=tier).get_or_compute(x, lambda t: t * 2)
+    other = pare.InferenceCache(remote=tier)
+    assert torch.equal(other.get(x), x * 2)
+    assert other.stats().remote_hits == 1
+    with pytest.raises(ValueError, match="refused AUTH"):
+        pare.RedisTier(port=port, password="wrong")
+    with pytest.raises(pare.InvalidArgument, match="requires a password"):
+        pare.RedisTier(port=port)
+    with pytest.raises(ValueError, match="needs a password"):
+        pare.RedisTier(port=port, user="cache")
 
 
 PEER = """
