@@ -353,7 +353,11 @@ DistillSummary train_student(torch::jit::Module& student, const DistillOptions& 
 }  // namespace
 
 DistillSummary distill(torch::jit::Module& student, const DistillOptions& options, const Masks& masks) {
-  return detail::translate_torch_errors("Distill", [&] { return train_student(student, options, masks); });
+  try {  // LibTorch's errors only: the user's stream, optimizer factory and progress callback throw through
+    return train_student(student, options, masks);
+  } catch (const c10::Error& e) {
+    throw Error("Distill: " + detail::torch_message(e), Error::Kind::Runtime);
+  }
 }
 
 Distill::Distill(DistillOptions options) : options_(std::move(options)) { check_options(options_); }

@@ -54,7 +54,13 @@ Result Pipeline::run(const torch::jit::Module& module) const {
     const auto start = std::chrono::steady_clock::now();
     PassReport entry;
     entry.pass = pass->name();
-    detail::translate_torch_errors(pass->name(), [&] { pass->run(state, entry); });
+    // LibTorch's errors become pare::Error naming the pass; exceptions from the
+    // user's own callbacks (data streams, progress, optimizer factories) pass through.
+    try {
+      pass->run(state, entry);
+    } catch (const c10::Error& e) {
+      throw Error(pass->name() + ": " + detail::torch_message(e), Error::Kind::Runtime);
+    }
     entry.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (entry.layers.empty()) entry.layers = weight_table(state.module);
     state.report.passes.push_back(std::move(entry));

@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <limits>
+
 #include "pare/error.hpp"
 #include "pare/report.hpp"
 
@@ -115,4 +117,21 @@ TEST_CASE("channels before/after round-trip through JSON and draw two bars per g
   CHECK(!copy.passes[0].layers[1].channels_before);
   CHECK(copy.to_string().find("channels=64->32") != std::string::npos);
   CHECK(count(copy.to_html(), "<rect class=\"bar ") == 1 + 2);  // time per pass + before/after
+TEST_CASE("layer counts from JSON must be integers in [0, 2^53]; totals never overflow") {
+  const auto with_counts = [](const std::string& parameters, const std::string& nonzeros) {
+    return "{\"passes\": [{\"pass\": \"p\", \"seconds\": 0, \"layers\": [{\"name\": \"w\", \"parameters\": " +
+           parameters + ", \"nonzeros\": " + nonzeros + "}]}]}";
+  };
+  CHECK(pare::Report::from_json(with_counts("9007199254740992", "0")).passes[0].layers[0].parameters ==
+        9007199254740992);
+  // Found by fuzz_report_json: converting these to int64 was undefined behaviour.
+  CHECK_THROWS_WITH(pare::Report::from_json(with_counts("1e300", "1")), Catch::Contains("'parameters' is 1e+300"));
+  CHECK_THROWS_AS(pare::Report::from_json(with_counts("9007199254740993", "1")), pare::Error);
+  CHECK_THROWS_AS(pare::Report::from_json(with_counts("10", "-1")), pare::Error);
+  CHECK_THROWS_AS(pare::Report::from_json(with_counts("10", "2.5")), pare::Error);
+  pare::PassReport huge;
+  huge.layers.resize(2048);
+  for (auto& layer : huge.layers) layer.parameters = layer.nonzeros = int64_t(1) << 53;
+  CHECK(huge.total_parameters() == std::numeric_limits<std::int64_t>::max());  // saturated, not wrapped
+  CHECK(huge.total_sparsity() == 0.0);
 }

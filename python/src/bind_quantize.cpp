@@ -64,7 +64,11 @@ void bind_quantize(py::module_& m) {
   m.def("observer_names", &observer_kind_names, "The observers QuantizeInt8 and `pare compress --observer` accept.");
   m.def("load_calibration_file", [](const std::string& path, int64_t batch_size) {
     py::list batches;
-    for (const auto& batch : load_calibration_file(path, batch_size)) batches.append(py::tuple(py::cast(batch)));
+    for (const auto& batch : load_calibration_file(path, batch_size)) {
+      py::list inputs;
+      for (const auto& input : batch) inputs.append(torch::jit::toPyObject(input));
+      batches.append(py::tuple(inputs));
+    }
     return batches;
   }, py::arg("path"), py::arg("batch_size") = 32,
      "Calibration batches (tuples of tensors) from a torch.save file, as `pare compress --calib` reads it.");
