@@ -9,6 +9,7 @@
 //
 //   bench_channels [--train N] [--test N] [--epochs 2] [--recovery 2] [--seconds 2]
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -72,6 +73,7 @@ struct Variant {
   std::string name;
   torch::jit::Module module;
   double accuracy = 0;
+  bool has_accuracy = false;
   int64_t macs = 0, params = 0, file_bytes = 0;
 };
 
@@ -97,9 +99,10 @@ Variant finish(const std::string& name, pare::Pipeline pipeline, const torch::ji
   }
   pipeline.add(pare::ExportTorchScript(path, pare::ExportOptions().freeze(!int8)));
   Variant v{name, pipeline.run(model).module};
-  v.accuracy = test.size() > 0 ? ex::accuracy(v.module, test) : 0.0;
+  v.has_accuracy = test.size() > 0;
+  v.accuracy = v.has_accuracy ? ex::accuracy(v.module, test) : 0.0;
   v.macs = int8 ? 0 : pare::count_macs(model, shape);
-  v.params = params_of(model);
+  v.params = int8 ? 0 : params_of(model);  // int8 weights are packed, not parameters
   v.file_bytes = int64_t(fs::file_size(path));
   v.module = torch::jit::load(path);
   return v;
@@ -109,11 +112,17 @@ void print_variants(const std::vector<Variant>& variants) {
   const auto& base = variants.front();
   std::printf("%-14s %9s %12s %8s %11s %8s %10s %8s\n", "model", "accuracy", "MACs", "ratio", "params",
               "ratio", "file", "ratio");
+  auto cell = [](bool known, const char* format, double value) {  // "-" where a figure does not apply
+    char text[32];
+    std::snprintf(text, sizeof text, format, value);
+    return known ? std::string(text) : std::string("-");
+  };
   for (const auto& v : variants) {
-    std::printf("%-14s %8.2f%% %12lld %7.2fx %11lld %7.2fx %10lld %7.3fx\n", v.name.c_str(), v.accuracy,
-                (long long)v.macs, v.macs ? double(base.macs) / double(v.macs) : 0.0, (long long)v.params,
-                v.params ? double(base.params) / double(v.params) : 0.0, (long long)v.file_bytes,
-                double(v.file_bytes) / double(base.file_bytes));
+    std::printf("%-14s %9s %12lld %7.2fx %11s %8s %10lld %7.3fx\n", v.name.c_str(),
+                cell(v.has_accuracy, "%.2f%%", v.accuracy).c_str(), (long long)v.macs,
+                double(base.macs) / double(v.macs), cell(v.params > 0, "%.0f", double(v.params)).c_str(),
+                cell(v.params > 0, "%.2fx", double(base.params) / double(std::max<int64_t>(v.params, 1))).c_str(),
+                (long long)v.file_bytes, double(v.file_bytes) / double(base.file_bytes));
   }
 }
 
