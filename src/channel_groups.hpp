@@ -8,8 +8,7 @@
 #include <string>
 #include <vector>
 
-#include <torch/csrc/jit/ir/ir.h>
-#include <torch/script.h>
+#include "channel_ops.hpp"
 
 namespace pare::detail {
 
@@ -49,15 +48,5 @@ struct ChannelAnalysis {
 /// Analyses `module` (its forward method) as it is now; its attribute values
 /// (training, flags) specialise the graph.
 ChannelAnalysis analyze_channels(const torch::jit::Module& module);
-
-/// A copy of forward's graph, inlined, with the module's scalar attributes
-/// folded to constants and dead branches removed.
-std::shared_ptr<torch::jit::Graph> specialized_forward_graph(const torch::jit::Module& module);
-
-/// The tensor a chain of prim::GetAttr from the graph's self input reads, if any.
-std::optional<torch::Tensor> attribute_tensor(const torch::jit::Module& root, const torch::jit::Value* value);
-
-/// The submodule at a dotted path ("" is `root`).
-torch::jit::Module submodule_at(const torch::jit::Module& root, const std::string& path);
 
 }  // namespace pare::detail

@@ -3,8 +3,15 @@
 #include <torch/csrc/jit/ir/constants.h>
 #include <torch/script.h>
 
+#include <torch/csrc/jit/passes/constant_propagation.h>
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
+#include <torch/csrc/jit/passes/inliner.h>
+
 #include <functional>
+#include <unordered_map>
 #include <unordered_set>
+
+#include "pare/error.hpp"
 
 namespace pare::detail {
 namespace {
@@ -106,6 +113,74 @@ void make_groups_follow_weight(const torch::jit::Module& conv, int64_t old_group
     }
   };
   for (const auto& method : conv.get_methods()) rewrite(method.graph()->block());
+}
+
+namespace {
+
+using torch::jit::Block;
+using torch::jit::Module;
+
+// Replaces reads of bool/int/float/str module attributes (training, flags
+// such as use_res_connect or memory_efficient) with their current values, so
+// that constant propagation removes the branches this instance never takes.
+void fold_scalar_attributes(Graph& graph, const Module& root) {
+  std::unordered_map<const Value*, Module> modules{{graph.inputs()[0], root}};
+  std::function<void(Block*)> walk = [&](Block* block) {
+    for (Node* node : block->nodes()) {
+      for (Block* sub : node->blocks()) walk(sub);
+      if (node->kind() != c10::prim::GetAttr) continue;
+      const auto owner = modules.find(node->input(0));
+      if (owner == modules.end()) continue;
+      const auto value = owner->second.attr(node->s(c10::attr::name));
+      if (value.isModule()) {
+        modules.emplace(node->output(), value.toModule());
+      } else if (value.isBool() || value.isInt() || value.isDouble() || value.isString()) {
+        torch::jit::WithInsertPoint guard(node);
+        node->output()->replaceAllUsesWith(graph.insertConstant(value));
+      }
+    }
+  };
+  walk(graph.block());
+}
+
+}  // namespace
+
+std::shared_ptr<Graph> specialized_forward_graph(const Module& module) {
+  require(module.find_method("forward").has_value(), "PruneChannels: the module has no forward method");
+  auto graph = module.get_method("forward").graph()->copy();
+  torch::jit::Inline(*graph);
+  fold_scalar_attributes(*graph, module);
+  torch::jit::ConstantPropagation(graph);
+  torch::jit::EliminateDeadCode(graph);
+  return graph;
+}
+
+Module submodule_at(const Module& root, const std::string& path) {
+  Module current = root;
+  size_t begin = 0;
+  while (begin < path.size()) {
+    const auto end = std::min(path.find('.', begin), path.size());
+    current = current.attr(path.substr(begin, end - begin)).toModule();
+    begin = end + 1;
+  }
+  return current;
+}
+
+
+std::optional<torch::Tensor> attribute_tensor(const Module& root, const Value* value) {
+  std::vector<std::string> names;
+  while (value->node()->kind() == c10::prim::GetAttr) {
+    names.push_back(value->node()->s(c10::attr::name));
+    value = value->node()->input(0);
+  }
+  if (names.empty() || value != value->owningGraph()->inputs()[0]) return std::nullopt;
+  c10::IValue current = root._ivalue();
+  for (auto name = names.rbegin(); name != names.rend(); ++name) {
+    if (!current.isObject()) return std::nullopt;
+    current = current.toObjectRef().getAttr(*name);
+  }
+  if (!current.isTensor()) return std::nullopt;
+  return current.toTensor();
 }
 
 }  // namespace pare::detail

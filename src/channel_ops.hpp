@@ -3,7 +3,9 @@
 // TorchScript ops (which keep channels, which only read metadata, how a conv
 // call spells its groups) and small graph helpers shared with PruneChannels.
 
+#include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include <torch/csrc/jit/ir/ir.h>
@@ -35,6 +37,16 @@ bool reads_metadata_only(c10::Symbol kind);
 
 std::optional<int64_t> constant_int(const Value* value);
 std::optional<std::vector<int64_t>> constant_int_list(const Value* value);
+
+/// A copy of forward's graph, inlined, with the module's scalar attributes
+/// folded to constants and dead branches removed.
+std::shared_ptr<torch::jit::Graph> specialized_forward_graph(const torch::jit::Module& module);
+
+/// The tensor a chain of prim::GetAttr from the graph's self input reads, if any.
+std::optional<torch::Tensor> attribute_tensor(const torch::jit::Module& root, const torch::jit::Value* value);
+
+/// The submodule at a dotted path ("" is `root`).
+torch::jit::Module submodule_at(const torch::jit::Module& root, const std::string& path);
 
 /// Rewrites the depthwise conv calls in the methods of `conv` so their
 /// `groups` argument reads the weight's channel count instead of the constant `old_groups`.

@@ -112,6 +112,9 @@ void apply_selection(ChannelAnalysis& analysis, const LayerSelection& selection)
 }
 
 void require_prunable(const ChannelAnalysis& analysis) {
+  require(!analysis.groups.empty(),
+          "PruneChannels: the model has no conv or linear layer whose weight is a module attribute; "
+          "prune channels before freezing or quantizing (frozen and int8 models keep weights as constants)");
   std::set<std::string> reasons;
   for (const auto& group : analysis.groups) {
     if (group.blocked_by.empty()) return;

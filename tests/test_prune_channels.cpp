@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <torch/csrc/jit/passes/freeze_module.h>
+
 #include "fashion_mnist.hpp"
 #include "pare/distill.hpp"
 #include "pare/export.hpp"
@@ -160,6 +162,7 @@ TEST_CASE("an op with unknown channel mapping keeps its groups whole and is name
   CHECK(group_with(pruned.stats, "conv2")->channels_after == 8);
   CHECK(group_with(pruned.stats, "conv3")->channels_after == 8);
   CHECK_THROWS_WITH(prune(load("all_blocked"), 0.5, {1, 3, 8, 8}), Catch::Contains("aten::view") && Catch::Contains("model output"));
+  CHECK_THROWS_WITH(prune(torch::jit::freeze(load("channel_shuffle")), 0.5, {1, 3, 16, 16}), Catch::Contains("before freezing"));
 }
 
 TEST_CASE("scope, norm, min_channels, round_to and selection") {

@@ -1,0 +1,199 @@
+// Channel removal on a small ResNet trained on Fashion-MNIST, and on torchvision's resnet18.
+//  1. the ResNet (BatchNorm, residual blocks, written by bench_channels_models.py) is
+//     trained for --epochs, then channels are removed until MACs drop 2x and 4x,
+//     each followed by --recovery epochs of Distill against the unpruned model;
+//     the 4x model is also quantized to int8. Accuracy, MACs, file size and
+//     1-thread latency at batch 1 and 64 against the fp32 original, one run.
+//  2. resnet18 (random weights, 3x64x64) at 50% channels: MACs, params, file
+//     size and 1-thread batch-8 latency before/after.
+//
+//   bench_channels [--train N] [--test N] [--epochs 2] [--recovery 2] [--seconds 2]
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <ATen/Parallel.h>
+#include <pare/pare.hpp>
+
+#include "fashion_mnist.hpp"
+
+namespace ex = pare::examples;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Args {
+  int64_t train = 60000, test = 10000;
+  int epochs = 2, recovery = 2;
+  double seconds = 2.0;
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--train") a.train = std::stoll(value);
+    else if (flag == "--test") a.test = std::stoll(value);
+    else if (flag == "--epochs") a.epochs = std::stoi(value);
+    else if (flag == "--recovery") a.recovery = std::stoi(value);
+    else if (flag == "--seconds") a.seconds = std::stod(value);
+    else throw std::runtime_error("unknown flag " + flag);
+  }
+  return a;
+}
+
+fs::path write_models() {
+  const auto dir = fs::temp_directory_path() / "pare_bench_channels";
+  const std::string command = "/usr/bin/python3 " PARE_BENCH_SOURCE_DIR "/bench_channels_models.py " + dir.string();
+  if (std::system(command.c_str()) != 0) throw std::runtime_error("failed: " + command);
+  return dir;
+}
+
+// The smallest channel fraction whose pruned model has at most 1/factor of the MACs.
+double amount_for(const torch::jit::Module& model, double factor, const pare::PruneChannelsOptions& base) {
+  double low = 0.0, high = 0.95;
+  for (int i = 0; i < 10; ++i) {
+    const double mid = 0.5 * (low + high);
+    const auto stats = pare::prune_channels(model, pare::PruneChannelsOptions(mid)
+                                                       .round_to(base.round_to())
+                                                       .input_shape(base.input_shape()))
+                           .stats;
+    (double(stats.macs_before) / double(stats.macs_after) >= factor ? high : low) = mid;
+  }
+  return high;
+}
+
+struct Variant {
+  std::string name;
+  torch::jit::Module module;
+  double accuracy = 0;
+  bool has_accuracy = false;
+  int64_t macs = 0, params = 0, file_bytes = 0;
+};
+
+int64_t params_of(const torch::jit::Module& m) {
+  int64_t n = 0;
+  for (const auto& p : m.parameters()) n += p.numel();
+  return n;
+}
+
+// Runs `pipeline` plus a frozen export (as users ship it; frozen graphs run
+// faster), counts MACs and parameters before freezing and measures the file.
+// `unfrozen` is the pipeline's module before the export, for later pipelines.
+Variant finish(const std::string& name, pare::Pipeline pipeline, const torch::jit::Module& model,
+               const ex::Dataset& test, const std::vector<int64_t>& shape, torch::jit::Module* unfrozen = nullptr) {
+  const auto path = (fs::temp_directory_path() / ("pare_bench_channels_" + name + ".pt")).string();
+  const bool int8 = name.find("int8") != std::string::npos;
+  if (!pipeline.passes().empty()) {
+    auto before = pipeline.run(model).module;
+    if (unfrozen) *unfrozen = before;
+    Variant v = finish(name, pare::Pipeline(), before, test, shape);
+    if (int8) v.macs = pare::count_macs(model, shape);  // int8 ops are not conv/linear calls: the source's count
+    return v;
+  }
+  pipeline.add(pare::ExportTorchScript(path, pare::ExportOptions().freeze(!int8)));
+  Variant v{name, pipeline.run(model).module};
+  v.has_accuracy = test.size() > 0;
+  v.accuracy = v.has_accuracy ? ex::accuracy(v.module, test) : 0.0;
+  v.macs = int8 ? 0 : pare::count_macs(model, shape);
+  v.params = int8 ? 0 : params_of(model);  // int8 weights are packed, not parameters
+  v.file_bytes = int64_t(fs::file_size(path));
+  v.module = torch::jit::load(path);
+  return v;
+}
+
+void print_variants(const std::vector<Variant>& variants) {
+  const auto& base = variants.front();
+  std::printf("%-14s %9s %12s %8s %11s %8s %10s %8s\n", "model", "accuracy", "MACs", "ratio", "params",
+              "ratio", "file", "ratio");
+  auto cell = [](bool known, const char* format, double value) {  // "-" where a figure does not apply
+    char text[32];
+    std::snprintf(text, sizeof text, format, value);
+    return known ? std::string(text) : std::string("-");
+  };
+  for (const auto& v : variants) {
+    std::printf("%-14s %9s %12lld %7.2fx %11s %8s %10lld %7.3fx\n", v.name.c_str(),
+                cell(v.has_accuracy, "%.2f%%", v.accuracy).c_str(), (long long)v.macs,
+                double(base.macs) / double(v.macs), cell(v.params > 0, "%.0f", double(v.params)).c_str(),
+                cell(v.params > 0, "%.2fx", double(base.params) / double(std::max<int64_t>(v.params, 1))).c_str(),
+                (long long)v.file_bytes, double(v.file_bytes) / double(base.file_bytes));
+  }
+}
+
+void print_latency(const std::vector<Variant>& variants, const std::vector<int64_t>& shape,
+                   std::vector<int64_t> batches, double seconds) {
+  std::vector<std::pair<std::string, torch::jit::Module>> models;
+  for (const auto& v : variants) models.emplace_back(v.name, v.module);
+  const auto rows = pare::benchmark_models(
+      models, pare::BenchOptions().inputs({shape}).batches(std::move(batches)).threads({1}).seconds(seconds));
+  std::printf("%s", pare::bench_table(rows).c_str());
+}
+
+void small_resnet(const Args& a, const fs::path& dir) {
+  const auto train = ex::load_fashion_mnist(true, a.train), test = ex::load_fashion_mnist(false, a.test);
+  auto model = torch::jit::load((dir / "small_resnet.pt").string());
+  at::set_num_threads(std::max(1, int(std::thread::hardware_concurrency())));
+  ex::train(model, train, a.epochs, 1e-3, 0, ex::progress_bar("training small ResNet"));
+  std::vector<pare::Batch> batches;
+  pare::InputBatches calibration;
+  for (int64_t i = 0; i < train.size(); i += 64) {
+    const auto b = train.slice(i, std::min(train.size(), i + 64));
+    batches.emplace_back(b.images, b.labels);
+    if (calibration.size() < 16) calibration.push_back({b.images});
+  }
+  const std::vector<int64_t> shape{1, 1, 28, 28};
+  const auto base = pare::PruneChannelsOptions(0).round_to(8).input_shape(shape);
+  auto distill = [&](const std::string& label) {
+    return pare::Distill(pare::DistillOptions().teacher(model).data(batches).epochs(a.recovery).progress(
+        ex::progress_bar("recovery " + label)));
+  };
+  std::vector<Variant> variants{finish("fp32", pare::Pipeline(), model, test, shape)};
+  std::map<double, double> amounts;
+  torch::jit::Module recovered;
+  for (double factor : {2.0, 4.0}) {
+    amounts[factor] = amount_for(model, factor, base);
+    const std::string name = "channels " + std::to_string(int(factor)) + "x";
+    const auto options = pare::PruneChannelsOptions(amounts[factor]).round_to(8).input_shape(shape);
+    variants.push_back(finish(name, pare::Pipeline().add(pare::PruneChannels(options)).add(distill(name)), model, test,
+                              shape, &recovered));
+  }
+  variants.push_back(finish("4x + int8", pare::Pipeline().add(pare::QuantizeInt8(pare::QuantizeOptions().calibration(calibration))),
+                            recovered, test, shape));
+  std::printf("\nsmall ResNet on Fashion-MNIST: trained %d epochs on %lld images, recovery %d epochs of Distill, "
+              "test %lld images; channel amounts: 2x %.3f, 4x %.3f (round_to 8)\n",
+              a.epochs, (long long)train.size(), a.recovery, (long long)test.size(), amounts[2.0], amounts[4.0]);
+  print_variants(variants);
+  at::set_num_threads(1);
+  std::printf("\nlatency, 1 intra-op thread, medians (ratios against fp32):\n");
+  print_latency(variants, shape, {1, 64}, a.seconds);
+}
+
+void resnet18(const Args& a, const fs::path& dir) {
+  const auto model = torch::jit::load((dir / "resnet18.pt").string());
+  const std::vector<int64_t> shape{1, 3, 64, 64};
+  const ex::Dataset none{torch::zeros({0, 3, 64, 64}), torch::zeros({0}, torch::kLong)};
+  std::vector<Variant> variants{finish("resnet18", pare::Pipeline(), model, none, shape)};
+  variants.push_back(finish("resnet18 50%", pare::Pipeline().add(pare::PruneChannels(pare::PruneChannelsOptions(0.5).input_shape(shape))),
+                            model, none, shape));
+  std::printf("\ntorchvision resnet18 (random weights), 3x64x64, 50%% of every group's channels removed:\n");
+  print_variants(variants);
+  at::set_num_threads(1);
+  std::printf("\nlatency at batch 8, 1 intra-op thread, medians:\n");
+  print_latency(variants, {8, 3, 64, 64}, {8}, a.seconds);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // tables appear as they are measured
+  const auto args = parse(argc, argv);
+  const auto dir = write_models();
+  resnet18(args, dir);
+  small_resnet(args, dir);
+}

@@ -1,0 +1,62 @@
+"""Writes the models bench_channels measures, as TorchScript files.
+
+usage: bench_channels_models.py OUT_DIR
+
+small_resnet.pt: a ResNet for 1x28x28 Fashion-MNIST images (BatchNorm,
+residual blocks, three stages of 2 blocks), untrained; the benchmark trains it.
+resnet18.pt: torchvision's resnet18 with random weights (nothing is downloaded).
+"""
+
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    def __init__(self, widths=(16, 32, 64)):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        blocks, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            blocks += [BasicBlock(cin, w, 1 if i == 0 else 2), BasicBlock(w, w, 1)]
+            cin = w
+        self.layers = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cin, 10)
+
+    def forward(self, x):
+        x = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def main():
+    out = sys.argv[1]
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(0)
+    torch.jit.script(SmallResNet().eval()).save(os.path.join(out, "small_resnet.pt"))
+    torch.jit.script(torchvision.models.resnet18().eval()).save(os.path.join(out, "resnet18.pt"))
+
+
+if __name__ == "__main__":
+    main()
