@@ -188,7 +188,13 @@ std::shared_ptr<torch::jit::Graph> trace_graph(torch::jit::Module& self, const F
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    throw Error("trace: tracing the forward on the " + which + " failed: " + e.what(), Error::Kind::Runtime);
+    const std::string what = e.what();
+    const bool unregistered = what.find("requires grad as a constant") != std::string::npos;
+    throw Error("trace: tracing the forward on the " + which + " failed: " +
+                    (unregistered ? "the forward uses a tensor that requires grad but is no registered parameter or "
+                                    "buffer of the model (register_module/register_parameter it). "
+                                  : "") + what,
+                Error::Kind::Runtime);
   }
 }
 

@@ -80,6 +80,23 @@ struct HalfBatchImpl : nn::Module {
 };
 TORCH_MODULE(HalfBatch);
 
+// Holds a layer it never registered: the tracer cannot read its weights by name.
+struct HiddenLayerImpl : nn::Module {
+  nn::Linear fc{3, 3};
+  torch::Tensor forward(torch::Tensor x) { return fc(x); }
+};
+TORCH_MODULE(HiddenLayer);
+
+// Takes a tuple of tensors.
+struct PairSumImpl : nn::Module {
+  nn::Linear fc{4, 2};
+  PairSumImpl() { register_module("fc", fc); }
+  torch::Tensor forward(std::tuple<torch::Tensor, torch::Tensor> pair) {
+    return fc(std::get<0>(pair) + std::get<1>(pair));
+  }
+};
+TORCH_MODULE(PairSum);
+
 std::vector<torch::Tensor> tensors(const torch::jit::IValue& v) {
   if (v.isTensor()) return {v.toTensor()};
   std::vector<torch::Tensor> out;
@@ -141,6 +158,17 @@ TEST_CASE("traced modules equal the torch::nn model at two batch sizes") {
     for (int64_t batch : {1, 3}) {
       const auto x = torch::randn({batch, 5, 6});
       CHECK(max_difference(traced.forward({x}), linear(x)) <= 1e-6);
+    }
+  }
+  SECTION("a tuple input") {
+    PairSum model;
+    const auto pair = [](int64_t batch) {
+      return std::make_tuple(torch::randn({batch, 4}), torch::randn({batch, 4}));
+    };
+    auto traced = pare::trace(model, {pair(3)});
+    for (int64_t batch : {1, 6}) {
+      const auto x = pair(batch);
+      CHECK(max_difference(traced.forward({x}), model(x)) <= 1e-6);
     }
   }
   SECTION("a custom module with submodules, BatchNorm, Dropout and view({x.size(0), -1})") {
@@ -261,6 +289,9 @@ TEST_CASE("trace validates its inputs") {
           pare::trace(net, {torch::randn({2, 1, 8, 8})},
                       pare::TraceOptions().check_inputs({torch::randn({3, 1, 8, 8}), torch::randn({3, 1, 8, 8})}));
         }).find("2 check inputs for 1 example inputs") != std::string::npos);
+  HiddenLayer hidden;
+  CHECK(error_of([&] { pare::trace(hidden, {torch::randn({2, 3})}); }).find("no registered parameter") !=
+        std::string::npos);
   Net empty(nullptr);
   CHECK(error_of([&] { pare::trace(empty, {torch::randn({2, 1, 8, 8})}); }).find("empty") != std::string::npos);
 }
