@@ -9,7 +9,12 @@ bool BatchQueue::push(RequestPtr& request) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (rule_.max_queue > 0 && queue_.size() >= rule_.max_queue) return false;
-    last_arrival_ = Clock::now();
+    const auto now = Clock::now();
+    if (!queue_.empty()) {  // an arrival that found company: part of a burst
+      const auto spacing = now - last_arrival_;
+      spacing_ = spacing_.count() == 0 ? spacing : (7 * spacing_ + spacing) / 8;
+    }
+    last_arrival_ = now;
     queue_.push_back(std::move(request));
   }
   wake_.notify_one();
@@ -56,8 +61,16 @@ std::vector<RequestPtr> BatchQueue::next_batch(std::vector<RequestPtr>& expired)
   }
 }
 
+// Waiting longer than a few of a burst's own spacings between arrivals means
+// the burst is over; batch_gap caps the wait when arrivals are sparse, and an
+// eighth of it is the least wait (a setting of an hour still means "never early").
+Clock::duration BatchQueue::gap() const {
+  if (spacing_.count() == 0) return rule_.gap;
+  return std::min(rule_.gap, std::max(rule_.gap / 8, 4 * spacing_));
+}
+
 Clock::time_point BatchQueue::due_at() const {
-  return std::min(queue_.front()->arrival + rule_.max_delay, last_arrival_ + rule_.gap);
+  return std::min(queue_.front()->arrival + rule_.max_delay, last_arrival_ + gap());
 }
 
 int64_t BatchQueue::rows_queued() const {

@@ -4,7 +4,9 @@
 // A batch goes out when the first of these holds:
 //   1. full: the queued rows reach max_batch (or the largest preferred size);
 //   2. the oldest request has waited max_delay;
-//   3. waiting can't help: no request arrived for batch_gap while this worker sat idle.
+//   3. waiting can't help: no request arrived for the gap while this worker sat
+//      idle. The gap is 4x the recent spacing of arrivals that found company
+//      (a burst's own rhythm), at most batch_gap and at least batch_gap / 8.
 // Requests past their deadline are taken out and answered with Timeout; they never run.
 
 #include <functional>
@@ -74,6 +76,7 @@ class BatchQueue {
 
  private:
   Clock::time_point due_at() const;  // when the front batch goes out by delay or gap
+  Clock::duration gap() const;
   int64_t rows_queued() const;
   int64_t full_rows() const;
   std::vector<RequestPtr> take(Clock::time_point now, std::vector<RequestPtr>& expired);
@@ -84,6 +87,7 @@ class BatchQueue {
   std::condition_variable wake_;
   std::deque<RequestPtr> queue_;
   Clock::time_point last_arrival_{};
+  Clock::duration spacing_{0};  // moving average of arrival spacing within bursts; 0: none seen yet
   bool closed_ = false;
 };
 

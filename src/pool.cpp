@@ -372,8 +372,8 @@ PooledTensor& PooledTensor::operator=(PooledTensor&& other) noexcept {
 }
 
 const at::Tensor& PooledTensor::tensor() const {
-  require(valid(), "PooledTensor.tensor: the lease has ended (moved from or released)",
-          Error::Kind::Runtime);
+  if (!valid())  // the message is built only on failure: tensor() sits on hot paths
+    throw Error("PooledTensor.tensor: the lease has ended (moved from or released)", Error::Kind::Runtime);
   return tensor_;
 }
 
@@ -395,16 +395,16 @@ TensorPool::TensorPool(PoolOptions options) {
 }
 
 PooledTensor TensorPool::acquire(at::IntArrayRef shape, at::ScalarType dtype, at::Device device) {
+  // Messages are built only on failure: formatting them on every call cost more than a small allocation.
   const auto& served = state_->device;
-  require(device.type() == served.type() && (!device.has_index() || device.index() == served.index()),
-          "TensorPool.acquire: device " + device.str() + " is not served; this pool holds " +
-              (served.is_cpu() ? std::string("CPU") : served.str()) + " storage only (PoolOptions.memory)");
-  require(detail::supported_dtype(dtype), std::string("TensorPool.acquire: dtype ") +
-                                              c10::toString(dtype) +
-                                              " is not served; expected a plain numeric or bool dtype");
+  if (device.type() != served.type() || (device.has_index() && device.index() != served.index()))
+    throw Error("TensorPool.acquire: device " + device.str() + " is not served; this pool holds " +
+                (served.is_cpu() ? std::string("CPU") : served.str()) + " storage only (PoolOptions.memory)");
+  if (!detail::supported_dtype(dtype))
+    throw Error(std::string("TensorPool.acquire: dtype ") + c10::toString(dtype) +
+                " is not served; expected a plain numeric or bool dtype");
   for (auto dim : shape)
-    require(dim >= 0, "TensorPool.acquire: shape " + c10::str(shape) +
-                          " has a negative dimension; expected sizes >= 0");
+    if (dim < 0) throw Error("TensorPool.acquire: shape " + c10::str(shape) + " has a negative dimension; expected sizes >= 0");
   if (state_->options.memory() == PoolMemory::Host && state_->options.small_bytes() > 0 &&
       size_t(c10::multiply_integers(shape)) * c10::elementSize(dtype) < state_->options.small_bytes()) {
     state_->small_leases.fetch_add(1, std::memory_order_relaxed);

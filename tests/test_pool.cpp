@@ -308,7 +308,7 @@ TEST_CASE("the routing allocator is installed by the pool's constructor, on its 
   CHECK(pool.stats().acquires > 0);
 TEST_CASE("leases below small_bytes get plain storage from LibTorch's allocator") {
   pare::TensorPool pool(pare::PoolOptions().small_bytes(64 * kKiB));
-  CHECK(pare::PoolOptions().small_bytes() == 128 * kKiB);  // the default
+  CHECK(pare::PoolOptions().small_bytes() == 0);  // the default: every size pooled
   {
     auto small = pool.acquire({16 * 1024 - 1}, torch::kFloat);  // one float under 64 KiB
     small.tensor().fill_(2);

@@ -84,7 +84,7 @@ class PoolOptions {
   size_t max_bytes_ = size_t{256} << 20;
   std::vector<size_t> size_classes_;
   bool poison_ = false;
-  size_t small_bytes_ = size_t{128} << 10;
+  size_t small_bytes_ = 0;  // pooled at every size: measured at least as fast as torch::empty (docs/pool.md)
   PoolMemory memory_ = PoolMemory::Host;
   int device_index_ = 0;
 };

@@ -46,6 +46,7 @@ except ImportError:
     pass
 from ._pare import Runner, inspect_model  # noqa: F401
 from ._pare import inspect_report  # noqa: F401
+from ._pare import Overloaded, Timeout  # noqa: F401
 from ._pare import Distill, apply_masks, distillation_loss  # noqa: F401
 from ._pare import (  # noqa: F401
     PooledTensor,

@@ -47,6 +47,7 @@ py::dict stats_dict(const PoolStats& s) {
   d["bytes_idle"] = s.bytes_idle;
   d["bytes_in_use"] = s.bytes_in_use;
   d["peak_bytes_in_use"] = s.peak_bytes_in_use;
+  d["small"] = s.small;
   return d;
 }
 
@@ -92,14 +93,15 @@ void bind_pool(py::module_& m) {
 
   py::class_<TensorPool>(m, "TensorPool")
       .def(py::init([](size_t max_bytes, std::vector<size_t> size_classes, bool poison, const std::string& memory,
-                       int device_index) {
+                       int device_index, size_t small_bytes) {
              return TensorPool(PoolOptions().max_bytes(max_bytes).size_classes(std::move(size_classes)).poison(poison)
-                                   .memory(parse_memory(memory)).device_index(device_index));
+                                   .memory(parse_memory(memory)).device_index(device_index).small_bytes(small_bytes));
            }),
            py::arg("max_bytes") = PoolOptions().max_bytes(), py::arg("size_classes") = std::vector<size_t>{},
            py::arg("poison") = false, py::arg("memory") = "host", py::arg("device_index") = 0,
+           py::arg("small_bytes") = PoolOptions().small_bytes(),
            "memory: \"host\" (pageable), \"pinned\" (page-locked, for fast copies to a GPU) or \"cuda\" "
-           "(GPU memory on device_index).")
+           "(GPU memory on device_index). Host leases under small_bytes come from LibTorch's allocator.")
       .def("acquire",
            [](TensorPool& pool, const std::vector<int64_t>& shape, const py::object& dtype,
               const py::object& device) { return pool.acquire(shape, to_dtype(dtype), to_device(device)); },

@@ -14,6 +14,10 @@ py::dict stats_dict(const RunnerStats& s) {
   py::dict d;
   d["requests"] = s.requests;
   d["failures"] = s.failures;
+  d["rejected"] = s.rejected;
+  d["timeouts"] = s.timeouts;
+  d["swaps"] = s.swaps;
+  d["queue_depth"] = s.queue_depth;
   d["forward_passes"] = s.batches;
   d["seconds"] = s.seconds;
   d["throughput"] = s.throughput();
@@ -38,12 +42,24 @@ struct DestroyWithoutGil {
 };
 using RunnerHolder = std::unique_ptr<Runner, DestroyWithoutGil>;
 
+template <typename Duration>
+Duration from_seconds(double seconds, const char* what) {
+  require(seconds >= 0 && seconds <= 86400, std::string("Runner: ") + what + " must be in [0, 86400] seconds, got " +
+                                                std::to_string(seconds));
+  return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(seconds));
+}
+
 RunnerHolder make_runner(const py::object& module, const py::object& cache, const py::object& pool,
-                                    int64_t max_batch, double max_delay_ms, int threads, int warmup,
-                                    const py::object& example_inputs, const py::object& cache_namespace,
-                                    const py::object& device, bool outputs_on_device) {
+                         int64_t max_batch, double max_delay, int threads, int warmup,
+                         const py::object& example_inputs, double batch_gap, size_t max_queue, double timeout,
+                         std::vector<int64_t> preferred_batch_sizes, const py::object& cache_namespace,
+                         const py::object& device, bool outputs_on_device) {
   auto options = RunnerOptions().max_batch(max_batch).threads(threads).warmup(warmup).max_delay(
-      std::chrono::microseconds(int64_t(max_delay_ms * 1000)));
+      from_seconds<std::chrono::microseconds>(max_delay, "max_delay"));
+  options.batch_gap(from_seconds<std::chrono::microseconds>(batch_gap, "batch_gap"))
+      .max_queue(max_queue)
+      .timeout(from_seconds<std::chrono::microseconds>(timeout, "timeout"))
+      .preferred_batch_sizes(std::move(preferred_batch_sizes));
   if (!cache.is_none()) options.cache(cache.cast<std::shared_ptr<InferenceCache>>());
   if (!pool.is_none()) options.pool(pool.cast<TensorPool>());
   if (!example_inputs.is_none()) options.example_inputs(to_inputs(example_inputs, "Runner(example_inputs=...)"));
@@ -54,25 +70,118 @@ RunnerHolder make_runner(const py::object& module, const py::object& cache, cons
   return RunnerHolder(new Runner(scripted, options));
 }
 
+// run(*inputs, timeout=None): the deadline is `timeout` seconds from now.
+Runner::Deadline deadline_from(const py::kwargs& kwargs, const char* what) {
+  Runner::Deadline deadline = Runner::Deadline::max();
+  for (const auto& item : kwargs) {
+    const auto key = py::str(item.first).cast<std::string>();
+    require(key == "timeout", std::string(what) + ": unexpected keyword argument '" + key + "'; expected timeout=seconds");
+    if (item.second.is_none()) continue;
+    deadline = std::chrono::steady_clock::now() +
+               from_seconds<std::chrono::steady_clock::duration>(item.second.cast<double>(), "timeout");
+  }
+  return deadline;
+}
+
+// The exception classes by error kind: pare.Overloaded, pare.Timeout (also a
+// builtin TimeoutError), pare.Error, pare.InvalidArgument. Leaked references:
+// they outlive the interpreter's teardown.
+py::handle g_overloaded, g_timeout, g_error, g_invalid_argument;
+
+py::object python_error(const RunOutcome& outcome) {
+  py::handle type = g_error;
+  if (outcome.kind == Error::Kind::Overloaded) type = g_overloaded;
+  if (outcome.kind == Error::Kind::Timeout) type = g_timeout;
+  if (outcome.kind == Error::Kind::InvalidArgument) type = g_invalid_argument;
+  return type(*outcome.error);
+}
+
+// The asyncio side of run_async: a future of the running loop, resolved on the
+// loop's own thread (call_soon_threadsafe) from the worker's callback.
+struct AsyncCall {
+  py::object loop, future, resolve;
+
+  void deliver(RunOutcome outcome) {
+    py::gil_scoped_acquire gil;
+    try {
+      py::object value = outcome.ok() ? torch::jit::toPyObject(outcome.output) : py::none();
+      py::object error = outcome.ok() ? py::none() : python_error(outcome);
+      loop.attr("call_soon_threadsafe")(resolve, future, value, error);
+    } catch (py::error_already_set& e) {  // the loop closed before the answer came
+      e.discard_as_unraisable("pare.Runner.run_async");
+    }
+    loop = future = resolve = py::object();  // dropped here, with the GIL held
+  }
+};
+
+void resolve_future(const py::object& future, const py::object& value, const py::object& error) {
+  if (future.attr("done")().cast<bool>()) return;  // cancelled by its awaiter
+  if (error.is_none()) future.attr("set_result")(value);
+  else future.attr("set_exception")(error);
+}
+
+py::object run_async(Runner& runner, const py::args& args, const py::kwargs& kwargs) {
+  auto inputs = to_inputs(args, "Runner.run_async");
+  const auto deadline = deadline_from(kwargs, "Runner.run_async");
+  auto call = std::make_shared<AsyncCall>();
+  call->loop = py::module_::import("asyncio").attr("get_running_loop")();
+  call->future = call->loop.attr("create_future")();
+  call->resolve = py::cpp_function(&resolve_future);
+  py::object future = call->future;
+  py::gil_scoped_release release;
+  runner.run_async(std::move(inputs), [call](RunOutcome outcome) { call->deliver(std::move(outcome)); }, deadline);
+  return future;
+}
+
+void bind_errors(py::module_& m) {
+  g_error = py::object(m.attr("Error")).release();
+  g_invalid_argument = py::object(m.attr("InvalidArgument")).release();
+  g_overloaded = PyErr_NewException("pare._pare.Overloaded", g_error.ptr(), nullptr);
+  py::object bases = py::make_tuple(g_error, py::handle(PyExc_TimeoutError));
+  g_timeout = PyErr_NewException("pare._pare.Timeout", bases.ptr(), nullptr);
+  if (!g_overloaded || !g_timeout) throw py::error_already_set();
+  m.attr("Overloaded") = g_overloaded;
+  m.attr("Timeout") = g_timeout;
+  py::register_exception_translator([](std::exception_ptr p) {  // tried before the module's own translator
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const Error& e) {
+      if (e.kind() == Error::Kind::Overloaded) return PyErr_SetString(g_overloaded.ptr(), e.what());
+      if (e.kind() == Error::Kind::Timeout) return PyErr_SetString(g_timeout.ptr(), e.what());
+      throw;
+    }
+  });
+}
+
 }  // namespace
 
 void bind_runner(py::module_& m) {
+  bind_errors(m);
   py::class_<Runner, RunnerHolder>(m, "Runner", "Thread-safe serving of a ScriptModule with dynamic batching, a cache and a pool.")
       .def(py::init(&make_runner), py::arg("module"), py::arg("cache") = py::none(), py::arg("pool") = py::none(),
-           py::arg("max_batch") = 1, py::arg("max_delay_ms") = 1.0, py::arg("threads") = 1, py::arg("warmup") = 0,
-           py::arg("example_inputs") = py::none(), py::arg("cache_namespace") = py::none(), py::arg("device") = "cpu",
-           py::arg("outputs_on_device") = false)
+           py::arg("max_batch") = 1, py::arg("max_delay") = 1e-3, py::arg("threads") = 1, py::arg("warmup") = 0,
+           py::arg("example_inputs") = py::none(), py::arg("batch_gap") = 1e-4, py::arg("max_queue") = 0,
+           py::arg("timeout") = 0.0, py::arg("preferred_batch_sizes") = std::vector<int64_t>{},
+           py::arg("cache_namespace") = py::none(), py::arg("device") = "cpu", py::arg("outputs_on_device") = false)
       .def("run",
-           [](Runner& runner, py::args args) {
+           [](Runner& runner, py::args args, py::kwargs kwargs) {
              auto inputs = to_inputs(args, "Runner.run");
+             const auto deadline = deadline_from(kwargs, "Runner.run");
              c10::IValue out;
              {
                py::gil_scoped_release release;
-               out = runner.run(std::move(inputs));
+               out = runner.run(std::move(inputs), deadline);
              }
              return torch::jit::toPyObject(out);
            })
-      .def("__call__", [](py::object self, py::args args) { return self.attr("run")(*args); })
+      .def("run_async", &run_async,
+           "An asyncio future of the output (await it inside a running event loop); the loop never blocks.")
+      .def("swap", [](Runner& runner, const py::object& module) {
+             auto scripted = unwrap_module(module, "Runner.swap");
+             py::gil_scoped_release release;
+             runner.swap(scripted);
+           }, py::arg("module"), "Serve `module` from now on; queued requests finish on the current one.")
+      .def("__call__", [](py::object self, py::args args, py::kwargs kwargs) { return self.attr("run")(*args, **kwargs); })
       .def("stats", [](const Runner& r) {
              RunnerStats stats;
              {

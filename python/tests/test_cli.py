@@ -86,6 +86,21 @@ def test_bench_prints_ratios_and_json(files):
     assert all(row["p50_ms"] > 0 and row["samples_per_second"] > 0 for row in data)
 
 
+def test_bench_open_loop_accounts_for_every_request(files):
+    # A queue of one at 4000 requests/s: most requests are refused, none is lost.
+    result = pare_cli("bench", files / "model.pt", "--rate", "4000", "--max-batch", "8", "--max-queue", "1",
+                      "--seconds", "0.3", "--json")
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    assert row["offered_rate"] == 4000 and row["sent"] > 0
+    assert row["succeeded"] + row["rejected"] + row["timeouts"] + row["failed"] == row["sent"]
+    assert row["rejected"] > 0 and row["failed"] == 0
+    assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["p999_ms"]
+    table = pare_cli("bench", files / "model.pt", "--rate", "200", "--timeout", "1", "--seconds", "0.2")
+    assert table.returncode == 0 and "p99.9 ms" in table.stdout and "timeouts" in table.stdout
+    one_line_error(pare_cli("bench", files / "model.pt", "--rate", "100", "--timeout", "-1"), "--timeout must be in")
+
+
 def test_inspect_shows_layers_and_embedded_report(files):
     plain = pare_cli("inspect", files / "model.pt")
     assert plain.returncode == 0 and "fc1.weight" in plain.stdout and "pare report: none" in plain.stdout

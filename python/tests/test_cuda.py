@@ -14,7 +14,7 @@ def test_runner_on_cuda_serves_threads_from_pinned_staging(scripted):
     with torch.no_grad():
         reference = scripted(x)
     pinned = pare.TensorPool(memory="pinned")
-    runner = pare.Runner(scripted, device="cuda", pool=pinned, max_batch=32, max_delay_ms=2.0, threads=2)
+    runner = pare.Runner(scripted, device="cuda", pool=pinned, max_batch=32, max_delay=0.002, threads=2)
     assert scripted.conv1.weight.device.type == "cpu"
     wrong = []
 

@@ -9,7 +9,7 @@ import pare
 
 
 def test_context_manager_gives_a_tensor_and_reuses_its_storage():
-    pool = pare.TensorPool(max_bytes=64 << 20)
+    pool = pare.TensorPool(max_bytes=64 << 20, small_bytes=0)
     with pool.acquire((64, 1024), torch.float32) as t:
         assert isinstance(t, torch.Tensor)
         assert t.shape == (64, 1024) and t.dtype == torch.float32 and t.is_contiguous()
@@ -25,7 +25,7 @@ def test_context_manager_gives_a_tensor_and_reuses_its_storage():
 
 
 def test_a_live_tensor_is_never_handed_out_again():
-    pool = pare.TensorPool()
+    pool = pare.TensorPool(small_bytes=0)
     with pool.acquire((1000,), torch.int64) as kept:
         kept.fill_(5)
     with pool.acquire((1000,), torch.int64) as other:
@@ -35,7 +35,7 @@ def test_a_live_tensor_is_never_handed_out_again():
 
 
 def test_release_and_stats():
-    pool = pare.TensorPool(max_bytes=1 << 20)
+    pool = pare.TensorPool(max_bytes=1 << 20, small_bytes=0)
     lease = pool.acquire([256, 256], torch.float32)  # 256 KiB
     assert lease.valid
     assert lease.release() is True
@@ -53,7 +53,7 @@ def test_release_and_stats():
 
 
 def test_byte_bound():
-    pool = pare.TensorPool(max_bytes=2 * 4096 * 4)
+    pool = pare.TensorPool(max_bytes=2 * 4096 * 4, small_bytes=0)
     leases = [pool.acquire((4096,), torch.float32) for _ in range(4)]
     for lease in leases:
         lease.release()
@@ -63,7 +63,7 @@ def test_byte_bound():
 
 
 def test_poison():
-    pool = pare.TensorPool(poison=True)
+    pool = pare.TensorPool(poison=True, small_bytes=0)
     lease = pool.acquire((64,), torch.float32)
     lease.tensor.fill_(1.0)
     lease.release()
@@ -72,7 +72,7 @@ def test_poison():
 
 
 def test_invalid_arguments():
-    pool = pare.TensorPool()
+    pool = pare.TensorPool(small_bytes=0)
     with pytest.raises(pare.InvalidArgument, match="negative"):
         pool.acquire((3, -2))
     with pytest.raises(ValueError, match="dtype"):
@@ -86,7 +86,7 @@ def test_invalid_arguments():
 
 
 def test_allocator_guard_routes_torch_allocations_on_this_thread():
-    pool = pare.TensorPool()
+    pool = pare.TensorPool(small_bytes=0)
     conv = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
                                torch.nn.Linear(8 * 28 * 28, 10)).eval()
     x = torch.randn(16, 1, 28, 28)
@@ -114,3 +114,13 @@ def test_allocator_guard_routes_torch_allocations_on_this_thread():
         assert pool.stats()["acquires"] == before + 1
     torch.empty(1000)
     assert pool.stats()["acquires"] == before + 1
+
+
+def test_small_leases_go_to_the_system_allocator():
+    pool = pare.TensorPool(small_bytes=64 << 10)
+    with pool.acquire((1000,), torch.float32) as t:
+        t.fill_(1.0)
+    with pool.acquire((64, 1024), torch.float32) as u:
+        u.fill_(1.0)
+    stats = pool.stats()
+    assert stats["small"] == 1 and stats["acquires"] == 1

@@ -1,3 +1,4 @@
+import asyncio
 import threading
 
 import pytest
@@ -17,7 +18,7 @@ def doubling():
 
 
 def test_batched_runner_gives_each_thread_its_row(doubling):
-    runner = pare.Runner(doubling, max_batch=16, max_delay_ms=2.0, threads=1)
+    runner = pare.Runner(doubling, max_batch=16, max_delay=0.002, threads=1)
     wrong = []
 
     def client(t):
@@ -53,7 +54,7 @@ def test_runner_torn_down_right_after_its_requests(doubling):
     # The workers may still hold the last batch's inputs when the runner goes
     # away; tearing it down must neither wait on the GIL nor lose a result.
     for round in range(30):
-        runner = pare.Runner(doubling, max_batch=8, max_delay_ms=0.5, threads=2)
+        runner = pare.Runner(doubling, max_batch=8, max_delay=0.0005, threads=2)
         outputs = {}
 
         def client(t):
@@ -67,3 +68,101 @@ def test_runner_torn_down_right_after_its_requests(doubling):
         runner.stats()
         del runner
         assert all(torch.equal(y, torch.full((1, 2), v * 2 + 1)) for v, y in outputs.values())
+
+
+def test_overloaded_and_timeout_are_pare_errors():
+    assert issubclass(pare.Overloaded, pare.Error) and issubclass(pare.Timeout, pare.Error)
+    assert issubclass(pare.Timeout, TimeoutError) and issubclass(pare.Error, RuntimeError)
+
+
+def test_deadline_already_past_times_out_without_running(doubling):
+    for max_batch in (1, 8):
+        runner = pare.Runner(doubling, max_batch=max_batch)
+        with pytest.raises(pare.Timeout, match="never ran"):
+            runner.run(torch.ones(1, 2), timeout=0.0)
+        assert torch.equal(runner.run(torch.ones(1, 2), timeout=60.0), torch.full((1, 2), 3.0))
+        stats = runner.stats()
+        assert stats["timeouts"] == 1 and stats["forward_passes"] == 1
+    with pytest.raises(ValueError, match="unexpected keyword argument 'deadline'"):
+        runner.run(torch.ones(1, 2), deadline=1.0)
+    with pytest.raises(ValueError, match="timeout must be in"):
+        pare.Runner(doubling, timeout=-1.0)
+
+
+def test_full_queue_rejects_with_overloaded(doubling):
+    # One worker and a batch that waits an hour for company (max_batch 4, batch_gap
+    # an hour too): two requests sit in the queue and the next ones are refused.
+    async def scenario():
+        runner = pare.Runner(doubling, max_batch=4, max_delay=3600.0, batch_gap=3600.0, max_queue=2)
+        first = runner.run_async(torch.full((1, 2), 1.0))
+        second = runner.run_async(torch.full((1, 2), 2.0))
+        with pytest.raises(pare.Overloaded, match="max_queue"):
+            await runner.run_async(torch.full((1, 2), 3.0))
+        with pytest.raises(pare.Overloaded):
+            runner.run(torch.full((1, 2), 4.0))
+        stats = runner.stats()
+        assert stats["queue_depth"] == 2 and stats["rejected"] == 2
+        assert "pare_runner_rejected_total 2" in runner.metrics_text()
+        del runner  # shutting down runs what is queued: nothing is lost
+        return await first, await second
+
+    a, b = asyncio.run(scenario())
+    assert torch.equal(a, torch.full((1, 2), 3.0)) and torch.equal(b, torch.full((1, 2), 5.0))
+
+
+def test_run_async_never_blocks_the_event_loop(doubling):
+    runner = pare.Runner(doubling, max_batch=8, threads=2)
+
+    async def scenario():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        tick_task = asyncio.ensure_future(ticker())
+        results = await asyncio.gather(*(runner.run_async(torch.full((1, 3), float(i))) for i in range(64)))
+        with pytest.raises(pare.Error, match="negative input"):
+            await runner.run_async(-torch.ones(1, 3))
+        with pytest.raises(pare.Timeout):
+            await runner.run_async(torch.ones(1, 3), timeout=0.0)
+        tick_task.cancel()
+        return results, ticks
+
+    results, ticks = asyncio.run(scenario())
+    assert all(torch.equal(y, torch.full((1, 3), 2.0 * i + 1)) for i, y in enumerate(results))
+    assert ticks > 0  # the loop kept running while requests were out
+    with pytest.raises(RuntimeError):
+        runner.run_async(torch.ones(1, 3))  # no running event loop
+
+
+def test_swap_keeps_serving(doubling):
+    class Tripling(torch.nn.Module):
+        def forward(self, x):
+            return x * 3
+
+    runner = pare.Runner(doubling, max_batch=8, threads=2)
+    errors = []
+
+    def client(t):
+        for i in range(50):
+            try:
+                y = runner(torch.full((1, 2), 1.0))
+                if not (torch.equal(y, torch.full((1, 2), 3.0))):
+                    errors.append(y)
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(t,)) for t in range(4)]
+    [t.start() for t in threads]
+    for _ in range(10):
+        runner.swap(doubling)
+    [t.join() for t in threads]
+    assert errors == [] and runner.stats()["swaps"] == 10
+    runner.swap(torch.jit.script(Tripling()))
+    assert torch.equal(runner(torch.ones(1, 2)), torch.full((1, 2), 3.0))
+    assert torch.equal(runner(torch.full((1, 2), 2.0)), torch.full((1, 2), 6.0))
+    with pytest.raises(ValueError, match="ScriptModule"):
+        runner.swap(Tripling())
