@@ -168,7 +168,8 @@ c10::IValue split_rows(const c10::IValue& output, int64_t begin, int64_t rows, i
   }
   if (output.isTensorList()) {
     c10::List<at::Tensor> parts;
-    for (const at::Tensor t : output.toTensorList()) parts.push_back(split_rows(c10::IValue(t), begin, rows, total).toTensor());
+    const auto list = output.toTensorList();
+    for (size_t i = 0; i < list.size(); ++i) parts.push_back(split_rows(c10::IValue(list.get(i)), begin, rows, total).toTensor());
     return parts;
   }
   throw Error("the model returned a " + output.tagKind() +

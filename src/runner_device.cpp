@@ -17,7 +17,8 @@ c10::IValue map_tensors(const c10::IValue& value, const std::function<at::Tensor
   }
   if (value.isTensorList()) {
     c10::List<at::Tensor> out;
-    for (const at::Tensor t : value.toTensorList()) out.push_back(fn(t));
+    const auto list = value.toTensorList();
+    for (size_t i = 0; i < list.size(); ++i) out.push_back(fn(list.get(i)));
     return out;
   }
   if (value.isList()) {
