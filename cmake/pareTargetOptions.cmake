@@ -2,8 +2,7 @@
 # shares — its warnings, and the LibTorch precompiled header of the `pare`
 # library (build time: each LibTorch source costs ~30 s to parse without it).
 function(pare_target_options target)
-  # Aggregates initialised by their leading members are idiomatic here.
-  target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-missing-field-initializers)
+  target_compile_options(${target} PRIVATE -Wall -Wextra)
   if(PARE_WARNINGS_AS_ERRORS)
     target_compile_options(${target} PRIVATE -Werror)
   endif()
