@@ -18,13 +18,6 @@ using torch::jit::IValue;
 using torch::jit::WithInsertPoint;
 namespace aten = c10::aten;
 
-std::string layer_kind_of(const Node* n) {
-  if (n->kind() == aten::linear) return "Linear";
-  if (n->kind() == aten::conv2d) return "Conv2d";
-  if (n->kind() == aten::conv1d) return "Conv1d";
-  return "";
-}
-
 int64_t weight_dims(const std::string& kind) { return kind == "Linear" ? 2 : kind == "Conv2d" ? 4 : 3; }
 
 // After freezing, a weight constant keeps its attribute path as debug name
@@ -68,27 +61,6 @@ std::string unsupported_reason(Node* n, const std::string& kind) {
     if (!torch::jit::toIValue(n->input(4))->isIntList()) return "string padding (\"same\"/\"valid\") is not supported";
   }
   return "";
-}
-
-Node* fused_relu(Node* n) {
-  const auto& uses = n->output()->uses();
-  if (uses.size() != 1) return nullptr;
-  Node* user = uses[0].user;
-  return user->kind() == aten::relu && user->owningBlock() == n->owningBlock() ? user : nullptr;
-}
-
-// Ops PyTorch runs on quantized tensors with the input's scale and zero point.
-bool carries_int8(const Node* n) {
-  static const std::set<Symbol> kinds = {aten::relu, aten::max_pool2d, aten::flatten, aten::reshape, aten::view,
-                                         aten::avg_pool2d, aten::adaptive_avg_pool2d};
-  return kinds.count(n->kind()) && n->outputs().size() == 1;
-}
-
-bool is_plain_add(Node* n) {
-  if (n->kind() != aten::add || n->inputs().size() != 3) return false;
-  if (!n->input(1)->type()->isSubtypeOf(*c10::TensorType::get())) return false;
-  const auto alpha = torch::jit::toIValue(n->input(2));
-  return alpha && alpha->isInt() && alpha->toInt() == 1;
 }
 
 // Layers inside loops or branches stay float; list them so nothing is silent.
@@ -146,34 +118,110 @@ Value* dequantize_after(Graph& graph, Value* q) {
 
 }  // namespace
 
-Value* QuantStep::output() const { return relu ? relu->output() : node->output(); }
+Value* QuantStep::output() const { return activation ? activation->node->output() : node->output(); }
+
+std::vector<Value*> QuantStep::int8_inputs() const {
+  if (kind == Kind::Join) return tensor_inputs_of_join(node);
+  return {node->input(0)};
+}
+
+namespace {
+
+// Whether `n` reads an int8 result, directly or as an item of a list it reads.
+bool reads_int8(Node* n, const std::set<Value*>& int8) {
+  for (Value* in : n->inputs()) {
+    if (int8.count(in)) return true;
+    if (in->node()->kind() == c10::prim::ListConstruct)
+      for (Value* item : in->node()->inputs())
+        if (int8.count(item)) return true;
+  }
+  return false;
+}
+
+std::string float_op_reason(Node* n) {
+  const std::string kind = n->kind().toQualString();
+  if (n->kind() == aten::add || n->kind() == aten::mul) return kind + " of a tensor and a scalar, or with alpha != 1";
+  if (n->kind() == aten::batch_norm) return "batch_norm in training mode or with non-constant statistics";
+  if (n->kind() == aten::cat) return "cat of a list that is also modified or read elsewhere";
+  return "no int8 kernel for " + kind;
+}
+
+Value* insert_join(Graph& graph, const QuantStep& step, const std::function<Value*(Value*)>& to_int8,
+                   const QuantParams& out) {
+  Node* n = step.node;
+  const std::string suffix = step.activation && step.activation->is_relu() ? "_relu" : "";
+  const auto op = [&](const std::string& name) { return Symbol::fromQualString("quantized::" + name + suffix); };
+  if (step.name == "add" || step.name == "mul")
+    return graph.insert(op(step.name), {to_int8(n->input(0)), to_int8(n->input(1)), out.scale, out.zero_point});
+  if (step.name == "cat") {
+    std::vector<Value*> items;
+    for (Value* v : tensor_inputs_of_join(n)) items.push_back(to_int8(v));
+    Value* list = graph.insertNode(graph.createList(c10::TensorType::get(), items))->output();
+    return graph.insert(op("cat"), {list, n->input(1), out.scale, out.zero_point});
+  }
+  if (step.name == "batch_norm")
+    return graph.insert(op("batch_norm"), {to_int8(n->input(0)), n->input(1), n->input(2), n->input(3), n->input(4),
+                                           n->input(7), out.scale, out.zero_point});
+  // hardswish has no fused ReLU kernel: an absorbed activation acts through the output range alone.
+  return graph.insert(Symbol::fromQualString("quantized::hardswish"), {to_int8(n->input(0)), out.scale, out.zero_point});
+}
+
+Value* insert_layer(Graph& graph, const QuantStep& step, Value* input, const QuantParams& out, bool per_channel,
+                    std::pair<double, double>& weight_scales) {
+  const auto packed = pack_weight(step.node, step.layer_kind, per_channel, weight_scales);
+  const std::string base = step.layer_kind == "Linear" ? "linear" : step.layer_kind == "Conv2d" ? "conv2d" : "conv1d";
+  const std::string op = "quantized::" + base + (step.activation && step.activation->is_relu() ? "_relu" : "");
+  return graph.insert(Symbol::fromQualString(op), {input, insert_object(graph, packed), out.scale, out.zero_point});
+}
+
+// dim()/size() work on the int8 tensor: no dequantize just to read a shape.
+void redirect_shape_reads(Value* dq, Value* q) {
+  const auto uses = dq->uses();
+  for (const auto& use : uses)
+    if (reads_only_shape(use.user)) use.user->replaceInput(use.offset, q);
+}
+
+}  // namespace
 
 QuantPlan plan_static(Graph& graph, const std::vector<std::string>& skip) {
   QuantPlan plan;
   std::set<Value*> int8, observed;
+  std::set<Node*> absorbed;
   const auto observe = [&](Value* v, const std::string& what) {
     if (observed.insert(v).second) plan.observed.emplace_back(v, what);
   };
-  int64_t index = 0, adds = 0;
+  const auto add_step = [&](QuantStep step, const std::string& label) {
+    for (Value* in : step.int8_inputs())
+      if (!int8.count(in)) observe(in, "input of " + label);
+    if (step.kind != QuantStep::Kind::Carry) observe(step.output(), "output of " + label);
+    if (step.activation) {
+      plan.bounds[step.output()] = {step.activation->lo, step.activation->hi};
+      absorbed.insert(step.activation->node);
+    }
+    int8.insert(step.output());
+    plan.steps.push_back(std::move(step));
+  };
+  int64_t index = 0;
+  std::map<std::string, int64_t> joins;
   for (Node* n : graph.nodes()) {
-    const auto kind = layer_kind_of(n);
-    if (!kind.empty()) {
+    if (absorbed.count(n)) continue;
+    if (const auto kind = layer_kind_of(n); !kind.empty()) {
       const auto name = layer_name(n, index++);
       const auto reason = skipped(name, skip) ? "skipped by option" : unsupported_reason(n, kind);
       if (!reason.empty()) { plan.float_layers.push_back({name, kind, reason}); continue; }
-      QuantStep step{QuantStep::Kind::Layer, n, fused_relu(n), name, kind};
-      if (!int8.count(n->input(0))) observe(n->input(0), "input of " + name);
-      observe(step.output(), "output of " + name);
-      int8.insert(step.output());
-      plan.steps.push_back(step);
+      add_step({QuantStep::Kind::Layer, n, absorbable_activation(n), name, kind}, name);
+      continue;
+    }
+    const auto join = join_kind_of(n);
+    const auto join_inputs = join.empty() ? std::vector<Value*>{} : tensor_inputs_of_join(n);
+    if (std::any_of(join_inputs.begin(), join_inputs.end(), [&](Value* v) { return int8.count(v) > 0; })) {
+      add_step({QuantStep::Kind::Join, n, absorbable_activation(n), join, ""},
+               join + " " + std::to_string(joins[join]++));
     } else if (carries_int8(n) && int8.count(n->input(0))) {
-      plan.steps.push_back({QuantStep::Kind::Carry, n});
-      int8.insert(n->output());
-    } else if (is_plain_add(n) && int8.count(n->input(0)) && int8.count(n->input(1))) {
-      QuantStep step{QuantStep::Kind::Add, n, fused_relu(n)};
-      observe(step.output(), "output of add " + std::to_string(adds++));
-      int8.insert(step.output());
-      plan.steps.push_back(step);
+      add_step({QuantStep::Kind::Carry, n, std::nullopt, n->kind().toUnqualString(), ""}, n->kind().toUnqualString());
+    } else if (!reads_only_shape(n) && !n->kind().is_prim() && reads_int8(n, int8)) {
+      const std::string kind = n->kind().toQualString();
+      plan.float_ops.push_back({kind, kind, float_op_reason(n)});
     }
   }
   index = 0;
@@ -181,11 +229,20 @@ QuantPlan plan_static(Graph& graph, const std::vector<std::string>& skip) {
   return plan;
 }
 
+QuantParams activation_qparams(const Observer& observer, const QuantPlan& plan, Value* value) {
+  auto [lo, hi] = observer.range();
+  if (const auto it = plan.bounds.find(value); it != plan.bounds.end()) {
+    lo = std::clamp(lo, it->second.first, it->second.second);
+    hi = std::clamp(hi, it->second.first, it->second.second);
+  }
+  return choose_qparams(lo, hi);
+}
+
 std::vector<Value*> rewrite_static(Graph& graph, const QuantPlan& plan,
                                    const std::map<Value*, QuantParams>& activations, bool per_channel,
                                    std::vector<std::pair<double, double>>& weight_scales) {
   std::map<Value*, Value*> twin;  // float value -> the int8 value it dequantizes
-  const auto to_int8 = [&](Value* x) -> Value* {
+  const std::function<Value*(Value*)> to_int8 = [&](Value* x) -> Value* {
     if (auto it = twin.find(x); it != twin.end()) return it->second;
     const auto& q = activations.at(x);
     Node* producer = x->node();
@@ -206,28 +263,20 @@ std::vector<Value*> rewrite_static(Graph& graph, const QuantPlan& plan,
       q = copy->output()->setType(c10::TensorType::get());
     } else {
       const auto& out = activations.at(old_output);
-      WithInsertPoint guard(step.relu ? step.relu : n);
-      std::string op;
-      std::vector<torch::jit::NamedValue> args;
-      if (step.kind == QuantStep::Kind::Add) {
-        op = step.relu ? "quantized::add_relu" : "quantized::add";
-        args = {twin.at(n->input(0)), twin.at(n->input(1))};
+      WithInsertPoint guard(step.activation ? step.activation->node : n);
+      if (step.kind == QuantStep::Kind::Join) {
+        q = insert_join(graph, step, to_int8, out);
       } else {
         weight_scales.emplace_back();
-        const auto packed = pack_weight(n, step.layer_kind, per_channel, weight_scales.back());
-        std::string base = step.layer_kind == "Linear" ? "linear" : step.layer_kind == "Conv2d" ? "conv2d" : "conv1d";
-        op = "quantized::" + base + (step.relu ? "_relu" : "");
-        args = {to_int8(n->input(0)), insert_object(graph, packed)};
+        q = insert_layer(graph, step, to_int8(n->input(0)), out, per_channel, weight_scales.back());
       }
-      args.emplace_back(out.scale);
-      args.emplace_back(out.zero_point);
-      q = graph.insert(Symbol::fromQualString(op), args);
     }
     Value* dq = dequantize_after(graph, q);
     old_output->replaceAllUsesWith(dq);
+    redirect_shape_reads(dq, q);
     twin[dq] = q;
     if (step.kind == QuantStep::Kind::Layer) layer_outputs.push_back(dq);
-    if (step.relu) step.relu->destroy();
+    if (step.activation) step.activation->node->destroy();
     n->destroy();
   }
   return layer_outputs;
@@ -264,7 +313,12 @@ std::vector<std::string> rewrite_dynamic(Graph& graph, const std::vector<std::st
 std::shared_ptr<Graph> graph_returning(Graph& graph, const std::vector<Value*>& extra) {
   // Functions return one value, so the copy returns one tuple of everything.
   std::vector<Value*> all(graph.outputs().begin(), graph.outputs().end());
-  all.insert(all.end(), extra.begin(), extra.end());
+  std::vector<Node*> snapshots;
+  for (Value* v : extra) {
+    WithInsertPoint guard(v->node()->kind() == c10::prim::Param ? graph.block()->nodes().front() : v->node()->next());
+    all.push_back(graph.insert(aten::clone, {v}));
+    snapshots.push_back(all.back()->node());
+  }
   Node* tuple = graph.appendNode(graph.createTuple(all));
   const size_t outputs = graph.outputs().size();
   graph.registerOutput(tuple->output());
@@ -272,6 +326,7 @@ std::shared_ptr<Graph> graph_returning(Graph& graph, const std::vector<Value*>& 
   for (size_t i = 0; i < outputs; ++i) copy->eraseOutput(0);
   graph.eraseOutput(outputs);
   tuple->destroy();
+  for (Node* snapshot : snapshots) snapshot->destroy();
   return copy;
 }
 

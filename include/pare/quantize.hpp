@@ -35,6 +35,11 @@ class QuantizeOptions {
   /// Quantized engine ("onednn", "qnnpack", "fbgemm", "x86"); empty: the best this LibTorch has.
   QuantizeOptions& engine(std::string value) { engine_ = std::move(value); return *this; }
   QuantizeOptions& progress(CalibrationProgress callback) { progress_ = std::move(callback); return *this; }
+  /// Never slower than float (default on): times the model on the held-out
+  /// calibration batch with each island of int8 ops (ops joined by int8
+  /// tensors) in int8 and in float, and keeps float where int8 loses. The
+  /// report lists each island's timings.
+  QuantizeOptions& never_slower(bool value) { never_slower_ = value; return *this; }
 
   const InputBatches& batches() const { return batches_; }
   const BatchSource& source() const { return source_; }
@@ -43,6 +48,7 @@ class QuantizeOptions {
   const std::vector<std::string>& skip() const { return skip_; }
   const std::string& engine() const { return engine_; }
   const CalibrationProgress& progress() const { return progress_; }
+  bool never_slower() const { return never_slower_; }
 
  private:
   InputBatches batches_;
@@ -52,12 +58,15 @@ class QuantizeOptions {
   std::vector<std::string> skip_;
   std::string engine_;
   CalibrationProgress progress_;
+  bool never_slower_ = true;
 };
 
 /// Static int8: freezes the module (folding BatchNorm), calibrates activation
-/// ranges on the user's batches, and rewrites Linear/Conv1d/Conv2d (+ReLU) to
-/// quantized ops; relu, pooling, flatten/reshape and add between them stay
-/// quantized. Inputs and outputs stay float. Layers it cannot quantize stay
+/// ranges on the user's batches, and rewrites Linear/Conv1d/Conv2d to
+/// quantized ops, absorbing a following relu/hardtanh/clamp; add, mul, cat,
+/// batch_norm, hardswish, pooling, flatten/reshape and clamp-like activations
+/// between them stay quantized, so a model is quantized once at its entry and
+/// dequantized where a float op needs it. Inputs and outputs stay float. Layers it cannot quantize stay
 /// float and are listed in the report. The process's quantized engine is
 /// switched to options().engine() only while the pass runs, then restored.
 /// Report: per layer scale, zero_point, observer, sqnr_db; the engine is also

@@ -37,7 +37,7 @@ void bind_quantize(py::module_& m) {
   py::class_<QuantizeInt8, Pass, std::shared_ptr<QuantizeInt8>>(m, "QuantizeInt8")
       .def(py::init([](const py::object& calibration, const std::string& observer, bool per_channel,
                        std::vector<std::string> skip, const std::string& engine, double percentile, int64_t bins,
-                       const py::object& progress) {
+                       const py::object& progress, bool never_slower) {
              if (calibration.is_none())
                throw Error("QuantizeInt8: calibration is required; pass a list or iterable of input batches");
              auto options = QuantizeOptions()
@@ -46,14 +46,17 @@ void bind_quantize(py::module_& m) {
                                 .per_channel(per_channel)
                                 .skip(std::move(skip))
                                 .engine(engine)
-                                .progress(wrap_progress(progress));
+                                .progress(wrap_progress(progress))
+                                .never_slower(never_slower);
              return std::make_shared<QuantizeInt8>(std::move(options));
            }),
            py::arg("calibration") = py::none(), py::arg("observer") = to_string(ObserverOptions().kind()), py::arg("per_channel") = true,
            py::arg("skip") = std::vector<std::string>{}, py::arg("engine") = "", py::arg("percentile") = 99.99,
-           py::arg("bins") = 2048, py::arg("progress") = py::none(),
+           py::arg("bins") = 2048, py::arg("progress") = py::none(), py::arg("never_slower") = true,
            "Static int8 post-training quantization. calibration: a list or iterable of tensors or tuples "
-           "(one model input each). observer: minmax, moving_average_minmax, percentile, histogram, entropy.");
+           "(one model input each). observer: minmax, moving_average_minmax, percentile, histogram, entropy. "
+           "never_slower: time each island of int8 ops against float on the held-out batch and keep float "
+           "where int8 loses.");
   py::class_<QuantizeInt8Dynamic, Pass, std::shared_ptr<QuantizeInt8Dynamic>>(m, "QuantizeInt8Dynamic")
       .def(py::init([](bool per_channel, std::vector<std::string> skip, const std::string& engine) {
              return std::make_shared<QuantizeInt8Dynamic>(

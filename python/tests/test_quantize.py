@@ -68,7 +68,7 @@ def test_static_int8_in_a_pipeline_exports_a_file_stock_torch_loads(trained, tmp
     seen = []
     pipeline = pare.Pipeline([
         pare.QuantizeInt8(calibration=calibration, observer="histogram", per_channel=True,
-                          progress=lambda done, total: seen.append((done, total))),
+                          progress=lambda done, total: seen.append((done, total)), never_slower=False),
         pare.ExportTorchScript(path, freeze=True, verify_with=[test_x[:8]]),
     ])
     module, report = pipeline.run(scripted)

@@ -4,7 +4,13 @@
 // latency at batch 1 and 64 against LibTorch fp32 and PyTorch eager int8, and
 // the exported file size against fp32.
 //
+// Then the model table (bench_quantize_models.cpp): torchvision resnet18,
+// mobilenet_v2, densenet121 and a small trained ResNet, pare int8 beside
+// PyTorch's FX graph-mode PTQ, on 1 thread unless --model-threads says otherwise.
+//
 //   bench_quantize [--epochs 3] [--cache DIR] [--threads 2] [--rounds 20]
+//                  [--only mnist|models] [--models resnet18,mobilenet_v2,...]
+//                  [--model-threads 1] [--model-engine onednn]
 // Trained weights are cached in DIR (default: the working directory).
 
 #include <algorithm>
@@ -22,6 +28,7 @@
 #include <pare/pare.hpp>
 #include <pare/quantize.hpp>
 
+#include "bench_quantize_models.hpp"
 #include "fashion_mnist.hpp"
 
 namespace ex = pare::examples;
@@ -136,15 +143,45 @@ nlohmann::json run_reference(const std::string& data_path, const std::string& en
 
 }  // namespace
 
+void mnist_tables(int epochs, int threads, int rounds, const std::string& cache);
+
+std::vector<std::string> split_commas(const std::string& text) {
+  std::vector<std::string> out;
+  for (size_t at = 0; at <= text.size();) {
+    const auto end = std::min(text.find(',', at), text.size());
+    if (end > at) out.push_back(text.substr(at, end - at));
+    at = end + 1;
+  }
+  return out;
+}
+
 int main(int argc, char** argv) try {
-  int epochs = 3, threads = 2, rounds = 20;
-  std::string cache = ".";
+  int epochs = 3, threads = 2, rounds = 20, model_threads = 1;
+  std::string cache = ".", only, models = "resnet18,mobilenet_v2,densenet121,small_resnet", model_engine = "onednn";
   for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--models")) models = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--model-threads")) model_threads = std::stoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--model-engine")) model_engine = argv[i + 1];
     if (!std::strcmp(argv[i], "--epochs")) epochs = std::stoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--cache")) cache = argv[i + 1];
     else if (!std::strcmp(argv[i], "--threads")) threads = std::stoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--rounds")) rounds = std::stoi(argv[i + 1]);
   }
+  if (only != "models") mnist_tables(epochs, threads, rounds, cache);
+  if (only != "mnist") {
+    torch::set_num_threads(model_threads);
+    set_blas_threads(model_threads);
+    print_model_table(cache, split_commas(models), model_engine, model_threads, rounds);
+  }
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "error: %s\n", e.what());
+  return 1;
+}
+
+// The CNN and MLP tables (accuracy per observer, latency, size).
+void mnist_tables(int epochs, int threads, int rounds, const std::string& cache) {
   torch::set_num_threads(threads);
   set_blas_threads(threads);
   const auto train = ex::load_fashion_mnist(true), test = ex::load_fashion_mnist(false);
@@ -244,8 +281,4 @@ int main(int argc, char** argv) try {
     }
   }
   std::printf("(x: PyTorch eager int8 median / this runtime's median; >1 is faster than eager int8)\n");
-  return 0;
-} catch (const std::exception& e) {
-  std::fprintf(stderr, "error: %s\n", e.what());
-  return 1;
 }

@@ -1,0 +1,161 @@
+// QuantizeInt8 on the blocks of the architectures people deploy, written as
+// torchvision writes them: a ResNet basic block (in-place add and ReLU), a
+// MobileNetV2 inverted residual (ReLU6 = hardtanh), a DenseNet layer (cat,
+// standalone BatchNorm behind a shape check), a squeeze-excite gate (mul) and
+// the never-slower-than-float island timing. Small inputs: seconds in all.
+
+#include "testing.hpp"
+
+#include <string>
+
+#include "pare/quantize.hpp"
+
+namespace {
+
+std::string graph_of(const torch::jit::Module& m) { return m.get_method("forward").graph()->toString(); }
+
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+double sqnr(const torch::Tensor& reference, const torch::Tensor& approx) {
+  const auto a = reference.contiguous(), b = approx.contiguous();
+  return pare::sqnr_db(a.data_ptr<float>(), b.data_ptr<float>(), a.numel());
+}
+
+// Conv weights and BatchNorm statistics as torch.nn would hold them after training.
+void add_conv_bn(torch::jit::Module& m, const std::string& name, int64_t in, int64_t out, int64_t k) {
+  m.register_parameter(name + "_w", torch::randn({out, in, k, k}) / std::sqrt(double(in * k * k)), false);
+  m.register_parameter(name + "_g", 1 + 0.2 * torch::randn({out}), false);
+  m.register_parameter(name + "_b", 0.2 * torch::randn({out}), false);
+  m.register_buffer(name + "_m", 0.1 * torch::randn({out}));
+  m.register_buffer(name + "_v", 0.5 + torch::rand({out}));
+}
+
+std::string conv_bn(const std::string& name, const std::string& x, const std::string& padding) {
+  return "torch.batch_norm(torch.conv2d(" + x + ", self." + name + "_w, None, [1, 1], [" + padding + ", " + padding +
+         "]), self." + name + "_g, self." + name + "_b, self." + name + "_m, self." + name +
+         "_v, False, 0.1, 1e-5, False)";
+}
+
+pare::InputBatches batches(std::vector<int64_t> shape, int n = 4) {
+  pare::InputBatches out;
+  for (int i = 0; i < n; ++i) out.push_back({torch::randn(shape)});
+  return out;
+}
+
+pare::Result quantize(const torch::jit::Module& m, const pare::InputBatches& calibration, bool never_slower = false) {
+  return pare::Pipeline()
+      .add(pare::QuantizeInt8(pare::QuantizeOptions().calibration(calibration).never_slower(never_slower)))
+      .run(m);
+}
+
+// torchvision's BasicBlock: conv-bn-relu_, conv-bn, `out += identity`, relu_.
+torch::jit::Module basic_block() {
+  torch::manual_seed(7);
+  torch::jit::Module m("__torch__.BasicBlock");
+  add_conv_bn(m, "c1", 8, 8, 3);
+  add_conv_bn(m, "c2", 8, 8, 3);
+  m.define("def forward(self, x):\n  identity = x\n  out = torch.relu_(" + conv_bn("c1", "x", "1") +
+           ")\n  out = " + conv_bn("c2", "out", "1") + "\n  out += identity\n  return torch.relu_(out)\n");
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("a residual block keeps the signed conv output that the add needs") {
+  auto block = basic_block();
+  const auto calibration = batches({8, 8, 12, 12});
+  auto result = quantize(block, calibration);
+  const auto x = torch::randn({8, 8, 12, 12});
+  // The conv before `out += identity` holds negative values: a range decided
+  // after the in-place add and ReLU would clip them and fall to a few dB.
+  CHECK(sqnr(block.forward({x}).toTensor(), result.module.forward({x}).toTensor()) > 25.0);
+  const auto& entry = result.report.at("quantize_int8");
+  REQUIRE(entry.layers.size() == 2);
+  CHECK(entry.layers[0].labels.at("relu") == "fused");
+  CHECK(entry.layers[1].metrics.at("zero_point") > 0);  // signed: feeds the add, not a ReLU
+  const auto graph = graph_of(result.module);
+  CHECK(count(graph, "quantized::conv2d_relu") == 1);
+  CHECK(count(graph, "quantized::add_relu") == 1);
+  CHECK(count(graph, "aten::quantize_per_tensor") == 1);
+  CHECK(count(graph, "aten::dequantize") == 1);
+  CHECK(entry.metrics.at("float_ops") == 0);
+}
+
+TEST_CASE("an inverted residual stays int8 through ReLU6 (hardtanh)") {
+  torch::manual_seed(8);
+  torch::jit::Module m("__torch__.InvertedResidual");
+  add_conv_bn(m, "expand", 8, 16, 1);
+  add_conv_bn(m, "project", 16, 8, 1);
+  m.define("def forward(self, x):\n  h = torch.hardtanh_(" + conv_bn("expand", "x", "0") +
+           ", 0.0, 6.0)\n  return x + " + conv_bn("project", "h", "0") + "\n");
+  const auto calibration = batches({8, 8, 10, 10});
+  auto result = quantize(m, calibration);
+  const auto x = torch::randn({8, 8, 10, 10});
+  CHECK(sqnr(m.forward({x}).toTensor(), result.module.forward({x}).toTensor()) > 25.0);
+  const auto graph = graph_of(result.module);
+  CHECK(count(graph, "hardtanh") == 0);  // absorbed: the conv's output range is [0, 6] at most
+  CHECK(count(graph, "quantized::add(") == 1);
+  CHECK(count(graph, "aten::dequantize") == 1);
+  CHECK(result.report.at("quantize_int8").layers[0].labels.at("activation") == "hardtanh");
+}
+
+TEST_CASE("a dense layer stays int8 through cat and a standalone batch_norm behind a shape check") {
+  torch::manual_seed(9);
+  torch::jit::Module m("__torch__.DenseLayer");
+  add_conv_bn(m, "stem", 3, 8, 3);
+  add_conv_bn(m, "norm", 16, 16, 1);  // only its BatchNorm statistics are used
+  m.register_parameter("grow_w", torch::randn({8, 16, 3, 3}) / 12.0, false);
+  m.define("def forward(self, x):\n  a = torch.relu(" + conv_bn("stem", "x", "1") +
+           ")\n  features = [a]\n  features.append(torch.max_pool2d(a, 3, 1, 1))\n  c = torch.cat(features, 1)\n"
+           "  assert c.dim() == 4\n"
+           "  n = torch.relu(torch.batch_norm(c, self.norm_g, self.norm_b, self.norm_m, self.norm_v, False, 0.1, "
+           "1e-5, False))\n  return torch.conv2d(n, self.grow_w, None, [1, 1], [1, 1])\n");
+  const auto calibration = batches({4, 3, 12, 12});
+  auto result = quantize(m, calibration);
+  const auto x = torch::randn({4, 3, 12, 12});
+  CHECK(sqnr(m.forward({x}).toTensor(), result.module.forward({x}).toTensor()) > 20.0);
+  const auto graph = graph_of(result.module);
+  CHECK(count(graph, "quantized::cat(") == 1);
+  CHECK(count(graph, "quantized::batch_norm_relu") == 1);
+  CHECK(count(graph, "aten::batch_norm") == 0);
+  CHECK(count(graph, "aten::quantize_per_tensor") == 1);
+  CHECK(count(graph, "aten::dequantize") == 1);  // the shape check reads the int8 tensor
+}
+
+TEST_CASE("a squeeze-excite gate multiplies in int8; an op without int8 kernel is listed") {
+  torch::manual_seed(10);
+  torch::jit::Module m("__torch__.SqueezeExcite");
+  add_conv_bn(m, "body", 8, 8, 3);
+  add_conv_bn(m, "gate", 8, 8, 1);
+  m.define("def forward(self, x):\n  h = torch.relu(" + conv_bn("body", "x", "1") +
+           ")\n  s = torch.sigmoid(" + conv_bn("gate", "torch.adaptive_avg_pool2d(h, [1, 1])", "0") +
+           ")\n  return torch.softmax(torch.flatten(h * s, 1), 1)\n");
+  const auto calibration = batches({4, 8, 8, 8});
+  auto result = quantize(m, calibration);
+  const auto x = torch::randn({4, 8, 8, 8});
+  CHECK(sqnr(m.forward({x}).toTensor(), result.module.forward({x}).toTensor()) > 20.0);
+  const auto graph = graph_of(result.module);
+  CHECK(count(graph, "quantized::mul(") == 1);
+  CHECK(count(graph, "aten::dequantize") == 1);
+  const auto& entry = result.report.at("quantize_int8");
+  CHECK(entry.metrics.at("float_ops") == 1);
+  CHECK_THAT(entry.labels.at("float_ops"), Catch::Contains("aten::softmax"));
+}
+
+TEST_CASE("never slower: each island is timed, and the one kept is the faster") {
+  auto block = basic_block();
+  auto result = quantize(block, batches({2, 8, 12, 12}), /*never_slower=*/true);
+  const auto& entry = result.report.at("quantize_int8");
+  REQUIRE(entry.metrics.at("islands_timed") == 1);  // the whole block is one int8 island
+  CHECK(entry.metrics.at("calibration_fp32_ms") > 0);
+  const bool kept_float = entry.metrics.at("islands_kept_float") == 1;
+  const auto graph = graph_of(result.module);
+  CHECK(count(graph, "quantized::add_relu") == (kept_float ? 0 : 1));
+  CHECK(entry.metrics.at("layers_int8") == (kept_float ? 0 : 2));
+  const auto x = torch::randn({2, 8, 12, 12});
+  CHECK(sqnr(block.forward({x}).toTensor(), result.module.forward({x}).toTensor()) > 25.0);
+}
