@@ -109,7 +109,7 @@ def pipeline_report(tmp_path_factory, fashion_mnist_dir=os.environ.get(
     calibration = list(images[:256].split(64))
     _, report = pare.Pipeline([
         pare.L1Prune(amount=0.7, scope="global"),
-        pare.QuantizeInt8(calibration=calibration, observer="minmax", skip=["fc2"]),
+        pare.QuantizeInt8(calibration=calibration, observer="minmax", skip=["fc2"], never_slower=False),
         pare.ExportTorchScript(str(d / "small.pt"), verify_with=[images[256:288]], tolerance=10.0),
     ]).run(scripted)
     page = d / "report.html"
