@@ -3,7 +3,7 @@
 
 #include "pare/distill.hpp"
 #include "pare/cache.hpp"
-include "pare/error.hpp"
+#include "pare/error.hpp"
 #include "pare/export.hpp"
 #include "pare/pipeline.hpp"
 #include "pare/pool.hpp"
