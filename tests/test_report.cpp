@@ -117,6 +117,8 @@ TEST_CASE("channels before/after round-trip through JSON and draw two bars per g
   CHECK(!copy.passes[0].layers[1].channels_before);
   CHECK(copy.to_string().find("channels=64->32") != std::string::npos);
   CHECK(count(copy.to_html(), "<rect class=\"bar ") == 1 + 2);  // time per pass + before/after
+}
+
 TEST_CASE("layer counts from JSON must be integers in [0, 2^53]; totals never overflow") {
   const auto with_counts = [](const std::string& parameters, const std::string& nonzeros) {
     return "{\"passes\": [{\"pass\": \"p\", \"seconds\": 0, \"layers\": [{\"name\": \"w\", \"parameters\": " +
