@@ -146,7 +146,8 @@ bool same_value(const c10::IValue& a, const c10::IValue& b) {
       if (x.scalar_type() != y.scalar_type() || x.sizes() != y.sizes()) return false;
       const auto cx = checked_contiguous(x, "InferenceCache");
       const auto cy = checked_contiguous(y, "InferenceCache");
-      return std::memcmp(cx.data_ptr(), cy.data_ptr(), tensor_bytes(cx)) == 0;
+      const size_t bytes = tensor_bytes(cx);  // an empty tensor may have no data pointer at all
+      return bytes == 0 || std::memcmp(cx.data_ptr(), cy.data_ptr(), bytes) == 0;
     }
     case Tuple: {
       const auto& x = a.toTupleRef().elements();
