@@ -188,9 +188,11 @@ bool same_value(const c10::IValue& a, const c10::IValue& b) {
       const auto cx = checked_contiguous(x, "InferenceCache");
       const auto cy = checked_contiguous(y, "InferenceCache");
       if (cx.device() != cy.device()) return false;
+      const size_t bytes = tensor_bytes(cx);  // an empty tensor may have no data pointer at all
+      if (bytes == 0) return true;
       if (!cx.is_cpu())  // compared where they live, bit for bit (NaN payloads included)
         return at::equal(cx.view(at::kByte), cy.view(at::kByte));
-      return std::memcmp(cx.data_ptr(), cy.data_ptr(), tensor_bytes(cx)) == 0;
+      return std::memcmp(cx.data_ptr(), cy.data_ptr(), bytes) == 0;
     }
     case Tuple: {
       const auto& x = a.toTupleRef().elements();

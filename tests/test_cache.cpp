@@ -84,6 +84,16 @@ TEST_CASE("same bytes with another shape or dtype is another entry") {
   CHECK(cache.get({x}).has_value());
 }
 
+TEST_CASE("empty tensors are cached and compared") {
+  // Found by fuzz_cache_record under UBSan: comparing empty tensors passed a null pointer to memcmp.
+  InferenceCache cache;
+  const auto empty = at::empty({0, 3});
+  cache.put({empty}, at::ones({1}));
+  CHECK(cache.get({at::empty({0, 3})}).has_value());
+  CHECK_FALSE(cache.get({at::empty({3, 0})}).has_value());
+  CHECK(pare::same_content(at::empty({0}), at::empty({0})));
+}
+
 TEST_CASE("non-contiguous inputs are keyed by their values") {
   InferenceCache cache;
   const auto x = input(2, {4, 5});
