@@ -12,7 +12,8 @@ function(run)
   endif()
 endfunction()
 
-set(args -DPARE_CONSUME=${MODE} -DCMAKE_BUILD_TYPE=Release)
+# Unoptimised (build type None): the check is that the parent project builds and links pare.
+set(args -DPARE_CONSUME=${MODE} -DCMAKE_BUILD_TYPE=None)
 if(LAUNCHER)
   list(APPEND args "-DCMAKE_CXX_COMPILER_LAUNCHER=${LAUNCHER}")
 endif()
