@@ -140,7 +140,7 @@ TEST_CASE("an exception from fn reaches every caller, each as its own copy, and 
   }
   SECTION("c10::Error keeps its class and message") {
     struct Thrown : c10::Error {
-      Thrown() : c10::Error("shape mismatch", "") {}
+      Thrown() : c10::Error(c10::SourceLocation{__func__, __FILE__, __LINE__}, "shape mismatch") {}
     };
     failures_seen_by<Thrown, c10::Error>(threads, calls);
   }

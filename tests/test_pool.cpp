@@ -306,6 +306,8 @@ TEST_CASE("the routing allocator is installed by the pool's constructor, on its 
   });
   worker.join();
   CHECK(pool.stats().acquires > 0);
+}
+
 TEST_CASE("leases below small_bytes get plain storage from LibTorch's allocator") {
   pare::TensorPool pool(pare::PoolOptions().small_bytes(64 * kKiB));
   CHECK(pare::PoolOptions().small_bytes() == 0);  // the default: every size pooled

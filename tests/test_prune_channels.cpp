@@ -1,5 +1,7 @@
 #include "testing.hpp"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
