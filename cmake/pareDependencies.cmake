@@ -11,3 +11,23 @@ pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
 if(PARE_WITH_REDIS)
   pkg_check_modules(HIREDIS REQUIRED IMPORTED_TARGET hiredis)
 endif()
+
+# As a subproject (add_subdirectory, FetchContent) the parent links pare::pare,
+# and through it these imported targets, which find_package made visible in
+# pare's directory only: make them global.
+if(NOT CMAKE_SOURCE_DIR STREQUAL PROJECT_SOURCE_DIR)
+  if(CMAKE_VERSION VERSION_GREATER_EQUAL 3.21)
+    get_directory_property(pare_imported_targets IMPORTED_TARGETS)
+  else()
+    set(pare_imported_targets torch torch_library torch_cpu torch_cpu_library c10 nlohmann_json::nlohmann_json
+        Eigen3::Eigen CLI11::CLI11 PkgConfig::XXHASH PkgConfig::HIREDIS)
+  endif()
+  foreach(target IN LISTS pare_imported_targets)
+    if(TARGET ${target})
+      get_target_property(global ${target} IMPORTED_GLOBAL)
+      if(NOT global)
+        set_target_properties(${target} PROPERTIES IMPORTED_GLOBAL TRUE)
+      endif()
+    endif()
+  endforeach()
+endif()
