@@ -201,7 +201,7 @@ def test_inspect_html_draws_the_embedded_report(pipeline_report):
     missing = run_cli("inspect", d / "missing.pt", "--html", out)
     assert missing.returncode != 0 and "no such file" in missing.stderr
     unwritable = run_cli("inspect", d / "small.pt", "--html", d / "no-such-dir" / "page.html")
-    assert unwritable.returncode == 1 and unwritable.stderr.startswith("pare: could not write the page to ")
+    assert unwritable.returncode == 1 and unwritable.stderr.startswith("pare: --html: could not write ")
 
 
 def test_bench_html_shows_percentiles_and_throughput_side_by_side(pipeline_report):
