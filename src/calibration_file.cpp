@@ -4,6 +4,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <stdexcept>
 
 #include <caffe2/serialize/in_memory_adapter.h>
 #include <caffe2/serialize/inline_container.h>
@@ -35,6 +36,9 @@ std::string with_appends(std::string pickle) {
 c10::IValue unpickle_zip(const std::vector<char>& bytes) {
   caffe2::serialize::PyTorchStreamReader reader(
       std::make_shared<caffe2::serialize::MemoryReadAdapter>(bytes.data(), off_t(bytes.size())));
+  // A TorchScript module is a zip too; its data.pkl names classes that only a
+  // module loader can build, so it is refused before unpickling.
+  TORCH_CHECK(!reader.hasRecord("constants.pkl"), "it is a TorchScript model (torch.jit.save), not a torch.save file");
   const auto [data, size] = reader.getRecord("data.pkl");
   const std::string pickle = with_appends(std::string(static_cast<const char*>(data.get()), size));
   size_t offset = 0;
@@ -45,7 +49,11 @@ c10::IValue unpickle_zip(const std::vector<char>& bytes) {
     return n;
   };
   auto read_record = [&](const std::string& name) { return std::get<0>(reader.getRecord("data/" + name)); };
-  torch::jit::Unpickler unpickler(read, nullptr, nullptr, read_record, c10::nullopt);
+  // Classes (pickled Python objects, modules) are not batches: refused by name.
+  auto no_classes = [](const c10::QualifiedName& name) -> c10::StrongTypePtr {
+    throw std::runtime_error("it holds an object of class " + name.qualifiedName() + ", not tensors");
+  };
+  torch::jit::Unpickler unpickler(read, no_classes, nullptr, read_record, c10::nullopt);
   unpickler.set_version(reader.version());
   return unpickler.parse_ivalue();
 }

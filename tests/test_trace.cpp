@@ -356,6 +356,6 @@ print("python ok")
     CHECK(torch::equal(mask, theirs.masks.at(name)));
   }
   CHECK(ours.masks.count("features.0.weight"));
-  std::filesystem::remove_all(dir);
+  remove_tree(dir.string());
 }
 #endif

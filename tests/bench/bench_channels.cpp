@@ -50,7 +50,7 @@ Args parse(int argc, char** argv) {
 
 fs::path write_models() {
   const auto dir = fs::temp_directory_path() / "pare_bench_channels";
-  const std::string command = "/usr/bin/python3 " PARE_BENCH_SOURCE_DIR "/bench_channels_models.py " + dir.string();
+  const std::string command = PARE_PYTHON " " PARE_BENCH_SOURCE_DIR "/bench_channels_models.py " + dir.string();
   if (std::system(command.c_str()) != 0) throw std::runtime_error("failed: " + command);
   return dir;
 }

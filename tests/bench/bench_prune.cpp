@@ -68,7 +68,7 @@ double torch_prune_seconds(const std::string& python, int repeats) {
 
 int main(int argc, char** argv) {
   int repeats = 3;
-  std::string python = "/usr/bin/python3";
+  std::string python = PARE_PYTHON;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--repeats")) repeats = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--python")) python = argv[i + 1];

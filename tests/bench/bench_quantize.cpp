@@ -134,7 +134,7 @@ nlohmann::json run_reference(const std::string& data_path, const std::string& en
                              const std::vector<std::string>& models) {
   const std::string script = std::string(PARE_BENCH_SOURCE_DIR) + "/bench_quantize_reference.py";
   const std::string out = data_path + ".json";
-  std::string command = "/usr/bin/python3 " + script + " " + data_path + " " + engine;
+  std::string command = PARE_PYTHON " " + script + " " + data_path + " " + engine;
   for (const auto& m : models) command += " " + m;
   command += " > " + out;
   if (std::system(command.c_str()) != 0) throw std::runtime_error("the PyTorch reference failed: " + command);
@@ -265,9 +265,9 @@ void mnist_tables(int epochs, int threads, int rounds, const std::string& cache)
     row("pare int8 (histogram/pc)", b1[1], b64[1], size);
   }
   std::printf("(speedup: LibTorch fp32 median / this runtime's median; fp32 and pare int8 take turns in one process; "
-              "PyTorch eager int8 was timed in its own /usr/bin/python3 process)\n");
+              "PyTorch eager int8 was timed in its own " PARE_PYTHON " process)\n");
 
-  std::printf("\nsame-process check in /usr/bin/python3 (stock PyTorch, no pare), medians in ms:\n");
+  std::printf("\nsame-process check in " PARE_PYTHON " (stock PyTorch, no pare), medians in ms:\n");
   std::printf("%-5s %-34s %10s %10s %16s %16s\n", "model", "runtime", "b1 ms p50", "b64 ms p50",
               "b1 vs eager int8", "b64 vs eager int8");
   for (const auto& [name, model] : models) {

@@ -86,7 +86,7 @@ void print_model_table(const std::string& dir, const std::vector<std::string>& m
   for (const auto& m : models) names += " " + m;
   std::fprintf(stderr, "preparing%s (scripted, settled BatchNorm; small_resnet is trained once and cached)...\n",
                names.c_str());
-  run_or_throw("/usr/bin/python3 " + script() + " prepare " + dir + names);
+  run_or_throw(PARE_PYTHON " " + script() + " prepare " + dir + names);
   const auto data = make_data();
   const auto bytes = torch::pickle_save(data);
   std::ofstream(dir + "/models_data.pt", std::ios::binary).write(bytes.data(), std::streamsize(bytes.size()));
@@ -96,15 +96,15 @@ void print_model_table(const std::string& dir, const std::vector<std::string>& m
     std::fprintf(stderr, "pare int8: %s\n", name.c_str());
     pare_runs[name] = quantize_with_pare(dir, name, engine, data);
   }
-  std::fprintf(stderr, "FX PTQ and timing in /usr/bin/python3...\n");
+  std::fprintf(stderr, "FX PTQ and timing in " PARE_PYTHON "...\n");
   const std::string json_path = dir + "/models_measured.json";
-  run_or_throw("/usr/bin/python3 " + script() + " measure " + dir + " " + engine + " " + std::to_string(threads) + " " +
+  run_or_throw(PARE_PYTHON " " + script() + " measure " + dir + " " + engine + " " + std::to_string(threads) + " " +
                std::to_string(rounds) + names + " > " + json_path);
   const auto measured = nlohmann::json::parse(std::ifstream(json_path));
 
   std::printf("\ntorchvision models (random weights, settled BatchNorm) and a Fashion-MNIST ResNet; engine %s, "
               "%d thread(s), %lld calibration batches; medians of fp32 / pare int8 / FX int8 taking turns in one "
-              "/usr/bin/python3 process (torch %s)\n",
+              PARE_PYTHON " process (torch %s)\n",
               engine.c_str(), threads, (long long)kCalibrationBatches,
               measured.at("torch").get<std::string>().c_str());
   std::printf("%-13s %8s %8s %8s %8s %8s %8s %9s %9s %8s %8s %8s\n", "model", "fp32 b1", "pare b1", "FX b1", "fp32 b8",

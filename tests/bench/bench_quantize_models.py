@@ -87,19 +87,24 @@ def settle_batch_norm(model, batches=4, batch=16, size=64):
 
 
 def train_small_resnet(model, epochs=2):
+    """Trains on a GPU where there is one (the weights are what matters here,
+    not where they were learnt; the state is cached for later runs)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     x, y = fashion_mnist("train")
+    x, y = x.to(device), y.to(device)
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     model.train()
     for epoch in range(epochs):
-        order = torch.randperm(len(x))
+        order = torch.randperm(len(x), device=device)
         for i in range(0, len(x), 128):
             idx = order[i : i + 128]
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        print(f"small_resnet epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}", file=sys.stderr)
-    model.eval()
+        print(f"small_resnet epoch {epoch + 1}/{epochs} on {device}: loss {loss.item():.3f}", file=sys.stderr)
+    model.cpu().eval()
 
 
 def prepare(directory, names):
