@@ -14,5 +14,11 @@ function(pare_target_options target)
       target_compile_options(${target} PRIVATE -fPIC)
     endif()
     target_precompile_headers(${target} REUSE_FROM pare)
+    # GCC ignores a precompiled header built with other macros: the library's is
+    # built with hiredis's pkg-config flags (-D_FILE_OFFSET_BITS=64), so its
+    # users get them too, or every one of their sources parses LibTorch again.
+    if(TARGET PkgConfig::HIREDIS)
+      target_compile_options(${target} PRIVATE $<TARGET_PROPERTY:PkgConfig::HIREDIS,INTERFACE_COMPILE_OPTIONS>)
+    endif()
   endif()
 endfunction()

@@ -4,6 +4,7 @@
 // nothing fetched from the network: the page renders from the file alone.
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace pare::html {
@@ -31,6 +32,7 @@ struct Marker {
 /// markers as extra rows with a note. Bars are `<rect class="bar sN">`, each
 /// with a `<title>` tooltip; every label is an SVG `<text>`.
 struct BarChart {
+  BarChart(std::string title, std::string unit) : title(std::move(title)), unit(std::move(unit)) {}
   std::string title;
   std::string unit;                 ///< appended to each value, e.g. "%", " dB"
   std::vector<std::string> labels;  ///< one per row

@@ -276,7 +276,7 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
 
   mutable std::mutex mutex;
   std::unordered_map<size_t, std::deque<Block*>> idle;  // by capacity, oldest first
-  Block lru_{nullptr, 0, &lru_, &lru_, nullptr};         // sentinel of the idle LRU ring
+  Block lru_{nullptr, 0, &lru_, &lru_, nullptr, {}};         // sentinel of the idle LRU ring
   PoolStats stats;
 };
 

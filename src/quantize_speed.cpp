@@ -58,7 +58,8 @@ SpeedCheck drop_slower_islands(const torch::jit::Module& frozen, Graph& graph, c
                                const std::map<Value*, QuantParams>& activations,
                                const std::vector<IValue>& inputs, bool per_channel, size_t max_islands) {
   const std::string reason = "kept float: int8 was slower here";
-  SpeedCheck check{plan};
+  SpeedCheck check;
+  check.plan = plan;
   const auto island = island_of_steps(plan);
   std::vector<size_t> sizes;
   for (size_t i : island) {

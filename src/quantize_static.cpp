@@ -80,7 +80,8 @@ struct Planned {
 };
 
 Planned plan_model(const torch::jit::Module& model, const QuantizeOptions& options) {
-  Planned p{detail::frozen_copy(model, "QuantizeInt8")};
+  Planned p;
+  p.module = detail::frozen_copy(model, "QuantizeInt8");
   p.graph = p.module.get_method("forward").graph();
   detail::prepare_for_int8(p.graph);
   p.plan = detail::plan_static(*p.graph, options.skip());

@@ -26,6 +26,7 @@ namespace {
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
 RunOutcome failure(std::string message, Error::Kind kind) { return RunOutcome{c10::IValue(), std::move(message), kind}; }
+RunOutcome success(c10::IValue output) { return RunOutcome{std::move(output), std::nullopt, Error::Kind::Runtime}; }
 
 RunOutcome timed_out(const detail::Request& request) {
   const double waited_ms = 1e3 * seconds_since(request.arrival);
@@ -190,7 +191,7 @@ struct Runner::Impl {
     try {
       auto& served = *batch.front()->model;
       if (batch.size() == 1) {
-        batch.front()->answer(RunOutcome{forward_one(served, batch.front()->inputs, stream)});
+        batch.front()->answer(success(forward_one(served, batch.front()->inputs, stream)));
         return;
       }
       int64_t total = 0;
@@ -200,7 +201,7 @@ struct Runner::Impl {
       const auto output = io->deliver(forward(served, merged), stream);
       int64_t begin = 0;
       for (auto& r : batch) {
-        r->answer(RunOutcome{detail::split_rows(output, begin, r->rows, total)});
+        r->answer(success(detail::split_rows(output, begin, r->rows, total)));
         begin += r->rows;
       }
     } catch (const Error& e) {
@@ -279,7 +280,7 @@ void Runner::run_async(std::vector<c10::IValue> inputs, Done done, Deadline dead
   };
   auto served = impl_->current_model();
   if (const auto& cache = impl_->options.cache()) {
-    if (auto hit = cache->get(inputs, served->cache_namespace)) return finish(RunOutcome{*hit});
+    if (auto hit = cache->get(inputs, served->cache_namespace)) return finish(success(*hit));
     finish = [cache, inputs, start, ns = served->cache_namespace, recorded = std::move(finish)](RunOutcome outcome) {
       if (outcome.ok()) cache->put(inputs, outcome.output, seconds_since(start), ns);
       recorded(std::move(outcome));

@@ -110,7 +110,10 @@ TEST_CASE("channels before/after round-trip through JSON and draw two bars per g
   group.channels_before = 64;
   group.channels_after = 32;
   pass.layers.push_back(group);
-  pass.layers.push_back(pare::LayerReport{"fc.weight", 10, 10});
+  pare::LayerReport dense;
+  dense.name = "fc.weight";
+  dense.parameters = dense.nonzeros = 10;
+  pass.layers.push_back(dense);
   const auto copy = pare::Report::from_json(report.to_json());
   CHECK(copy.passes[0].layers[0].channels_before == 64);
   CHECK(copy.passes[0].layers[0].channels_after == 32);
