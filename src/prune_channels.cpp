@@ -371,12 +371,14 @@ void PruneChannels::run(Result& state, PassReport& entry) const {
   }
   const auto& s = pruned.stats;
   for (const auto& group : s.groups) {
-    LayerReport row;  // one row per group: "parameters" = channels before, "nonzeros" = channels after
+    // One row per group of coupled layers. Its channel counts are not weight
+    // counts: parameters/nonzeros stay 0 so that sparsity figures and charts
+    // never read removed channels as zeroed weights.
+    LayerReport row;
     row.name = group.name;
-    row.parameters = group.channels_before;
-    row.nonzeros = group.channels_after;
-    row.metrics = {{"channels_before", double(group.channels_before)}, {"channels_after", double(group.channels_after)},
-                   {"members", double(group.members.size())}};
+    row.channels_before = group.channels_before;
+    row.channels_after = group.channels_after;
+    row.metrics = {{"members", double(group.members.size())}};
     if (!group.blocked_by.empty()) row.labels["blocked_by"] = group.blocked_by;
     entry.layers.push_back(std::move(row));
   }

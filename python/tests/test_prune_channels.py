@@ -92,11 +92,13 @@ def test_resnet18_pipeline_export_reloads_in_torch(tmp_path):
     assert entry.metrics["macs_after"] < 0.8 * entry.metrics["macs_before"]
     assert entry.metrics["params_after"] < 0.5 * entry.metrics["params_before"]
     prunable = [row for row in entry.layers if "blocked_by" not in row.labels]
-    removed = sum(r.parameters - r.nonzeros for r in prunable) / sum(r.parameters for r in prunable)
+    removed = sum(r.channels_before - r.channels_after for r in prunable) / sum(r.channels_before for r in prunable)
     assert 0.4 <= removed <= 0.5  # round_to 8 gives some channels back
     assert os.path.getsize(path) < 0.7 * os.path.getsize(original)
     for row in entry.layers:
-        assert row.nonzeros % 8 == 0 or "blocked_by" in row.labels
+        assert row.channels_after % 8 == 0 or "blocked_by" in row.labels
+        # channel counts are not weight counts: no sparsity is claimed for removed channels
+        assert row.parameters == row.nonzeros == 0 and row.sparsity == 0
     reloaded = torch.jit.load(path)
     y = reloaded(torch.randn(2, 3, 32, 32))
     assert y.shape == (2, 10) and torch.isfinite(y).all()
