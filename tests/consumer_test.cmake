@@ -5,12 +5,7 @@ set(prefix ${BUILD_DIR}/consumer-test/prefix)
 set(consumer_build ${BUILD_DIR}/consumer-test/build)
 file(REMOVE_RECURSE ${BUILD_DIR}/consumer-test)
 
-function(run)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "failed (${rc}): ${ARGN}")
-  endif()
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/run_checked.cmake)
 
 run(${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${prefix})
 run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/examples/consumer -B ${consumer_build} -G ${GENERATOR}

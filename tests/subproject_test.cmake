@@ -5,12 +5,7 @@
 set(consumer_build ${BUILD_DIR}/consumer-${MODE})
 file(REMOVE_RECURSE ${consumer_build})
 
-function(run)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "failed (${rc}): ${ARGN}")
-  endif()
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/run_checked.cmake)
 
 # Unoptimised (build type None): the check is that the parent project builds and links pare.
 set(args -DPARE_CONSUME=${MODE} -DCMAKE_BUILD_TYPE=None)

@@ -1,10 +1,7 @@
 // pare::InferenceCache: exactness, namespaces, LRU order, byte capacity, TTL,
 // copies, records, statistics. Threads: test_cache_concurrency.cpp.
 
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#undef CHECK  // glog's CHECK (via LibTorch) must not replace Catch's
-#include <catch2/catch.hpp>
+#include "cache_testing.hpp"
 
 #include <atomic>
 #include <fstream>
@@ -17,17 +14,9 @@
 using namespace std::chrono_literals;
 using pare::CacheOptions;
 using pare::InferenceCache;
+using cache_testing::input;
 
 namespace {
-
-struct SingleThreadedTorch {  // OpenMP inside LibTorch confuses ThreadSanitizer
-  SingleThreadedTorch() { at::set_num_threads(1); }
-} single_threaded_torch;
-
-at::Tensor input(int64_t seed, std::vector<int64_t> shape = {1, 3, 8, 8}) {
-  at::manual_seed(static_cast<uint64_t>(seed));
-  return at::randn(shape);
-}
 
 // A "model" whose output identifies its input, counting its calls.
 struct Model {

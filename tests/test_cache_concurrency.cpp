@@ -2,10 +2,7 @@
 // however the callers interleave), exceptions reaching every waiting caller
 // as its own copy, and consistency under concurrent reads, writes and erases.
 
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#undef CHECK  // glog's CHECK (via LibTorch) must not replace Catch's
-#include <catch2/catch.hpp>
+#include "cache_testing.hpp"
 
 #include <array>
 #include <atomic>
@@ -17,17 +14,9 @@
 using namespace std::chrono_literals;
 using pare::CacheOptions;
 using pare::InferenceCache;
+using cache_testing::input;
 
 namespace {
-
-struct SingleThreadedTorch {  // OpenMP inside LibTorch confuses ThreadSanitizer
-  SingleThreadedTorch() { at::set_num_threads(1); }
-} single_threaded_torch;
-
-at::Tensor input(int64_t seed, std::vector<int64_t> shape = {1, 3, 8, 8}) {
-  at::manual_seed(static_cast<uint64_t>(seed));
-  return at::randn(shape);
-}
 
 // Runs body(t) on `threads` threads released together.
 template <class Body>

@@ -104,16 +104,17 @@ def test_concurrent_threads_compute_once_and_release_the_gil_while_waiting():
 
 def test_an_exception_reaches_every_waiting_caller_and_caches_nothing():
     cache = pare.InferenceCache()
-    x = torch.randn(8)
-    errors = []
+    x = torch.ones(4)
+    errors, barrier = [], threading.Barrier(4)
 
-    def failing(t):
+    def fn(t):
         time.sleep(0.1)
-        raise KeyError("model failed")
+        raise KeyError("model down")
 
     def call():
+        barrier.wait()
         try:
-            cache.get_or_compute(x, failing)
+            cache.get_or_compute(x, fn)
         except KeyError as e:
             errors.append(e)
 
@@ -121,8 +122,8 @@ def test_an_exception_reaches_every_waiting_caller_and_caches_nothing():
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=30)
-    assert len(errors) == 4
+        t.join()
+    assert len(errors) == 4 and all("model down" in str(e) for e in errors)
     assert len(cache) == 0
 
 

@@ -2,8 +2,6 @@
 on torchvision models (random weights) and on a model of our own."""
 
 import io
-import threading
-import time
 
 import pytest
 import torch
@@ -80,28 +78,3 @@ def test_cache_namespaces_and_rejected_entries():
     cache.put(torch.zeros(128 << 10), torch.ones(1))  # 512 KiB: over a quarter of the capacity
     assert cache.stats().rejected == 1
     assert "pare_cache_rejected_total 1" in cache.to_prometheus()
-
-
-def test_every_waiter_gets_the_exception_fn_raised():
-    cache = pare.InferenceCache()
-    x = torch.ones(4)
-    errors, barrier = [], threading.Barrier(4)
-
-    def fn(t):
-        time.sleep(0.1)
-        raise KeyError("model down")
-
-    def call():
-        barrier.wait()
-        try:
-            cache.get_or_compute(x, fn)
-        except KeyError as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=call) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(errors) == 4 and all("model down" in str(e) for e in errors)
-    assert len(cache) == 0

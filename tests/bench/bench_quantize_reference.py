@@ -13,13 +13,13 @@ eager models.
 
 import copy
 import json
-import statistics
 import sys
-import time
 
 import torch
 import torch.ao.quantization as tq
 import torch.nn as nn
+
+from bench_quantize_models import medians_ms  # same directory: the one timing loop of both scripts
 
 
 class Cnn(nn.Module):
@@ -58,23 +58,6 @@ def accuracy(model, images, labels):
     return 100.0 * correct / len(images)
 
 
-def interleaved_medians_ms(models, batch, rounds, per_round):
-    """Median forward time per model; the models take turns in short rounds."""
-    x = torch.randn(batch, 1, 28, 28)
-    times = {name: [] for name in models}
-    with torch.no_grad():
-        for model in models.values():
-            for _ in range(5):
-                model(x)
-        for _ in range(rounds):
-            for name, model in models.items():
-                for _ in range(per_round):
-                    start = time.perf_counter()
-                    model(x)
-                    times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def main():
     data = torch.load(sys.argv[1])
     engine = sys.argv[2]
@@ -107,7 +90,7 @@ def main():
             timed["pare_int8"] = pare_int8
         rounds = int(data["rounds"].item()) if "rounds" in data else 20
         for batch, per_round in [(1, 20), (64, 5)]:
-            for key, ms in interleaved_medians_ms(timed, batch, rounds, per_round).items():
+            for key, ms in medians_ms(timed, torch.randn(batch, 1, 28, 28), rounds, per_round).items():
                 out[name][f"{key}_b{batch}_ms"] = ms
     print(json.dumps(out))
 
