@@ -325,7 +325,7 @@ RunnerStats Runner::stats() const {
   return stats;
 }
 
-std::string Runner::metrics_text() const {
+std::string Runner::to_prometheus() const {
   std::string out = detail::runner_prometheus(stats(), impl_->latencies);
   if (impl_->options.cache()) out += impl_->options.cache()->to_prometheus();
   if (impl_->options.pool()) out += impl_->options.pool()->to_prometheus();

@@ -79,7 +79,7 @@ std::string runner_prometheus(const RunnerStats& s, const LatencyRecorder& laten
   counter("pare_runner_rejected_total", "Requests refused at once because the queue was full.", s.rejected);
   counter("pare_runner_timeouts_total", "Requests whose deadline passed while they waited; they never ran.", s.timeouts);
   counter("pare_runner_swaps_total", "Models installed by swap().", s.swaps);
-  counter("pare_runner_forward_passes_total", "Forward passes run (cache hits run none).", s.batches);
+  counter("pare_runner_batches_total", "Batches: forward passes run (cache hits run none).", s.batches);
   prometheus::append_metric(out, "pare_runner_queue_depth", "gauge", "Requests waiting in the queue.", double(s.queue_depth));
   prometheus::append_metric(out, "pare_runner_throughput_requests_per_second", "gauge", "Requests per second since start.", s.throughput());
   append_batch_histogram(out, s.batch_sizes);

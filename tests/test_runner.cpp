@@ -115,7 +115,7 @@ TEST_CASE("concurrent single requests are merged and each caller gets its own ro
   for (size_t n = 0; n < stats.batch_sizes.size(); ++n) merged += n * stats.batch_sizes[n];
   CHECK(merged == stats.requests);
   CHECK(stats.p50_ms > 0);  // every request's latency is recorded
-  CHECK(runner.metrics_text().find("pare_runner_latency_seconds_count " + std::to_string(kThreads * kRequests)) !=
+  CHECK(runner.to_prometheus().find("pare_runner_latency_seconds_count " + std::to_string(kThreads * kRequests)) !=
         std::string::npos);
 }
 
@@ -169,7 +169,7 @@ TEST_CASE("the cache answers repeated inputs without a forward pass") {
   for (int i = 0; i < 5; ++i) CHECK(torch::equal(runner.run({row(7)}).toTensor(), row(15)));
   CHECK(runner.stats().batches == 1);
   CHECK(cache->stats().hits == 4);
-  const auto text = runner.metrics_text();
+  const auto text = runner.to_prometheus();
   CHECK(text.find("pare_runner_requests_total 5") != std::string::npos);
   CHECK(text.find("pare_cache_hits") != std::string::npos);
   CHECK(text.find("pare_runner_latency_seconds_bucket{le=\"+Inf\"} 5") != std::string::npos);
@@ -181,7 +181,7 @@ TEST_CASE("the pool serves the model's allocations from call to call") {
   for (int i = 0; i < 5; ++i) runner.run({torch::ones({64, 1024})});
   const auto stats = pool.stats();
   CHECK(stats.hits >= 5);
-  CHECK(runner.metrics_text().find("pare_pool_") != std::string::npos);
+  CHECK(runner.to_prometheus().find("pare_pool_") != std::string::npos);
 }
 
 TEST_CASE("outputs that can't be split by rows are reported clearly") {
@@ -241,7 +241,7 @@ TEST_CASE("a full queue refuses at once with kind Overloaded, and nothing queued
   CHECK(stats.rejected == 2);
   CHECK(stats.requests == 5);
   CHECK(stats.failures == 2);
-  CHECK(runner.metrics_text().find("pare_runner_rejected_total 2") != std::string::npos);
+  CHECK(runner.to_prometheus().find("pare_runner_rejected_total 2") != std::string::npos);
 }
 
 TEST_CASE("a request still queued at its deadline fails with kind Timeout and never runs") {
@@ -270,7 +270,7 @@ TEST_CASE("a request still queued at its deadline fails with kind Timeout and ne
   CHECK_FALSE(g_gate.saw(2));
   CHECK_FALSE(g_gate.saw(3));
   CHECK(runner.stats().timeouts == 2);
-  CHECK(runner.metrics_text().find("pare_runner_timeouts_total 2") != std::string::npos);
+  CHECK(runner.to_prometheus().find("pare_runner_timeouts_total 2") != std::string::npos);
 }
 
 TEST_CASE("a deadline already past fails without running, batched or not") {
@@ -394,7 +394,7 @@ TEST_CASE("Prometheus exposition: latency and batch size histograms, queue depth
   std::vector<std::future<c10::IValue>> futures;
   for (int i = 0; i < 4; ++i) futures.push_back(runner.run_async({row(float(i))}));
   for (auto& f : futures) f.get();
-  const auto text = runner.metrics_text();
+  const auto text = runner.to_prometheus();
   for (const char* line : {"pare_runner_batch_size_bucket{le=\"2\"} 0", "pare_runner_batch_size_bucket{le=\"4\"} 1",
                            "pare_runner_batch_size_count 1", "pare_runner_batch_size_sum 4", "pare_runner_queue_depth 0",
                            "pare_runner_latency_seconds_count 4", "# TYPE pare_runner_latency_seconds histogram",

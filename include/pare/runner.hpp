@@ -8,7 +8,7 @@
 //                       pare::RunnerOptions().cache(cache).max_batch(32)
 //                           .max_delay(std::chrono::microseconds(500)).threads(1));
 //   auto logits = runner.run({image}).toTensor();   // from any number of threads
-//   std::cout << runner.metrics_text();
+//   std::cout << runner.to_prometheus();
 
 #include <chrono>
 #include <cstdint>
@@ -163,7 +163,7 @@ class Runner {
 
   RunnerStats stats() const;
   /// Runner, latency and batch size histograms, cache and pool metrics as one Prometheus text exposition.
-  std::string metrics_text() const;
+  std::string to_prometheus() const;
 
  private:
   struct Impl;

@@ -44,12 +44,13 @@ try:
     from ._pare import RedisTier  # noqa: F401  (built with PARE_WITH_REDIS)
 except ImportError:
     pass
-from ._pare import Runner, inspect_model  # noqa: F401
+from ._pare import Runner, RunnerStats, inspect_model  # noqa: F401
 from ._pare import inspect_report  # noqa: F401
 from ._pare import Overloaded, Timeout  # noqa: F401
 from ._pare import Distill, apply_masks, distillation_loss  # noqa: F401
 from ._pare import (  # noqa: F401
     PooledTensor,
+    PoolStats,
     PoolAllocatorGuard,
     TensorPool,
     install_pool_allocator,

@@ -31,7 +31,7 @@ void bind_report(py::module_& m) {
                " nonzeros=" + std::to_string(l.nonzeros) + ">";
       });
   py::class_<PassReport>(m, "PassReport")
-      .def_readonly("passname", &PassReport::pass)
+      .def_readonly("pass_", &PassReport::pass)  // C++'s `pass`, a keyword in Python
       .def_readonly("seconds", &PassReport::seconds)
       .def_readonly("layers", &PassReport::layers)
       .def_readonly("metrics", &PassReport::metrics)

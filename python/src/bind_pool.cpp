@@ -35,20 +35,24 @@ at::Device to_device(const py::handle& device) {
   }
 }
 
-py::dict stats_dict(const PoolStats& s) {
-  py::dict d;
-  d["acquires"] = s.acquires;
-  d["hits"] = s.hits;
-  d["misses"] = s.misses;
-  d["releases"] = s.releases;
-  d["evictions"] = s.evictions;
-  d["outlived"] = s.outlived;
-  d["blocks_idle"] = s.blocks_idle;
-  d["bytes_idle"] = s.bytes_idle;
-  d["bytes_in_use"] = s.bytes_in_use;
-  d["peak_bytes_in_use"] = s.peak_bytes_in_use;
-  d["small"] = s.small;
-  return d;
+// pare.PoolStats: C++'s PoolStats field for field.
+void bind_pool_stats(py::module_& m) {
+  py::class_<PoolStats>(m, "PoolStats", "A snapshot of a TensorPool's counters.")
+      .def_readonly("acquires", &PoolStats::acquires)
+      .def_readonly("hits", &PoolStats::hits)
+      .def_readonly("misses", &PoolStats::misses)
+      .def_readonly("releases", &PoolStats::releases)
+      .def_readonly("evictions", &PoolStats::evictions)
+      .def_readonly("outlived", &PoolStats::outlived)
+      .def_readonly("blocks_idle", &PoolStats::blocks_idle)
+      .def_readonly("bytes_idle", &PoolStats::bytes_idle)
+      .def_readonly("bytes_in_use", &PoolStats::bytes_in_use)
+      .def_readonly("peak_bytes_in_use", &PoolStats::peak_bytes_in_use)
+      .def_readonly("small", &PoolStats::small)
+      .def("__repr__", [](const PoolStats& s) {
+        return "<PoolStats acquires=" + std::to_string(s.acquires) + " hits=" + std::to_string(s.hits) +
+               " bytes_idle=" + std::to_string(s.bytes_idle) + ">";
+      });
 }
 
 /// `with pool.allocator_guard(): ...` — a PoolAllocatorGuard from __enter__ to __exit__.
@@ -70,6 +74,7 @@ class AllocatorScope {
 }  // namespace
 
 void bind_pool(py::module_& m) {
+  bind_pool_stats(m);
   py::class_<PooledTensor>(m, "PooledTensor",
                            "A lease on pooled storage. `with lease as t:` gives the tensor and ends the lease "
                            "on exit; the storage returns to the pool once no tensor uses it (so `t` itself "
@@ -108,7 +113,7 @@ void bind_pool(py::module_& m) {
            py::arg("shape"), py::arg("dtype") = py::module_::import("torch").attr("float32"),
            py::arg("device") = "cpu")
       .def("trim", &TensorPool::trim, "Frees all idle storage; returns the bytes freed.")
-      .def("stats", [](const TensorPool& pool) { return stats_dict(pool.stats()); })
+      .def("stats", &TensorPool::stats)
       .def("to_prometheus",
            [](const TensorPool& pool, const std::map<std::string, std::string>& labels) {
              return pool.to_prometheus(prometheus::Labels(labels.begin(), labels.end()));

@@ -10,26 +10,32 @@
 namespace pare::python {
 namespace {
 
-py::dict stats_dict(const RunnerStats& s) {
-  py::dict d;
-  d["requests"] = s.requests;
-  d["failures"] = s.failures;
-  d["rejected"] = s.rejected;
-  d["timeouts"] = s.timeouts;
-  d["swaps"] = s.swaps;
-  d["queue_depth"] = s.queue_depth;
-  d["forward_passes"] = s.batches;
-  d["seconds"] = s.seconds;
-  d["throughput"] = s.throughput();
-  d["p50_ms"] = s.p50_ms;
-  d["p95_ms"] = s.p95_ms;
-  d["p99_ms"] = s.p99_ms;
-  d["max_ms"] = s.max_ms;
-  py::dict sizes;
-  for (size_t n = 1; n < s.batch_sizes.size(); ++n)
-    if (s.batch_sizes[n]) sizes[py::int_(n)] = s.batch_sizes[n];
-  d["batch_sizes"] = sizes;
-  return d;
+// pare.RunnerStats: C++'s RunnerStats field for field (batch_sizes as {size: count}).
+void bind_runner_stats(py::module_& m) {
+  py::class_<RunnerStats>(m, "RunnerStats", "A snapshot of a Runner's counters and latency percentiles.")
+      .def_readonly("requests", &RunnerStats::requests)
+      .def_readonly("failures", &RunnerStats::failures)
+      .def_readonly("rejected", &RunnerStats::rejected)
+      .def_readonly("timeouts", &RunnerStats::timeouts)
+      .def_readonly("swaps", &RunnerStats::swaps)
+      .def_readonly("batches", &RunnerStats::batches)
+      .def_readonly("queue_depth", &RunnerStats::queue_depth)
+      .def_readonly("seconds", &RunnerStats::seconds)
+      .def_readonly("p50_ms", &RunnerStats::p50_ms)
+      .def_readonly("p95_ms", &RunnerStats::p95_ms)
+      .def_readonly("p99_ms", &RunnerStats::p99_ms)
+      .def_readonly("max_ms", &RunnerStats::max_ms)
+      .def_property_readonly("throughput", &RunnerStats::throughput)
+      .def_property_readonly("batch_sizes", [](const RunnerStats& s) {
+        py::dict sizes;
+        for (size_t n = 1; n < s.batch_sizes.size(); ++n)
+          if (s.batch_sizes[n]) sizes[py::int_(n)] = s.batch_sizes[n];
+        return sizes;
+      })
+      .def("__repr__", [](const RunnerStats& s) {
+        return "<RunnerStats requests=" + std::to_string(s.requests) + " batches=" + std::to_string(s.batches) +
+               " failures=" + std::to_string(s.failures) + ">";
+      });
 }
 
 // The runner's destructor joins its workers; it must not hold the GIL while a
@@ -157,6 +163,7 @@ void bind_errors(py::module_& m) {
 
 void bind_runner(py::module_& m) {
   bind_errors(m);
+  bind_runner_stats(m);
   py::class_<Runner, RunnerHolder>(m, "Runner", "Thread-safe serving of a ScriptModule with dynamic batching, a cache and a pool.")
       .def(py::init(&make_runner), py::arg("module"), py::arg("cache") = py::none(), py::arg("pool") = py::none(),
            py::arg("max_batch") = 1, py::arg("max_delay") = 1e-3, py::arg("threads") = 1, py::arg("warmup") = 0,
@@ -188,9 +195,9 @@ void bind_runner(py::module_& m) {
                py::gil_scoped_release release;
                stats = r.stats();
              }
-             return stats_dict(stats);
+             return stats;
            })
-      .def("metrics_text", &Runner::metrics_text, py::call_guard<py::gil_scoped_release>());
+      .def("to_prometheus", &Runner::to_prometheus, py::call_guard<py::gil_scoped_release>());
 
   m.def("cli_main", [](std::vector<std::string> args) {
     py::gil_scoped_release release;

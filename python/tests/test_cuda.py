@@ -28,8 +28,8 @@ def test_runner_on_cuda_serves_threads_from_pinned_staging(scripted):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert wrong == []
-    assert runner.stats()["forward_passes"] < 96
-    assert pinned.stats()["hits"] > 0
+    assert runner.stats().batches < 96
+    assert pinned.stats().hits > 0
 
 
 def test_runner_can_leave_outputs_on_the_gpu(scripted):
@@ -58,6 +58,6 @@ def test_cuda_pool_poisons_and_trims():
         del t
     lease = pool.acquire([128], torch.float32, "cuda")
     assert torch.isnan(lease.tensor).all()
-    assert pool.stats()["hits"] == 1
+    assert pool.stats().hits == 1
     lease.release()
     assert pool.trim() > 0

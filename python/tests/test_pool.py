@@ -20,8 +20,8 @@ def test_context_manager_gives_a_tensor_and_reuses_its_storage():
     with pool.acquire((128, 512), torch.float32) as u:
         assert u.data_ptr() == first
     stats = pool.stats()
-    assert stats["acquires"] == 2 and stats["hits"] == 1 and stats["misses"] == 1
-    assert stats["outlived"] == 2  # both names outlived their leases
+    assert stats.acquires == 2 and stats.hits == 1 and stats.misses == 1
+    assert stats.outlived == 2  # both names outlived their leases
 
 
 def test_a_live_tensor_is_never_handed_out_again():
@@ -44,10 +44,10 @@ def test_release_and_stats():
     with pytest.raises(pare.Error):
         lease.tensor
     stats = pool.stats()
-    assert stats["bytes_idle"] == pool.size_class(256 * 256 * 4)
-    assert stats["bytes_in_use"] == 0
-    assert pool.trim() == stats["bytes_idle"]
-    assert pool.stats()["bytes_idle"] == 0
+    assert stats.bytes_idle == pool.size_class(256 * 256 * 4)
+    assert stats.bytes_in_use == 0
+    assert pool.trim() == stats.bytes_idle
+    assert pool.stats().bytes_idle == 0
     text = pool.to_prometheus({"pool": "py"})
     assert 'pare_pool_misses_total{pool="py"} 1\n' in text
 
@@ -58,8 +58,8 @@ def test_byte_bound():
     for lease in leases:
         lease.release()
     stats = pool.stats()
-    assert stats["bytes_idle"] <= pool.max_bytes
-    assert stats["evictions"] == 2
+    assert stats.bytes_idle <= pool.max_bytes
+    assert stats.evictions == 2
 
 
 def test_poison():
@@ -96,24 +96,24 @@ def test_allocator_guard_routes_torch_allocations_on_this_thread():
             with pool.allocator_guard():
                 out = conv(x)
         warm = pool.stats()
-        assert warm["acquires"] > 0
+        assert warm.acquires > 0
         for _ in range(3):
             with pool.allocator_guard():
                 out = conv(x)
-        assert pool.stats()["misses"] == warm["misses"]  # steady state: everything reused
+        assert pool.stats().misses == warm.misses  # steady state: everything reused
     assert torch.allclose(out, reference, atol=1e-6)
 
     seen = {}
     with pool.allocator_guard():
-        before = pool.stats()["acquires"]
+        before = pool.stats().acquires
         worker = threading.Thread(target=lambda: seen.setdefault("t", torch.empty(1000)))
         worker.start()
         worker.join()
-        assert pool.stats()["acquires"] == before  # other threads are not routed
+        assert pool.stats().acquires == before  # other threads are not routed
         torch.empty(1000)
-        assert pool.stats()["acquires"] == before + 1
+        assert pool.stats().acquires == before + 1
     torch.empty(1000)
-    assert pool.stats()["acquires"] == before + 1
+    assert pool.stats().acquires == before + 1
 
 
 def test_small_leases_go_to_the_system_allocator():
@@ -123,4 +123,4 @@ def test_small_leases_go_to_the_system_allocator():
     with pool.acquire((64, 1024), torch.float32) as u:
         u.fill_(1.0)
     stats = pool.stats()
-    assert stats["small"] == 1 and stats["acquires"] == 1
+    assert stats.small == 1 and stats.acquires == 1

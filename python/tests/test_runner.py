@@ -32,9 +32,9 @@ def test_batched_runner_gives_each_thread_its_row(doubling):
     [t.join() for t in threads]
     assert wrong == []
     stats = runner.stats()
-    assert stats["requests"] == 240 and stats["failures"] == 0
-    assert stats["forward_passes"] < 240
-    assert sum(n * c for n, c in stats["batch_sizes"].items()) == 240
+    assert stats.requests == 240 and stats.failures == 0
+    assert stats.batches < 240
+    assert sum(n * c for n, c in stats.batch_sizes.items()) == 240
 
 
 def test_runner_errors_and_metrics(doubling):
@@ -42,7 +42,7 @@ def test_runner_errors_and_metrics(doubling):
     assert torch.equal(runner(torch.ones(2, 2)), torch.full((2, 2), 3.0))
     with pytest.raises(pare.Error, match="negative input"):
         runner.run(-torch.ones(1, 2))
-    text = runner.metrics_text()
+    text = runner.to_prometheus()
     assert "pare_runner_requests_total 2" in text and "pare_runner_failures_total 1" in text
     with pytest.raises(ValueError, match="max_batch must be >= 1"):
         pare.Runner(doubling, max_batch=0)
@@ -82,7 +82,7 @@ def test_deadline_already_past_times_out_without_running(doubling):
             runner.run(torch.ones(1, 2), timeout=0.0)
         assert torch.equal(runner.run(torch.ones(1, 2), timeout=60.0), torch.full((1, 2), 3.0))
         stats = runner.stats()
-        assert stats["timeouts"] == 1 and stats["forward_passes"] == 1
+        assert stats.timeouts == 1 and stats.batches == 1
     with pytest.raises(ValueError, match="unexpected keyword argument 'deadline'"):
         runner.run(torch.ones(1, 2), deadline=1.0)
     with pytest.raises(ValueError, match="timeout must be in"):
@@ -101,8 +101,8 @@ def test_full_queue_rejects_with_overloaded(doubling):
         with pytest.raises(pare.Overloaded):
             runner.run(torch.full((1, 2), 4.0))
         stats = runner.stats()
-        assert stats["queue_depth"] == 2 and stats["rejected"] == 2
-        assert "pare_runner_rejected_total 2" in runner.metrics_text()
+        assert stats.queue_depth == 2 and stats.rejected == 2
+        assert "pare_runner_rejected_total 2" in runner.to_prometheus()
         del runner  # shutting down runs what is queued: nothing is lost
         return await first, await second
 
@@ -160,7 +160,7 @@ def test_swap_keeps_serving(doubling):
     for _ in range(10):
         runner.swap(doubling)
     [t.join() for t in threads]
-    assert errors == [] and runner.stats()["swaps"] == 10
+    assert errors == [] and runner.stats().swaps == 10
     runner.swap(torch.jit.script(Tripling()))
     assert torch.equal(runner(torch.ones(1, 2)), torch.full((1, 2), 3.0))
     assert torch.equal(runner(torch.full((1, 2), 2.0)), torch.full((1, 2), 6.0))
