@@ -30,7 +30,7 @@ struct Row {
 // Exports the model as it is at this point of a pipeline (frozen, outputs checked).
 pare::ExportTorchScript export_to(const std::string& path, const ex::Dataset& test) {
   const auto sample = std::vector<std::vector<torch::jit::IValue>>{{test.images.slice(0, 0, 64)}};
-  return pare::ExportTorchScript(path, pare::ExportOptions().freeze(true).verify_with(sample));
+  return pare::ExportTorchScript(path, pare::ExportTorchScriptOptions().freeze(true).verify_with(sample));
 }
 
 // Measures the file a pipeline's `export_to(path)` wrote, reloaded as a deployment
@@ -97,7 +97,7 @@ int main(int argc, char** argv) try {
   for (int64_t b = 0; b < 9; ++b) calibration.push_back({train.images.slice(0, b * 64, (b + 1) * 64)});
   auto int8 = [&] {
     auto bar = ex::progress_bar("calibrating int8");
-    return pare::QuantizeInt8(pare::QuantizeOptions().calibration(calibration).progress(
+    return pare::QuantizeInt8(pare::QuantizeInt8Options().calibration(calibration).progress(
         [bar](int64_t done, int64_t total) mutable { bar(done, total, std::nan("")); }));
   };
 

@@ -88,13 +88,13 @@ int compress(const CompressArgs& a, std::ostream& out, std::ostream& err) {
     pipeline.add(L1Prune(options));
   }
   if (a.int8) {
-    auto options = QuantizeOptions().calibration(load_calibration_file(a.calib)).per_channel(!a.per_tensor);
+    auto options = QuantizeInt8Options().calibration(load_calibration_file(a.calib)).per_channel(!a.per_tensor);
     if (!a.observer.empty()) options.observer(ObserverOptions(parse_observer_kind(a.observer)));
     options.progress([&err](int64_t done, int64_t total) { progress_bar(err, "calibrating", done, total); });
     pipeline.add(QuantizeInt8(options));
   }
   if (a.dynamic) pipeline.add(QuantizeInt8Dynamic());
-  pipeline.add(ExportTorchScript(a.out, ExportOptions().freeze(!a.int8 && !a.dynamic)));
+  pipeline.add(ExportTorchScript(a.out, ExportTorchScriptOptions().freeze(!a.int8 && !a.dynamic)));
   const auto result = pipeline.run(model);
   out << result.report.to_string();
   if (!a.report.empty()) detail::write_file_atomically(a.report, result.report.to_json(), "--report");

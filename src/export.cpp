@@ -96,7 +96,7 @@ std::string read_embedded_report(const std::string& path) {
   return extras[kReportExtraFile];
 }
 
-ExportTorchScript::ExportTorchScript(std::string path, ExportOptions options)
+ExportTorchScript::ExportTorchScript(std::string path, ExportTorchScriptOptions options)
     : path_(std::move(path)), options_(std::move(options)) {
   require(!path_.empty(), "ExportTorchScript: path is empty; expected a file name such as \"model.pt\"");
   require(std::isfinite(options_.tolerance()) && options_.tolerance() >= 0,

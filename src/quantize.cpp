@@ -119,7 +119,7 @@ using detail::join;
 using detail::reloaded;
 using detail::check_engine;
 
-QuantizeInt8Dynamic::QuantizeInt8Dynamic(QuantizeDynamicOptions options) : options_(std::move(options)) {
+QuantizeInt8Dynamic::QuantizeInt8Dynamic(QuantizeInt8DynamicOptions options) : options_(std::move(options)) {
   check_engine(options_.engine());
 }
 

@@ -56,7 +56,7 @@ torch::Tensor float_tensor(const IValue& value, const std::string& what) {
 // more arrive, the last is held out for SQNR and not observed.
 class BatchStream {
  public:
-  explicit BatchStream(const QuantizeOptions& options) : options_(options) {}
+  explicit BatchStream(const QuantizeInt8Options& options) : options_(options) {}
   int64_t calibration_total() const {
     const auto n = int64_t(options_.batches().size());
     return options_.source() ? -1 : n >= 2 ? n - 1 : n;
@@ -68,7 +68,7 @@ class BatchStream {
   }
 
  private:
-  const QuantizeOptions& options_;
+  const QuantizeInt8Options& options_;
   size_t index_ = 0;
 };
 
@@ -79,7 +79,7 @@ struct Planned {
   QuantPlan plan;
 };
 
-Planned plan_model(const torch::jit::Module& model, const QuantizeOptions& options) {
+Planned plan_model(const torch::jit::Module& model, const QuantizeInt8Options& options) {
   Planned p;
   p.module = detail::frozen_copy(model, "QuantizeInt8");
   p.graph = p.module.get_method("forward").graph();
@@ -117,7 +117,7 @@ void observe_batch(const std::vector<IValue>& values, size_t outputs, const Quan
 }
 
 // Runs the float graph, returning every observed value, over the batches.
-Calibrated calibrate(const Planned& p, const QuantizeOptions& options) {
+Calibrated calibrate(const Planned& p, const QuantizeInt8Options& options) {
   std::vector<Value*> observed;
   for (const auto& [value, what] : p.plan.observed) observed.push_back(value);
   const size_t outputs = p.graph->outputs().size();
@@ -169,7 +169,7 @@ struct Rewritten {
 
 // Rewrites the graph to int8 and measures each layer's and the output's SQNR
 // against the float reference on the same batch.
-Rewritten rewrite(Planned& p, const Calibrated& c, const QuantizeOptions& options) {
+Rewritten rewrite(Planned& p, const Calibrated& c, const QuantizeInt8Options& options) {
   Rewritten r;
   std::vector<Value*> float_outputs;
   for (const auto& step : p.plan.steps) {
@@ -197,7 +197,7 @@ Rewritten rewrite(Planned& p, const Calibrated& c, const QuantizeOptions& option
   return r;
 }
 
-void report_layers(const Rewritten& r, const QuantizeOptions& options, PassReport& entry, json& record) {
+void report_layers(const Rewritten& r, const QuantizeInt8Options& options, PassReport& entry, json& record) {
   const auto observer = to_string(options.observer().kind());
   for (size_t i = 0; i < r.layers.size(); ++i) {
     const auto& facts = r.layers[i];
@@ -232,10 +232,10 @@ void report_float_ops(const QuantPlan& plan, PassReport& entry, json& record) {
 
 }  // namespace
 
-QuantizeInt8::QuantizeInt8(QuantizeOptions options) : options_(std::move(options)) {
+QuantizeInt8::QuantizeInt8(QuantizeInt8Options options) : options_(std::move(options)) {
   require(options_.source() || !options_.batches().empty(),
           "QuantizeInt8: no calibration data; pass batches of representative inputs with "
-          "QuantizeOptions().calibration(...)");
+          "QuantizeInt8Options().calibration(...)");
   options_.observer().validate();
   detail::check_engine(options_.engine());  // validates early, switches nothing
 }

@@ -206,7 +206,7 @@ TEST_CASE("channel pruning feeds Distill and QuantizeInt8 in one pipeline") {
                           .add(pare::L1Prune(pare::L1PruneOptions().amount(0.5)))
                           .add(pare::PruneChannels(pare::PruneChannelsOptions(0.5).input_shape({1, 1, 28, 28})))
                           .add(pare::Distill(pare::DistillOptions().teacher(teacher).data(batches).epochs(1)))
-                          .add(pare::QuantizeInt8(pare::QuantizeOptions().calibration(calibration).never_slower(false)))
+                          .add(pare::QuantizeInt8(pare::QuantizeInt8Options().calibration(calibration).never_slower(false)))
                           .run(teacher);
   CHECK(result.report.at("prune_channels").metrics.at("macs_after") < 0.5 * result.report.at("prune_channels").metrics.at("macs_before"));
   CHECK(result.masks.at("conv2.weight").sizes() == torch::IntArrayRef({16, 8, 3, 3}));

@@ -7,17 +7,17 @@
 
 namespace pare {
 
-class ExportOptions {
+class ExportTorchScriptOptions {
  public:
   /// torch::jit::freeze the module (eval mode, weights inlined as constants).
-  ExportOptions& freeze(bool value) { freeze_ = value; return *this; }
+  ExportTorchScriptOptions& freeze(bool value) { freeze_ = value; return *this; }
   /// After writing, reload the file and compare its outputs with the module's on these inputs.
-  ExportOptions& verify_with(std::vector<std::vector<torch::jit::IValue>> inputs) {
+  ExportTorchScriptOptions& verify_with(std::vector<std::vector<torch::jit::IValue>> inputs) {
     verify_inputs_ = std::move(inputs);
     return *this;
   }
   /// Largest tolerated absolute difference between module and reloaded file.
-  ExportOptions& tolerance(double value) { tolerance_ = value; return *this; }
+  ExportTorchScriptOptions& tolerance(double value) { tolerance_ = value; return *this; }
 
   bool freeze() const { return freeze_; }
   const std::vector<std::vector<torch::jit::IValue>>& verify_inputs() const { return verify_inputs_; }
@@ -28,6 +28,8 @@ class ExportOptions {
   std::vector<std::vector<torch::jit::IValue>> verify_inputs_;
   double tolerance_ = 1e-5;
 };
+/// The name before 0.1's options renames (options are named after their pass).
+using ExportOptions [[deprecated("renamed pare::ExportTorchScriptOptions")]] = ExportTorchScriptOptions;
 
 /// Writes the module to `path` via a temporary file and a rename, embedding the
 /// report so far as the extra file "pare/report.json". Report metrics:
@@ -35,13 +37,13 @@ class ExportOptions {
 /// if asked, so later passes see what was written.
 class ExportTorchScript : public Pass {
  public:
-  explicit ExportTorchScript(std::string path, ExportOptions options = {});
+  explicit ExportTorchScript(std::string path, ExportTorchScriptOptions options = {});
   std::string name() const override { return "export_torchscript"; }
   void run(Result& state, PassReport& entry) const override;
 
  private:
   std::string path_;
-  ExportOptions options_;
+  ExportTorchScriptOptions options_;
 };
 
 /// The extra file name under which pare embeds its report.

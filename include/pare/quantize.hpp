@@ -20,26 +20,26 @@ using BatchSource = std::function<std::optional<std::vector<torch::jit::IValue>>
 /// Called after each calibration batch with (batches done, batches in all or -1 if unknown).
 using CalibrationProgress = std::function<void(int64_t, int64_t)>;
 
-class QuantizeOptions {
+class QuantizeInt8Options {
  public:
   /// The batches to calibrate on. With two or more, the last one is held out:
   /// it is not observed and measures each layer's SQNR against the float model.
-  QuantizeOptions& calibration(InputBatches batches) { batches_ = std::move(batches); source_ = {}; return *this; }
-  QuantizeOptions& calibration(BatchSource source) { source_ = std::move(source); batches_.clear(); return *this; }
+  QuantizeInt8Options& calibration(InputBatches batches) { batches_ = std::move(batches); source_ = {}; return *this; }
+  QuantizeInt8Options& calibration(BatchSource source) { source_ = std::move(source); batches_.clear(); return *this; }
   /// How activation ranges are chosen (default: histogram).
-  QuantizeOptions& observer(ObserverOptions value) { observer_ = value; return *this; }
+  QuantizeInt8Options& observer(ObserverOptions value) { observer_ = value; return *this; }
   /// Weights: one symmetric scale per output channel (default) or one per tensor.
-  QuantizeOptions& per_channel(bool value) { per_channel_ = value; return *this; }
+  QuantizeInt8Options& per_channel(bool value) { per_channel_ = value; return *this; }
   /// Layers to leave in float: names such as "fc2" or glob patterns ("features.*").
-  QuantizeOptions& skip(std::vector<std::string> layers) { skip_ = std::move(layers); return *this; }
+  QuantizeInt8Options& skip(std::vector<std::string> layers) { skip_ = std::move(layers); return *this; }
   /// Quantized engine ("onednn", "qnnpack", "fbgemm", "x86"); empty: the best this LibTorch has.
-  QuantizeOptions& engine(std::string value) { engine_ = std::move(value); return *this; }
-  QuantizeOptions& progress(CalibrationProgress callback) { progress_ = std::move(callback); return *this; }
+  QuantizeInt8Options& engine(std::string value) { engine_ = std::move(value); return *this; }
+  QuantizeInt8Options& progress(CalibrationProgress callback) { progress_ = std::move(callback); return *this; }
   /// Never slower than float (default on): times the model on the held-out
   /// calibration batch with each island of int8 ops (ops joined by int8
   /// tensors) in int8 and in float, and keeps float where int8 loses. The
   /// report lists each island's timings.
-  QuantizeOptions& never_slower(bool value) { never_slower_ = value; return *this; }
+  QuantizeInt8Options& never_slower(bool value) { never_slower_ = value; return *this; }
 
   const InputBatches& batches() const { return batches_; }
   const BatchSource& source() const { return source_; }
@@ -60,6 +60,8 @@ class QuantizeOptions {
   CalibrationProgress progress_;
   bool never_slower_ = true;
 };
+/// The name before 0.1's options renames (options are named after their pass).
+using QuantizeOptions [[deprecated("renamed pare::QuantizeInt8Options")]] = QuantizeInt8Options;
 
 /// Static int8: freezes the module (folding BatchNorm), calibrates activation
 /// ranges on the user's batches, and rewrites Linear/Conv1d/Conv2d to
@@ -73,20 +75,20 @@ class QuantizeOptions {
 /// written by ExportTorchScript as the extra file "pare/quantization.json".
 class QuantizeInt8 : public Pass {
  public:
-  explicit QuantizeInt8(QuantizeOptions options);
+  explicit QuantizeInt8(QuantizeInt8Options options);
   std::string name() const override { return "quantize_int8"; }
   void run(Result& state, PassReport& entry) const override;
-  const QuantizeOptions& options() const { return options_; }
+  const QuantizeInt8Options& options() const { return options_; }
 
  private:
-  QuantizeOptions options_;
+  QuantizeInt8Options options_;
 };
 
-class QuantizeDynamicOptions {
+class QuantizeInt8DynamicOptions {
  public:
-  QuantizeDynamicOptions& per_channel(bool value) { per_channel_ = value; return *this; }
-  QuantizeDynamicOptions& skip(std::vector<std::string> layers) { skip_ = std::move(layers); return *this; }
-  QuantizeDynamicOptions& engine(std::string value) { engine_ = std::move(value); return *this; }
+  QuantizeInt8DynamicOptions& per_channel(bool value) { per_channel_ = value; return *this; }
+  QuantizeInt8DynamicOptions& skip(std::vector<std::string> layers) { skip_ = std::move(layers); return *this; }
+  QuantizeInt8DynamicOptions& engine(std::string value) { engine_ = std::move(value); return *this; }
   bool per_channel() const { return per_channel_; }
   const std::vector<std::string>& skip() const { return skip_; }
   const std::string& engine() const { return engine_; }
@@ -96,17 +98,18 @@ class QuantizeDynamicOptions {
   std::vector<std::string> skip_;
   std::string engine_;
 };
+using QuantizeDynamicOptions [[deprecated("renamed pare::QuantizeInt8DynamicOptions")]] = QuantizeInt8DynamicOptions;
 
 /// Dynamic int8: Linear weights become int8 (quantized::linear_dynamic),
 /// activations are quantized on the fly; no calibration. LSTMs stay float.
 class QuantizeInt8Dynamic : public Pass {
  public:
-  explicit QuantizeInt8Dynamic(QuantizeDynamicOptions options = {});
+  explicit QuantizeInt8Dynamic(QuantizeInt8DynamicOptions options = {});
   std::string name() const override { return "quantize_int8_dynamic"; }
   void run(Result& state, PassReport& entry) const override;
 
  private:
-  QuantizeDynamicOptions options_;
+  QuantizeInt8DynamicOptions options_;
 };
 
 /// Calibration batches from a file written by stock PyTorch's torch.save: a

@@ -74,7 +74,7 @@ void bind_pruning(py::module_& m) {
 void bind_export(py::module_& m) {
   py::class_<ExportTorchScript, Pass, std::shared_ptr<ExportTorchScript>>(m, "ExportTorchScript")
       .def(py::init([](const std::string& path, bool freeze, const py::object& verify_with, double tolerance) {
-             auto options = ExportOptions().freeze(freeze).tolerance(tolerance);
+             auto options = ExportTorchScriptOptions().freeze(freeze).tolerance(tolerance);
              options.verify_with(to_input_batches(verify_with, "ExportTorchScript(verify_with=...)"));
              return std::make_shared<ExportTorchScript>(path, options);
            }),

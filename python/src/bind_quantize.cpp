@@ -40,7 +40,7 @@ void bind_quantize(py::module_& m) {
                        const py::object& progress, bool never_slower) {
              if (calibration.is_none())
                throw Error("QuantizeInt8: calibration is required; pass a list or iterable of input batches");
-             auto options = QuantizeOptions()
+             auto options = QuantizeInt8Options()
                                 .calibration(to_input_batches(calibration, "QuantizeInt8(calibration=...)"))
                                 .observer(observer_options(observer, percentile, bins))
                                 .per_channel(per_channel)
@@ -60,7 +60,7 @@ void bind_quantize(py::module_& m) {
   py::class_<QuantizeInt8Dynamic, Pass, std::shared_ptr<QuantizeInt8Dynamic>>(m, "QuantizeInt8Dynamic")
       .def(py::init([](bool per_channel, std::vector<std::string> skip, const std::string& engine) {
              return std::make_shared<QuantizeInt8Dynamic>(
-                 QuantizeDynamicOptions().per_channel(per_channel).skip(std::move(skip)).engine(engine));
+                 QuantizeInt8DynamicOptions().per_channel(per_channel).skip(std::move(skip)).engine(engine));
            }),
            py::arg("per_channel") = true, py::arg("skip") = std::vector<std::string>{}, py::arg("engine") = "",
            "Dynamic int8: Linear weights int8, activations quantized on the fly; no calibration.");

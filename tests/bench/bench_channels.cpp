@@ -97,7 +97,7 @@ Variant finish(const std::string& name, pare::Pipeline pipeline, const torch::ji
     if (int8) v.macs = pare::count_macs(model, shape);  // int8 ops are not conv/linear calls: the source's count
     return v;
   }
-  pipeline.add(pare::ExportTorchScript(path, pare::ExportOptions().freeze(!int8)));
+  pipeline.add(pare::ExportTorchScript(path, pare::ExportTorchScriptOptions().freeze(!int8)));
   Variant v{name, pipeline.run(model).module};
   v.has_accuracy = test.size() > 0;
   v.accuracy = v.has_accuracy ? ex::accuracy(v.module, test) : 0.0;
@@ -163,7 +163,7 @@ void small_resnet(const Args& a, const fs::path& dir) {
     variants.push_back(finish(name, pare::Pipeline().add(pare::PruneChannels(options)).add(distill(name)), model, test,
                               shape, &recovered));
   }
-  variants.push_back(finish("4x + int8", pare::Pipeline().add(pare::QuantizeInt8(pare::QuantizeOptions().calibration(calibration))),
+  variants.push_back(finish("4x + int8", pare::Pipeline().add(pare::QuantizeInt8(pare::QuantizeInt8Options().calibration(calibration))),
                             recovered, test, shape));
   std::printf("\nsmall ResNet on Fashion-MNIST: trained %d epochs on %lld images, recovery %d epochs of Distill, "
               "test %lld images; channel amounts: 2x %.3f, 4x %.3f (round_to 8)\n",

@@ -84,7 +84,7 @@ void serving(const torch::jit::Module& cnn, const torch::Tensor& images, const t
   };
   std::vector<std::vector<c10::IValue>> calib;
   for (int64_t b = 0; b < calibration.size(0); b += 64) calib.push_back({calibration.slice(0, b, b + 64)});
-  auto int8 = pare::Pipeline().add(pare::QuantizeInt8(pare::QuantizeOptions().calibration(calib))).run(cnn).module;
+  auto int8 = pare::Pipeline().add(pare::QuantizeInt8(pare::QuantizeInt8Options().calibration(calib))).run(cnn).module;
 
   std::printf("\n1. serving the Fashion-MNIST CNN, single-image requests, %.1f s per cell\n", seconds);
   std::printf("%-8s %-34s %12s %9s %9s %12s %12s\n", "clients", "server", "requests/s", "p50 ms", "p99 ms",

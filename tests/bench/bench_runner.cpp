@@ -166,7 +166,7 @@ torch::jit::Module int8_cnn(const torch::jit::Module& fp32, const ex::Dataset& c
   pare::InputBatches calibration;
   for (int64_t b = 0; b < 4; ++b) calibration.push_back({calibration_images.images.slice(0, b * 64, (b + 1) * 64)});
   pare::Pipeline pipeline;
-  pipeline.add(pare::QuantizeInt8(pare::QuantizeOptions().calibration(calibration)));
+  pipeline.add(pare::QuantizeInt8(pare::QuantizeInt8Options().calibration(calibration)));
   return pipeline.run(fp32).module;
 }
 
