@@ -19,7 +19,7 @@
 #include <pare/pare.hpp>
 
 #include "fashion_mnist.hpp"
-#include "frontend_cnn.hpp"
+#include "frontend_models.hpp"
 
 namespace ex = pare::examples;
 

@@ -1,4 +1,4 @@
-#include "frontend_cnn.hpp"
+#include "frontend_models.hpp"
 
 #include <pare/trace.hpp>
 
