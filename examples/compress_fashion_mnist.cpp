@@ -30,7 +30,7 @@ struct Row {
 // Exports the model as it is at this point of a pipeline (frozen, outputs checked).
 pare::ExportTorchScript export_to(const std::string& path, const ex::Dataset& test) {
   const auto sample = std::vector<std::vector<torch::jit::IValue>>{{test.images.slice(0, 0, 64)}};
-  return pare::ExportTorchScript(path, pare::ExportTorchScriptOptions().freeze(true).verify_with(sample));
+  return pare::ExportTorchScript(pare::ExportTorchScriptOptions(path).freeze(true).verify_with(sample));
 }
 
 // Measures the file a pipeline's `export_to(path)` wrote, reloaded as a deployment
@@ -97,7 +97,7 @@ int main(int argc, char** argv) try {
   for (int64_t b = 0; b < 9; ++b) calibration.push_back({train.images.slice(0, b * 64, (b + 1) * 64)});
   auto int8 = [&] {
     auto bar = ex::progress_bar("calibrating int8");
-    return pare::QuantizeInt8(pare::QuantizeInt8Options().calibration(calibration).progress(
+    return pare::QuantizeInt8(pare::QuantizeInt8Options(calibration).progress(
         [bar](int64_t done, int64_t total) mutable { bar(done, total, std::nan("")); }));
   };
 
@@ -117,14 +117,11 @@ int main(int argc, char** argv) try {
     const auto part = train.slice(b, std::min(train.size(), b + 64));
     batches.emplace_back(part.images, part.labels);
   }
-  const auto distill = pare::DistillOptions()
-                           .teacher(model)
-                           .data(batches)
-                           .epochs(1)
-                           .temperature(1.0)
-                           .alpha(0.5)
-                           .progress(ex::progress_bar("distilling (1 epoch)"));
-  const auto distilled = pare::Pipeline().add(prune(0.9)).add(pare::Distill(distill)).run(model);
+  const auto distill_from = [&](const torch::jit::Module& teacher) {
+    return pare::Distill(pare::DistillOptions(teacher, batches).epochs(1).temperature(1.0).alpha(0.5).progress(
+        ex::progress_bar("distilling (1 epoch)")));
+  };
+  const auto distilled = pare::Pipeline().add(prune(0.9)).add(distill_from(model)).run(model);
   rows.push_back(measure("pruned 90% + distilled", distilled.module, pare::Pipeline(),
                          out + "/fashion_pruned90_distilled.pt", test));
   rows.push_back(measure("pruned 90% + distilled + int8", distilled.module, pare::Pipeline().add(int8()),
@@ -132,7 +129,7 @@ int main(int argc, char** argv) try {
   // The same CNN written with the C++ frontend (torch::nn), traced (docs/trace.md), compressed the same way.
   const auto frontend = ex::train_frontend_cnn(train, epochs, ex::progress_bar("training torch::nn CNN"));
   const auto frontend_distilled =
-      pare::Pipeline().add(prune(0.9)).add(pare::Distill(pare::DistillOptions(distill).teacher(frontend))).run(frontend);
+      pare::Pipeline().add(prune(0.9)).add(distill_from(frontend)).run(frontend);
   rows.push_back(measure("C++ frontend CNN fp32", frontend, pare::Pipeline(), out + "/fashion_frontend_fp32.pt", test));
   rows.push_back(measure("C++ frontend CNN p90+dist+int8", frontend_distilled.module, pare::Pipeline().add(int8()),
                          out + "/fashion_frontend_pruned90_distilled_int8.pt", test));
@@ -147,7 +144,7 @@ int main(int argc, char** argv) try {
                     channels_int8_path = out + "/fashion_resnet_channels50_distilled_int8.pt";
   const auto channels = pare::Pipeline()
                             .add(pare::PruneChannels(pare::PruneChannelsOptions(0.5).round_to(8).input_shape({1, 1, 28, 28})))
-                            .add(pare::Distill(pare::DistillOptions().teacher(resnet).data(batches).epochs(2).progress(
+                            .add(pare::Distill(pare::DistillOptions(resnet, batches).epochs(2).progress(
                                 ex::progress_bar("recovering ResNet (2 epochs)"))))
                             .add(export_to(channels_path, test))
                             .add(int8())

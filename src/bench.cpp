@@ -47,7 +47,7 @@ BenchRow measure(const std::string& name, torch::jit::Module& module, int64_t ba
   std::vector<double> latencies;
   std::vector<std::string> failures;  // messages, not exception objects: nothing crosses threads
   std::mutex merge;
-  const auto deadline = Clock::now() + std::chrono::duration<double>(options.seconds());
+  const auto deadline = Clock::now() + options.duration();
   const auto start = Clock::now();
   auto client = [&] {
     torch::NoGradGuard no_grad;
@@ -117,7 +117,8 @@ std::vector<BenchRow> benchmark_models(std::vector<std::pair<std::string, torch:
   require(!options.batches().empty() && !options.threads().empty(), "bench: expected batch sizes and thread counts");
   for (auto b : options.batches()) require(b > 0, "bench: batch sizes must be positive, got " + std::to_string(b));
   for (auto t : options.threads()) require(t > 0 && t <= 256, "bench: thread counts must be in [1, 256]");
-  require(options.seconds() > 0 && options.seconds() <= 3600, "bench: seconds must be in (0, 3600]");
+  require(options.duration() > std::chrono::milliseconds(0) && options.duration() <= std::chrono::hours(1),
+          "bench: the duration per cell must be in (0, 1 h], got " + std::to_string(options.duration().count()) + " ms");
   std::vector<BenchRow> rows;
   for (auto& [name, module] : models) {
     module = detail::eval_module(module);  // the caller's module keeps its mode

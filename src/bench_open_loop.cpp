@@ -46,13 +46,14 @@ double percentile(const std::vector<double>& sorted, double q) {
 
 OpenLoopResult run_open_loop(Runner& runner, const OpenLoopOptions& options) {
   require(options.rate() > 0 && options.rate() <= 1e7, "open loop: rate must be in (0, 1e7] requests per second");
-  require(options.seconds() > 0 && options.seconds() <= 3600, "open loop: seconds must be in (0, 3600]");
+  require(options.duration() > std::chrono::milliseconds(0) && options.duration() <= std::chrono::hours(1),
+          "open loop: the duration must be in (0, 1 h], got " + std::to_string(options.duration().count()) + " ms");
   require(!options.inputs().empty(), "open loop: expected at least one input list to send");
   std::mt19937_64 random(options.seed());
   std::exponential_distribution<double> gap(options.rate());
   Tally tally;
   const auto start = Clock::now();
-  const auto end = start + std::chrono::duration<double>(options.seconds());
+  const auto end = start + options.duration();
   auto scheduled = start;
   uint64_t sent = 0;
   while (true) {
@@ -71,7 +72,7 @@ OpenLoopResult run_open_loop(Runner& runner, const OpenLoopOptions& options) {
   r.sent = sent;
   r.succeeded = tally.latencies_ms.size();
   r.rejected = tally.rejected, r.timeouts = tally.timeouts, r.failed = tally.failed;
-  r.achieved_rate = double(r.succeeded) / options.seconds();
+  r.achieved_rate = double(r.succeeded) / std::chrono::duration<double>(options.duration()).count();
   r.p50_ms = percentile(tally.latencies_ms, 0.50);
   r.p95_ms = percentile(tally.latencies_ms, 0.95);
   r.p99_ms = percentile(tally.latencies_ms, 0.99);

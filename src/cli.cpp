@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -88,13 +89,13 @@ int compress(const CompressArgs& a, std::ostream& out, std::ostream& err) {
     pipeline.add(L1Prune(options));
   }
   if (a.int8) {
-    auto options = QuantizeInt8Options().calibration(load_calibration_file(a.calib)).per_channel(!a.per_tensor);
+    auto options = QuantizeInt8Options(load_calibration_file(a.calib)).per_channel(!a.per_tensor);
     if (!a.observer.empty()) options.observer(ObserverOptions(parse_observer_kind(a.observer)));
     options.progress([&err](int64_t done, int64_t total) { progress_bar(err, "calibrating", done, total); });
     pipeline.add(QuantizeInt8(options));
   }
   if (a.dynamic) pipeline.add(QuantizeInt8Dynamic());
-  pipeline.add(ExportTorchScript(a.out, ExportTorchScriptOptions().freeze(!a.int8 && !a.dynamic)));
+  pipeline.add(ExportTorchScript(ExportTorchScriptOptions(a.out).freeze(!a.int8 && !a.dynamic)));
   const auto result = pipeline.run(model);
   out << result.report.to_string();
   if (!a.report.empty()) detail::write_file_atomically(a.report, result.report.to_json(), "--report");
@@ -114,18 +115,24 @@ struct BenchArgs {
   double timeout = 0;
 };
 
+// The CLI speaks seconds, as Python does; the library takes std::chrono durations.
+std::chrono::milliseconds milliseconds_of(double seconds, const char* flag) {
+  require(std::isfinite(seconds) && seconds >= 0 && seconds <= 3600,
+          std::string("bench: ") + flag + " must be in [0, 3600] seconds, got " + std::to_string(seconds));
+  return std::chrono::milliseconds(std::llround(seconds * 1000));
+}
+
 // Open loop: each model behind a Runner, sent single requests at a.rate per second.
 int bench_open_loop(const BenchArgs& a, const std::vector<std::vector<int64_t>>& shapes, std::ostream& out) {
-  require(a.timeout >= 0 && a.timeout <= 3600, "bench: --timeout must be in [0, 3600] seconds");
   std::vector<std::vector<c10::IValue>> inputs(64);
   for (auto& list : inputs)
     for (auto shape : shapes) list.emplace_back(torch::randn(shape));
   std::vector<std::pair<std::string, OpenLoopResult>> rows;
   for (const auto& path : a.models) {
     Runner runner(load_model(path), RunnerOptions().max_batch(a.max_batch).max_queue(a.max_queue).warmup(10)
-                                        .example_inputs(inputs.front()).timeout(std::chrono::microseconds(int64_t(a.timeout * 1e6))));
+                                        .example_inputs(inputs.front()).timeout(milliseconds_of(a.timeout, "--timeout")));
     rows.emplace_back(path.substr(path.find_last_of('/') + 1),
-                      run_open_loop(runner, OpenLoopOptions(a.rate).seconds(a.seconds).inputs(inputs)));
+                      run_open_loop(runner, OpenLoopOptions(a.rate).duration(milliseconds_of(a.seconds, "--seconds")).inputs(inputs)));
   }
   out << (a.json ? open_loop_json(rows) + "\n" : open_loop_table(rows));
   return 0;
@@ -138,7 +145,7 @@ int bench(const BenchArgs& a, std::ostream& out) {
   std::vector<std::pair<std::string, torch::jit::Module>> models;
   for (const auto& path : a.models) models.emplace_back(path.substr(path.find_last_of('/') + 1), load_model(path));
   const auto rows = benchmark_models(std::move(models),
-                                     BenchOptions().inputs(shapes).batches(a.batches).threads(a.threads).seconds(a.seconds));
+                                     BenchOptions().inputs(shapes).batches(a.batches).threads(a.threads).duration(milliseconds_of(a.seconds, "--seconds")));
   out << (a.json ? bench_json(rows) + "\n" : bench_table(rows));
   if (!a.html.empty()) detail::write_file_atomically(a.html, bench_html(rows), "--html");
   return 0;

@@ -164,10 +164,18 @@ void zero_pruned(const std::vector<MaskedParameter>& masked) {
   for (const auto& m : masked) m.parameter.masked_fill_(m.pruned, 0.0);
 }
 
+bool has_forward(const torch::jit::Module& module) {
+  try {
+    return module.find_method("forward").has_value();
+  } catch (const c10::Error&) {  // a default-constructed Module holds no object
+    return false;
+  }
+}
+
 void check_options(const DistillOptions& o) {
-  require(o.teacher().has_value(), "Distill: no teacher; expected DistillOptions().teacher(trained_module)");
-  require(o.stream() != nullptr || !o.batches().empty(),
-          "Distill: no training data; expected data(batches) with at least one (input, target) batch, or data(stream)");
+  require(has_forward(o.teacher()), "Distill: the teacher has no forward method; expected a trained torch::jit::Module");
+  require(!o.data().in_memory() || !o.data().batches().empty(),
+          "Distill: no training batches; expected at least one (input, target) batch in DistillOptions(teacher, data)");
   require(o.epochs() >= 1, "Distill: epochs " + std::to_string(o.epochs()) + " is invalid; expected at least 1");
   require(std::isfinite(o.lr()) && o.lr() > 0, "Distill: lr " + std::to_string(o.lr()) + " is invalid; expected lr > 0");
   require(o.momentum() >= 0 && o.momentum() < 1,
@@ -238,14 +246,16 @@ double train_step(torch::jit::Module& student, torch::jit::Module& teacher, torc
 
 void for_each_batch(const DistillOptions& o, int64_t epoch, std::mt19937_64& rng,
                     const std::function<void(const Batch&)>& step) {
-  if (o.stream()) {
-    o.stream()(epoch, step);
+  if (!o.data().in_memory()) {
+    const auto next = o.data().open(epoch);
+    while (auto batch = next()) step(*batch);
     return;
   }
-  std::vector<size_t> order(o.batches().size());
+  const auto& batches = o.data().batches();
+  std::vector<size_t> order(batches.size());
   std::iota(order.begin(), order.end(), size_t(0));
   if (o.shuffle()) std::shuffle(order.begin(), order.end(), rng);
-  for (const size_t i : order) step(o.batches()[i]);
+  for (const size_t i : order) step(batches[i]);
 }
 
 }  // namespace
@@ -299,10 +309,10 @@ namespace {
 
 DistillSummary train_student(torch::jit::Module& student, const DistillOptions& options, const Masks& masks) {
   check_options(options);
-  require(student._ivalue().get() != options.teacher()->_ivalue().get(),
+  require(student._ivalue().get() != options.teacher()._ivalue().get(),
           "Distill: the student is the teacher; expected a separate copy (module.clone()) to train");
   // The caller's teacher keeps its mode: one in training mode is copied.
-  torch::jit::Module teacher = detail::eval_module(*options.teacher());
+  torch::jit::Module teacher = detail::eval_module(options.teacher());
   auto masked = resolve_masks(student, masks);
   DistillSummary summary;
   if (!options.evaluation_batches().empty())
@@ -320,8 +330,8 @@ DistillSummary train_student(torch::jit::Module& student, const DistillOptions& 
     auto optimizer = make_optimizer(options, scope.parameters());
     zero_pruned(masked);
     std::mt19937_64 rng(options.seed());
-    const int64_t per_epoch = options.stream() ? options.stream_batches() : int64_t(options.batches().size());
-    const int64_t steps = per_epoch * options.epochs();
+    const int64_t per_epoch = options.data().size();
+    const int64_t steps = per_epoch < 0 ? -1 : per_epoch * options.epochs();
     double running = 0;
     int64_t trained = 0;
     const auto started = std::chrono::steady_clock::now();
@@ -338,7 +348,7 @@ DistillSummary train_student(torch::jit::Module& student, const DistillOptions& 
         if (options.progress()) options.progress()(summary.steps, steps, running);
       });
       require(samples > 0, "Distill: the data produced no batches in epoch " + std::to_string(epoch + 1) +
-                               "; a stream must yield batches every epoch (a one-shot iterator runs dry)");
+                               "; streamed data must yield batches every epoch (a one-shot reader runs dry after the first)");
       summary.epoch_loss.push_back(sum / double(samples));
       trained += samples;
     }

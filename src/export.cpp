@@ -96,9 +96,8 @@ std::string read_embedded_report(const std::string& path) {
   return extras[kReportExtraFile];
 }
 
-ExportTorchScript::ExportTorchScript(std::string path, ExportTorchScriptOptions options)
-    : path_(std::move(path)), options_(std::move(options)) {
-  require(!path_.empty(), "ExportTorchScript: path is empty; expected a file name such as \"model.pt\"");
+ExportTorchScript::ExportTorchScript(ExportTorchScriptOptions options) : options_(std::move(options)) {
+  require(!options_.path().empty(), "ExportTorchScript: path is empty; expected a file name such as \"model.pt\"");
   require(std::isfinite(options_.tolerance()) && options_.tolerance() >= 0,
           "ExportTorchScript: tolerance must be a finite number >= 0");
 }
@@ -132,15 +131,15 @@ void ExportTorchScript::run(Result& state, PassReport& entry) const {
             "ExportTorchScript: the reloaded file differs from the module by " +
                 (std::isinf(worst) ? std::string("NaN or Inf where the module's output is finite")
                                    : std::to_string(worst)) +
-                " (tolerance " + std::to_string(options_.tolerance()) + "); '" + path_ + "' was not written",
+                " (tolerance " + std::to_string(options_.tolerance()) + "); '" + options_.path() + "' was not written",
             Error::Kind::Runtime);
   };
   auto extra_files = state.extra_files;
   extra_files[kReportExtraFile] = so_far.to_json();
-  save_atomically(state.module, path_, extra_files, verify);
-  entry.labels["path"] = path_;
+  save_atomically(state.module, options_.path(), extra_files, verify);
+  entry.labels["path"] = options_.path();
   entry.labels["frozen"] = options_.freeze() ? "true" : "false";
-  entry.metrics["file_bytes"] = double(file_size(path_));
+  entry.metrics["file_bytes"] = double(file_size(options_.path()));
   if (!expected.empty()) entry.metrics["max_abs_diff"] = worst;
 }
 

@@ -52,25 +52,12 @@ torch::Tensor float_tensor(const IValue& value, const std::string& what) {
   return value.toTensor().contiguous();
 }
 
-// Pulls batches from a vector or a source, keeping one back: when two or
-// more arrive, the last is held out for SQNR and not observed.
-class BatchStream {
- public:
-  explicit BatchStream(const QuantizeInt8Options& options) : options_(options) {}
-  int64_t calibration_total() const {
-    const auto n = int64_t(options_.batches().size());
-    return options_.source() ? -1 : n >= 2 ? n - 1 : n;
-  }
-  std::optional<std::vector<IValue>> next() {
-    if (options_.source()) return options_.source()();
-    if (index_ >= options_.batches().size()) return std::nullopt;
-    return options_.batches()[index_++];
-  }
-
- private:
-  const QuantizeInt8Options& options_;
-  size_t index_ = 0;
-};
+// Calibration batches observed before the held-out one: one fewer than the
+// source holds when it holds two or more; -1 if unknown.
+int64_t calibration_total(const CalibrationData& data) {
+  const int64_t n = data.size();
+  return n >= 2 ? n - 1 : n;
+}
 
 // The prepared frozen float model and its int8 plan.
 struct Planned {
@@ -126,17 +113,17 @@ Calibrated calibrate(const Planned& p, const QuantizeInt8Options& options) {
   for (size_t i = 0; i < observed.size(); ++i) observers.push_back(make_observer(options.observer()));
 
   Calibrated c;
-  BatchStream stream(options);
-  std::optional<std::vector<IValue>> pending = stream.next(), held_out;
-  require(pending.has_value(), "QuantizeInt8: the calibration source yielded no batches; expected at least one");
+  const auto next = options.calibration().open(0);
+  std::optional<std::vector<IValue>> pending = next(), held_out;
+  require(pending.has_value(), "QuantizeInt8: the calibration data yielded no batches; expected at least one");
   while (pending) {
-    auto following = stream.next();
+    auto following = next();
     if (!following && c.batches > 0) { held_out = std::move(pending); break; }
     observe_batch(runner.run(*pending, c.batches, "float"), outputs, p.plan, observers, c.batches);
     if (!pending->empty() && (*pending)[0].isTensor()) c.samples += (*pending)[0].toTensor().size(0);
     ++c.batches;
     c.sqnr_inputs = *pending;
-    if (options.progress()) options.progress()(c.batches, stream.calibration_total());
+    if (options.progress()) options.progress()(c.batches, calibration_total(options.calibration()));
     pending = std::move(following);
   }
   c.held_out = held_out.has_value();
@@ -233,9 +220,9 @@ void report_float_ops(const QuantPlan& plan, PassReport& entry, json& record) {
 }  // namespace
 
 QuantizeInt8::QuantizeInt8(QuantizeInt8Options options) : options_(std::move(options)) {
-  require(options_.source() || !options_.batches().empty(),
-          "QuantizeInt8: no calibration data; pass batches of representative inputs with "
-          "QuantizeInt8Options().calibration(...)");
+  require(!options_.calibration().in_memory() || !options_.calibration().batches().empty(),
+          "QuantizeInt8: no calibration batches; expected at least one batch of representative inputs in "
+          "QuantizeInt8Options(calibration)");
   options_.observer().validate();
   detail::check_engine(options_.engine());  // validates early, switches nothing
 }

@@ -58,7 +58,6 @@ void validate(const RunnerOptions& options) {
 
 struct Runner::Impl {
   RunnerOptions options;
-  std::optional<TensorPool> pool;  // a handle sharing the options' pool (PoolAllocatorGuard needs it mutable)
   std::optional<detail::DeviceIO> io;  // the model's device and the copies around it
   Clock::time_point started = Clock::now();
   detail::LatencyRecorder latencies;
@@ -96,6 +95,7 @@ struct Runner::Impl {
   c10::IValue forward(ServedModel& served, const Inputs& inputs) {
     torch::NoGradGuard no_grad;
     std::optional<PoolAllocatorGuard> pooled;
+    const auto& pool = options.pool();
     if (pool && pool->options().memory() == PoolMemory::Host) pooled.emplace(*pool);
     try {
       return served.module.forward(inputs);
@@ -224,7 +224,6 @@ Runner::Runner(torch::jit::Module module, RunnerOptions options) : impl_(std::ma
   validate(options);
   require(module.find_method("forward").has_value(), "Runner: the module has no forward method");
   impl_->options = std::move(options);
-  impl_->pool = impl_->options.pool();
   impl_->io.emplace(impl_->options.device(), impl_->options.outputs_on_device(), impl_->options.pool());
   // The caller's module keeps its mode (and its device: an accelerator serves a copy).
   auto served = impl_->prepare(detail::eval_module(module), impl_->options.cache_namespace());

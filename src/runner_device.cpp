@@ -34,7 +34,7 @@ c10::IValue map_tensors(const c10::IValue& value, const std::function<at::Tensor
   return value;
 }
 
-DeviceIO::DeviceIO(c10::Device device, bool outputs_on_device, std::optional<TensorPool> pool)
+DeviceIO::DeviceIO(c10::Device device, bool outputs_on_device, std::shared_ptr<TensorPool> pool)
     : device_(device), outputs_on_device_(outputs_on_device), pool_(std::move(pool)) {
   require(device.is_cpu() || device.is_cuda(),
           "RunnerOptions.device: " + device.str() + " is not served; expected cpu or cuda[:index]");

@@ -28,7 +28,7 @@ struct Staging {
 class DeviceIO {
  public:
   /// `pool`: serves the pinned staging buffers when it holds pinned memory.
-  DeviceIO(c10::Device device, bool outputs_on_device, std::optional<TensorPool> pool);
+  DeviceIO(c10::Device device, bool outputs_on_device, std::shared_ptr<TensorPool> pool);
 
   const c10::Device& device() const { return device_; }
   bool on_accelerator() const { return !device_.is_cpu(); }
@@ -55,7 +55,7 @@ class DeviceIO {
 
   c10::Device device_;
   bool outputs_on_device_;
-  mutable std::optional<TensorPool> pool_;  // a handle; acquiring changes the shared pool, not the handle
+  std::shared_ptr<TensorPool> pool_;
 };
 
 /// `value` with every tensor inside it (tuples, lists, dicts) replaced by `fn(tensor)`.

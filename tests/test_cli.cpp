@@ -164,7 +164,7 @@ TEST_CASE("pare compress quantizes with a one-batch calibration file from stock 
 TEST_CASE("a benchmark client thread whose model throws is reported, not std::terminate") {
   torch::jit::Module failing("__torch__.Failing");
   failing.define("def forward(self, x):\n  return x.view(3, 7)\n");
-  const auto options = pare::BenchOptions().inputs({{1, 1, 28, 28}}).threads({2}).seconds(0.05).warmup(0);
+  const auto options = pare::BenchOptions().inputs({{1, 1, 28, 28}}).threads({2}).duration(std::chrono::milliseconds(50)).warmup(0);
   CHECK_THROWS_WITH(pare::benchmark_models({{"failing", failing}}, options),
                     Catch::Contains("2 of 2 client threads failed") && Catch::Contains("model 'failing'") &&
                         Catch::Contains("view"));

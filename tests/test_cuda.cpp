@@ -62,8 +62,8 @@ TEST_CASE("CUDA options say what is wrong when the device is missing or unknown"
   const auto model = ex::make_fashion_cnn({4, 8, 16}, 1);  // untrained: only the checks run
   const auto missing = torch::cuda::is_available() ? c10::Device(c10::kCUDA, 99) : c10::Device(c10::kCUDA, 0);
   CHECK_THROWS_AS(pare::Runner(model, pare::RunnerOptions().device(missing)), pare::Error);
-  CHECK_THROWS_AS(pare::Distill(pare::DistillOptions().teacher(model).data({{torch::zeros({1, 1, 28, 28}),
-                                                                              torch::zeros({1}, torch::kLong)}})
+  CHECK_THROWS_AS(pare::Distill(pare::DistillOptions(model, std::vector<pare::Batch>{{torch::zeros({1, 1, 28, 28}),
+                                                                                        torch::zeros({1}, torch::kLong)}})
                                     .device(missing)),
                   pare::Error);
   CHECK_THROWS_WITH(pare::Runner(model, pare::RunnerOptions().device(c10::Device("meta"))),
@@ -87,7 +87,7 @@ TEST_CASE("a Runner on CUDA batches concurrent clients and matches the model on 
     torch::NoGradGuard no_grad;
     reference = model.forward({images}).toTensor();
   }
-  pare::TensorPool pinned(pare::PoolOptions().memory(pare::PoolMemory::Pinned));
+  auto pinned = std::make_shared<pare::TensorPool>(pare::PoolOptions().memory(pare::PoolMemory::Pinned));
   pare::Runner runner(model, pare::RunnerOptions().device(torch::kCUDA).pool(pinned).max_batch(64).threads(2)
                                  .max_delay(std::chrono::microseconds(2000)));
   CHECK(model.attr("conv1").toModule().attr("weight").toTensor().is_cpu());  // the caller's module stays put
@@ -108,7 +108,7 @@ TEST_CASE("a Runner on CUDA batches concurrent clients and matches the model on 
   const auto stats = runner.stats();
   CHECK(stats.requests == uint64_t(images.size(0)));
   CHECK(stats.batches < stats.requests);  // merged on the way to the GPU
-  const auto pool_stats = pinned.stats();
+  const auto pool_stats = pinned->stats();
   CHECK(pool_stats.acquires > 0);  // every staged batch went through pinned memory from the pool
   CHECK(pool_stats.hits > 0);
   CHECK(pool_stats.bytes_in_use == 0);
@@ -136,7 +136,7 @@ TEST_CASE("Distill trains on the GPU, keeps the masks and returns the student ho
                      .run(trained_cnn());
   const auto zeros_before = student.module.attr("fc1").toModule().attr("weight").toTensor().eq(0).sum().item<int64_t>();
   const auto summary = pare::distill(student.module,
-                                     pare::DistillOptions().teacher(trained_cnn()).data(batches_of(train_subset(), 128))
+                                     pare::DistillOptions(trained_cnn(), batches_of(train_subset(), 128))
                                          .epochs(2).device(torch::kCUDA).evaluate_on(batches_of(test_subset(), 256)),
                                      student.masks);
   const auto fc1 = student.module.attr("fc1").toModule().attr("weight").toTensor();

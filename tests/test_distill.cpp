@@ -46,8 +46,8 @@ const torch::jit::Module& teacher() {
   return model;
 }
 
-pare::DistillOptions options() {
-  return pare::DistillOptions().teacher(teacher()).data(batches_of(train_subset(), 64)).epochs(2).lr(1e-3);
+pare::DistillOptions options(pare::TrainingData data = batches_of(train_subset(), 64)) {
+  return pare::DistillOptions(teacher(), std::move(data)).epochs(2).lr(1e-3);
 }
 
 bool is_error(const std::function<void()>& body, pare::Error::Kind kind = pare::Error::Kind::InvalidArgument) {
@@ -155,30 +155,38 @@ TEST_CASE("distill works outside a pipeline with streamed data and a custom opti
   const auto batches = batches_of(train_subset().slice(0, 512), 64);
   std::vector<int64_t> epochs_seen;
   int64_t optimizers_made = 0;
-  auto opts = pare::DistillOptions()
-                  .teacher(teacher())
-                  .data([&](int64_t epoch, const std::function<void(const pare::Batch&)>& step) {
-                    epochs_seen.push_back(epoch);
-                    for (const auto& b : batches) step(b);
-                  })
+  const pare::TrainingData streamed(
+      [&](int64_t epoch) -> pare::TrainingData::Reader {
+        epochs_seen.push_back(epoch);
+        return [&, next = size_t(0)]() mutable -> std::optional<pare::Batch> {
+          if (next == batches.size()) return std::nullopt;
+          return batches[next++];
+        };
+      },
+      int64_t(batches.size()));
+  std::vector<int64_t> steps_announced;
+  auto opts = pare::DistillOptions(teacher(), streamed)
                   .optimizer([&](const std::vector<torch::Tensor>& params) {
                     ++optimizers_made;
                     return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(0.05).momentum(0.9));
                   })
                   .epochs(3)
-                  .alpha(1.0);
+                  .alpha(1.0)
+                  .progress([&](int64_t, int64_t steps, double) { steps_announced.push_back(steps); });
   const auto summary = pare::distill(student, opts);
+  CHECK(steps_announced.front() == 24);
   CHECK(epochs_seen == std::vector<int64_t>{0, 1, 2});
   CHECK(optimizers_made == 1);
   CHECK(summary.steps == 24);
   REQUIRE(summary.epoch_loss.size() == 3);
   CHECK(summary.epoch_loss.back() < summary.epoch_loss.front());
 
-  auto dry = opts;
-  dry.data([&](int64_t epoch, const std::function<void(const pare::Batch&)>& step) {
-    if (epoch == 0) step(batches[0]);
-  });
-  CHECK(is_error([&] { pare::distill(student, dry); }));
+  size_t once = 0;  // a one-shot reader: epoch 2 finds it empty, an error that says so
+  const auto dry = pare::DistillOptions(teacher(), pare::TrainingData::once([&]() -> std::optional<pare::Batch> {
+                                          if (once == batches.size()) return std::nullopt;
+                                          return batches[once++];
+                                        })).epochs(2);
+  CHECK_THROWS_WITH(pare::distill(student, dry), Catch::Contains("no batches in epoch 2"));
 }
 
 TEST_CASE("distill stops with a runtime pare::Error when the loss turns NaN, weights untouched") {
@@ -188,7 +196,7 @@ TEST_CASE("distill stops with a runtime pare::Error when the loss turns NaN, wei
   auto images = bad.images.clone();
   images[0][0][0][0] = NAN;
   const std::vector<pare::Batch> nan_batch{{images, bad.labels}};
-  CHECK(is_error([&] { pare::distill(student, options().data(nan_batch)); }, pare::Error::Kind::Runtime));
+  CHECK(is_error([&] { pare::distill(student, options(nan_batch)); }, pare::Error::Kind::Runtime));
   CHECK(torch::equal(student.attr("fc1").toModule().attr("weight").toTensor(), before));
   for (const auto& p : student.parameters()) CHECK_FALSE(p.requires_grad());
 }
@@ -208,24 +216,24 @@ TEST_CASE("apply_masks zeroes pruned weights and validates names and shapes") {
 TEST_CASE("Distill validates its options") {
   using O = pare::DistillOptions;
   const auto data = batches_of(train_subset().slice(0, 64), 64);
-  CHECK(is_error([&] { pare::Distill(O().data(data)); }));
-  CHECK(is_error([&] { pare::Distill(O().teacher(teacher())); }));
-  CHECK(is_error([&] { pare::Distill(O().teacher(teacher()).data(data).epochs(0)); }));
-  CHECK(is_error([&] { pare::Distill(O().teacher(teacher()).data(data).lr(-1)); }));
-  CHECK(is_error([&] { pare::Distill(O().teacher(teacher()).data(data).momentum(1.0)); }));
-  CHECK(is_error([&] { pare::Distill(O().teacher(teacher()).data(data).temperature(0)); }));
+  CHECK_THROWS_WITH(pare::Distill(O(torch::jit::Module(), data)), Catch::Contains("teacher has no forward"));
+  CHECK_THROWS_WITH(pare::Distill(O(teacher(), std::vector<pare::Batch>{})), Catch::Contains("no training batches"));
+  CHECK(is_error([&] { pare::Distill(O(teacher(), data).epochs(0)); }));
+  CHECK(is_error([&] { pare::Distill(O(teacher(), data).lr(-1)); }));
+  CHECK(is_error([&] { pare::Distill(O(teacher(), data).momentum(1.0)); }));
+  CHECK(is_error([&] { pare::Distill(O(teacher(), data).temperature(0)); }));
   auto self = teacher().clone();
-  CHECK(is_error([&] { pare::distill(self, O().teacher(self).data(data)); }));
+  CHECK(is_error([&] { pare::distill(self, O(self, data)); }));
 }
 
 TEST_CASE("a batch the model rejects is a pare::Error naming the model and the batch shape") {
   auto student = ex::make_fashion_cnn({4, 8, 16}, 5);
   const std::vector<pare::Batch> wrong{{torch::randn({4, 3, 28, 28}), torch::zeros({4}, torch::kLong)}};
   // Before: LibTorch's c10::Error escaped distill() and the pipeline.
-  CHECK_THROWS_WITH(pare::distill(student, options().data(wrong)),
+  CHECK_THROWS_WITH(pare::distill(student, options(wrong)),
                     Catch::Contains("Distill: the student failed on a batch of shape [4, 3, 28, 28]") &&
                         Catch::Contains("channels"));
-  CHECK_THROWS_AS(pare::Pipeline().add(pare::Distill(options().data(wrong))).run(student), pare::Error);
+  CHECK_THROWS_AS(pare::Pipeline().add(pare::Distill(options(wrong))).run(student), pare::Error);
   const std::vector<pare::Batch> flat{{torch::randn({4, 784}), torch::zeros({4}, torch::kLong)}};
   CHECK_THROWS_WITH(pare::top1_accuracy(student, flat), Catch::Contains("top1_accuracy: the model failed"));
   for (const auto& p : student.parameters()) CHECK_FALSE(p.requires_grad());
@@ -236,7 +244,7 @@ TEST_CASE("distill and top1_accuracy leave the caller's teacher and model in the
   training_teacher.train(true);  // a user's module straight from training
   auto student = ex::make_fashion_cnn({4, 8, 16}, 6);
   const auto data = batches_of(train_subset().slice(0, 128), 64);
-  pare::distill(student, options().teacher(training_teacher).data(data).epochs(1));
+  pare::distill(student, pare::DistillOptions(training_teacher, data).epochs(1));
   for (const auto& m : training_teacher.modules()) CHECK(m.is_training());  // before: eval() for the run
   training_teacher.train(true);
   CHECK(pare::top1_accuracy(training_teacher, data) > 0);

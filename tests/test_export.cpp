@@ -39,7 +39,7 @@ TEST_CASE("export writes a verified, frozen file with the report embedded") {
   const auto path = dir.file("m.pt");
   const auto result = pare::Pipeline()
                           .add(pare::L1Prune(pare::L1PruneOptions().amount(0.5).scope(pare::Scope::Global)))
-                          .add(pare::ExportTorchScript(path, pare::ExportTorchScriptOptions().freeze(true).verify_with(samples())))
+                          .add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(path).freeze(true).verify_with(samples())))
                           .run(model);
   const auto& entry = result.report.at("export_torchscript");
   CHECK(entry.metrics.at("file_bytes") == Approx(double(fs::file_size(path))));
@@ -62,7 +62,7 @@ TEST_CASE("an unfrozen export keeps parameters and reproduces outputs") {
   TempDir dir;
   const auto model = pare::examples::make_fashion_cnn({4, 8, 16}, 2);
   const auto path = dir.file("plain.pt");
-  pare::Pipeline().add(pare::ExportTorchScript(path, pare::ExportTorchScriptOptions().verify_with(samples()))).run(model);
+  pare::Pipeline().add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(path).verify_with(samples()))).run(model);
   auto reloaded = torch::jit::load(path);
   CHECK(reloaded.parameters().size() == 8);
   auto input = samples()[1];
@@ -102,15 +102,15 @@ TEST_CASE("max_abs_diff compares nested outputs") {
 
 TEST_CASE("bad export arguments give pare::Error") {
   TempDir dir;
-  CHECK_THROWS_WITH(pare::ExportTorchScript(""), Catch::Contains("path is empty"));
-  CHECK_THROWS_AS(pare::ExportTorchScript("m.pt", pare::ExportTorchScriptOptions().tolerance(-1)), pare::Error);
+  CHECK_THROWS_WITH(pare::ExportTorchScript(pare::ExportTorchScriptOptions("")), Catch::Contains("path is empty"));
+  CHECK_THROWS_AS(pare::ExportTorchScript(pare::ExportTorchScriptOptions("m.pt").tolerance(-1)), pare::Error);
   auto model = pare::examples::make_fashion_cnn({4, 8, 16}, 5);
   const auto bad_input = std::vector<std::vector<torch::jit::IValue>>{{torch::randn({1, 3, 5, 5})}};
   CHECK_THROWS_WITH(pare::Pipeline()
-                        .add(pare::ExportTorchScript(dir.file("x.pt"), pare::ExportTorchScriptOptions().verify_with(bad_input)))
+                        .add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(dir.file("x.pt")).verify_with(bad_input)))
                         .run(model),
                     Catch::Contains("failed on sample input 0"));
-  CHECK_THROWS_WITH(pare::Pipeline().add(pare::ExportTorchScript(dir.file("no/such/dir/x.pt"))).run(model),
+  CHECK_THROWS_WITH(pare::Pipeline().add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(dir.file("no/such/dir/x.pt")))).run(model),
                     Catch::Contains("could not write"));
   CHECK_THROWS_WITH(pare::read_embedded_report(dir.file("missing.pt")), Catch::Contains("not a loadable TorchScript"));
 }
@@ -144,7 +144,7 @@ def forward(self, x):
 )");
   const auto path = dir.file("nan.pt");
   const std::vector<std::vector<torch::jit::IValue>> inputs{{torch::ones({2, 3})}};
-  CHECK_THROWS_WITH(pare::Pipeline().add(pare::ExportTorchScript(path, pare::ExportTorchScriptOptions().verify_with(inputs))).run(model),
+  CHECK_THROWS_WITH(pare::Pipeline().add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(path).verify_with(inputs))).run(model),
                     Catch::Contains("NaN or Inf where the module's output is finite") && Catch::Contains("was not written"));
   CHECK(files_in(dir.path) == 0);
 }

@@ -86,7 +86,7 @@ TEST_CASE("a converted model exports, freezes and reloads without pare") {
   const auto path = (dir / "m_bf16.pt").string();
   auto result = pare::Pipeline()
                     .add(pare::ConvertPrecision(pare::ConvertPrecisionOptions(torch::kBFloat16).keep_fp32({"fc*"})))
-                    .add(pare::ExportTorchScript(path, pare::ExportTorchScriptOptions().freeze(true)
+                    .add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(path).freeze(true)
                                                            .verify_with({{test_images().slice(0, 0, 8)}})))
                     .run(trained_cnn());
   auto reloaded = torch::jit::load(path);

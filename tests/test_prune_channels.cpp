@@ -136,7 +136,7 @@ TEST_CASE("torchvision models shrink, run, and their exports reload") {
     const auto path = (model_dir() / (name + "_small.pt")).string();
     const auto result = pare::Pipeline()
                             .add(pare::PruneChannels(pare::PruneChannelsOptions(0.5).input_shape({1, 3, 64, 64})))
-                            .add(pare::ExportTorchScript(path))
+                            .add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(path)))
                             .run(model);
     const auto& entry = result.report.at("prune_channels");
     CHECK(entry.metrics.at("macs_after") < 0.6 * entry.metrics.at("macs_before"));
@@ -205,8 +205,8 @@ TEST_CASE("channel pruning feeds Distill and QuantizeInt8 in one pipeline") {
   const auto result = pare::Pipeline()
                           .add(pare::L1Prune(pare::L1PruneOptions().amount(0.5)))
                           .add(pare::PruneChannels(pare::PruneChannelsOptions(0.5).input_shape({1, 1, 28, 28})))
-                          .add(pare::Distill(pare::DistillOptions().teacher(teacher).data(batches).epochs(1)))
-                          .add(pare::QuantizeInt8(pare::QuantizeInt8Options().calibration(calibration).never_slower(false)))
+                          .add(pare::Distill(pare::DistillOptions(teacher, batches).epochs(1)))
+                          .add(pare::QuantizeInt8(pare::QuantizeInt8Options(calibration).never_slower(false)))
                           .run(teacher);
   CHECK(result.report.at("prune_channels").metrics.at("macs_after") < 0.5 * result.report.at("prune_channels").metrics.at("macs_before"));
   CHECK(result.masks.at("conv2.weight").sizes() == torch::IntArrayRef({16, 8, 3, 3}));

@@ -75,7 +75,7 @@ TEST_CASE("every observer, per channel and per tensor, keeps the CNN's accuracy"
                     pare::ObserverKind::Percentile, pare::ObserverKind::Histogram, pare::ObserverKind::Entropy}) {
     for (bool per_channel : {true, false}) {
       INFO(pare::to_string(kind) << (per_channel ? " per channel" : " per tensor"));
-      auto result = quantize(t.model, pare::QuantizeInt8Options().calibration(t.calibration).observer(kind)
+      auto result = quantize(t.model, pare::QuantizeInt8Options(t.calibration).observer(kind)
                                           .per_channel(per_channel));
       CHECK(ex::accuracy(result.module, t.test) > t.float_accuracy - 2.0);
       const auto& entry = result.report.at("quantize_int8");
@@ -93,7 +93,7 @@ TEST_CASE("every observer, per channel and per tensor, keeps the CNN's accuracy"
 
 TEST_CASE("conv+relu and linear+relu fuse and the int8 chain has one quantize and one dequantize") {
   const auto& t = trained();
-  auto result = quantize(t.model, pare::QuantizeInt8Options().calibration(t.calibration));
+  auto result = quantize(t.model, pare::QuantizeInt8Options(t.calibration));
   const auto graph = graph_of(result.module);
   CHECK(count(graph, "quantized::conv2d_relu") == 2);
   CHECK(count(graph, "quantized::linear_relu") == 1);
@@ -113,7 +113,7 @@ TEST_CASE("conv+relu and linear+relu fuse and the int8 chain has one quantize an
 
 TEST_CASE("skipped layers stay float and are listed") {
   const auto& t = trained();
-  auto result = quantize(t.model, pare::QuantizeInt8Options().calibration(t.calibration).skip({"fc2"}));
+  auto result = quantize(t.model, pare::QuantizeInt8Options(t.calibration).skip({"fc2"}));
   const auto graph = graph_of(result.module);
   CHECK(count(graph, "aten::linear") == 1);
   CHECK(count(graph, "quantized::linear_relu") == 1);
@@ -123,7 +123,7 @@ TEST_CASE("skipped layers stay float and are listed") {
   CHECK(fc2->labels.at("status") == "float");
   CHECK(fc2->labels.at("reason") == "skipped by option");
   CHECK(ex::accuracy(result.module, t.test) > t.float_accuracy - 2.0);
-  CHECK_THROWS_WITH(quantize(t.model, pare::QuantizeInt8Options().calibration(t.calibration).skip({"*"})),
+  CHECK_THROWS_WITH(quantize(t.model, pare::QuantizeInt8Options(t.calibration).skip({"*"})),
                     Catch::Contains("no Linear/Conv1d/Conv2d layer can be quantized"));
 }
 
@@ -131,10 +131,10 @@ TEST_CASE("export records the engine, shrinks the file and reloads identically")
   const auto& t = trained();
   const std::string fp32 = "test_quantize_fp32.pt", int8 = "test_quantize_int8.pt";
   const pare::InputBatches sample = {{t.test.images.slice(0, 0, 16)}};
-  pare::Pipeline().add(pare::ExportTorchScript(fp32, pare::ExportTorchScriptOptions().freeze(true))).run(t.model);
+  pare::Pipeline().add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(fp32).freeze(true))).run(t.model);
   auto result = pare::Pipeline()
-                    .add(pare::QuantizeInt8(pare::QuantizeInt8Options().calibration(t.calibration).never_slower(false)))
-                    .add(pare::ExportTorchScript(int8, pare::ExportTorchScriptOptions().freeze(true).verify_with(sample)))
+                    .add(pare::QuantizeInt8(pare::QuantizeInt8Options(t.calibration).never_slower(false)))
+                    .add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(int8).freeze(true).verify_with(sample)))
                     .run(t.model);
   const auto info = pare::read_quantization_info(int8);
   REQUIRE(info.has_value());
@@ -143,7 +143,7 @@ TEST_CASE("export records the engine, shrinks the file and reloads identically")
   CHECK_FALSE(pare::read_quantization_info(fp32).has_value());
   CHECK(pare::engine_mismatch_warning(*info).empty());
   const double ratio = result.report.at("export_torchscript").metrics.at("file_bytes") /
-                       pare::Pipeline().add(pare::ExportTorchScript(fp32)).run(t.model).report.at("export_torchscript")
+                       pare::Pipeline().add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(fp32))).run(t.model).report.at("export_torchscript")
                            .metrics.at("file_bytes");
   CHECK(ratio < 0.35);  // the CNN is small: constants and code weigh more than in the bench's model
   auto loaded = pare::load_quantized(int8);
@@ -166,34 +166,33 @@ TEST_CASE("a different running engine is reported") {
 
 TEST_CASE("bad calibration data is reported with the layer or batch") {
   const auto& t = trained();
-  CHECK_THROWS_WITH(pare::QuantizeInt8(pare::QuantizeInt8Options()), Catch::Contains("no calibration data"));
-  CHECK_THROWS_WITH(quantize(t.model, pare::QuantizeInt8Options().calibration(pare::BatchSource([] {
+  CHECK_THROWS_WITH(pare::QuantizeInt8(pare::QuantizeInt8Options(pare::InputBatches{})), Catch::Contains("no calibration batches"));
+  CHECK_THROWS_WITH(quantize(t.model, pare::QuantizeInt8Options(pare::CalibrationData::once([] {
                       return std::optional<std::vector<torch::jit::IValue>>();
                     }))),
                     Catch::Contains("yielded no batches"));
   auto with_nan = t.calibration;
   with_nan[1] = {t.calibration[1][0].toTensor().clone()};
   with_nan[1][0].toTensor()[3][0][5][5] = NAN;
-  CHECK_THROWS_WITH(quantize(t.model, pare::QuantizeInt8Options().calibration(with_nan)),
+  CHECK_THROWS_WITH(quantize(t.model, pare::QuantizeInt8Options(with_nan)),
                     Catch::Contains("batch 1") && Catch::Contains("input of conv1") && Catch::Contains("NaN"));
   auto wrong_shape = t.calibration;
   wrong_shape[2] = {torch::randn({8, 3, 28, 28})};
-  CHECK_THROWS_WITH(quantize(t.model, pare::QuantizeInt8Options().calibration(wrong_shape)),
+  CHECK_THROWS_WITH(quantize(t.model, pare::QuantizeInt8Options(wrong_shape)),
                     Catch::Contains("calibration batch 2 failed in the float model"));
 }
 
-TEST_CASE("progress is reported per calibration batch, from a vector or a source") {
+TEST_CASE("progress is reported per calibration batch, from a list or a reader") {
   const auto& t = trained();
   std::vector<std::pair<int64_t, int64_t>> calls;
-  quantize(t.model, pare::QuantizeInt8Options().calibration(t.calibration).progress([&](int64_t done, int64_t total) {
+  quantize(t.model, pare::QuantizeInt8Options(t.calibration).progress([&](int64_t done, int64_t total) {
     calls.emplace_back(done, total);
   }));
   const std::vector<std::pair<int64_t, int64_t>> expected = {{1, 3}, {2, 3}, {3, 3}};
   CHECK(calls == expected);
   size_t next = 0;
   calls.clear();
-  auto result = quantize(t.model, pare::QuantizeInt8Options()
-                                      .calibration(pare::BatchSource([&]() -> std::optional<std::vector<torch::jit::IValue>> {
+  auto result = quantize(t.model, pare::QuantizeInt8Options(pare::CalibrationData::once([&]() -> std::optional<std::vector<torch::jit::IValue>> {
                                         if (next == t.calibration.size()) return std::nullopt;
                                         return t.calibration[next++];
                                       }))
@@ -216,7 +215,7 @@ def forward(self, x):
 )");
   pare::InputBatches batches;
   for (int i = 0; i < 3; ++i) batches.push_back({torch::randn({32, 1, 16})});
-  auto result = quantize(net, pare::QuantizeInt8Options().calibration(batches));
+  auto result = quantize(net, pare::QuantizeInt8Options(batches));
   const auto graph = graph_of(result.module);
   CHECK(count(graph, "quantized::conv1d(") == 1);
   CHECK(count(graph, "quantized::add_relu") == 1);
@@ -253,17 +252,17 @@ TEST_CASE("the quantized engine is switched only while a pass runs, then restore
   const auto& t = trained();
   const auto before = pare::current_quantized_engine();
   const auto other = engines[0] == before ? engines[1] : engines[0];
-  const pare::QuantizeInt8 pass(pare::QuantizeInt8Options().calibration(t.calibration).engine(other));
+  const pare::QuantizeInt8 pass(pare::QuantizeInt8Options(t.calibration).engine(other));
   CHECK(pare::current_quantized_engine() == before);  // before: constructing switched the process's engine
   const pare::QuantizeInt8Dynamic dynamic(pare::QuantizeInt8DynamicOptions().engine(other));
   CHECK(pare::current_quantized_engine() == before);
   const auto result = pare::Pipeline().add(pass).run(t.model);
   CHECK(result.report.at("quantize_int8").labels.at("engine") == other);
   CHECK(pare::current_quantized_engine() == before);  // restored after the run
-  CHECK_THROWS_AS(pare::QuantizeInt8(pare::QuantizeInt8Options().calibration(t.calibration).engine("tpu")), pare::Error);
+  CHECK_THROWS_AS(pare::QuantizeInt8(pare::QuantizeInt8Options(t.calibration).engine("tpu")), pare::Error);
   auto failing = t.calibration;
   failing[1] = {torch::randn({8, 3, 28, 28})};
-  CHECK_THROWS_AS(quantize(t.model, pare::QuantizeInt8Options().calibration(failing).engine(other)), pare::Error);
+  CHECK_THROWS_AS(quantize(t.model, pare::QuantizeInt8Options(failing).engine(other)), pare::Error);
   CHECK(pare::current_quantized_engine() == before);  // restored when the run fails too
 }
 
@@ -273,7 +272,7 @@ TEST_CASE("a model whose forward fails on the calibration data gives pare::Error
   picky.define("def forward(self, x):\n  return torch.linear(x.flatten(1), self.weight)\n");
   const pare::InputBatches wrong{{torch::randn({4, 1, 20, 20})}, {torch::randn({4, 1, 20, 20})}};
   // Before: pare::Error for the first forward, but the message held the whole TorchScript traceback.
-  CHECK_THROWS_WITH(quantize(picky, pare::QuantizeInt8Options().calibration(wrong)),
+  CHECK_THROWS_WITH(quantize(picky, pare::QuantizeInt8Options(wrong)),
                     Catch::Contains("QuantizeInt8: calibration batch 0 failed in the float model") &&
                         Catch::Contains("cannot be multiplied") && !Catch::Contains("Traceback"));
 }

@@ -48,7 +48,7 @@ pare::InputBatches batches(std::vector<int64_t> shape, int n = 4) {
 
 pare::Result quantize(const torch::jit::Module& m, const pare::InputBatches& calibration, bool never_slower = false) {
   return pare::Pipeline()
-      .add(pare::QuantizeInt8(pare::QuantizeInt8Options().calibration(calibration).never_slower(never_slower)))
+      .add(pare::QuantizeInt8(pare::QuantizeInt8Options(calibration).never_slower(never_slower)))
       .run(m);
 }
 

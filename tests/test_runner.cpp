@@ -176,10 +176,10 @@ TEST_CASE("the cache answers repeated inputs without a forward pass") {
 }
 
 TEST_CASE("the pool serves the model's allocations from call to call") {
-  pare::TensorPool pool(pare::PoolOptions().max_bytes(64 << 20));
+  auto pool = std::make_shared<pare::TensorPool>(pare::PoolOptions().max_bytes(64 << 20));
   pare::Runner runner(row_model(), pare::RunnerOptions().pool(pool).warmup(2).example_inputs({torch::ones({64, 1024})}));
   for (int i = 0; i < 5; ++i) runner.run({torch::ones({64, 1024})});
-  const auto stats = pool.stats();
+  const auto stats = pool->stats();
   CHECK(stats.hits >= 5);
   CHECK(runner.to_prometheus().find("pare_pool_") != std::string::npos);
 }

@@ -233,7 +233,7 @@ TEST_CASE("layers trace to the operators Python scripts them to, so int8 quantiz
 
   const auto calibration = pare::InputBatches{{torch::randn({16, 1, 8, 8})}};
   const auto result =  // never_slower off: whether int8 wins on this tiny model depends on the machine
-      pare::Pipeline().add(pare::QuantizeInt8(pare::QuantizeInt8Options().calibration(calibration).never_slower(false))).run(traced);
+      pare::Pipeline().add(pare::QuantizeInt8(pare::QuantizeInt8Options(calibration).never_slower(false))).run(traced);
   int int8_layers = 0;
   for (const auto& layer : result.report.at("quantize_int8").layers) int8_layers += layer.labels.at("status") == "int8";
   CHECK(int8_layers == 3);

@@ -2,6 +2,7 @@
 // pare::benchmark_models — latency and throughput of TorchScript models side by
 // side, as `pare bench` and `python -m pare bench` print them.
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -17,24 +18,26 @@ class BenchOptions {
   /// Input shapes with the batch as their first dimension, e.g. {{1, 1, 28, 28}};
   /// the first dimension is replaced by each batch size.
   BenchOptions& inputs(std::vector<std::vector<int64_t>> shapes) { inputs_ = std::move(shapes); return *this; }
+  /// Batch sizes measured, each with every thread count.
   BenchOptions& batches(std::vector<int64_t> sizes) { batches_ = std::move(sizes); return *this; }
   /// Client threads calling forward concurrently on the same module.
   BenchOptions& threads(std::vector<int> counts) { threads_ = std::move(counts); return *this; }
   /// Measuring time per (model, batch, threads) cell, after warm-up.
-  BenchOptions& seconds(double value) { seconds_ = value; return *this; }
+  BenchOptions& duration(std::chrono::milliseconds value) { duration_ = value; return *this; }
+  /// Forward passes per cell before measuring.
   BenchOptions& warmup(int runs) { warmup_ = runs; return *this; }
 
   const std::vector<std::vector<int64_t>>& inputs() const { return inputs_; }
   const std::vector<int64_t>& batches() const { return batches_; }
   const std::vector<int>& threads() const { return threads_; }
-  double seconds() const { return seconds_; }
+  std::chrono::milliseconds duration() const { return duration_; }
   int warmup() const { return warmup_; }
 
  private:
   std::vector<std::vector<int64_t>> inputs_{{1, 1, 28, 28}};
   std::vector<int64_t> batches_{1};
   std::vector<int> threads_{1};
-  double seconds_ = 1.0;
+  std::chrono::milliseconds duration_{1000};
   int warmup_ = 10;
 };
 
@@ -69,20 +72,20 @@ class OpenLoopOptions {
   /// `rate`: requests per second offered, with Poisson (exponential) gaps between sends.
   explicit OpenLoopOptions(double rate) : rate_(rate) {}
   /// Sending time; the answers still outstanding at its end are waited for.
-  OpenLoopOptions& seconds(double value) { seconds_ = value; return *this; }
+  OpenLoopOptions& duration(std::chrono::milliseconds value) { duration_ = value; return *this; }
   /// Seed of the arrival process (the same seed sends at the same offsets).
   OpenLoopOptions& seed(uint64_t value) { seed_ = value; return *this; }
   /// The inputs sent, one list per request, cycled through.
   OpenLoopOptions& inputs(std::vector<std::vector<c10::IValue>> value) { inputs_ = std::move(value); return *this; }
 
   double rate() const { return rate_; }
-  double seconds() const { return seconds_; }
+  std::chrono::milliseconds duration() const { return duration_; }
   uint64_t seed() const { return seed_; }
   const std::vector<std::vector<c10::IValue>>& inputs() const { return inputs_; }
 
  private:
   double rate_;
-  double seconds_ = 2.0;
+  std::chrono::milliseconds duration_{2000};
   uint64_t seed_ = 0;
   std::vector<std::vector<c10::IValue>> inputs_;
 };

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "pare/batches.hpp"
 #include "pare/pipeline.hpp"
 
 namespace torch::optim {
@@ -48,56 +49,56 @@ torch::Tensor distillation_loss(const torch::Tensor& student_logits, const torch
 
 /// (input, target) — one training batch; the target holds class indices.
 using Batch = std::pair<torch::Tensor, torch::Tensor>;
-/// Streamed data: called once per epoch with the epoch index (0-based); calls
-/// `step` once per batch. Lets users read, shuffle or augment data lazily.
-using BatchStream = std::function<void(int64_t epoch, const std::function<void(const Batch&)>& step)>;
+/// Training batches: a list (reused every epoch, shuffled unless
+/// shuffle(false)) or batches produced on demand for each epoch.
+using TrainingData = BatchSource<Batch>;
 /// Builds the optimizer over the student's trainable parameters.
 using OptimizerFactory =
     std::function<std::unique_ptr<torch::optim::Optimizer>(const std::vector<torch::Tensor>& parameters)>;
-/// Called after every step with (step, steps, running loss); steps is 0 when
-/// a stream's length is unknown. Same shape as the examples' progress bar.
+/// Called after every step with (step, steps, running loss); steps is -1 when
+/// the data's length is unknown. Same shape as the examples' progress bar.
 using DistillProgress = std::function<void(int64_t step, int64_t steps, double loss)>;
 
 enum class OptimizerKind { SGD, Adam };
 
 class DistillOptions {
  public:
-  /// The trained model to learn from; run in eval mode without gradients. A
-  /// teacher in training mode is deep-copied for the run: yours keeps its mode.
-  DistillOptions& teacher(torch::jit::Module value) { teacher_ = std::move(value); return *this; }
-  /// Training batches, reused every epoch (in shuffled order unless shuffle(false)).
-  DistillOptions& data(std::vector<Batch> batches) { batches_ = std::move(batches); stream_ = nullptr; return *this; }
-  /// Streamed training batches; `batches_per_epoch` (if known) sizes progress reports.
-  DistillOptions& data(BatchStream stream, int64_t batches_per_epoch = 0) {
-    stream_ = std::move(stream);
-    stream_batches_ = batches_per_epoch;
-    batches_.clear();
-    return *this;
-  }
+  /// `teacher`: the trained model to learn from; run in eval mode without
+  /// gradients (one in training mode is deep-copied for the run: yours keeps
+  /// its mode). `data`: the training batches.
+  DistillOptions(torch::jit::Module teacher, TrainingData data)
+      : teacher_(std::move(teacher)), data_(std::move(data)) {}
+  /// Passes over the data.
   DistillOptions& epochs(int64_t value) { epochs_ = value; return *this; }
   /// Built-in optimizers: SGD (with momentum()) or Adam, at lr() and weight_decay().
   DistillOptions& optimizer(OptimizerKind value) { kind_ = value; factory_ = nullptr; return *this; }
   /// Any torch::optim optimizer; overrides the built-in choice.
   DistillOptions& optimizer(OptimizerFactory value) { factory_ = std::move(value); return *this; }
+  /// Learning rate of the built-in optimizer (default 1e-3).
   DistillOptions& lr(double value) { lr_ = value; return *this; }
+  /// SGD momentum in [0, 1) (default 0.9).
   DistillOptions& momentum(double value) { momentum_ = value; return *this; }
+  /// L2 penalty of the built-in optimizer (default 0).
   DistillOptions& weight_decay(double value) { weight_decay_ = value; return *this; }
+  /// The loss's softmax temperature (DistillLossOptions::temperature).
   DistillOptions& temperature(double value) { loss_.temperature(value); return *this; }
+  /// The loss's distillation weight (DistillLossOptions::alpha).
   DistillOptions& alpha(double value) { loss_.alpha(value); return *this; }
   /// Batches on which to report top-1 accuracy before and after training.
   DistillOptions& evaluate_on(std::vector<Batch> batches) { eval_ = std::move(batches); return *this; }
+  /// Shuffle a listed data set's batches every epoch (default on; streamed data comes in its own order).
   DistillOptions& shuffle(bool value) { shuffle_ = value; return *this; }
+  /// Seed of the shuffle.
   DistillOptions& seed(uint64_t value) { seed_ = value; return *this; }
+  /// Called after every optimizer step.
   DistillOptions& progress(DistillProgress value) { progress_ = std::move(value); return *this; }
   /// Where training runs: cpu or cuda[:index] (unset: where the student's parameters are). The student is moved
   /// there for training and back to its own device afterwards; the teacher runs
   /// there as a copy; masks and batches follow (listed batches are copied once).
   DistillOptions& device(c10::Device value) { device_ = value; return *this; }
 
-  const std::optional<torch::jit::Module>& teacher() const { return teacher_; }
-  const std::vector<Batch>& batches() const { return batches_; }
-  const BatchStream& stream() const { return stream_; }
-  int64_t stream_batches() const { return stream_batches_; }
+  const torch::jit::Module& teacher() const { return teacher_; }
+  const TrainingData& data() const { return data_; }
   int64_t epochs() const { return epochs_; }
   OptimizerKind optimizer_kind() const { return kind_; }
   const OptimizerFactory& optimizer_factory() const { return factory_; }
@@ -112,10 +113,8 @@ class DistillOptions {
   const std::optional<c10::Device>& device() const { return device_; }
 
  private:
-  std::optional<torch::jit::Module> teacher_;
-  std::vector<Batch> batches_;
-  BatchStream stream_;
-  int64_t stream_batches_ = 0;
+  torch::jit::Module teacher_;
+  TrainingData data_;
   int64_t epochs_ = 1;
   OptimizerKind kind_ = OptimizerKind::Adam;
   OptimizerFactory factory_;

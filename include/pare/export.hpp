@@ -9,6 +9,8 @@ namespace pare {
 
 class ExportTorchScriptOptions {
  public:
+  /// `path`: the file to write (its directory must exist).
+  explicit ExportTorchScriptOptions(std::string path) : path_(std::move(path)) {}
   /// torch::jit::freeze the module (eval mode, weights inlined as constants).
   ExportTorchScriptOptions& freeze(bool value) { freeze_ = value; return *this; }
   /// After writing, reload the file and compare its outputs with the module's on these inputs.
@@ -19,30 +21,29 @@ class ExportTorchScriptOptions {
   /// Largest tolerated absolute difference between module and reloaded file.
   ExportTorchScriptOptions& tolerance(double value) { tolerance_ = value; return *this; }
 
+  const std::string& path() const { return path_; }
   bool freeze() const { return freeze_; }
   const std::vector<std::vector<torch::jit::IValue>>& verify_inputs() const { return verify_inputs_; }
   double tolerance() const { return tolerance_; }
 
  private:
+  std::string path_;
   bool freeze_ = false;
   std::vector<std::vector<torch::jit::IValue>> verify_inputs_;
   double tolerance_ = 1e-5;
 };
-/// The name before 0.1's options renames (options are named after their pass).
-using ExportOptions [[deprecated("renamed pare::ExportTorchScriptOptions")]] = ExportTorchScriptOptions;
 
-/// Writes the module to `path` via a temporary file and a rename, embedding the
+/// Writes the module to options.path() via a temporary file and a rename, embedding the
 /// report so far as the extra file "pare/report.json". Report metrics:
 /// file_bytes, max_abs_diff (when verified). Also freezes the pipeline's module
 /// if asked, so later passes see what was written.
 class ExportTorchScript : public Pass {
  public:
-  explicit ExportTorchScript(std::string path, ExportTorchScriptOptions options = {});
+  explicit ExportTorchScript(ExportTorchScriptOptions options);
   std::string name() const override { return "export_torchscript"; }
   void run(Result& state, PassReport& entry) const override;
 
  private:
-  std::string path_;
   ExportTorchScriptOptions options_;
 };
 

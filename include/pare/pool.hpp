@@ -136,13 +136,16 @@ class PooledTensor {
   std::shared_ptr<detail::PoolState> state_;
 };
 
-/// Thread-safe pool of CPU storage. Copies share one pool.
+/// Thread-safe pool of CPU storage. Not copyable: share one pool as a
+/// std::shared_ptr (as RunnerOptions::pool takes it), like InferenceCache.
 class TensorPool {
  public:
   /// Also installs pare's routing CPU allocator (install_pool_allocator), once
   /// per process, on the constructing thread: build pools before starting
   /// threads that allocate, as c10's allocator table is not thread-safe.
   explicit TensorPool(PoolOptions options = {});
+  TensorPool(const TensorPool&) = delete;
+  TensorPool& operator=(const TensorPool&) = delete;
 
   /// A contiguous tensor of `shape` and `dtype` on reused storage when an idle
   /// block of the same size class exists. Contents are uninitialized. `device`

@@ -4,7 +4,7 @@
 //
 //   auto result = pare::Pipeline()
 //       .add(pare::ConvertPrecision(pare::ConvertPrecisionOptions(torch::kBFloat16).keep_fp32({"fc2"})))
-//       .add(pare::ExportTorchScript("model_bf16.pt"))
+//       .add(pare::ExportTorchScript(pare::ExportTorchScriptOptions("model_bf16.pt")))
 //       .run(model);
 //
 // Every layer with parameters (Linear, Conv, BatchNorm, ...) casts its floating

@@ -7,6 +7,7 @@
 #include <functional>
 #include <optional>
 
+#include "pare/batches.hpp"
 #include "pare/observers.hpp"
 #include "pare/pipeline.hpp"
 #include "pare/quantization_info.hpp"
@@ -15,17 +16,17 @@ namespace pare {
 
 /// One model input list per calibration batch.
 using InputBatches = std::vector<std::vector<torch::jit::IValue>>;
-/// Yields calibration batches until it returns std::nullopt.
-using BatchSource = std::function<std::optional<std::vector<torch::jit::IValue>>()>;
+/// Calibration inputs: a list (InputBatches) or batches produced on demand.
+using CalibrationData = BatchSource<std::vector<torch::jit::IValue>>;
 /// Called after each calibration batch with (batches done, batches in all or -1 if unknown).
 using CalibrationProgress = std::function<void(int64_t, int64_t)>;
 
 class QuantizeInt8Options {
  public:
-  /// The batches to calibrate on. With two or more, the last one is held out:
-  /// it is not observed and measures each layer's SQNR against the float model.
-  QuantizeInt8Options& calibration(InputBatches batches) { batches_ = std::move(batches); source_ = {}; return *this; }
-  QuantizeInt8Options& calibration(BatchSource source) { source_ = std::move(source); batches_.clear(); return *this; }
+  /// The batches to calibrate on (one epoch is read). With two or more, the
+  /// last one is held out: it is not observed and measures each layer's SQNR
+  /// against the float model.
+  explicit QuantizeInt8Options(CalibrationData calibration) : calibration_(std::move(calibration)) {}
   /// How activation ranges are chosen (default: histogram).
   QuantizeInt8Options& observer(ObserverOptions value) { observer_ = value; return *this; }
   /// Weights: one symmetric scale per output channel (default) or one per tensor.
@@ -34,6 +35,7 @@ class QuantizeInt8Options {
   QuantizeInt8Options& skip(std::vector<std::string> layers) { skip_ = std::move(layers); return *this; }
   /// Quantized engine ("onednn", "qnnpack", "fbgemm", "x86"); empty: the best this LibTorch has.
   QuantizeInt8Options& engine(std::string value) { engine_ = std::move(value); return *this; }
+  /// Called after each calibration batch.
   QuantizeInt8Options& progress(CalibrationProgress callback) { progress_ = std::move(callback); return *this; }
   /// Never slower than float (default on): times the model on the held-out
   /// calibration batch with each island of int8 ops (ops joined by int8
@@ -41,8 +43,7 @@ class QuantizeInt8Options {
   /// report lists each island's timings.
   QuantizeInt8Options& never_slower(bool value) { never_slower_ = value; return *this; }
 
-  const InputBatches& batches() const { return batches_; }
-  const BatchSource& source() const { return source_; }
+  const CalibrationData& calibration() const { return calibration_; }
   const ObserverOptions& observer() const { return observer_; }
   bool per_channel() const { return per_channel_; }
   const std::vector<std::string>& skip() const { return skip_; }
@@ -51,8 +52,7 @@ class QuantizeInt8Options {
   bool never_slower() const { return never_slower_; }
 
  private:
-  InputBatches batches_;
-  BatchSource source_;
+  CalibrationData calibration_;
   ObserverOptions observer_;
   bool per_channel_ = true;
   std::vector<std::string> skip_;
@@ -60,8 +60,6 @@ class QuantizeInt8Options {
   CalibrationProgress progress_;
   bool never_slower_ = true;
 };
-/// The name before 0.1's options renames (options are named after their pass).
-using QuantizeOptions [[deprecated("renamed pare::QuantizeInt8Options")]] = QuantizeInt8Options;
 
 /// Static int8: freezes the module (folding BatchNorm), calibrates activation
 /// ranges on the user's batches, and rewrites Linear/Conv1d/Conv2d to
@@ -98,7 +96,6 @@ class QuantizeInt8DynamicOptions {
   std::vector<std::string> skip_;
   std::string engine_;
 };
-using QuantizeDynamicOptions [[deprecated("renamed pare::QuantizeInt8DynamicOptions")]] = QuantizeInt8DynamicOptions;
 
 /// Dynamic int8: Linear weights become int8 (quantized::linear_dynamic),
 /// activations are quantized on the fly; no calibration. LSTMs stay float.

@@ -38,7 +38,7 @@ class RunnerOptions {
   /// to name the model yourself, e.g. "fashion-cnn@3".
   RunnerOptions& cache_namespace(std::string value) { cache_namespace_ = std::move(value); return *this; }
   /// A pool whose storage the model's own allocations reuse (PoolAllocatorGuard around each forward).
-  RunnerOptions& pool(TensorPool value) { pool_ = std::move(value); return *this; }
+  RunnerOptions& pool(std::shared_ptr<TensorPool> value) { pool_ = std::move(value); return *this; }
   /// Forward passes run at construction on `example_inputs` (warms allocators and the JIT's profiling).
   RunnerOptions& warmup(int runs) { warmup_ = runs; return *this; }
   RunnerOptions& example_inputs(std::vector<c10::IValue> inputs) { example_inputs_ = std::move(inputs); return *this; }
@@ -70,7 +70,7 @@ class RunnerOptions {
 
   const std::shared_ptr<InferenceCache>& cache() const { return cache_; }
   const std::optional<std::string>& cache_namespace() const { return cache_namespace_; }
-  const std::optional<TensorPool>& pool() const { return pool_; }
+  const std::shared_ptr<TensorPool>& pool() const { return pool_; }
   int warmup() const { return warmup_; }
   const std::vector<c10::IValue>& example_inputs() const { return example_inputs_; }
   int64_t max_batch() const { return max_batch_; }
@@ -86,7 +86,7 @@ class RunnerOptions {
  private:
   std::shared_ptr<InferenceCache> cache_;
   std::optional<std::string> cache_namespace_;
-  std::optional<TensorPool> pool_;
+  std::shared_ptr<TensorPool> pool_;
   int warmup_ = 0;
   std::vector<c10::IValue> example_inputs_;
   int64_t max_batch_ = 1;

@@ -1,66 +1,26 @@
 // Bindings for knowledge distillation: the loss (autograd flows across the
 // boundary: the tensors are torch's own), the Distill pass and apply_masks.
 
-#include "bindings.hpp"
+#include "batch_source.hpp"
 
 #include "pare/distill.hpp"
 
 namespace pare::python {
 namespace {
 
-// A Python object held by C++ callbacks that run while the pipeline has
-// released the GIL: copies share one reference, and the last owner drops it
-// under the GIL.
-std::shared_ptr<py::object> hold(py::object object) {
-  return std::shared_ptr<py::object>(new py::object(std::move(object)), [](py::object* p) {
-    py::gil_scoped_acquire gil;
-    delete p;
-  });
-}
-
-std::string type_name(const py::handle& value) { return py::str(py::type::of(value)).cast<std::string>(); }
-
 Batch to_batch(const py::handle& item, const char* what) {
   const bool pair = (py::isinstance<py::tuple>(item) || py::isinstance<py::list>(item)) && py::len(item) == 2;
   const auto tensor = py::module_::import("torch").attr("Tensor");
   if (!pair || !py::isinstance(item[py::int_(0)], tensor) || !py::isinstance(item[py::int_(1)], tensor))
     throw Error(std::string(what) + ": expected (input, target) pairs of tensors, got " + type_name(item));
-  return {item[py::int_(0)].cast<torch::Tensor>(), item[py::int_(1)].cast<torch::Tensor>()};
+  // Detached: the same storage without a link to the Python tensors, which C++ may drop without the GIL.
+  return {item[py::int_(0)].cast<torch::Tensor>().detach(), item[py::int_(1)].cast<torch::Tensor>().detach()};
 }
 
 std::vector<Batch> to_batches(const py::handle& items, const char* what) {
   std::vector<Batch> batches;
   for (const auto& item : items) batches.push_back(to_batch(item, what));
   return batches;
-}
-
-// Iterates a Python iterable (or what a callable returns for the epoch) each
-// epoch, holding the GIL only while Python runs; the training step runs without it.
-BatchStream python_stream(py::object source, bool call_with_epoch) {
-  auto held = hold(std::move(source));
-  return [held, call_with_epoch](int64_t epoch, const std::function<void(const Batch&)>& step) {
-    py::gil_scoped_acquire gil;
-    py::object iterable = call_with_epoch ? (*held)(epoch) : *held;
-    for (const auto& item : py::iter(iterable)) {
-      const Batch batch = to_batch(item, "Distill(data=...)");
-      py::gil_scoped_release release;
-      step(batch);
-    }
-  };
-}
-
-void set_data(DistillOptions& options, const py::object& data) {
-  if (py::isinstance<py::list>(data) || py::isinstance<py::tuple>(data)) {
-    options.data(to_batches(data, "Distill(data=...)"));  // plain lists become C++ tensors now
-  } else if (PyCallable_Check(data.ptr())) {
-    options.data(python_stream(data, true));
-  } else if (py::hasattr(data, "__iter__")) {
-    const int64_t length = py::hasattr(data, "__len__") ? int64_t(py::len(data)) : 0;
-    options.data(python_stream(data, false), length);  // e.g. a torch DataLoader, iterated every epoch
-  } else {
-    throw Error("Distill: data must be a list of (input, target) tensor pairs, an iterable of them (a DataLoader), "
-                "or a callable epoch -> iterable; got " + type_name(data));
-  }
 }
 
 OptimizerKind parse_optimizer(const std::string& name) {
@@ -73,8 +33,8 @@ std::shared_ptr<Distill> make_distill(const py::object& teacher, const py::objec
                                       const std::string& optimizer, double momentum, double weight_decay,
                                       double temperature, double alpha, const py::object& eval_data, bool shuffle,
                                       uint64_t seed, const py::object& progress, const py::object& device) {
-  auto options = DistillOptions()
-                     .teacher(unwrap_module(teacher, "Distill(teacher=...)"))
+  auto options = DistillOptions(unwrap_module(teacher, "Distill(teacher=...)"),
+                                to_batch_source<Batch>(data, to_batch, "Distill(data=...)"))
                      .epochs(epochs)
                      .optimizer(parse_optimizer(optimizer))
                      .lr(lr)
@@ -84,7 +44,6 @@ std::shared_ptr<Distill> make_distill(const py::object& teacher, const py::objec
                      .alpha(alpha)
                      .shuffle(shuffle)
                      .seed(seed);
-  set_data(options, data);
   if (!device.is_none()) options.device(parse_device(device, "Distill(device=...)"));
   if (!eval_data.is_none()) options.evaluate_on(to_batches(eval_data, "Distill(eval_data=...)"));
   if (!progress.is_none()) {
@@ -121,7 +80,8 @@ void bind_distill(py::module_& m) {
            py::arg("eval_data") = py::none(), py::arg("shuffle") = true, py::arg("seed") = 0,
            py::arg("progress") = py::none(), py::arg("device") = py::none(),
            "Fine-tunes the pipeline's module against `teacher`, keeping pruning masks. `data`: a list of "
-           "(input, target) pairs, an iterable such as a DataLoader, or a callable epoch -> iterable. "
+           "(input, target) pairs (shuffled every epoch unless shuffle=False), an iterable such as a DataLoader "
+           "(iterated every epoch), or a callable epoch -> iterable. "
            "device: where training runs (\"cuda\"; default: where the module is).");
 
   m.def(

@@ -74,9 +74,9 @@ void bind_pruning(py::module_& m) {
 void bind_export(py::module_& m) {
   py::class_<ExportTorchScript, Pass, std::shared_ptr<ExportTorchScript>>(m, "ExportTorchScript")
       .def(py::init([](const std::string& path, bool freeze, const py::object& verify_with, double tolerance) {
-             auto options = ExportTorchScriptOptions().freeze(freeze).tolerance(tolerance);
-             options.verify_with(to_input_batches(verify_with, "ExportTorchScript(verify_with=...)"));
-             return std::make_shared<ExportTorchScript>(path, options);
+             return std::make_shared<ExportTorchScript>(
+                 ExportTorchScriptOptions(path).freeze(freeze).tolerance(tolerance).verify_with(
+                     to_input_batches(verify_with, "ExportTorchScript(verify_with=...)")));
            }),
            py::arg("path"), py::arg("freeze") = false, py::arg("verify_with") = py::none(),
            py::arg("tolerance") = 1e-5);

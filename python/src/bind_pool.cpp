@@ -55,19 +55,20 @@ void bind_pool_stats(py::module_& m) {
       });
 }
 
-/// `with pool.allocator_guard(): ...` — a PoolAllocatorGuard from __enter__ to __exit__.
-/// The guard is thread-local: enter and exit on the same thread (a with block does).
+/// `with pare.PoolAllocatorGuard(pool): ...` — C++'s PoolAllocatorGuard from
+/// __enter__ to __exit__. The guard is thread-local: enter and exit on the same
+/// thread (a with block does).
 class AllocatorScope {
  public:
-  explicit AllocatorScope(TensorPool pool) : pool_(std::move(pool)) {}
+  explicit AllocatorScope(std::shared_ptr<TensorPool> pool) : pool_(std::move(pool)) {}
   void enter() {
-    if (guard_) throw Error("TensorPool.allocator_guard: this guard is already active", Error::Kind::Runtime);
-    guard_ = std::make_unique<PoolAllocatorGuard>(pool_);
+    if (guard_) throw Error("PoolAllocatorGuard: this guard is already active", Error::Kind::Runtime);
+    guard_ = std::make_unique<PoolAllocatorGuard>(*pool_);
   }
   void exit() { guard_.reset(); }
 
  private:
-  TensorPool pool_;
+  std::shared_ptr<TensorPool> pool_;
   std::unique_ptr<PoolAllocatorGuard> guard_;  // movable scope, pinned guard
 };
 
@@ -89,17 +90,20 @@ void bind_pool(py::module_& m) {
         return false;
       });
 
-  py::class_<AllocatorScope>(m, "PoolAllocatorGuard")
+  py::class_<AllocatorScope>(m, "PoolAllocatorGuard",
+                             "with PoolAllocatorGuard(pool): routes torch's CPU allocations on this thread "
+                             "through the pool (a host pool).")
+      .def(py::init<std::shared_ptr<TensorPool>>(), py::arg("pool"))
       .def("__enter__", [](AllocatorScope& scope) { scope.enter(); return py::none(); })
       .def("__exit__", [](AllocatorScope& scope, const py::args&) {
         scope.exit();
         return false;
       });
 
-  py::class_<TensorPool>(m, "TensorPool")
+  py::class_<TensorPool, std::shared_ptr<TensorPool>>(m, "TensorPool")
       .def(py::init([](size_t max_bytes, std::vector<size_t> size_classes, bool poison, const std::string& memory,
                        int device_index, size_t small_bytes) {
-             return TensorPool(PoolOptions().max_bytes(max_bytes).size_classes(std::move(size_classes)).poison(poison)
+             return std::make_shared<TensorPool>(PoolOptions().max_bytes(max_bytes).size_classes(std::move(size_classes)).poison(poison)
                                    .memory(parse_memory(memory)).device_index(device_index).small_bytes(small_bytes));
            }),
            py::arg("max_bytes") = PoolOptions().max_bytes(), py::arg("size_classes") = std::vector<size_t>{},
@@ -120,9 +124,7 @@ void bind_pool(py::module_& m) {
            },
            py::arg("labels") = std::map<std::string, std::string>{})
       .def("size_class", &TensorPool::size_class, py::arg("nbytes"))
-      .def_property_readonly("max_bytes", [](const TensorPool& pool) { return pool.options().max_bytes(); })
-      .def("allocator_guard", [](const TensorPool& pool) { return AllocatorScope(pool); },
-           "A context manager routing torch's CPU allocations on this thread through the pool.");
+      .def_property_readonly("max_bytes", [](const TensorPool& pool) { return pool.options().max_bytes(); });
 
   m.def("install_pool_allocator", &install_pool_allocator);
   m.def("unpooled_cpu_allocations", &unpooled_cpu_allocations);

@@ -1,6 +1,6 @@
 // Bindings for int8 quantization: QuantizeInt8, QuantizeInt8Dynamic and the engine helpers.
 
-#include "bindings.hpp"
+#include "batch_source.hpp"
 
 #include "pare/quantize.hpp"
 
@@ -38,10 +38,8 @@ void bind_quantize(py::module_& m) {
       .def(py::init([](const py::object& calibration, const std::string& observer, bool per_channel,
                        std::vector<std::string> skip, const std::string& engine, double percentile, int64_t bins,
                        const py::object& progress, bool never_slower) {
-             if (calibration.is_none())
-               throw Error("QuantizeInt8: calibration is required; pass a list or iterable of input batches");
-             auto options = QuantizeInt8Options()
-                                .calibration(to_input_batches(calibration, "QuantizeInt8(calibration=...)"))
+             auto options = QuantizeInt8Options(to_batch_source<std::vector<torch::jit::IValue>>(
+                                                    calibration, to_inputs, "QuantizeInt8(calibration=...)"))
                                 .observer(observer_options(observer, percentile, bins))
                                 .per_channel(per_channel)
                                 .skip(std::move(skip))
@@ -50,11 +48,12 @@ void bind_quantize(py::module_& m) {
                                 .never_slower(never_slower);
              return std::make_shared<QuantizeInt8>(std::move(options));
            }),
-           py::arg("calibration") = py::none(), py::arg("observer") = to_string(ObserverOptions().kind()), py::arg("per_channel") = true,
+           py::arg("calibration"), py::arg("observer") = to_string(ObserverOptions().kind()), py::arg("per_channel") = true,
            py::arg("skip") = std::vector<std::string>{}, py::arg("engine") = "", py::arg("percentile") = 99.99,
            py::arg("bins") = 2048, py::arg("progress") = py::none(), py::arg("never_slower") = true,
-           "Static int8 post-training quantization. calibration: a list or iterable of tensors or tuples "
-           "(one model input each). observer: minmax, moving_average_minmax, percentile, histogram, entropy. "
+           "Static int8 post-training quantization. calibration: a list of tensors or tuples (one model "
+           "input each), an iterable of them (a DataLoader, a generator: read once) or a callable epoch -> "
+           "iterable; with two or more batches the last is held out for SQNR. observer: minmax, moving_average_minmax, percentile, histogram, entropy. "
            "never_slower: time each island of int8 ops against float on the held-out batch and keep float "
            "where int8 loses.");
   py::class_<QuantizeInt8Dynamic, Pass, std::shared_ptr<QuantizeInt8Dynamic>>(m, "QuantizeInt8Dynamic")

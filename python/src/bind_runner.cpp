@@ -67,7 +67,7 @@ RunnerHolder make_runner(const py::object& module, const py::object& cache, cons
       .timeout(from_seconds<std::chrono::microseconds>(timeout, "timeout"))
       .preferred_batch_sizes(std::move(preferred_batch_sizes));
   if (!cache.is_none()) options.cache(cache.cast<std::shared_ptr<InferenceCache>>());
-  if (!pool.is_none()) options.pool(pool.cast<TensorPool>());
+  if (!pool.is_none()) options.pool(pool.cast<std::shared_ptr<TensorPool>>());
   if (!example_inputs.is_none()) options.example_inputs(to_inputs(example_inputs, "Runner(example_inputs=...)"));
   if (!cache_namespace.is_none()) options.cache_namespace(cache_namespace.cast<std::string>());
   options.device(parse_device(device, "Runner(device=...)")).outputs_on_device(outputs_on_device);

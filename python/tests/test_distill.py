@@ -151,7 +151,7 @@ def test_distill_streams_python_data_with_progress(data, teacher):
         return iter(batches(x[:256], y[:256]))
 
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:256], y[:256]), batch_size=64)
-    for source, expected_steps in [(per_epoch, 0), (loader, 8)]:
+    for source, expected_steps in [(per_epoch, -1), (loader, 8)]:
         progress.clear()
         p = pare.Distill(teacher=teacher, data=source, epochs=2, alpha=1.0, optimizer="sgd", lr=0.01,
                          progress=lambda step, steps, loss: progress.append((step, steps, loss)))
@@ -183,7 +183,7 @@ def test_distill_validates_arguments(data, teacher):
         pare.Distill(teacher=teacher, data=good, optimizer="rmsprop")
     with pytest.raises(ValueError, match="epochs"):
         pare.Distill(teacher=teacher, data=good, epochs=0)
-    with pytest.raises(ValueError, match="no training data"):
+    with pytest.raises(ValueError, match="no training batches"):
         pare.Distill(teacher=teacher, data=[])
 
 

@@ -93,18 +93,18 @@ def test_allocator_guard_routes_torch_allocations_on_this_thread():
     with torch.no_grad():
         reference = conv(x)
         for _ in range(2):
-            with pool.allocator_guard():
+            with pare.PoolAllocatorGuard(pool):
                 out = conv(x)
         warm = pool.stats()
         assert warm.acquires > 0
         for _ in range(3):
-            with pool.allocator_guard():
+            with pare.PoolAllocatorGuard(pool):
                 out = conv(x)
         assert pool.stats().misses == warm.misses  # steady state: everything reused
     assert torch.allclose(out, reference, atol=1e-6)
 
     seen = {}
-    with pool.allocator_guard():
+    with pare.PoolAllocatorGuard(pool):
         before = pool.stats().acquires
         worker = threading.Thread(target=lambda: seen.setdefault("t", torch.empty(1000)))
         worker.start()

@@ -88,8 +88,9 @@ def test_static_int8_in_a_pipeline_exports_a_file_stock_torch_loads(trained, tmp
 def test_observers_and_per_tensor_and_generators(trained):
     scripted, calibration, test_x, test_y = trained
     for observer in ["minmax", "moving_average_minmax", "percentile", "entropy"]:
-        module, _ = pare.Pipeline([pare.QuantizeInt8(calibration=(b for b in calibration), observer=observer,
-                                                     per_channel=False)]).run(scripted)
+        module, report = pare.Pipeline([pare.QuantizeInt8(calibration=(b for b in calibration), observer=observer,
+                                                          per_channel=False)]).run(scripted)
+        assert report["quantize_int8"].labels["sqnr_batch"] == "held-out (last batch)"  # read as a stream
         assert accuracy(module, test_x, test_y) > accuracy(scripted, test_x, test_y) - 2.0, observer
 
 
@@ -101,8 +102,12 @@ def test_skip_and_bad_arguments(trained):
     assert fc2.labels["status"] == "float"
     with pytest.raises(ValueError, match="histogram"):
         pare.QuantizeInt8(calibration=calibration, observer="kl")
-    with pytest.raises(pare.InvalidArgument, match="no calibration data"):
+    with pytest.raises(pare.InvalidArgument, match="no calibration batches"):
         pare.QuantizeInt8(calibration=[])
+    with pytest.raises(TypeError):  # calibration is required, as in C++'s QuantizeInt8Options(calibration)
+        pare.QuantizeInt8()
+    with pytest.raises(pare.InvalidArgument, match="callable epoch -> iterable"):
+        pare.QuantizeInt8(calibration=42)
     bad = [b.clone() for b in calibration]
     bad[0][0, 0, 0, 0] = float("nan")
     with pytest.raises(pare.Error, match="input of conv1"):

@@ -97,7 +97,7 @@ Variant finish(const std::string& name, pare::Pipeline pipeline, const torch::ji
     if (int8) v.macs = pare::count_macs(model, shape);  // int8 ops are not conv/linear calls: the source's count
     return v;
   }
-  pipeline.add(pare::ExportTorchScript(path, pare::ExportTorchScriptOptions().freeze(!int8)));
+  pipeline.add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(path).freeze(!int8)));
   Variant v{name, pipeline.run(model).module};
   v.has_accuracy = test.size() > 0;
   v.accuracy = v.has_accuracy ? ex::accuracy(v.module, test) : 0.0;
@@ -131,7 +131,7 @@ void print_latency(const std::vector<Variant>& variants, const std::vector<int64
   std::vector<std::pair<std::string, torch::jit::Module>> models;
   for (const auto& v : variants) models.emplace_back(v.name, v.module);
   const auto rows = pare::benchmark_models(
-      models, pare::BenchOptions().inputs({shape}).batches(std::move(batches)).threads({1}).seconds(seconds));
+      models, pare::BenchOptions().inputs({shape}).batches(std::move(batches)).threads({1}).duration(std::chrono::milliseconds(std::llround(seconds * 1000))));
   std::printf("%s", pare::bench_table(rows).c_str());
 }
 
@@ -150,7 +150,7 @@ void small_resnet(const Args& a, const fs::path& dir) {
   const std::vector<int64_t> shape{1, 1, 28, 28};
   const auto base = pare::PruneChannelsOptions(0).round_to(8).input_shape(shape);
   auto distill = [&](const std::string& label) {
-    return pare::Distill(pare::DistillOptions().teacher(model).data(batches).epochs(a.recovery).progress(
+    return pare::Distill(pare::DistillOptions(model, batches).epochs(a.recovery).progress(
         ex::progress_bar("recovery " + label)));
   };
   std::vector<Variant> variants{finish("fp32", pare::Pipeline(), model, test, shape)};
@@ -163,7 +163,7 @@ void small_resnet(const Args& a, const fs::path& dir) {
     variants.push_back(finish(name, pare::Pipeline().add(pare::PruneChannels(options)).add(distill(name)), model, test,
                               shape, &recovered));
   }
-  variants.push_back(finish("4x + int8", pare::Pipeline().add(pare::QuantizeInt8(pare::QuantizeInt8Options().calibration(calibration))),
+  variants.push_back(finish("4x + int8", pare::Pipeline().add(pare::QuantizeInt8(pare::QuantizeInt8Options(calibration))),
                             recovered, test, shape));
   std::printf("\nsmall ResNet on Fashion-MNIST: trained %d epochs on %lld images, recovery %d epochs of Distill, "
               "test %lld images; channel amounts: 2x %.3f, 4x %.3f (round_to 8)\n",

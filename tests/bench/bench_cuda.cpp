@@ -84,7 +84,7 @@ void serving(const torch::jit::Module& cnn, const torch::Tensor& images, const t
   };
   std::vector<std::vector<c10::IValue>> calib;
   for (int64_t b = 0; b < calibration.size(0); b += 64) calib.push_back({calibration.slice(0, b, b + 64)});
-  auto int8 = pare::Pipeline().add(pare::QuantizeInt8(pare::QuantizeInt8Options().calibration(calib))).run(cnn).module;
+  auto int8 = pare::Pipeline().add(pare::QuantizeInt8(pare::QuantizeInt8Options(calib))).run(cnn).module;
 
   std::printf("\n1. serving the Fashion-MNIST CNN, single-image requests, %.1f s per cell\n", seconds);
   std::printf("%-8s %-34s %12s %9s %9s %12s %12s\n", "clients", "server", "requests/s", "p50 ms", "p99 ms",
@@ -97,7 +97,7 @@ void serving(const torch::jit::Module& cnn, const torch::Tensor& images, const t
     };
     row("plain LibTorch GPU (no batching)", base);
     {
-      pare::TensorPool pinned(pare::PoolOptions().memory(pare::PoolMemory::Pinned));
+      auto pinned = std::make_shared<pare::TensorPool>(pare::PoolOptions().memory(pare::PoolMemory::Pinned));
       pare::Runner gpu(cnn, pare::RunnerOptions().device(torch::kCUDA).pool(pinned).max_batch(64).threads(2)
                                 .max_delay(std::chrono::microseconds(200)));
       row("pare Runner GPU (batching)", drive([&](const torch::Tensor& x) { return gpu.run({x}).toTensor(); },
@@ -163,7 +163,7 @@ void distillation(const ex::Dataset& train, int64_t cpu_images) {
   std::vector<pare::Batch> cpu_batches(batches.begin(), batches.begin() + std::min<int64_t>(batches.size(), cpu_images / 256));
   auto run = [&](c10::Device device, const std::vector<pare::Batch>& data) {
     auto student = ex::make_fashion_cnn({16, 32, 64}, 2);
-    return pare::distill(student, pare::DistillOptions().teacher(teacher).data(data).epochs(1).device(device));
+    return pare::distill(student, pare::DistillOptions(teacher, data).epochs(1).device(device));
   };
   run(torch::kCUDA, {batches.begin(), batches.begin() + 5});  // warm-up: cuDNN autotuning, allocator
   const auto gpu = run(torch::kCUDA, batches);

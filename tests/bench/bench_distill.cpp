@@ -59,15 +59,18 @@ Args parse(int argc, char** argv) {
 }
 
 // Batches of 64 in a fresh order every epoch, streamed: nothing is materialised up front.
-pare::BatchStream shuffled_batches(const ex::Dataset& data, uint64_t seed) {
-  return [&data, seed](int64_t epoch, const std::function<void(const pare::Batch&)>& step) {
+pare::TrainingData shuffled_batches(const ex::Dataset& data, uint64_t seed) {
+  const auto open = [&data, seed](int64_t epoch) -> pare::TrainingData::Reader {
     torch::manual_seed(seed * 1000 + uint64_t(epoch));
-    const auto order = torch::randperm(data.size(), torch::kLong);
-    for (int64_t begin = 0; begin < data.size(); begin += 64) {
+    return [&data, order = torch::randperm(data.size(), torch::kLong), begin = int64_t(0)]() mutable
+           -> std::optional<pare::Batch> {
+      if (begin >= data.size()) return std::nullopt;
       const auto index = order.slice(0, begin, std::min(data.size(), begin + 64));
-      step({data.images.index_select(0, index), data.labels.index_select(0, index)});
-    }
+      begin += 64;
+      return pare::Batch{data.images.index_select(0, index), data.labels.index_select(0, index)};
+    };
   };
+  return pare::TrainingData(open, (data.size() + 63) / 64);
 }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -92,9 +95,7 @@ Run recover(const torch::jit::Module& teacher, const ex::Dataset& train, const e
   pare::Pipeline pipeline;
   pipeline.add(pare::L1Prune(pare::L1PruneOptions().amount(0.9).scope(pare::Scope::Global)));
   if (alpha >= 0)
-    pipeline.add(pare::Distill(pare::DistillOptions()
-                                   .teacher(teacher)
-                                   .data(shuffled_batches(train, 7), (train.size() + 63) / 64)
+    pipeline.add(pare::Distill(pare::DistillOptions(teacher, shuffled_batches(train, 7))
                                    .epochs(1)
                                    .lr(args.lr)
                                    .temperature(args.temperature)
@@ -178,9 +179,7 @@ void student_table(const torch::jit::Module& teacher, const ex::Dataset& train, 
       auto student = ex::make_fashion_cnn(shape, 100 + uint64_t(seed));
       const std::string label = (alpha == 0 ? "student CE seed " : "student KD seed ") + std::to_string(seed);
       const auto start = std::chrono::steady_clock::now();
-      pare::distill(student, pare::DistillOptions()
-                                 .teacher(teacher)
-                                 .data(shuffled_batches(train, 11 + uint64_t(seed)), (train.size() + 63) / 64)
+      pare::distill(student, pare::DistillOptions(teacher, shuffled_batches(train, 11 + uint64_t(seed)))
                                  .epochs(args.epochs)
                                  .lr(args.student_lr)
                                  .temperature(args.student_temperature)

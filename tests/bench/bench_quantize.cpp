@@ -73,7 +73,7 @@ struct Measured {
 
 Measured export_and_measure(const torch::jit::Module& model, pare::Pipeline pipeline, const std::string& path,
                             const ex::Dataset& test) {
-  pipeline.add(pare::ExportTorchScript(path, pare::ExportTorchScriptOptions().freeze(true)));
+  pipeline.add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(path).freeze(true)));
   const auto result = pipeline.run(model);
   auto reloaded = torch::jit::load(path);  // what a deployment runs: a fresh module from the file
   return {ex::accuracy(reloaded, test), result.report.at("export_torchscript").metrics.at("file_bytes"), path};
@@ -210,7 +210,7 @@ void mnist_tables(int epochs, int threads, int rounds, const std::string& cache)
         const auto path = cache + "/bq_" + name + (kept ? "_int8.pt" : "_int8_variant.pt");
         pare::Pipeline pipeline;
         pipeline.add(pare::QuantizeInt8(
-            pare::QuantizeInt8Options().calibration(calibration).observer(kind).per_channel(per_channel).engine(engine)));
+            pare::QuantizeInt8Options(calibration).observer(kind).per_channel(per_channel).engine(engine)));
         const auto m = export_and_measure(model, pipeline, path, test);
         accuracy_rows[name].emplace_back(variant, m.accuracy);
         if (kept) best[name] = m;

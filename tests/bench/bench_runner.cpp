@@ -127,7 +127,7 @@ void open_loop(const torch::jit::Module& model, const ex::Dataset& images, doubl
   pare::Runner runner(model.clone(), warmed(pare::RunnerOptions().max_batch(max_batch).max_queue(max_queue)
                                                 .batch_gap(config.gap), images));
   auto load = [&](double rate, uint64_t seed) {
-    return pare::run_open_loop(runner, pare::OpenLoopOptions(rate).seconds(config.seconds).seed(seed).inputs(inputs));
+    return pare::run_open_loop(runner, pare::OpenLoopOptions(rate).duration(std::chrono::milliseconds(std::llround(config.seconds * 1000))).seed(seed).inputs(inputs));
   };
   const auto unloaded = load(0.1 * capacity, 1);
   load(2 * capacity, 2);  // a first overload run grows the allocator's arenas to their working size
@@ -166,7 +166,7 @@ torch::jit::Module int8_cnn(const torch::jit::Module& fp32, const ex::Dataset& c
   pare::InputBatches calibration;
   for (int64_t b = 0; b < 4; ++b) calibration.push_back({calibration_images.images.slice(0, b * 64, (b + 1) * 64)});
   pare::Pipeline pipeline;
-  pipeline.add(pare::QuantizeInt8(pare::QuantizeInt8Options().calibration(calibration)));
+  pipeline.add(pare::QuantizeInt8(pare::QuantizeInt8Options(calibration)));
   return pipeline.run(fp32).module;
 }
 
