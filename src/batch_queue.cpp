@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <iterator>
 
+#include "ivalue_walk.hpp"
+
 namespace pare::detail {
 
 bool BatchQueue::push(RequestPtr& request) {
@@ -151,30 +153,38 @@ Inputs merge_inputs(const std::vector<RequestPtr>& batch, const Stack& stack) {
   return merged;
 }
 
-c10::IValue split_rows(const c10::IValue& output, int64_t begin, int64_t rows, int64_t total) {
-  if (output.isTensor()) {
-    const auto& t = output.toTensor();
+namespace {
+
+// Walks a batched output before any of it is cut, in order: batching cuts only
+// tensors with a row per merged input row, inside tuples or tensor lists.
+struct SplittableRows {
+  int64_t total;
+  void enter(const c10::IValue& v, Container kind, size_t) {
+    if (kind != Container::Tuple && !v.isTensorList()) refuse(v);
+  }
+  void leave(const c10::IValue&, Container) {}
+  void leaf(const c10::IValue& v) {
+    if (!v.isTensor()) refuse(v);
+    const auto& t = v.toTensor();
     require(t.dim() > 0 && t.size(0) == total,
             "the model's batched output has " + std::string(t.dim() ? std::to_string(t.size(0)) : "no") +
                 " rows for " + std::to_string(total) + " merged input rows; this model can't be batched along "
                 "dim 0: use RunnerOptions().max_batch(1)",
             Error::Kind::Runtime);
-    return t.narrow(0, begin, rows);
   }
-  if (output.isTuple()) {
-    std::vector<c10::IValue> parts;
-    for (const auto& element : output.toTupleRef().elements()) parts.push_back(split_rows(element, begin, rows, total));
-    return c10::ivalue::Tuple::create(std::move(parts));
+  [[noreturn]] static void refuse(const c10::IValue& v) {
+    throw Error("the model returned a " + v.tagKind() +
+                    "; batching splits tensors, tuples and lists of tensors: use RunnerOptions().max_batch(1)",
+                Error::Kind::Runtime);
   }
-  if (output.isTensorList()) {
-    c10::List<at::Tensor> parts;
-    const auto list = output.toTensorList();
-    for (size_t i = 0; i < list.size(); ++i) parts.push_back(split_rows(c10::IValue(list.get(i)), begin, rows, total).toTensor());
-    return parts;
-  }
-  throw Error("the model returned a " + output.tagKind() +
-                  "; batching splits tensors, tuples and lists of tensors: use RunnerOptions().max_batch(1)",
-              Error::Kind::Runtime);
+};
+
+}  // namespace
+
+c10::IValue split_rows(const c10::IValue& output, int64_t begin, int64_t rows, int64_t total) {
+  SplittableRows check{total};
+  detail::visit(output, check, DictKeys::Skip);  // qualified: c10::visit (variants) is found by ADL
+  return map_tensors(output, [&](const at::Tensor& t) { return t.narrow(0, begin, rows); });
 }
 
 }  // namespace pare::detail

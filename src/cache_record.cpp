@@ -3,9 +3,8 @@
 //   "PARECR" | u16 version | u64 body length | u64 XXH3-64 of the body | body
 //   body: f64 compute_seconds | u64 namespace length, bytes | u64 input count |
 //   values... | output value
-//   value: u8 tag, then per tag — tensor: i32 dtype, u64 dim, i64 sizes[dim],
-//   u64 byte count, bytes; tuple/list: u64 count, values; dict: u64 count,
-//   (key, value) pairs; string: u64 length, bytes; scalars: their bytes.
+//   value: the tagged layout of cache_format.hpp (the one cache keys hash); a
+//   tensor's payload: i32 dtype, u64 dim, i64 sizes[dim], u64 byte count, bytes.
 //
 // Host byte order (x86-64 and arm64 are both little-endian). A reader checks
 // every length against what is left, every dtype and byte count against the
@@ -21,6 +20,7 @@
 #include <ATen/ATen.h>
 #include <xxhash.h>
 
+#include "cache_format.hpp"
 #include "cache_values.hpp"
 
 namespace pare {
@@ -31,55 +31,25 @@ constexpr uint16_t kVersion = 2;
 constexpr size_t kHeaderBytes = sizeof kMagic + sizeof(uint16_t) + 2 * sizeof(uint64_t);
 constexpr int kMaxDepth = 32;
 
-enum Tag : uint8_t { None = 0, Bool, Int, Double, String, Tensor, Tuple, List, Dict, Undefined };
+using cache_detail::Tag;
 
 class Writer {
  public:
   template <class T>
   void pod(T v) { out.append(reinterpret_cast<const char*>(&v), sizeof v); }
-  void raw(const void* p, size_t n) { out.append(static_cast<const char*>(p), n); }
-  void value(const c10::IValue& v);
+  void bytes(const void* p, size_t n) { out.append(static_cast<const char*>(p), n); }
+  void value(const c10::IValue& v) { cache_detail::encode_tagged(v, *this); }
+  void tensor(const at::Tensor& source) {
+    const auto t = cache_detail::host_contiguous(source, "InferenceCache");
+    cache_detail::encode_shape(t, *this);
+    pod<uint64_t>(cache_detail::tensor_bytes(t));
+    bytes(t.data_ptr(), cache_detail::tensor_bytes(t));
+  }
+  [[noreturn]] void refuse(const c10::IValue& v) {
+    throw Error(std::string("InferenceCache: cannot store a value of type ") + v.tagKind() + " in the remote tier");
+  }
   std::string out;
 };
-
-void Writer::value(const c10::IValue& v) {
-  if (v.isNone()) return pod(None);
-  if (v.isBool()) { pod(Bool); return pod<uint8_t>(v.toBool()); }
-  if (v.isInt()) { pod(Int); return pod<int64_t>(v.toInt()); }
-  if (v.isDouble()) { pod(Double); return pod<double>(v.toDouble()); }
-  if (v.isString()) { pod(String); pod<uint64_t>(v.toStringRef().size()); return raw(v.toStringRef().data(), v.toStringRef().size()); }
-  if (v.isTensor() && !v.toTensor().defined()) return pod(Undefined);
-  if (v.isTensor()) {
-    const auto t = cache_detail::host_contiguous(v.toTensor(), "InferenceCache");
-    pod(Tensor);
-    pod<int32_t>(static_cast<int32_t>(t.scalar_type()));
-    pod<uint64_t>(t.dim());
-    for (auto size : t.sizes()) pod<int64_t>(size);
-    pod<uint64_t>(cache_detail::tensor_bytes(t));
-    return raw(t.data_ptr(), cache_detail::tensor_bytes(t));
-  }
-  if (v.isTuple()) {
-    pod(Tuple);
-    pod<uint64_t>(v.toTupleRef().elements().size());
-    for (const auto& item : v.toTupleRef().elements()) value(item);
-    return;
-  }
-  if (v.isList()) {
-    const auto list = v.toList();
-    pod(List);
-    pod<uint64_t>(list.size());
-    for (size_t i = 0; i < list.size(); ++i) value(list.get(i));
-    return;
-  }
-  if (v.isGenericDict()) {
-    const auto dict = v.toGenericDict();
-    pod(Dict);
-    pod<uint64_t>(dict.size());
-    for (const auto& entry : dict) { value(entry.key()); value(entry.value()); }
-    return;
-  }
-  throw Error(std::string("InferenceCache: cannot store a value of type ") + v.tagKind() + " in the remote tier");
-}
 
 // The type of a homogeneous container holding values of `so_far` and `item`'s types.
 c10::TypePtr unified(const c10::TypePtr& so_far, const c10::IValue& item, const char* what);
@@ -172,20 +142,20 @@ at::Tensor Reader::tensor() {
 
 c10::IValue Reader::value(int depth) {
   check(depth < kMaxDepth, "nested too deeply");
-  switch (pod<uint8_t>()) {
-    case None: return {};
-    case Bool: return bool(pod<uint8_t>());
-    case Int: return pod<int64_t>();
-    case Double: return pod<double>();
-    case String: return text();
-    case Undefined: return at::Tensor();
-    case Tensor: return tensor();
-    case Tuple: {
+  switch (static_cast<Tag>(pod<uint8_t>())) {  // builds values from bytes: no IValue to walk
+    case Tag::None: return {};
+    case Tag::Bool: return bool(pod<uint8_t>());
+    case Tag::Int: return pod<int64_t>();
+    case Tag::Double: return pod<double>();
+    case Tag::String: return text();
+    case Tag::Undefined: return at::Tensor();
+    case Tag::Tensor: return tensor();
+    case Tag::Tuple: {
       std::vector<c10::IValue> items(count());
       for (auto& item : items) item = value(depth + 1);
       return c10::ivalue::Tuple::create(std::move(items));
     }
-    case List: {
+    case Tag::List: {
       std::vector<c10::IValue> items(count());
       c10::TypePtr type = c10::AnyType::get();
       for (size_t i = 0; i < items.size(); ++i) {
@@ -196,7 +166,7 @@ c10::IValue Reader::value(int depth) {
       for (auto& item : items) list.push_back(std::move(item));
       return list;
     }
-    case Dict: {
+    case Tag::Dict: {
       const auto n = count();
       std::vector<std::pair<c10::IValue, c10::IValue>> items;
       c10::TypePtr key_type = c10::StringType::get(), value_type = c10::AnyType::get();
@@ -224,12 +194,12 @@ std::string serialize_cache_record(const InferenceCache::Inputs& inputs, const c
   Writer body;
   body.pod<double>(compute_seconds);
   body.pod<uint64_t>(key_namespace.size());
-  body.raw(key_namespace.data(), key_namespace.size());
+  body.bytes(key_namespace.data(), key_namespace.size());
   body.pod<uint64_t>(inputs.size());
   for (const auto& input : inputs) body.value(input);
   body.value(output);
   Writer record;
-  record.raw(kMagic, sizeof kMagic);
+  record.bytes(kMagic, sizeof kMagic);
   record.pod<uint16_t>(kVersion);
   record.pod<uint64_t>(body.out.size());
   record.pod<uint64_t>(XXH3_64bits(body.out.data(), body.out.size()));

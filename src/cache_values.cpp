@@ -1,8 +1,9 @@
-// IValue handling for the inference cache: content hashing (XXH3-128), deep
-// copies, exact comparison, and the versioned record format of the remote tier.
+// IValue handling for the inference cache: content hashing (XXH3-128, over the
+// tagged layout of cache_format.hpp), deep copies and exact comparison.
 
 #include "cache_values.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 
@@ -14,25 +15,21 @@
 #include <xxh_x86dispatch.h>  // runtime choice of SSE2 / AVX2 / AVX-512 kernels
 #endif
 
+#include "cache_format.hpp"
+
 namespace pare {
 namespace cache_detail {
 namespace {
 
-// Type tags, hashed into keys and written into records. Never renumber.
-enum Tag : uint8_t { None = 0, Bool, Int, Double, String, Tensor, Tuple, List, Dict, Undefined };
-
-Tag tag_of(const c10::IValue& v, const char* what) {
-  if (v.isNone()) return None;
-  if (v.isBool()) return Bool;
-  if (v.isInt()) return Int;
-  if (v.isDouble()) return Double;
-  if (v.isString()) return String;
-  if (v.isTensor()) return v.toTensor().defined() ? Tensor : Undefined;
-  if (v.isTuple()) return Tuple;
-  if (v.isList()) return List;
-  if (v.isGenericDict()) return Dict;
+[[noreturn]] void refuse_uncacheable(const c10::IValue& v, const char* what) {
   throw Error(std::string(what) + ": cannot cache a value of type " + v.tagKind() +
               "; expected tensors, tuples, lists, dicts, numbers, strings or None");
+}
+
+// The tag of a value the cache can hold; pare::Error naming `what` for any other.
+Tag checked_tag(const c10::IValue& v, const char* what) {
+  if (const auto tag = tag_of(v)) return *tag;
+  refuse_uncacheable(v, what);
 }
 
 // GPU inputs from this size on are fingerprinted on the device (16 bytes cross
@@ -62,6 +59,8 @@ std::array<int64_t, 2> device_fingerprint(const at::Tensor& contiguous) {
   return sums;
 }
 
+// The cache key: the tagged layout of cache_format.hpp, a tensor's content
+// being its device (GPUs only), shape and bytes, or a device fingerprint.
 class Hasher {
  public:
   Hasher() { XXH3_128bits_reset(&state_); }
@@ -75,54 +74,40 @@ class Hasher {
     const auto h = XXH3_128bits_digest(&state_);
     return {h.low64, h.high64};
   }
-  void value(const c10::IValue& v);
+  void value(const c10::IValue& v) { encode_tagged(v, *this); }
+  void tensor(const at::Tensor& tensor);
+  [[noreturn]] void refuse(const c10::IValue& v) { refuse_uncacheable(v, "InferenceCache"); }
 
  private:
   XXH3_state_t state_;
 };
 
-void Hasher::value(const c10::IValue& v) {
-  const Tag tag = tag_of(v, "InferenceCache");
-  pod(tag);
-  switch (tag) {
-    case None: case Undefined: return;
-    case Bool: return pod<uint8_t>(v.toBool());
-    case Int: return pod<int64_t>(v.toInt());
-    case Double: return pod<double>(v.toDouble());
-    case String: return text(v.toStringRef());
-    case Tensor: {
-      const auto& device = v.toTensor().device();
-      if (!device.is_cpu()) text(device.str());  // a GPU input never matches a CPU entry (CPU keys unchanged)
-      const auto c = checked_contiguous(v.toTensor(), "InferenceCache");
-      pod<int32_t>(static_cast<int32_t>(c.scalar_type()));
-      pod<uint64_t>(c.dim());
-      for (auto size : c.sizes()) pod<int64_t>(size);
-      if (!c.is_cpu() && tensor_bytes(c) >= kDeviceFingerprintBytes) {
-        for (const auto sum : device_fingerprint(c)) pod<int64_t>(sum);
-        return;
-      }
-      const auto t = c.is_cpu() ? c : c.cpu();  // a small GPU tensor's bytes: one copy out
-      return bytes(t.data_ptr(), tensor_bytes(t));
-    }
-    case Tuple: {
-      const auto& items = v.toTupleRef().elements();
-      pod<uint64_t>(items.size());
-      for (const auto& item : items) value(item);
-      return;
-    }
-    case List: {
-      const auto list = v.toList();
-      pod<uint64_t>(list.size());
-      for (size_t i = 0; i < list.size(); ++i) value(list.get(i));
-      return;
-    }
-    case Dict: {
-      const auto dict = v.toGenericDict();
-      pod<uint64_t>(dict.size());
-      for (const auto& entry : dict) { value(entry.key()); value(entry.value()); }
-      return;
-    }
+void Hasher::tensor(const at::Tensor& input) {
+  if (!input.device().is_cpu()) text(input.device().str());  // a GPU input never matches a CPU entry (CPU keys unchanged)
+  const auto c = checked_contiguous(input, "InferenceCache");
+  encode_shape(c, *this);
+  if (!c.is_cpu() && tensor_bytes(c) >= kDeviceFingerprintBytes) {
+    for (const auto sum : device_fingerprint(c)) pod<int64_t>(sum);
+    return;
   }
+  const auto t = c.is_cpu() ? c : c.cpu();  // a small GPU tensor's bytes: one copy out
+  bytes(t.data_ptr(), tensor_bytes(t));
+}
+
+bool same_tensor(const at::Tensor& x, const at::Tensor& y) {
+  if (x.scalar_type() != y.scalar_type() || x.sizes() != y.sizes()) return false;
+  const auto cx = checked_contiguous(x, "InferenceCache");
+  const auto cy = checked_contiguous(y, "InferenceCache");
+  if (cx.device() != cy.device()) return false;
+  const size_t bytes = tensor_bytes(cx);  // an empty tensor may have no data pointer at all
+  if (bytes == 0) return true;
+  if (!cx.is_cpu())  // compared where they live, bit for bit (NaN payloads included)
+    return at::equal(cx.view(at::kByte), cy.view(at::kByte));
+  return std::memcmp(cx.data_ptr(), cy.data_ptr(), bytes) == 0;
+}
+
+bool same_sequence(const std::vector<c10::IValue>& x, const std::vector<c10::IValue>& y) {
+  return x.size() == y.size() && std::equal(x.begin(), x.end(), y.begin(), same_value);
 }
 
 }  // namespace
@@ -141,93 +126,40 @@ at::Tensor host_contiguous(const at::Tensor& tensor, const char* what) {
   return t.is_cpu() ? t : t.cpu();
 }
 
-c10::IValue deep_copy(const c10::IValue& v, size_t& bytes, const char* what) {
-  switch (tag_of(v, what)) {
-    case Tensor: {
-      auto copy = checked_contiguous(v.toTensor(), what).clone(at::MemoryFormat::Contiguous);
-      bytes += tensor_bytes(copy);
-      return copy;
+c10::IValue deep_copy(const c10::IValue& value, size_t& bytes, const char* what) {
+  auto copy_leaf = [&](const c10::IValue& v) -> c10::IValue {
+    switch (checked_tag(v, what)) {
+      case Tag::Tensor: {
+        auto copy = checked_contiguous(v.toTensor(), what).clone(at::MemoryFormat::Contiguous);
+        bytes += tensor_bytes(copy);
+        return copy;
+      }
+      case Tag::String: bytes += v.toStringRef().size(); return v;  // immutable
+      default: return v;                                             // scalars, None, undefined tensors
     }
-    case Tuple: {
-      std::vector<c10::IValue> items;
-      for (const auto& item : v.toTupleRef().elements()) items.push_back(deep_copy(item, bytes, what));
-      return c10::ivalue::Tuple::create(std::move(items));
-    }
-    case List: {
-      const auto list = v.toList();
-      c10::impl::GenericList copy(list.elementType());
-      copy.reserve(list.size());
-      for (size_t i = 0; i < list.size(); ++i) copy.push_back(deep_copy(list.get(i), bytes, what));
-      return copy;
-    }
-    case Dict: {
-      const auto dict = v.toGenericDict();
-      c10::impl::GenericDict copy(dict.keyType(), dict.valueType());
-      for (const auto& entry : dict)
-        copy.insert(deep_copy(entry.key(), bytes, what), deep_copy(entry.value(), bytes, what));
-      return copy;
-    }
-    case String: bytes += v.toStringRef().size(); return v;  // immutable
-    default: return v;                                        // scalars, None
-  }
+  };
+  return detail::rebuild(value, copy_leaf, detail::DictKeys::Walk);
 }
 
 bool same_value(const c10::IValue& a, const c10::IValue& b) {
-  const Tag tag = tag_of(a, "InferenceCache");
-  if (tag != tag_of(b, "InferenceCache")) return false;
+  const Tag tag = checked_tag(a, "InferenceCache");
+  if (tag != checked_tag(b, "InferenceCache")) return false;
   switch (tag) {
-    case None: case Undefined: return true;
-    case Bool: return a.toBool() == b.toBool();
-    case Int: return a.toInt() == b.toInt();
-    case Double: { double x = a.toDouble(), y = b.toDouble(); return std::memcmp(&x, &y, sizeof x) == 0; }
-    case String: return a.toStringRef() == b.toStringRef();
-    case Tensor: {
-      const auto& x = a.toTensor();
-      const auto& y = b.toTensor();
-      if (x.scalar_type() != y.scalar_type() || x.sizes() != y.sizes()) return false;
-      const auto cx = checked_contiguous(x, "InferenceCache");
-      const auto cy = checked_contiguous(y, "InferenceCache");
-      if (cx.device() != cy.device()) return false;
-      const size_t bytes = tensor_bytes(cx);  // an empty tensor may have no data pointer at all
-      if (bytes == 0) return true;
-      if (!cx.is_cpu())  // compared where they live, bit for bit (NaN payloads included)
-        return at::equal(cx.view(at::kByte), cy.view(at::kByte));
-      return std::memcmp(cx.data_ptr(), cy.data_ptr(), bytes) == 0;
-    }
-    case Tuple: {
-      const auto& x = a.toTupleRef().elements();
-      const auto& y = b.toTupleRef().elements();
-      if (x.size() != y.size()) return false;
-      for (size_t i = 0; i < x.size(); ++i)
-        if (!same_value(x[i], y[i])) return false;
-      return true;
-    }
-    case List: {
-      const auto x = a.toList();
-      const auto y = b.toList();
-      if (x.size() != y.size()) return false;
-      for (size_t i = 0; i < x.size(); ++i)
-        if (!same_value(x.get(i), y.get(i))) return false;
-      return true;
-    }
-    case Dict: {
-      const auto x = a.toGenericDict();
-      const auto y = b.toGenericDict();
-      if (x.size() != y.size()) return false;
-      for (auto i = x.begin(), j = y.begin(); i != x.end(); ++i, ++j)
-        if (!same_value(i->key(), j->key()) || !same_value(i->value(), j->value())) return false;
-      return true;
+    case Tag::None: case Tag::Undefined: return true;
+    case Tag::Bool: return a.toBool() == b.toBool();
+    case Tag::Int: return a.toInt() == b.toInt();
+    case Tag::Double: { double x = a.toDouble(), y = b.toDouble(); return std::memcmp(&x, &y, sizeof x) == 0; }
+    case Tag::String: return a.toStringRef() == b.toStringRef();
+    case Tag::Tensor: return same_tensor(a.toTensor(), b.toTensor());
+    case Tag::Tuple: case Tag::List: case Tag::Dict: {  // a dict's keys and values alternate
+      const auto x = detail::children(a, detail::DictKeys::Walk), y = detail::children(b, detail::DictKeys::Walk);
+      return same_sequence(x, y);
     }
   }
   return false;
 }
 
-bool same_inputs(const InferenceCache::Inputs& a, const InferenceCache::Inputs& b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (!same_value(a[i], b[i])) return false;
-  return true;
-}
+bool same_inputs(const InferenceCache::Inputs& a, const InferenceCache::Inputs& b) { return same_sequence(a, b); }
 
 Hash128 hash_inputs(const std::string& key_namespace, const InferenceCache::Inputs& inputs) {
   Hasher hasher;

@@ -75,6 +75,7 @@ InputBatches load_calibration_file(const std::string& path, int64_t batch_size) 
   const std::vector<char> bytes((std::istreambuf_iterator<char>(file)), {});
   const c10::IValue value = unpickle(bytes, path);
   InputBatches batches;
+  // One level, not a nested walk (ivalue_walk.hpp): a batch is a tensor or a tuple of a forward's inputs.
   auto add = [&](const c10::IValue& item) {
     if (item.isTensor()) batches.push_back({item});
     else if (item.isTuple()) batches.push_back(item.toTupleRef().elements().vec());

@@ -152,7 +152,7 @@ int bench(const BenchArgs& a, std::ostream& out) {
 }
 
 std::string describe_model(const std::string& path) {
-  torch::jit::ExtraFilesMap extras{{kReportExtraFile, ""}, {"pare/quantization.json", ""}};
+  torch::jit::ExtraFilesMap extras{{kReportExtraFile, ""}, {kQuantizationExtraFile, ""}};
   auto model = torch::jit::load(path, c10::nullopt, extras);
   struct stat info {};
   ::stat(path.c_str(), &info);
@@ -195,7 +195,7 @@ std::string describe_model(const std::string& path) {
                   operators.count("quantized::linear_dynamic")
               ? "\nquantized: yes (int8)\n"
               : "\nquantized: no\n");
-  if (!extras["pare/quantization.json"].empty()) out << "pare quantization metadata: " << extras["pare/quantization.json"] << "\n";
+  if (!extras[kQuantizationExtraFile].empty()) out << "pare quantization metadata: " << extras[kQuantizationExtraFile] << "\n";
   if (extras[kReportExtraFile].empty()) {
     out << "pare report: none (not written by pare)\n";
   } else {

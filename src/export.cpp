@@ -16,6 +16,7 @@
 
 #include "atomic_file.hpp"
 #include "engine_scope.hpp"
+#include "ivalue_walk.hpp"
 #include "torch_errors.hpp"
 
 namespace pare {
@@ -67,16 +68,11 @@ double max_abs_diff(const torch::jit::IValue& a, const torch::jit::IValue& b) {
     require(x.sizes() == y.sizes(), "outputs differ in shape");
     return tensor_abs_diff(x, y);
   }
-  auto elements = [](const torch::jit::IValue& v) -> std::vector<torch::jit::IValue> {
-    if (v.isTuple()) return v.toTupleRef().elements().vec();
-    if (v.isList()) return v.toListRef().vec();
-    if (v.isGenericDict()) {
-      std::vector<torch::jit::IValue> values;
-      for (const auto& item : v.toGenericDict()) values.push_back(item.value());
-      return values;
-    }
-    throw Error("cannot compare outputs of type " + v.tagKind() +
-                "; expected tensors, tuples, lists or dicts of tensors");
+  auto elements = [](const torch::jit::IValue& v) {  // a tuple may stand against a list; dicts by their values
+    if (!detail::container_of(v))
+      throw Error("cannot compare outputs of type " + v.tagKind() +
+                  "; expected tensors, tuples, lists or dicts of tensors");
+    return detail::children(v, detail::DictKeys::Skip);
   };
   if (a.isNone() && b.isNone()) return 0.0;
   const auto xs = elements(a), ys = elements(b);

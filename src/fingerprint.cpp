@@ -18,6 +18,7 @@
 
 #include "pare/cache.hpp"
 #include "pare/error.hpp"
+#include "ivalue_walk.hpp"
 
 namespace pare {
 namespace {
@@ -48,16 +49,28 @@ class Fingerprinter {
     pod<uint64_t>(files.size());
     for (const auto& [name, source] : files) text(name), text(source);
     pod<uint64_t>(constants.size());
-    for (const auto& constant : constants) value(constant, 0);
+    for (const auto& constant : constants) value(constant);
   }
 
-  void value(const c10::IValue& v, int depth);
+  void value(const c10::IValue& v) { detail::visit(v, *this, detail::DictKeys::Walk); }
+
+  // The walk's callbacks: every value hashes its type's name first (value_header);
+  // a container then its size and its children (a dict's keys and values), one level deeper.
+  void enter(const c10::IValue& v, detail::Container, size_t size) {
+    value_header(v);
+    pod<uint64_t>(size);
+    ++depth_;
+  }
+  void leave(const c10::IValue&, detail::Container) { --depth_; }
+  void leaf(const c10::IValue& v);
 
  private:
+  void value_header(const c10::IValue& v);
   void tensor(const at::Tensor& t);
-  void object(const c10::intrusive_ptr<c10::ivalue::Object>& object, int depth);
+  void object(const c10::intrusive_ptr<c10::ivalue::Object>& object);
 
   XXH3_state_t state_;
+  int depth_ = 0;
 };
 
 void Fingerprinter::tensor(const at::Tensor& t) {
@@ -85,45 +98,37 @@ void Fingerprinter::tensor(const at::Tensor& t) {
   bytes(values.data_ptr(), values.numel() * values.element_size());
 }
 
-void Fingerprinter::object(const c10::intrusive_ptr<c10::ivalue::Object>& object, int depth) {
+void Fingerprinter::object(const c10::intrusive_ptr<c10::ivalue::Object>& object) {
   const auto type = object->type();
+  ++depth_;  // its state or attributes: one level deeper
   if (auto* getstate = type->findMethod("__getstate__")) {  // custom classes: packed weights
     pod<uint8_t>(1);
-    return value((*getstate)({c10::IValue(object)}), depth + 1);
+    value((*getstate)({c10::IValue(object)}));
+  } else {
+    pod<uint8_t>(0);
+    std::vector<std::pair<std::string, size_t>> slots;  // by name: independent of the order they were added in
+    for (size_t slot = 0; slot < type->numAttributes(); ++slot) slots.emplace_back(type->getAttributeName(slot), slot);
+    std::sort(slots.begin(), slots.end());
+    pod<uint64_t>(slots.size());
+    for (const auto& [name, slot] : slots) text(name), value(object->getSlot(slot));
   }
-  pod<uint8_t>(0);
-  std::vector<std::pair<std::string, size_t>> slots;  // by name: independent of the order they were added in
-  for (size_t slot = 0; slot < type->numAttributes(); ++slot) slots.emplace_back(type->getAttributeName(slot), slot);
-  std::sort(slots.begin(), slots.end());
-  pod<uint64_t>(slots.size());
-  for (const auto& [name, slot] : slots) {
-    text(name);
-    value(object->getSlot(slot), depth + 1);
-  }
+  --depth_;
 }
 
-void Fingerprinter::value(const c10::IValue& v, int depth) {
-  require(depth < kMaxDepth, "model_fingerprint: attributes nested deeper than " + std::to_string(kMaxDepth),
+void Fingerprinter::value_header(const c10::IValue& v) {
+  require(depth_ < kMaxDepth, "model_fingerprint: attributes nested deeper than " + std::to_string(kMaxDepth),
           Error::Kind::Runtime);
   text(v.tagKind());
+}
+
+void Fingerprinter::leaf(const c10::IValue& v) {
+  value_header(v);
   if (v.isTensor()) return tensor(v.toTensor());
   if (v.isBool()) return pod<uint8_t>(v.toBool());
   if (v.isInt()) return pod<int64_t>(v.toInt());
   if (v.isDouble()) return pod<double>(v.toDouble());
   if (v.isString()) return text(v.toStringRef());
-  if (v.isObject()) return object(v.toObject(), depth);
-  if (v.isTuple() || v.isList()) {
-    const auto items = v.isTuple() ? v.toTupleRef().elements().vec() : v.toList().vec();
-    pod<uint64_t>(items.size());
-    for (const auto& item : items) value(item, depth + 1);
-    return;
-  }
-  if (v.isGenericDict()) {
-    const auto dict = v.toGenericDict();
-    pod<uint64_t>(dict.size());
-    for (const auto& entry : dict) value(entry.key(), depth + 1), value(entry.value(), depth + 1);
-    return;
-  }
+  if (v.isObject()) return object(v.toObject());
   if (!v.isNone()) text(v.type()->str());  // devices, dtypes, ...: their printed form
 }
 
@@ -133,7 +138,7 @@ std::string model_fingerprint(const torch::jit::Module& module) {
   Fingerprinter fingerprinter;
   try {
     fingerprinter.code(module);
-    fingerprinter.value(module._ivalue(), 0);
+    fingerprinter.value(module._ivalue());
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {

@@ -4,35 +4,10 @@
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/cuda.h>
 
+#include "ivalue_walk.hpp"
 #include "pare/error.hpp"
 
 namespace pare::detail {
-
-c10::IValue map_tensors(const c10::IValue& value, const std::function<at::Tensor(const at::Tensor&)>& fn) {
-  if (value.isTensor()) return fn(value.toTensor());
-  if (value.isTuple()) {
-    std::vector<c10::IValue> items;
-    for (const auto& item : value.toTupleRef().elements()) items.push_back(map_tensors(item, fn));
-    return c10::ivalue::Tuple::create(std::move(items));
-  }
-  if (value.isTensorList()) {
-    c10::List<at::Tensor> out;
-    const auto list = value.toTensorList();
-    for (size_t i = 0; i < list.size(); ++i) out.push_back(fn(list.get(i)));
-    return out;
-  }
-  if (value.isList()) {
-    auto list = value.toList().copy();
-    for (size_t i = 0; i < list.size(); ++i) list.set(i, map_tensors(list.get(i), fn));
-    return list;
-  }
-  if (value.isGenericDict()) {
-    auto dict = value.toGenericDict().copy();
-    for (const auto& entry : value.toGenericDict()) dict.insert_or_assign(entry.key(), map_tensors(entry.value(), fn));
-    return dict;
-  }
-  return value;
-}
 
 DeviceIO::DeviceIO(c10::Device device, bool outputs_on_device, std::shared_ptr<TensorPool> pool)
     : device_(device), outputs_on_device_(outputs_on_device), pool_(std::move(pool)) {
@@ -108,9 +83,8 @@ void DeviceIO::hand_over(const c10::IValue& output) const {
   if (!on_accelerator() || !outputs_on_device_) return;
   const c10::impl::VirtualGuardImpl guard_impl(device_.type());
   const auto receiver = guard_impl.getStream(device_);
-  map_tensors(output, [&](const at::Tensor& t) {
+  for_each_tensor(output, [&](const at::Tensor& t) {
     if (t.device() == device_ && t.has_storage()) guard_impl.recordDataPtrOnStream(t.storage().data_ptr(), receiver);
-    return t;
   });
 }
 

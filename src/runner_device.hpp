@@ -7,7 +7,6 @@
 // Written against c10's device-generic stream interface, so it compiles the
 // same against CPU-only LibTorch builds.
 
-#include <functional>
 #include <optional>
 #include <vector>
 
@@ -57,8 +56,5 @@ class DeviceIO {
   bool outputs_on_device_;
   std::shared_ptr<TensorPool> pool_;
 };
-
-/// `value` with every tensor inside it (tuples, lists, dicts) replaced by `fn(tensor)`.
-c10::IValue map_tensors(const c10::IValue& value, const std::function<at::Tensor(const at::Tensor&)>& fn);
 
 }  // namespace pare::detail

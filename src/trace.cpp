@@ -7,6 +7,7 @@
 #include <map>
 #include <sstream>
 
+#include "ivalue_walk.hpp"
 #include "trace_graph.hpp"
 
 namespace pare {
@@ -71,23 +72,16 @@ torch::jit::Module mirror(const torch::nn::Module& model) {
 
 // ---- inputs ---------------------------------------------------------------
 
-void collect_tensors(const IValue& value, std::vector<torch::Tensor>& out) {
-  if (value.isTensor()) out.push_back(value.toTensor());
-  else if (value.isTuple()) for (const auto& item : value.toTupleRef().elements()) collect_tensors(item, out);
-  else if (value.isList()) for (const auto& item : value.toListRef()) collect_tensors(item, out);
-}
-
 std::vector<torch::Tensor> tensors_of(const std::vector<IValue>& values) {
   std::vector<torch::Tensor> out;
-  for (const auto& v : values) collect_tensors(v, out);
+  for (const auto& v : values) detail::for_each_tensor(v, [&](const torch::Tensor& t) { out.push_back(t); });
   return out;
 }
 
 void require_traceable(const std::vector<IValue>& inputs, const std::string& which) {
   require(!inputs.empty(), "trace: no " + which + "; expected one input per forward argument");
   for (const auto& input : inputs) {
-    std::vector<torch::Tensor> found;
-    collect_tensors(input, found);
+    const auto found = tensors_of({input});
     require(input.isTensor() || ((input.isTuple() || input.isList()) && !found.empty()),
             "trace: " + which + " must be tensors or tuples/lists of tensors (the tracer turns every other value"
             " into a constant); got " + input.tagKind());
@@ -107,19 +101,10 @@ int64_t batch_of(const std::vector<IValue>& inputs) {
 
 // Rows cycled to `batch`, floating values negated (so that a branch on the data's sign takes the other path).
 IValue with_batch(const IValue& value, int64_t batch) {
-  if (value.isTensor()) {
-    const auto& t = value.toTensor();
+  return detail::map_tensors(value, [&](const torch::Tensor& t) {
     const auto rows = t.index_select(0, torch::arange(batch, torch::kLong) % t.size(0));
     return t.is_floating_point() ? rows.neg() : rows;
-  }
-  if (value.isTuple()) {
-    std::vector<IValue> items;
-    for (const auto& item : value.toTupleRef().elements()) items.push_back(with_batch(item, batch));
-    return c10::ivalue::Tuple::create(std::move(items));
-  }
-  auto list = value.toList().copy();
-  for (size_t i = 0; i < list.size(); ++i) list.set(i, with_batch(list.get(i), batch));
-  return list;
+  });
 }
 
 std::vector<IValue> derive_check_inputs(const std::vector<IValue>& example, int64_t batch) {

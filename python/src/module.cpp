@@ -4,6 +4,7 @@
 #include "pare/version.hpp"
 
 #include "pare/error.hpp"
+#include "../../src/ivalue_walk.hpp"  // internal, header-only
 
 namespace pare::python {
 
@@ -20,23 +21,7 @@ torch::jit::Module unwrap_module(const py::handle& scripted, const char* what) {
 }
 
 c10::IValue unlinked(const c10::IValue& value) {
-  if (value.isTensor()) return value.toTensor().detach();
-  if (value.isTuple()) {
-    std::vector<c10::IValue> items;
-    for (const auto& item : value.toTupleRef().elements()) items.push_back(unlinked(item));
-    return c10::ivalue::Tuple::create(std::move(items));
-  }
-  if (value.isList()) {
-    auto list = value.toList();  // a fresh C++ list made by the conversion from Python
-    for (size_t i = 0; i < list.size(); ++i) list.set(i, unlinked(list.get(i)));
-    return list;
-  }
-  if (value.isGenericDict()) {
-    auto dict = value.toGenericDict();
-    for (const auto& entry : dict) dict.insert_or_assign(entry.key(), unlinked(entry.value()));
-    return dict;
-  }
-  return value;
+  return detail::map_tensors(value, [](const at::Tensor& t) { return t.detach(); });
 }
 
 std::vector<torch::jit::IValue> to_inputs(const py::handle& value, const char* what) {
