@@ -1,7 +1,16 @@
+# pare_unity_build(TARGET): with PARE_UNITY_BUILD, the target's sources compile
+# in batches of 8 per translation unit: each batch instantiates LibTorch's
+# inline code once instead of once per source (library: 190 s of CPU instead of
+# 648 s). Names in anonymous namespaces must therefore differ across sources.
+function(pare_unity_build target)
+  set_target_properties(${target} PROPERTIES UNITY_BUILD ${PARE_UNITY_BUILD} UNITY_BUILD_BATCH_SIZE 8)
+endfunction()
+
 # pare_target_options(TARGET): the compile settings every target pare builds
 # shares — its warnings, and the LibTorch precompiled header of the `pare`
 # library (build time: each LibTorch source costs ~30 s to parse without it).
 function(pare_target_options target)
+  pare_unity_build(${target})
   target_compile_options(${target} PRIVATE -Wall -Wextra)
   if(PARE_WARNINGS_AS_ERRORS)
     target_compile_options(${target} PRIVATE -Werror)

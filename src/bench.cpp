@@ -12,6 +12,7 @@
 #include "html_chart.hpp"
 #include "eval_module.hpp"
 #include "torch_errors.hpp"
+#include "pare/metrics.hpp"
 
 namespace pare {
 namespace {
@@ -25,10 +26,6 @@ std::vector<c10::IValue> make_inputs(const BenchOptions& options, int64_t batch)
     inputs.emplace_back(torch::randn(shape));
   }
   return inputs;
-}
-
-double percentile(std::vector<double>& sorted, double q) {
-  return sorted[std::min(sorted.size() - 1, size_t(q * double(sorted.size())))];
 }
 
 void forward(torch::jit::Module& module, const std::vector<c10::IValue>& inputs, const std::string& name) {
@@ -86,9 +83,9 @@ BenchRow measure(const std::string& name, torch::jit::Module& module, int64_t ba
   const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
   std::sort(latencies.begin(), latencies.end());
   BenchRow row{name, batch, threads, int64_t(latencies.size())};
-  row.p50_ms = percentile(latencies, 0.50);
-  row.p95_ms = percentile(latencies, 0.95);
-  row.p99_ms = percentile(latencies, 0.99);
+  row.p50_ms = nearest_rank(latencies, 0.50);
+  row.p95_ms = nearest_rank(latencies, 0.95);
+  row.p99_ms = nearest_rank(latencies, 0.99);
   row.samples_per_second = double(latencies.size()) * double(batch) / elapsed;
   return row;
 }

@@ -13,6 +13,7 @@
 
 #include "pare/bench.hpp"
 #include "pare/runner.hpp"
+#include "pare/metrics.hpp"
 
 namespace pare {
 namespace {
@@ -37,10 +38,6 @@ struct Tally {
     changed.notify_all();
   }
 };
-
-double percentile(const std::vector<double>& sorted, double q) {
-  return sorted.empty() ? 0 : sorted[std::min(sorted.size() - 1, size_t(q * double(sorted.size())))];
-}
 
 }  // namespace
 
@@ -73,10 +70,10 @@ OpenLoopResult run_open_loop(Runner& runner, const OpenLoopOptions& options) {
   r.succeeded = tally.latencies_ms.size();
   r.rejected = tally.rejected, r.timeouts = tally.timeouts, r.failed = tally.failed;
   r.achieved_rate = double(r.succeeded) / std::chrono::duration<double>(options.duration()).count();
-  r.p50_ms = percentile(tally.latencies_ms, 0.50);
-  r.p95_ms = percentile(tally.latencies_ms, 0.95);
-  r.p99_ms = percentile(tally.latencies_ms, 0.99);
-  r.p999_ms = percentile(tally.latencies_ms, 0.999);
+  r.p50_ms = nearest_rank(tally.latencies_ms, 0.50);
+  r.p95_ms = nearest_rank(tally.latencies_ms, 0.95);
+  r.p99_ms = nearest_rank(tally.latencies_ms, 0.99);
+  r.p999_ms = nearest_rank(tally.latencies_ms, 0.999);
   return r;
 }
 

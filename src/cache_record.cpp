@@ -29,7 +29,7 @@ namespace {
 constexpr char kMagic[6] = {'P', 'A', 'R', 'E', 'C', 'R'};
 constexpr uint16_t kVersion = 2;
 constexpr size_t kHeaderBytes = sizeof kMagic + sizeof(uint16_t) + 2 * sizeof(uint64_t);
-constexpr int kMaxDepth = 32;
+constexpr int kMaxRecordDepth = 32;
 
 using cache_detail::Tag;
 
@@ -141,7 +141,7 @@ at::Tensor Reader::tensor() {
 }
 
 c10::IValue Reader::value(int depth) {
-  check(depth < kMaxDepth, "nested too deeply");
+  check(depth < kMaxRecordDepth, "nested too deeply");
   switch (static_cast<Tag>(pod<uint8_t>())) {  // builds values from bytes: no IValue to walk
     case Tag::None: return {};
     case Tag::Bool: return bool(pod<uint8_t>());

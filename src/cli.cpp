@@ -22,9 +22,12 @@
 #include "atomic_file.hpp"
 #include "torch_errors.hpp"
 #include "pare/runner.hpp"
+#include "text.hpp"
 
 namespace pare {
 namespace {
+
+using detail::join;
 
 torch::jit::Module load_model(const std::string& path) {
   struct stat info {};
@@ -51,12 +54,6 @@ std::string one_line(const std::string& message) {
     if (line.find_first_not_of(" \t") != std::string::npos) lines.push_back(line);
   if (lines.size() <= 1) return lines.empty() ? message : lines.front();
   return lines.front() + " ... " + lines.back();
-}
-
-std::string join(const std::vector<std::string>& items, const std::string& separator) {
-  std::string out;
-  for (const auto& item : items) out += (out.empty() ? "" : separator) + item;
-  return out;
 }
 
 struct CompressArgs {

@@ -23,7 +23,7 @@
 namespace pare {
 namespace {
 
-constexpr int kMaxDepth = 64;
+constexpr int kMaxAttributeDepth = 64;
 
 class Fingerprinter {
  public:
@@ -116,7 +116,7 @@ void Fingerprinter::object(const c10::intrusive_ptr<c10::ivalue::Object>& object
 }
 
 void Fingerprinter::value_header(const c10::IValue& v) {
-  require(depth_ < kMaxDepth, "model_fingerprint: attributes nested deeper than " + std::to_string(kMaxDepth),
+  require(depth_ < kMaxAttributeDepth, "model_fingerprint: attributes nested deeper than " + std::to_string(kMaxAttributeDepth),
           Error::Kind::Runtime);
   text(v.tagKind());
 }

@@ -5,9 +5,12 @@
 #include <chrono>
 
 #include "torch_errors.hpp"
+#include "text.hpp"
 
 namespace pare {
 namespace {
+
+using detail::join;
 
 // The layer kind of a submodule type: the last component of its qualified
 // name ("__torch__.torch.nn.modules.linear.Linear" -> "Linear"), or "" when
@@ -21,23 +24,17 @@ std::string layer_kind(const torch::jit::Module& module) {
   return "";
 }
 
-bool selected(const std::string& name, const LayerSelection& selection) {
-  bool keep = selection.include.empty();
-  for (const auto& pattern : selection.include) keep = keep || glob_match(pattern, name);
-  for (const auto& pattern : selection.exclude) keep = keep && !glob_match(pattern, name);
-  return keep;
-}
-
-std::string join(const std::vector<std::string>& items) {
-  std::string out;
-  for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
-  return out.empty() ? "(none)" : out;
-}
-
 }  // namespace
 
 bool glob_match(const std::string& pattern, const std::string& name) {
   return fnmatch(pattern.c_str(), name.c_str(), 0) == 0;
+}
+
+bool LayerSelection::selects(const std::string& name) const {
+  bool keep = include.empty();
+  for (const auto& pattern : include) keep = keep || glob_match(pattern, name);
+  for (const auto& pattern : exclude) keep = keep && !glob_match(pattern, name);
+  return keep;
 }
 
 Pipeline& Pipeline::add(std::shared_ptr<const Pass> pass) {
@@ -77,7 +74,7 @@ std::vector<NamedWeight> select_weights(const torch::jit::Module& module,
     if (kind.empty() || !child.value.hasattr("weight")) continue;
     const std::string name = child.name.empty() ? "weight" : child.name + ".weight";
     candidates.push_back(name);
-    if (!selected(name, selection)) continue;
+    if (!selection.selects(name)) continue;
     out.push_back({name, kind, child.value.attr("weight").toTensor()});
   }
   require(!out.empty(), "no layer matches: include [" + join(selection.include) + "], exclude [" +

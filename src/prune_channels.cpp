@@ -86,13 +86,6 @@ std::vector<int64_t> inferred_input_shape(const torch::jit::Module& module) {
               "set input_shape(...), e.g. {1, 3, 224, 224}");
 }
 
-bool selected(const std::string& name, const LayerSelection& selection) {
-  bool keep = selection.include.empty();
-  for (const auto& pattern : selection.include) keep = keep || glob_match(pattern, name);
-  for (const auto& pattern : selection.exclude) keep = keep && !glob_match(pattern, name);
-  return keep;
-}
-
 // Groups with an unselected producer stay whole; patterns must select something.
 void apply_selection(ChannelAnalysis& analysis, const LayerSelection& selection) {
   bool any = selection.include.empty();
@@ -101,7 +94,7 @@ void apply_selection(ChannelAnalysis& analysis, const LayerSelection& selection)
     for (const auto& producer : group.producers) {
       const std::string weight = producer.empty() ? "weight" : producer + ".weight";
       candidates += (candidates.empty() ? "" : ", ") + weight;
-      if (!selected(weight, selection)) {
+      if (!selection.selects(weight)) {
         group.blocked_by.push_back("not selected (" + weight + ")");
       } else {
         any = true;

@@ -35,12 +35,6 @@ std::string engine_name(at::QEngine engine) {
 
 namespace detail {
 
-std::string join(const std::vector<std::string>& items) {
-  std::string out;
-  for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
-  return out.empty() ? "(none)" : out;
-}
-
 // Freezes a private copy: eval mode, weights inlined, BatchNorm folded into
 // the convolutions. "training" survives so later passes (ExportTorchScript's
 // freeze) can call eval() on the result.

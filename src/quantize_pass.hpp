@@ -9,11 +9,10 @@
 
 #include "pare/pipeline.hpp"
 #include "quantize_graph.hpp"
+#include "text.hpp"
 
 namespace pare::detail {
 
-/// "a, b, c"; "(none)" when empty.
-std::string join(const std::vector<std::string>& items);
 /// Freezes a private copy: eval mode, weights inlined, BatchNorm folded into
 /// the convolutions. "training" survives so later passes (ExportTorchScript's
 /// freeze) can call eval() on the result.

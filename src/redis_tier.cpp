@@ -11,14 +11,20 @@
 #include <hiredis/hiredis.h>
 
 namespace pare {
+namespace detail {
+
+// Named, not anonymous: RedisTier::Impl holds these, and a class with external
+// linkage must not hold a type with internal linkage (GCC warns in unity builds).
+struct RedisContextDeleter {
+  void operator()(redisContext* c) const { redisFree(c); }
+};
+
+}  // namespace detail
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-struct ContextDeleter {
-  void operator()(redisContext* c) const { redisFree(c); }
-};
-using Context = std::unique_ptr<redisContext, ContextDeleter>;
+using Context = std::unique_ptr<redisContext, detail::RedisContextDeleter>;
 
 struct ReplyDeleter {
   void operator()(redisReply* r) const { freeReplyObject(r); }

@@ -32,7 +32,7 @@ void LatencyRecorder::fill(RunnerStats& stats) const {
   if (recent_.empty()) return;
   auto sorted = recent_;
   std::sort(sorted.begin(), sorted.end());
-  auto at = [&](double q) { return 1e3 * sorted[std::min(sorted.size() - 1, size_t(q * double(sorted.size())))]; };
+  auto at = [&](double q) { return 1e3 * nearest_rank(sorted, q); };
   stats.p50_ms = at(0.50), stats.p95_ms = at(0.95), stats.p99_ms = at(0.99);
   stats.max_ms = 1e3 * sorted.back();
 }

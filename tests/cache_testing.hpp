@@ -1,10 +1,9 @@
 #pragma once
 // Shared set-up of the InferenceCache tests (test_cache, test_cache_concurrency).
 
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#undef CHECK  // glog's CHECK (via LibTorch) must not replace Catch's
-#include <catch2/catch.hpp>
+
+#include "testing.hpp"  // LibTorch, then Catch (its CHECK, not glog's)
 
 #include <cstdint>
 #include <vector>

@@ -24,7 +24,6 @@ torch::jit::Module reloaded(const torch::jit::Module& m) {
   return torch::jit::load(archive);
 }
 
-torch::Tensor row(float value) { return torch::full({1, 4}, value); }
 
 }  // namespace
 

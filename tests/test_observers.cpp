@@ -1,7 +1,7 @@
 // The quantization math on its own: ranges -> qparams, each observer, the
 // histogram and KL searches, weight parameters and SQNR. No LibTorch.
 
-#include <catch2/catch.hpp>
+#include "testing.hpp"
 
 #include <algorithm>
 #include <cmath>

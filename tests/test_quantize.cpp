@@ -36,14 +36,6 @@ const Trained& trained() {
   return fixture;
 }
 
-std::string graph_of(const torch::jit::Module& m) { return m.get_method("forward").graph()->toString(); }
-
-size_t count(const std::string& text, const std::string& what) {
-  size_t n = 0;
-  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-  return n;
-}
-
 // Island timing off: these tests check the rewritten graph, which must not
 // depend on how busy the machine is (test_quantize_graph.cpp tests the timing).
 pare::Result quantize(const torch::jit::Module& model, pare::QuantizeInt8Options options) {

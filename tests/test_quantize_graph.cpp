@@ -12,14 +12,6 @@
 
 namespace {
 
-std::string graph_of(const torch::jit::Module& m) { return m.get_method("forward").graph()->toString(); }
-
-size_t count(const std::string& text, const std::string& what) {
-  size_t n = 0;
-  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-  return n;
-}
-
 double sqnr(const torch::Tensor& reference, const torch::Tensor& approx) {
   const auto a = reference.contiguous(), b = approx.contiguous();
   return pare::sqnr_db(a.data_ptr<float>(), b.data_ptr<float>(), a.numel());

@@ -1,4 +1,4 @@
-#include <catch2/catch.hpp>
+#include "testing.hpp"
 
 #include <limits>
 
@@ -67,16 +67,6 @@ TEST_CASE("bad input gives pare::Error") {
   CHECK_THROWS_AS(pare::Report::from_json("{\"passes\": [{}]}"), pare::Error);
   CHECK_THROWS_WITH(sample_report().at("quantize_int8"), Catch::Contains("no entry for pass 'quantize_int8'"));
 }
-
-namespace {
-
-size_t count(const std::string& text, const std::string& what) {
-  size_t n = 0;
-  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + what.size())) ++n;
-  return n;
-}
-
-}  // namespace
 
 TEST_CASE("the HTML page draws one bar per layer and names every layer") {
   auto report = sample_report();

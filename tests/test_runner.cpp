@@ -86,7 +86,6 @@ def forward(self, x):
   return m;
 }
 
-torch::Tensor row(float value, int64_t width = 4) { return torch::full({1, width}, value); }
 
 }  // namespace
 

@@ -8,6 +8,18 @@
 #include <utility>
 #include <vector>
 
+namespace pare {
+
+/// The q-quantile (q in [0, 1]) of ascending `sorted` samples by the nearest
+/// rank (no interpolation: the value a sample really had); 0 for no samples.
+inline double nearest_rank(const std::vector<double>& sorted, double q) {
+  if (sorted.empty()) return 0;
+  const auto rank = size_t(q * double(sorted.size()));
+  return sorted[rank < sorted.size() ? rank : sorted.size() - 1];
+}
+
+}  // namespace pare
+
 namespace pare::prometheus {
 
 /// A label set such as {{"model", "cnn"}}, written as {model="cnn"}.

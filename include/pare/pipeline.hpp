@@ -68,6 +68,8 @@ struct NamedWeight {
 struct LayerSelection {
   std::vector<std::string> include;
   std::vector<std::string> exclude;
+  /// True when `name` matches an include pattern (or include is empty) and no exclude pattern.
+  bool selects(const std::string& name) const;
 };
 
 /// The weights of every Linear/Conv submodule that `selection` keeps, in
