@@ -112,11 +112,7 @@ int main(int argc, char** argv) try {
   // Recovery: one epoch of distillation from the dense model, pruning masks kept. A soft
   // mix (T 1, alpha 0.5) recovers more than the defaults from a teacher trained this briefly
   // (docs/distill.md has the sweep).
-  std::vector<pare::Batch> batches;
-  for (int64_t b = 0; b < train.size(); b += 64) {
-    const auto part = train.slice(b, std::min(train.size(), b + 64));
-    batches.emplace_back(part.images, part.labels);
-  }
+  const std::vector<pare::Batch> batches = train.batches(64);
   const auto distill_from = [&](const torch::jit::Module& teacher) {
     return pare::Distill(pare::DistillOptions(teacher, batches).epochs(1).temperature(1.0).alpha(0.5).progress(
         ex::progress_bar("distilling (1 epoch)")));

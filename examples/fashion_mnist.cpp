@@ -43,6 +43,15 @@ Dataset Dataset::slice(int64_t begin, int64_t end) const {
   return {images.slice(0, begin, end), labels.slice(0, begin, end)};
 }
 
+std::vector<std::pair<torch::Tensor, torch::Tensor>> Dataset::batches(int64_t batch_size) const {
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> out;
+  for (int64_t begin = 0; begin < size(); begin += batch_size) {
+    const auto part = slice(begin, std::min(size(), begin + batch_size));
+    out.emplace_back(part.images, part.labels);
+  }
+  return out;
+}
+
 std::string fashion_mnist_dir() {
   const char* dir = std::getenv("PARE_FASHION_MNIST_DIR");
   return dir ? dir : "/usr/share/datasets/fashion-mnist";

@@ -5,6 +5,8 @@
 
 #include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <torch/script.h>
 #include <torch/torch.h>
@@ -16,6 +18,8 @@ struct Dataset {
   torch::Tensor labels;  ///< N int64 in [0, 10)
   int64_t size() const { return images.size(0); }
   Dataset slice(int64_t begin, int64_t end) const;
+  /// (images, labels) batches of `batch_size` in order (the last may be smaller): pare::Batch pairs.
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> batches(int64_t batch_size) const;
 };
 
 /// The directory holding the *-ubyte.gz files: $PARE_FASHION_MNIST_DIR, or the Debian package's.

@@ -131,11 +131,7 @@ int main(int argc, char** argv) try {
   // 2. One pipeline: prune 90% (globally), distill from the dense model, int8, export.
   pare::InputBatches calibration;
   for (int64_t b = 0; b < 9; ++b) calibration.push_back({train.images.slice(0, b * 64, (b + 1) * 64)});
-  std::vector<pare::Batch> batches;
-  for (int64_t b = 0; b < train.size(); b += 64) {
-    const auto part = train.slice(b, std::min(train.size(), b + 64));
-    batches.emplace_back(part.images, part.labels);
-  }
+  const std::vector<pare::Batch> batches = train.batches(64);
   const auto export_to = [&](const std::string& path) {
     const auto sample = std::vector<std::vector<torch::jit::IValue>>{{test.images.slice(0, 0, 64)}};
     return pare::ExportTorchScript(pare::ExportTorchScriptOptions(path).freeze(true).verify_with(sample));

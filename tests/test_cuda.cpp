@@ -6,7 +6,7 @@
 #include <atomic>
 #include <thread>
 
-#include "fashion_mnist.hpp"
+#include "fashion_testing.hpp"
 #include "pare/cache.hpp"
 #include "pare/distill.hpp"
 #include "pare/pool.hpp"
@@ -17,15 +17,7 @@ namespace ex = pare::examples;
 
 namespace {
 
-const ex::Dataset& train_subset() {
-  static const auto data = ex::load_fashion_mnist(true, 2048);
-  return data;
-}
 
-const ex::Dataset& test_subset() {
-  static const auto data = ex::load_fashion_mnist(false, 512);
-  return data;
-}
 
 const torch::jit::Module& trained_cnn() {
   static const auto model = [] {
@@ -37,14 +29,6 @@ const torch::jit::Module& trained_cnn() {
   return model;
 }
 
-std::vector<pare::Batch> batches_of(const ex::Dataset& data, int64_t batch) {
-  std::vector<pare::Batch> out;
-  for (int64_t begin = 0; begin < data.size(); begin += batch) {
-    const auto part = data.slice(begin, std::min(data.size(), begin + batch));
-    out.emplace_back(part.images, part.labels);
-  }
-  return out;
-}
 
 pare::Error::Kind error_kind(const std::function<void()>& body) {
   try {
@@ -136,8 +120,8 @@ TEST_CASE("Distill trains on the GPU, keeps the masks and returns the student ho
                      .run(trained_cnn());
   const auto zeros_before = student.module.attr("fc1").toModule().attr("weight").toTensor().eq(0).sum().item<int64_t>();
   const auto summary = pare::distill(student.module,
-                                     pare::DistillOptions(trained_cnn(), batches_of(train_subset(), 128))
-                                         .epochs(2).device(torch::kCUDA).evaluate_on(batches_of(test_subset(), 256)),
+                                     pare::DistillOptions(trained_cnn(), train_subset().batches(128))
+                                         .epochs(2).device(torch::kCUDA).evaluate_on(test_subset().batches(256)),
                                      student.masks);
   const auto fc1 = student.module.attr("fc1").toModule().attr("weight").toTensor();
   CHECK(fc1.is_cpu());  // back on its own device

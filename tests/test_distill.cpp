@@ -1,6 +1,6 @@
 #include "testing.hpp"
 
-#include "fashion_mnist.hpp"
+#include "fashion_testing.hpp"
 #include "pare/distill.hpp"
 #include "pare/prune.hpp"
 
@@ -17,24 +17,8 @@ torch::Tensor reference_loss(const torch::Tensor& s, const torch::Tensor& t, con
   return alpha * T * T * kl + (1 - alpha) * ce;
 }
 
-std::vector<pare::Batch> batches_of(const ex::Dataset& data, int64_t batch) {
-  std::vector<pare::Batch> out;
-  for (int64_t begin = 0; begin < data.size(); begin += batch) {
-    const auto part = data.slice(begin, std::min(data.size(), begin + batch));
-    out.emplace_back(part.images, part.labels);
-  }
-  return out;
-}
 
-const ex::Dataset& train_subset() {
-  static const auto data = ex::load_fashion_mnist(true, 2048);
-  return data;
-}
 
-const ex::Dataset& test_subset() {
-  static const auto data = ex::load_fashion_mnist(false, 1000);
-  return data;
-}
 
 // A small CNN trained for one epoch on 2048 images: the teacher.
 const torch::jit::Module& teacher() {
@@ -46,7 +30,7 @@ const torch::jit::Module& teacher() {
   return model;
 }
 
-pare::DistillOptions options(pare::TrainingData data = batches_of(train_subset(), 64)) {
+pare::DistillOptions options(pare::TrainingData data = train_subset().batches(64)) {
   return pare::DistillOptions(teacher(), std::move(data)).epochs(2).lr(1e-3);
 }
 
@@ -117,7 +101,7 @@ TEST_CASE("distillation_loss rejects bad options and inputs with pare::Error") {
 }
 
 TEST_CASE("Distill after L1Prune recovers accuracy and keeps every pruned weight at zero") {
-  const auto eval = batches_of(test_subset(), 500);
+  const auto eval = test_subset().batches(500);
   auto pruned = pare::Pipeline()
                     .add(pare::L1Prune(pare::L1PruneOptions().amount(0.85).scope(pare::Scope::Global)))
                     .run(teacher());
@@ -152,7 +136,7 @@ TEST_CASE("Distill after L1Prune recovers accuracy and keeps every pruned weight
 
 TEST_CASE("distill works outside a pipeline with streamed data and a custom optimizer") {
   auto student = ex::make_fashion_cnn({4, 8, 16}, 2);
-  const auto batches = batches_of(train_subset().slice(0, 512), 64);
+  const auto batches = train_subset().slice(0, 512).batches(64);
   std::vector<int64_t> epochs_seen;
   int64_t optimizers_made = 0;
   const pare::TrainingData streamed(
@@ -215,7 +199,7 @@ TEST_CASE("apply_masks zeroes pruned weights and validates names and shapes") {
 
 TEST_CASE("Distill validates its options") {
   using O = pare::DistillOptions;
-  const auto data = batches_of(train_subset().slice(0, 64), 64);
+  const auto data = train_subset().slice(0, 64).batches(64);
   CHECK_THROWS_WITH(pare::Distill(O(torch::jit::Module(), data)), Catch::Contains("teacher has no forward"));
   CHECK_THROWS_WITH(pare::Distill(O(teacher(), std::vector<pare::Batch>{})), Catch::Contains("no training batches"));
   CHECK(is_error([&] { pare::Distill(O(teacher(), data).epochs(0)); }));
@@ -243,7 +227,7 @@ TEST_CASE("distill and top1_accuracy leave the caller's teacher and model in the
   auto training_teacher = teacher().clone();
   training_teacher.train(true);  // a user's module straight from training
   auto student = ex::make_fashion_cnn({4, 8, 16}, 6);
-  const auto data = batches_of(train_subset().slice(0, 128), 64);
+  const auto data = train_subset().slice(0, 128).batches(64);
   pare::distill(student, pare::DistillOptions(training_teacher, data).epochs(1));
   for (const auto& m : training_teacher.modules()) CHECK(m.is_training());  // before: eval() for the run
   training_teacher.train(true);

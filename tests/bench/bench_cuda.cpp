@@ -155,11 +155,7 @@ void precision(const std::vector<std::tuple<std::string, torch::jit::Module, std
 
 void distillation(const ex::Dataset& train, int64_t cpu_images) {
   auto teacher = ex::make_fashion_cnn({32, 64, 128}, 1);
-  std::vector<pare::Batch> batches;
-  for (int64_t b = 0; b < train.size(); b += 256) {
-    const auto part = train.slice(b, std::min(train.size(), b + 256));
-    batches.emplace_back(part.images, part.labels);
-  }
+  const std::vector<pare::Batch> batches = train.batches(256);
   std::vector<pare::Batch> cpu_batches(batches.begin(), batches.begin() + std::min<int64_t>(batches.size(), cpu_images / 256));
   auto run = [&](c10::Device device, const std::vector<pare::Batch>& data) {
     auto student = ex::make_fashion_cnn({16, 32, 64}, 2);
