@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "pare/error.hpp"
+#include "enum_names.hpp"
 
 namespace pare {
 namespace {
@@ -172,25 +173,12 @@ constexpr std::pair<ObserverKind, const char*> kObserverNames[] = {
 };
 }  // namespace
 
-std::vector<std::string> observer_kind_names() {
-  std::vector<std::string> names;
-  for (const auto& [kind, name] : kObserverNames) names.emplace_back(name);
-  return names;
-}
+std::vector<std::string> observer_kind_names() { return detail::names_of(kObserverNames); }
 
-std::string to_string(ObserverKind kind) {
-  for (const auto& [known, name] : kObserverNames)
-    if (known == kind) return name;
-  return "unknown";
-}
+std::string to_string(ObserverKind kind) { return detail::name_of(kObserverNames, kind); }
 
 ObserverKind parse_observer_kind(const std::string& name) {
-  std::string known_names;
-  for (const auto& [kind, known] : kObserverNames) {
-    if (name == known) return kind;
-    known_names += (known_names.empty() ? "" : ", ") + std::string(known);
-  }
-  throw Error("observer '" + name + "' is not known; expected one of " + known_names);
+  return detail::parse_name(kObserverNames, name, "observer");
 }
 
 void ObserverOptions::validate() const {

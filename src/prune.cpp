@@ -6,6 +6,8 @@
 #include <cstring>
 #include <mutex>
 
+#include "enum_names.hpp"
+
 namespace pare {
 namespace {
 
@@ -144,26 +146,11 @@ namespace {
 constexpr std::pair<Scope, const char*> kScopeNames[] = {{Scope::Local, "local"}, {Scope::Global, "global"}};
 }  // namespace
 
-std::string to_string(Scope scope) {
-  for (const auto& [known, name] : kScopeNames)
-    if (known == scope) return name;
-  return "unknown";
-}
+std::string to_string(Scope scope) { return detail::name_of(kScopeNames, scope); }
 
-Scope parse_scope(const std::string& name) {
-  std::string known_names;
-  for (const auto& [scope, known] : kScopeNames) {
-    if (name == known) return scope;
-    known_names += (known_names.empty() ? "" : " or ") + std::string(known);
-  }
-  throw Error("scope '" + name + "' is not known; expected " + known_names);
-}
+Scope parse_scope(const std::string& name) { return detail::parse_name(kScopeNames, name, "scope"); }
 
-std::vector<std::string> scope_names() {
-  std::vector<std::string> names;
-  for (const auto& [scope, name] : kScopeNames) names.emplace_back(name);
-  return names;
-}
+std::vector<std::string> scope_names() { return detail::names_of(kScopeNames); }
 
 int64_t prune_count(double amount, int64_t n) {
   return static_cast<int64_t>(std::nearbyint(amount * double(n)));  // FE_TONEAREST: half to even, as Python's round()

@@ -142,7 +142,7 @@ TEST_CASE("the CLI accepts every observer name the library knows, and only those
 TEST_CASE("the CLI's pruning scope defaults to the library's and names come from one table") {
   const auto& files = stock();
   for (const auto& name : pare::scope_names()) CHECK(pare::to_string(pare::parse_scope(name)) == name);
-  CHECK_THROWS_WITH(pare::parse_scope("globl"), Catch::Contains("local or global"));
+  CHECK_THROWS_WITH(pare::parse_scope("globl"), Catch::Contains("expected one of local, global"));
   const auto run = cli({"compress", files("model.pt"), "-o", files("pruned.pt"), "--prune", "0.5", "--report",
                         files("report.json")});
   REQUIRE(run.code == 0);

@@ -64,7 +64,7 @@ def test_include_exclude_and_input_untouched(cnn, scripted):
 def test_bad_arguments_raise_clear_errors(scripted):
     with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
         pare.L1Prune(amount=1.5)
-    with pytest.raises(ValueError, match="expected local or global"):  # the names of pare.scope_names()
+    with pytest.raises(ValueError, match="expected one of local, global"):  # the names of pare.scope_names()
         pare.L1Prune(scope="everywhere")
     with pytest.raises(pare.Error, match="no layer matches"):
         pare.Pipeline([pare.L1Prune(include=["nope"])]).run(scripted)
