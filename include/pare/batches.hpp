@@ -56,6 +56,7 @@ class BatchSource {
   /// Batches per epoch; -1 if unknown.
   int64_t size() const { return size_; }
   /// The reader of epoch `epoch`: over batches() in order, or open(epoch).
+  /// A reader over the list refers to this source: read it while the source lives.
   Reader open(int64_t epoch) const {
     if (open_) return open_(epoch);
     return [this, next = size_t(0)]() mutable -> std::optional<T> {
