@@ -4,6 +4,7 @@ the pure-Python modules come from python/pare. Metadata lives in pyproject.toml.
 """
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,22 +25,20 @@ class CMakeBuild(build_ext):
     """Configures the project with only the Python extension on and builds `_pare`."""
 
     def build_extension(self, ext):
-        # One level below the checkout, like a developer's build/: with ccache's
-        # base_dir, objects that build compiled have the same relative paths here.
+        # One level below the checkout, like a developer's build/: same paths
+        # relative to the checkout, so ccache serves the objects an identically
+        # configured build/ compiled (the top-level CMakeLists sets its base_dir).
         build_dir = Path(os.environ.get("PARE_PIP_BUILD_DIR") or SOURCE_DIR / "build-pip").resolve()
         configure = [
-            "cmake", "-S", str(SOURCE_DIR), "-B", str(build_dir),
-            # PARE_PIP_BUILD_TYPE: the ctest install check builds unoptimised (None) to save CI time.
-            "-DCMAKE_BUILD_TYPE=" + os.environ.get("PARE_PIP_BUILD_TYPE", "Release"),
+            "cmake", "-S", str(SOURCE_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
             f"-DPARE_PYTHON={sys.executable}",
             "-DPARE_BUILD_PYTHON=ON", "-DPARE_BUILD_TESTS=OFF",
             "-DPARE_BUILD_EXAMPLES=OFF", "-DPARE_BUILD_BENCHMARKS=OFF",
         ]
+        # CMAKE_ARGS: more configure arguments, space-separated, as scikit-build reads them.
+        configure += shlex.split(os.environ.get("CMAKE_ARGS", ""))
         if shutil.which("ninja"):
             configure += ["-G", "Ninja"]
-        if shutil.which("ccache"):
-            # Objects the checkout's own CMake build compiled are reused from the cache.
-            configure.append("-DCMAKE_CXX_COMPILER_LAUNCHER=ccache")
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 1)
         subprocess.run(configure, check=True)
         subprocess.run(["cmake", "--build", str(build_dir), "--target", "_pare", "-j", jobs], check=True)

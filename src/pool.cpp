@@ -51,11 +51,11 @@ struct PoolState;
 
 /// One piece of storage. Owned by its pool while idle; while in use, it holds
 /// its pool's state alive so the deleter stays valid after the pool is gone.
-struct Block {
+struct StorageBlock {
   void* data = nullptr;
   size_t capacity = 0;
-  Block* newer = nullptr;  // idle LRU list links
-  Block* older = nullptr;
+  StorageBlock* newer = nullptr;  // idle LRU list links
+  StorageBlock* older = nullptr;
   std::shared_ptr<PoolState> owner;
   at::Tensor backing;  // pinned and CUDA memory: the byte tensor that owns it (host blocks: malloc'd)
 };
@@ -70,7 +70,7 @@ class BlockRegistry {
     static auto* registry = new BlockRegistry;
     return *registry;
   }
-  void add(Block* block) {
+  void add(StorageBlock* block) {
     auto& shard = shard_of(block->data);
     std::lock_guard<std::mutex> lock(shard.mutex);
     shard.blocks.emplace(block->data, block);
@@ -80,7 +80,7 @@ class BlockRegistry {
     std::lock_guard<std::mutex> lock(shard.mutex);
     shard.blocks.erase(data);
   }
-  Block* find(void* data) {
+  StorageBlock* find(void* data) {
     auto& shard = shard_of(data);
     std::lock_guard<std::mutex> lock(shard.mutex);
     auto it = shard.blocks.find(data);
@@ -90,7 +90,7 @@ class BlockRegistry {
  private:
   struct Shard {
     std::mutex mutex;
-    std::unordered_map<void*, Block*> blocks;
+    std::unordered_map<void*, StorageBlock*> blocks;
   };
   Shard& shard_of(void* data) {
     const auto bits = reinterpret_cast<uintptr_t>(data) >> 6;
@@ -130,15 +130,15 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
   c10::DataPtr allocate(size_t bytes) {
     if (bytes == 0) return c10::DataPtr(nullptr, device);
     const size_t capacity = size_class(bytes);
-    Block* block = take_idle(capacity);
+    StorageBlock* block = take_idle(capacity);
     if (!block) block = new_block(capacity);
     block->owner = shared_from_this();
     return c10::DataPtr(block->data, block->data, &release_cpu, device);
   }
 
-  void give_back(Block* block) noexcept {
+  void give_back(StorageBlock* block) noexcept {
     if (options.poison()) poison(*block);
-    std::vector<Block*> evicted;
+    std::vector<StorageBlock*> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex);
       ++stats.releases;
@@ -181,7 +181,7 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
   LeaseAllocator lease_allocator;
 
  private:
-  Block* take_idle(size_t capacity) {
+  StorageBlock* take_idle(size_t capacity) {
     std::lock_guard<std::mutex> lock(mutex);
     ++stats.acquires;
     stats.bytes_in_use += capacity;
@@ -192,13 +192,13 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
       return nullptr;
     }
     ++stats.hits;
-    Block* block = it->second.back();  // most recently used: likely still in cache
+    StorageBlock* block = it->second.back();  // most recently used: likely still in cache
     it->second.pop_back();
     unlink(block);
     return block;
   }
 
-  static void poison(Block& block) {
+  static void poison(StorageBlock& block) {
     if (block.backing.defined() && !block.backing.is_cpu()) block.backing.fill_(0xFF);
     else std::memset(block.data, 0xFF, block.capacity);
   }
@@ -215,7 +215,7 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
     }
   }
 
-  Block* new_block(size_t capacity) {
+  StorageBlock* new_block(size_t capacity) {
     void* data = nullptr;
     at::Tensor backing;
     const bool allocated = options.memory() == PoolMemory::Host ? posix_memalign(&data, kAlignment, capacity) == 0
@@ -226,7 +226,7 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
       throw Error("TensorPool: out of " + device.str() + " memory allocating " + std::to_string(capacity) + " bytes",
                   Error::Kind::Runtime);
     }
-    auto* block = new Block;
+    auto* block = new StorageBlock;
     block->data = backing.defined() ? backing.data_ptr() : data;
     block->capacity = capacity;
     block->backing = std::move(backing);
@@ -234,7 +234,7 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
     return block;
   }
 
-  static void free_blocks(const std::vector<Block*>& blocks) {
+  static void free_blocks(const std::vector<StorageBlock*>& blocks) {
     for (auto* block : blocks) {
       BlockRegistry::get().remove(block->data);
       if (!block->backing.defined()) std::free(block->data);
@@ -242,7 +242,7 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
     }
   }
 
-  void link_newest(Block* block) {  // lru_.older is the newest, lru_.newer the oldest
+  void link_newest(StorageBlock* block) {  // lru_.older is the newest, lru_.newer the oldest
     block->older = lru_.older;
     block->newer = &lru_;
     lru_.older->newer = block;
@@ -251,7 +251,7 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
     ++stats.blocks_idle;
   }
 
-  void unlink(Block* block) {
+  void unlink(StorageBlock* block) {
     block->newer->older = block->older;
     block->older->newer = block->newer;
     block->newer = block->older = nullptr;
@@ -259,24 +259,24 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
     --stats.blocks_idle;
   }
 
-  Block* evict_oldest() {  // the oldest idle block is also the oldest of its class
-    Block* block = lru_.newer;
+  StorageBlock* evict_oldest() {  // the oldest idle block is also the oldest of its class
+    StorageBlock* block = lru_.newer;
     idle[block->capacity].pop_front();
     unlink(block);
     ++stats.evictions;
     return block;
   }
 
-  std::vector<Block*> take_all_idle() {
+  std::vector<StorageBlock*> take_all_idle() {
     std::lock_guard<std::mutex> lock(mutex);
-    std::vector<Block*> blocks;
+    std::vector<StorageBlock*> blocks;
     while (stats.blocks_idle > 0) blocks.push_back(evict_oldest());
     return blocks;
   }
 
   mutable std::mutex mutex;
-  std::unordered_map<size_t, std::deque<Block*>> idle;  // by capacity, oldest first
-  Block lru_{nullptr, 0, &lru_, &lru_, nullptr, {}};         // sentinel of the idle LRU ring
+  std::unordered_map<size_t, std::deque<StorageBlock*>> idle;  // by capacity, oldest first
+  StorageBlock lru_{nullptr, 0, &lru_, &lru_, nullptr, {}};         // sentinel of the idle LRU ring
   PoolStats stats;
 };
 
@@ -317,7 +317,7 @@ std::atomic<RoutingAllocator*> g_router{nullptr};
 
 void release_cpu(void* data) {
   if (data == nullptr) return;
-  if (Block* block = BlockRegistry::get().find(data)) {
+  if (StorageBlock* block = BlockRegistry::get().find(data)) {
     std::shared_ptr<PoolState> state = std::move(block->owner);  // keeps the pool alive past give_back
     state->give_back(block);
     return;

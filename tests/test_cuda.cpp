@@ -19,7 +19,7 @@ namespace {
 
 
 
-const torch::jit::Module& trained_cnn() {
+const torch::jit::Module& cuda_test_cnn() {
   static const auto model = [] {
     auto m = ex::make_fashion_cnn({8, 16, 32}, 5);
     ex::train(m, train_subset(), 1);
@@ -64,7 +64,7 @@ TEST_CASE("CUDA options say what is wrong when the device is missing or unknown"
 
 TEST_CASE("a Runner on CUDA batches concurrent clients and matches the model on the CPU [cuda]") {
   PARE_REQUIRE_CUDA();
-  auto model = trained_cnn().clone();
+  auto model = cuda_test_cnn().clone();
   const auto images = test_subset().images;
   torch::Tensor reference;
   {
@@ -100,12 +100,12 @@ TEST_CASE("a Runner on CUDA batches concurrent clients and matches the model on 
 
 TEST_CASE("a Runner on CUDA can leave outputs on the device [cuda]") {
   PARE_REQUIRE_CUDA();
-  pare::Runner runner(trained_cnn(), pare::RunnerOptions().device(torch::kCUDA).outputs_on_device(true)
+  pare::Runner runner(cuda_test_cnn(), pare::RunnerOptions().device(torch::kCUDA).outputs_on_device(true)
                                          .max_batch(8).max_delay(std::chrono::microseconds(500)));
   const auto x = test_subset().images.slice(0, 0, 4);
   const auto out = runner.run({x}).toTensor();
   CHECK(out.is_cuda());
-  auto model = trained_cnn().clone();
+  auto model = cuda_test_cnn().clone();
   torch::NoGradGuard no_grad;
   CHECK(torch::allclose(out.cpu(), model.forward({x}).toTensor(), 1e-3, 1e-4));
   // A device input is stacked on the device, without a trip through the host.
@@ -117,10 +117,10 @@ TEST_CASE("Distill trains on the GPU, keeps the masks and returns the student ho
   PARE_REQUIRE_CUDA();
   auto student = pare::Pipeline()
                      .add(pare::L1Prune(pare::L1PruneOptions().amount(0.7).scope(pare::Scope::Global)))
-                     .run(trained_cnn());
+                     .run(cuda_test_cnn());
   const auto zeros_before = student.module.attr("fc1").toModule().attr("weight").toTensor().eq(0).sum().item<int64_t>();
   const auto summary = pare::distill(student.module,
-                                     pare::DistillOptions(trained_cnn(), train_subset().batches(128))
+                                     pare::DistillOptions(cuda_test_cnn(), train_subset().batches(128))
                                          .epochs(2).device(torch::kCUDA).evaluate_on(test_subset().batches(256)),
                                      student.masks);
   const auto fc1 = student.module.attr("fc1").toModule().attr("weight").toTensor();

@@ -10,7 +10,7 @@ namespace {
 
 namespace ex = pare::examples;
 
-torch::jit::Module trained_cnn() {
+torch::jit::Module precision_test_cnn() {
   static const auto model = [] {
     auto m = ex::make_fashion_cnn({8, 16, 32}, 11);
     ex::train(m, ex::load_fashion_mnist(true, 2000), 1);
@@ -45,7 +45,7 @@ double top1_agreement(const torch::Tensor& a, const torch::Tensor& b) {
 }  // namespace
 
 TEST_CASE("bf16 conversion keeps the chosen layer in fp32 and tracks the fp32 model") {
-  auto model = trained_cnn();
+  auto model = precision_test_cnn();
   const auto reference = logits(model, test_images());
   const auto result = pare::Pipeline()
                           .add(pare::ConvertPrecision(pare::ConvertPrecisionOptions(torch::kBFloat16).keep_fp32({"fc2"})))
@@ -88,7 +88,7 @@ TEST_CASE("a converted model exports, freezes and reloads without pare") {
                     .add(pare::ConvertPrecision(pare::ConvertPrecisionOptions(torch::kBFloat16).keep_fp32({"fc*"})))
                     .add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(path).freeze(true)
                                                            .verify_with({{test_images().slice(0, 0, 8)}})))
-                    .run(trained_cnn());
+                    .run(precision_test_cnn());
   auto reloaded = torch::jit::load(path);
   const auto x = test_images().slice(0, 0, 32);
   CHECK(torch::equal(logits(reloaded, x), logits(result.module, x)));
@@ -98,10 +98,10 @@ TEST_CASE("a converted model exports, freezes and reloads without pare") {
 TEST_CASE("ConvertPrecision rejects what it cannot do, saying what is expected") {
   CHECK_THROWS_WITH(pare::ConvertPrecision(pare::ConvertPrecisionOptions(torch::kFloat)),
                     Catch::Contains("expected torch::kHalf (fp16) or torch::kBFloat16"));
-  auto model = trained_cnn();
+  auto model = precision_test_cnn();
   CHECK_THROWS_WITH(pare::convert_precision(model, pare::ConvertPrecisionOptions(torch::kHalf).keep_fp32({"head"})),
                     Catch::Contains("'head' matches no submodule"));
-  auto frozen = torch::jit::freeze(trained_cnn());
+  auto frozen = torch::jit::freeze(precision_test_cnn());
   CHECK_THROWS_WITH(pare::convert_precision(frozen, pare::ConvertPrecisionOptions(torch::kHalf)),
                     Catch::Contains("no parameters"));
 }
@@ -135,7 +135,7 @@ TEST_CASE("layers sharing TorchScript code must agree on their dtype") {
 
 TEST_CASE("fp16 on the GPU matches fp32 on the GPU [cuda]") {
   PARE_REQUIRE_CUDA();
-  auto model = trained_cnn();
+  auto model = precision_test_cnn();
   model.to(torch::kCUDA);
   const auto x = test_images().to(torch::kCUDA);
   const auto reference = logits(model, x);
