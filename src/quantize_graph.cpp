@@ -238,6 +238,45 @@ QuantParams activation_qparams(const Observer& observer, const QuantPlan& plan, 
   return choose_qparams(lo, hi);
 }
 
+void share_cat_qparams(const QuantPlan& plan, std::map<Value*, QuantParams>& activations) {
+  std::map<Value*, Value*> carried_from;  // a Carry step's output -> the int8 value it reads
+  for (const auto& step : plan.steps)
+    if (step.kind == QuantStep::Kind::Carry) carried_from[step.output()] = step.node->input(0);
+  const auto source = [&](Value* v) {
+    for (auto it = carried_from.find(v); it != carried_from.end(); it = carried_from.find(v)) v = it->second;
+    return v;
+  };
+  std::map<Value*, Value*> parent;  // union-find over the observed values cats join
+  const std::function<Value*(Value*)> root = [&](Value* v) {
+    auto it = parent.find(v);
+    if (it == parent.end() || it->second == v) return v;
+    return it->second = root(it->second);
+  };
+  for (const auto& step : plan.steps) {
+    if (step.kind != QuantStep::Kind::Join || step.name != "cat") continue;
+    Value* out = step.output();
+    parent.emplace(out, out);
+    for (Value* in : step.int8_inputs()) {
+      Value* v = source(in);
+      if (!activations.count(v)) continue;  // a fixed-scale op's output: quantized::cat requantizes it
+      parent.emplace(v, v);
+      parent[root(v)] = root(out);
+    }
+  }
+  std::map<Value*, std::pair<double, double>> range;  // per group: the union of its members' ranges
+  for (const auto& member : parent) {
+    Value* v = member.first;
+    const auto& q = activations.at(v);
+    const double lo = -double(q.zero_point) * q.scale, hi = double(255 - q.zero_point) * q.scale;
+    auto [it, first] = range.emplace(root(v), std::make_pair(lo, hi));
+    if (!first) it->second = {std::min(it->second.first, lo), std::max(it->second.second, hi)};
+  }
+  for (const auto& member : parent) {
+    const auto& [lo, hi] = range.at(root(member.first));
+    activations[member.first] = choose_qparams(lo, hi);
+  }
+}
+
 std::vector<Value*> rewrite_static(Graph& graph, const QuantPlan& plan,
                                    const std::map<Value*, QuantParams>& activations, bool per_channel,
                                    std::vector<std::pair<double, double>>& weight_scales) {
@@ -263,7 +302,7 @@ std::vector<Value*> rewrite_static(Graph& graph, const QuantPlan& plan,
       q = copy->output()->setType(c10::TensorType::get());
     } else {
       const auto& out = activations.at(old_output);
-      WithInsertPoint guard(step.activation ? step.activation->node : n);
+      WithInsertPoint guard(n);  // not at the activation: shape checks between the two read the result
       if (step.kind == QuantStep::Kind::Join) {
         q = insert_join(graph, step, to_int8, out);
       } else {
@@ -276,7 +315,10 @@ std::vector<Value*> rewrite_static(Graph& graph, const QuantPlan& plan,
     redirect_shape_reads(dq, q);
     twin[dq] = q;
     if (step.kind == QuantStep::Kind::Layer) layer_outputs.push_back(dq);
-    if (step.activation) step.activation->node->destroy();
+    if (step.activation) {
+      step.activation->node->destroy();
+      n->output()->replaceAllUsesWith(q);  // only shape reads are left (absorbable_activation)
+    }
     n->destroy();
   }
   return layer_outputs;

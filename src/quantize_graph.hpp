@@ -73,6 +73,12 @@ QuantPlan plan_static(Graph& graph, const std::vector<std::string>& skip);
 /// absorbed activation's bounds when there is one.
 QuantParams activation_qparams(const Observer& observer, const QuantPlan& plan, Value* value);
 
+/// Gives each cat's inputs and output one shared scale (the union of their
+/// ranges; chains of cats, as in DenseNet, share one), as PyTorch's FX flow
+/// observes them with one observer: quantized::cat then copies bytes instead
+/// of requantizing every input. Carry steps (pooling, reshapes) keep their
+/// input's scale, so the value a cat input is carried from takes the scale.
+void share_cat_qparams(const QuantPlan& plan, std::map<Value*, QuantParams>& activations);
 /// Rewrites the graph per `plan`. `activations` holds the qparams of every
 /// observed value. Returns, per Layer step, the dequantized output value (for
 /// SQNR measurement), and fills `weight_scales` with each layer's weight

@@ -180,10 +180,15 @@ bool reads_only_shape(const Node* n) {
 }
 
 std::optional<Activation> absorbable_activation(Node* producer) {
-  const auto& uses = producer->output()->uses();
-  if (uses.size() != 1) return std::nullopt;
-  Node* user = uses[0].user;
-  if (user->owningBlock() != producer->owningBlock() || uses[0].offset != 0) return std::nullopt;
+  Node* user = nullptr;
+  for (const auto& use : producer->output()->uses()) {
+    // A shape check between the two (what is left of a folded BatchNorm's
+    // `input.dim() != 4`) reads the same shape from the activation's output.
+    if (reads_only_shape(use.user)) continue;
+    if (user || use.offset != 0) return std::nullopt;
+    user = use.user;
+  }
+  if (!user || user->owningBlock() != producer->owningBlock()) return std::nullopt;
   const double inf = std::numeric_limits<double>::infinity();
   Activation a{user, 0, inf};
   if (user->kind() == aten::relu && user->inputs().size() == 1) return a;

@@ -130,6 +130,7 @@ Calibrated calibrate(const Planned& p, const QuantizeInt8Options& options) {
   if (c.held_out) c.sqnr_inputs = *held_out;
   for (size_t i = 0; i < observed.size(); ++i)
     c.activations[observed[i]] = detail::activation_qparams(*observers[i], p.plan, observed[i]);
+  detail::share_cat_qparams(p.plan, c.activations);
   if (!c.sqnr_inputs.empty()) c.reference = runner.run(c.sqnr_inputs, c.batches, "float");
   return c;
 }

@@ -8,6 +8,8 @@
 
 #include <string>
 
+#include <torch/csrc/jit/ir/constants.h>
+
 #include "pare/quantize.hpp"
 
 namespace {
@@ -95,17 +97,35 @@ TEST_CASE("an inverted residual stays int8 through ReLU6 (hardtanh)") {
   CHECK(result.report.at("quantize_int8").layers[0].labels.at("activation") == "hardtanh");
 }
 
-TEST_CASE("a dense layer stays int8 through cat and a standalone batch_norm behind a shape check") {
+namespace {
+
+// The scale a quantized op writes its output with (its second-to-last input, a constant).
+double quantized_output_scale(const torch::jit::Module& m, const std::string& kind) {
+  for (const auto* node : m.get_method("forward").graph()->nodes())
+    if (node->kind().toQualString() == kind)
+      return torch::jit::toIValue(node->input(node->inputs().size() - 2))->toDouble();
+  FAIL("no " << kind << " in the graph");
+  return 0;
+}
+
+}  // namespace
+
+TEST_CASE("a dense layer stays int8 through cat, a standalone batch_norm and ReLUs behind shape checks") {
   torch::manual_seed(9);
   torch::jit::Module m("__torch__.DenseLayer");
   add_conv_bn(m, "stem", 3, 8, 3);
-  add_conv_bn(m, "norm", 16, 16, 1);  // only its BatchNorm statistics are used
+  add_conv_bn(m, "norm", 16, 16, 1);        // only its BatchNorm statistics are used
+  add_conv_bn(m, "bottleneck", 16, 16, 1);  // folds into its conv past the shape check, as torchvision's norm2
   m.register_parameter("grow_w", torch::randn({8, 16, 3, 3}) / 12.0, false);
   m.define("def forward(self, x):\n  a = torch.relu(" + conv_bn("stem", "x", "1") +
            ")\n  features = [a]\n  features.append(torch.max_pool2d(a, 3, 1, 1))\n  c = torch.cat(features, 1)\n"
            "  assert c.dim() == 4\n"
            "  n = torch.relu(torch.batch_norm(c, self.norm_g, self.norm_b, self.norm_m, self.norm_v, False, 0.1, "
-           "1e-5, False))\n  return torch.conv2d(n, self.grow_w, None, [1, 1], [1, 1])\n");
+           "1e-5, False))\n"
+           "  h = torch.conv2d(n, self.bottleneck_w, None, [1, 1], [0, 0])\n  assert h.dim() == 4\n"
+           "  h = torch.relu_(torch.batch_norm(h, self.bottleneck_g, self.bottleneck_b, self.bottleneck_m, "
+           "self.bottleneck_v, False, 0.1, 1e-5, False))\n"
+           "  return torch.conv2d(h, self.grow_w, None, [1, 1], [1, 1])\n");
   const auto calibration = batches({4, 3, 12, 12});
   auto result = quantize(m, calibration);
   const auto x = torch::randn({4, 3, 12, 12});
@@ -114,8 +134,15 @@ TEST_CASE("a dense layer stays int8 through cat and a standalone batch_norm behi
   CHECK(count(graph, "quantized::cat(") == 1);
   CHECK(count(graph, "quantized::batch_norm_relu") == 1);
   CHECK(count(graph, "aten::batch_norm") == 0);
+  // The ReLU after the folded BatchNorm fuses into the conv, though the shape check also reads the conv's output.
+  CHECK(count(graph, "quantized::conv2d_relu") == 2);
+  CHECK(count(graph, "aten::relu") == 0);
   CHECK(count(graph, "aten::quantize_per_tensor") == 1);
-  CHECK(count(graph, "aten::dequantize") == 1);  // the shape check reads the int8 tensor
+  CHECK(count(graph, "aten::dequantize") == 1);  // the shape checks read the int8 tensors
+  // The cat's inputs (the stem, and its max-pooled copy) and output share one
+  // scale, so the cat copies bytes instead of requantizing.
+  const double stem_scale = result.report.at("quantize_int8").layers.at(0).metrics.at("scale");
+  CHECK(quantized_output_scale(result.module, "quantized::cat") == Approx(stem_scale).epsilon(1e-9));
 }
 
 TEST_CASE("a squeeze-excite gate multiplies in int8; an op without int8 kernel is listed") {

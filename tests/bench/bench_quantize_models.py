@@ -168,31 +168,38 @@ def measure_one(directory, name, engine, rounds, data):
     model.eval()
     key = "mnist" if name == "small_resnet" else "images"
     calibration, held_out = data[f"{key}_calibration"], data[f"{key}_held_out"]
-    fp32 = torch.jit.freeze(torch.jit.load(f"{directory}/{name}_fp32.pt").eval())
-    pare_int8 = torch.jit.load(f"{directory}/{name}_pare.pt")
-    out = {}
-    with torch.no_grad():
-        reference = fp32(held_out)
-        out["pare_sqnr_db"] = sqnr_db(reference, pare_int8(held_out))
-    timed = {"fp32": fp32, "pare": pare_int8}
+    fx, out = None, {}
     try:
         fx = fx_int8(model, list(calibration), engine)
-        with torch.no_grad():
-            out["fx_sqnr_db"] = sqnr_db(reference, fx(held_out))
-        # What a deployment of the FX result runs: scripted and frozen (faster than the GraphModule).
-        timed["fx"] = torch.jit.freeze(torch.jit.script(fx).eval())
     except Exception as e:  # noqa: BLE001 - FX tracing fails on some models; the table says so
         out["fx_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"
+
+    def loaded():
+        """Each runtime as a deployment loads it, never run yet. TorchScript's
+        executor specialises a module to the first input shapes it sees (other
+        shapes then take a slower fallback), so every measurement starts from
+        fresh modules: none is favoured by what ran before."""
+        models = {"fp32": torch.jit.freeze(torch.jit.load(f"{directory}/{name}_fp32.pt").eval()),
+                  "pare": torch.jit.load(f"{directory}/{name}_pare.pt")}
+        if fx is not None:
+            # What a deployment of the FX result runs: scripted and frozen (faster than the GraphModule).
+            models["fx"] = torch.jit.freeze(torch.jit.script(copy.deepcopy(fx)).eval())
+        return models
+
+    with torch.no_grad():
+        models = loaded()
+        reference = models["fp32"](held_out)
+        for runtime in ("pare", "fx"):
+            if runtime in models:
+                out[f"{runtime}_sqnr_db"] = sqnr_db(reference, models[runtime](held_out))
     shape = held_out.shape[1:]
     for batch, per_round in [(1, 10), (8, 3)]:
-        for runtime, ms in medians_ms(timed, torch.randn(batch, *shape), rounds, per_round).items():
+        for runtime, ms in medians_ms(loaded(), torch.randn(batch, *shape), rounds, per_round).items():
             out[f"{runtime}_b{batch}_ms"] = ms
     if name == "small_resnet":
         x, y = fashion_mnist("test")
-        out["fp32_top1"] = accuracy(fp32, x, y)
-        out["pare_top1"] = accuracy(pare_int8, x, y)
-        if "fx" in timed:
-            out["fx_top1"] = accuracy(timed["fx"], x, y)
+        for runtime, module in loaded().items():
+            out[f"{runtime}_top1"] = accuracy(module, x, y)
     return out
 
 
