@@ -13,6 +13,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -32,6 +33,9 @@ using Inputs = std::vector<c10::IValue>;
 struct ServedModel {
   torch::jit::Module module;
   std::string cache_namespace;
+  /// The module each batch size runs on (Runner: RunnerOptions::model_copies).
+  std::mutex copies_mutex;
+  std::map<int64_t, torch::jit::Module> copies;
 };
 
 struct Request {

@@ -120,7 +120,12 @@ std::vector<BenchRow> benchmark_models(std::vector<std::pair<std::string, torch:
   for (auto& [name, module] : models) {
     module = detail::eval_module(module);  // the caller's module keeps its mode
     for (auto batch : options.batches())
-      for (int threads : options.threads()) rows.push_back(measure(name, module, batch, threads, options));
+      for (int threads : options.threads()) {
+        // A fresh copy per cell: TorchScript specialises a method to the input
+        // shapes it runs first, and other shapes then take a slower fallback.
+        auto fresh = detail::reloaded(module, "bench: model '" + name + "'");
+        rows.push_back(measure(name, fresh, batch, threads, options));
+      }
   }
   const size_t cells = options.batches().size() * options.threads().size();
   for (size_t i = cells; i < rows.size(); ++i) {

@@ -1,9 +1,15 @@
 #pragma once
-// Running a caller's module in eval mode without changing the caller's module:
-// torch::jit::Module is a handle, so eval() on it would flip the caller's
-// training flags (and race with the caller's own use of the module).
+// Copies of a caller's module. torch::jit::Module is a handle, so eval() on it
+// would flip the caller's training flags (and race with the caller's own use
+// of the module); and a method keeps the execution plan of the inputs it ran
+// first, so an edited graph or a new input shape needs new methods.
+
+#include <sstream>
+#include <string>
 
 #include <torch/script.h>
+
+#include "torch_errors.hpp"
 
 namespace pare::detail {
 
@@ -21,6 +27,18 @@ inline torch::jit::Module eval_module(const torch::jit::Module& module) {
   auto copy = module.clone();
   copy.eval();
   return copy;
+}
+
+/// A fresh module from serialized bytes: its methods have run nothing yet, so
+/// an edited graph gets a new execution plan and the first input shapes they
+/// see are the ones they are specialised for; a module that cannot be saved
+/// fails here (named by `what`) rather than at export.
+inline torch::jit::Module reloaded(const torch::jit::Module& module, const std::string& what) {
+  return translate_torch_errors(what + ": the model failed to save and reload", [&] {
+    std::stringstream bytes;
+    module.save(bytes);
+    return torch::jit::load(bytes);
+  });
 }
 
 }  // namespace pare::detail

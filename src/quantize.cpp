@@ -52,14 +52,6 @@ torch::jit::Module frozen_copy(const torch::jit::Module& module, const std::stri
 
 // A fresh module from serialized bytes: the edited graph gets a new execution
 // plan, and a module that cannot be saved fails here rather than at export.
-torch::jit::Module reloaded(const torch::jit::Module& module, const std::string& pass) {
-  return translate_torch_errors(pass + ": the quantized model failed to save and reload", [&] {
-    std::stringstream bytes;
-    module.save(bytes);
-    return torch::jit::load(bytes);
-  });
-}
-
 void add_float_layers(const std::vector<detail::FloatLayer>& layers, PassReport& entry, json& record) {
   for (const auto& f : layers) {
     LayerReport layer;

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "pare/pipeline.hpp"
+#include "eval_module.hpp"
 #include "quantize_graph.hpp"
 #include "text.hpp"
 
@@ -17,9 +18,6 @@ namespace pare::detail {
 /// the convolutions. "training" survives so later passes (ExportTorchScript's
 /// freeze) can call eval() on the result.
 torch::jit::Module frozen_copy(const torch::jit::Module& module, const std::string& pass);
-/// A fresh module from serialized bytes: the edited graph gets a new execution
-/// plan, and a module that cannot be saved fails here rather than at export.
-torch::jit::Module reloaded(const torch::jit::Module& module, const std::string& pass);
 /// Lists layers left in float in the report and in the export's record.
 void add_float_layers(const std::vector<FloatLayer>& layers, PassReport& entry, nlohmann::json& record);
 /// pare::Error unless `engine` is empty or a quantized engine this LibTorch has.

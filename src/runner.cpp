@@ -79,7 +79,10 @@ struct Runner::Impl {
       module = module.clone();
       module.to(io->device());
     }
-    return std::make_shared<ServedModel>(ServedModel{module, cache_namespace.value_or("")});
+    auto served = std::make_shared<ServedModel>();
+    served->module = std::move(module);
+    served->cache_namespace = cache_namespace.value_or("");
+    return served;
   }
 
   void install(std::shared_ptr<ServedModel> served) {
@@ -92,13 +95,31 @@ struct Runner::Impl {
     return model;
   }
 
-  c10::IValue forward(ServedModel& served, const Inputs& inputs) {
+  // The module a batch of `rows` rows runs on. TorchScript's executor and
+  // onednn's int8 kernels keep the plan of the first input shape they run, and
+  // other shapes pay for a new plan on every call (docs/serving.md): each batch
+  // size gets a copy of its own, up to model_copies(); the first size (the
+  // warm-up's) runs on the module itself, sizes beyond the limit share it.
+  torch::jit::Module module_for(ServedModel& served, int64_t rows) {
+    if (options.model_copies() == 0 || io->on_accelerator()) return served.module;
+    {
+      std::lock_guard<std::mutex> lock(served.copies_mutex);
+      if (auto it = served.copies.find(rows); it != served.copies.end()) return it->second;
+      if (served.copies.empty()) return served.copies[rows] = served.module;
+      if (served.copies.size() >= options.model_copies()) return served.module;
+    }
+    auto copy = detail::reloaded(served.module, "Runner: a copy of the model for batches of " + std::to_string(rows));
+    std::lock_guard<std::mutex> lock(served.copies_mutex);
+    return served.copies.emplace(rows, std::move(copy)).first->second;  // a racing worker's copy wins
+  }
+
+  c10::IValue forward(ServedModel& served, const Inputs& inputs, int64_t rows) {
     torch::NoGradGuard no_grad;
     std::optional<PoolAllocatorGuard> pooled;
     const auto& pool = options.pool();
     if (pool && pool->options().memory() == PoolMemory::Host) pooled.emplace(*pool);
     try {
-      return served.module.forward(inputs);
+      return module_for(served, rows).forward(inputs);
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
@@ -109,7 +130,7 @@ struct Runner::Impl {
   // One request's inputs to the model's device, the forward pass, the output back as callers get it.
   c10::IValue forward_one(ServedModel& served, const Inputs& inputs, const std::optional<c10::Stream>& stream) {
     detail::Staging staging;
-    return io->deliver(forward(served, io->to_device(inputs, staging)), stream);
+    return io->deliver(forward(served, io->to_device(inputs, staging), detail::batch_rows(inputs)), stream);
   }
 
   void warm_up(ServedModel& served) {
@@ -198,7 +219,7 @@ struct Runner::Impl {
       for (const auto& r : batch) total += r->rows;
       detail::Staging staging;  // pinned host buffers, alive until deliver() has waited for the copy
       const auto merged = detail::merge_inputs(batch, [&](const auto& parts) { return io->stack(parts, staging); });
-      const auto output = io->deliver(forward(served, merged), stream);
+      const auto output = io->deliver(forward(served, merged, total), stream);
       int64_t begin = 0;
       for (auto& r : batch) {
         r->answer(success(detail::split_rows(output, begin, r->rows, total)));
@@ -317,6 +338,10 @@ RunnerStats Runner::stats() const {
   impl_->latencies.fill(stats);
   stats.seconds = seconds_since(impl_->started);
   stats.queue_depth = impl_->queue->depth();
+  if (const auto served = impl_->current_model()) {
+    std::lock_guard<std::mutex> lock(served->copies_mutex);
+    stats.model_copies = served->copies.size();
+  }
   std::lock_guard<std::mutex> lock(impl_->mutex);
   stats.batches = impl_->batches;
   stats.swaps = impl_->swaps;

@@ -81,6 +81,8 @@ std::string runner_prometheus(const RunnerStats& s, const LatencyRecorder& laten
   counter("pare_runner_swaps_total", "Models installed by swap().", s.swaps);
   counter("pare_runner_batches_total", "Batches: forward passes run (cache hits run none).", s.batches);
   prometheus::append_metric(out, "pare_runner_queue_depth", "gauge", "Requests waiting in the queue.", double(s.queue_depth));
+  prometheus::append_metric(out, "pare_runner_model_copies", "gauge", "Batch sizes the model runs on a module of its own for.",
+                            double(s.model_copies));
   prometheus::append_metric(out, "pare_runner_throughput_requests_per_second", "gauge", "Requests per second since start.", s.throughput());
   append_batch_histogram(out, s.batch_sizes);
   latencies.append_prometheus(out);

@@ -67,6 +67,14 @@ class RunnerOptions {
   RunnerOptions& device(c10::Device value) { device_ = value; return *this; }
   /// On a GPU: leave outputs on the device (true) or copy them to the host (false, the default).
   RunnerOptions& outputs_on_device(bool value) { outputs_on_device_ = value; return *this; }
+  /// Batch sizes (row counts) that run on a module of their own, at most; the
+  /// first size served runs on the module itself, the others on copies made on
+  /// first use, and sizes beyond the limit share the module. TorchScript's
+  /// executor and onednn's int8 kernels keep the plan of the first input shape
+  /// they run: other shapes pay for a new plan on every call (docs/serving.md).
+  /// Each copy costs the model's memory once. 0: every batch runs on the one
+  /// module. CPU only (a GPU model is served as one copy).
+  RunnerOptions& model_copies(size_t sizes) { model_copies_ = sizes; return *this; }
 
   const std::shared_ptr<InferenceCache>& cache() const { return cache_; }
   const std::optional<std::string>& cache_namespace() const { return cache_namespace_; }
@@ -82,6 +90,7 @@ class RunnerOptions {
   int threads() const { return threads_; }
   const c10::Device& device() const { return device_; }
   bool outputs_on_device() const { return outputs_on_device_; }
+  size_t model_copies() const { return model_copies_; }
 
  private:
   std::shared_ptr<InferenceCache> cache_;
@@ -98,6 +107,7 @@ class RunnerOptions {
   int threads_ = 1;
   c10::Device device_ = c10::kCPU;
   bool outputs_on_device_ = false;
+  size_t model_copies_ = 8;
 };
 
 struct RunnerStats {
@@ -108,6 +118,7 @@ struct RunnerStats {
   uint64_t swaps = 0;                  ///< models installed by swap()
   uint64_t batches = 0;                ///< forward passes run (cache hits run none)
   uint64_t queue_depth = 0;            ///< requests waiting now
+  uint64_t model_copies = 0;           ///< batch sizes the served model runs on a module of its own for
   double seconds = 0;                  ///< since construction
   double p50_ms = 0, p95_ms = 0, p99_ms = 0, max_ms = 0;  ///< over the most recent requests (rejections excluded)
   std::vector<uint64_t> batch_sizes;   ///< batch_sizes[n]: forward passes that merged n requests

@@ -20,6 +20,7 @@ void bind_runner_stats(py::module_& m) {
       .def_readonly("swaps", &RunnerStats::swaps)
       .def_readonly("batches", &RunnerStats::batches)
       .def_readonly("queue_depth", &RunnerStats::queue_depth)
+      .def_readonly("model_copies", &RunnerStats::model_copies)
       .def_readonly("seconds", &RunnerStats::seconds)
       .def_readonly("p50_ms", &RunnerStats::p50_ms)
       .def_readonly("p95_ms", &RunnerStats::p95_ms)
@@ -59,7 +60,7 @@ RunnerHolder make_runner(const py::object& module, const py::object& cache, cons
                          int64_t max_batch, double max_delay, int threads, int warmup,
                          const py::object& example_inputs, double batch_gap, size_t max_queue, double timeout,
                          std::vector<int64_t> preferred_batch_sizes, const py::object& cache_namespace,
-                         const py::object& device, bool outputs_on_device) {
+                         const py::object& device, bool outputs_on_device, size_t model_copies) {
   auto options = RunnerOptions().max_batch(max_batch).threads(threads).warmup(warmup).max_delay(
       from_seconds<std::chrono::microseconds>(max_delay, "max_delay"));
   options.batch_gap(from_seconds<std::chrono::microseconds>(batch_gap, "batch_gap"))
@@ -71,6 +72,7 @@ RunnerHolder make_runner(const py::object& module, const py::object& cache, cons
   if (!example_inputs.is_none()) options.example_inputs(to_inputs(example_inputs, "Runner(example_inputs=...)"));
   if (!cache_namespace.is_none()) options.cache_namespace(cache_namespace.cast<std::string>());
   options.device(parse_device(device, "Runner(device=...)")).outputs_on_device(outputs_on_device);
+  options.model_copies(model_copies);
   auto scripted = unwrap_module(module, "Runner");
   py::gil_scoped_release release;
   return RunnerHolder(new Runner(scripted, options));
@@ -169,7 +171,8 @@ void bind_runner(py::module_& m) {
            py::arg("max_batch") = 1, py::arg("max_delay") = 1e-3, py::arg("threads") = 1, py::arg("warmup") = 0,
            py::arg("example_inputs") = py::none(), py::arg("batch_gap") = 1e-4, py::arg("max_queue") = 0,
            py::arg("timeout") = 0.0, py::arg("preferred_batch_sizes") = std::vector<int64_t>{},
-           py::arg("cache_namespace") = py::none(), py::arg("device") = "cpu", py::arg("outputs_on_device") = false)
+           py::arg("cache_namespace") = py::none(), py::arg("device") = "cpu", py::arg("outputs_on_device") = false,
+           py::arg("model_copies") = RunnerOptions().model_copies())
       .def("run",
            [](Runner& runner, py::args args, py::kwargs kwargs) {
              auto inputs = to_inputs(args, "Runner.run");

@@ -166,3 +166,13 @@ def test_swap_keeps_serving(doubling):
     assert torch.equal(runner(torch.full((1, 2), 2.0)), torch.full((1, 2), 6.0))
     with pytest.raises(ValueError, match="ScriptModule"):
         runner.swap(Tripling())
+
+
+def test_each_batch_size_gets_its_own_module_up_to_model_copies(doubling):
+    runner = pare.Runner(doubling, max_batch=8, model_copies=2)
+    for rows in (1, 2, 3, 1):
+        x = torch.rand(rows, 3)
+        assert torch.equal(runner.run(x), x * 2 + 1)
+    assert runner.stats().model_copies == 2  # batch 3 shares the module: beyond the limit
+    assert "pare_runner_model_copies 2" in runner.to_prometheus()
+    assert pare.Runner(doubling, max_batch=8, model_copies=0).stats().model_copies == 0

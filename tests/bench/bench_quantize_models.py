@@ -141,14 +141,18 @@ def sqnr_db(ref, approx):
 
 
 def medians_ms(models, x, rounds, per_round):
-    """Median forward time per model; the models take turns in short rounds."""
+    """Median forward time per model; the models take turns in short rounds.
+    Each round starts with the next model: whoever runs right after the
+    largest model finds the caches full of its data, so no model may always
+    follow the same one."""
     times = {name: [] for name in models}
+    order = list(models.items())
     with torch.no_grad():
         for model in models.values():
             for _ in range(3):
                 model(x)
-        for _ in range(rounds):
-            for name, model in models.items():
+        for r in range(rounds):
+            for name, model in order[r % len(order):] + order[: r % len(order)]:
                 for _ in range(per_round):
                     start = time.perf_counter()
                     model(x)

@@ -8,7 +8,11 @@
 //  3. hot swap: N clients while the model is swapped `--swaps` times.
 // Prints tables and ratios measured in this run.
 //
-//   bench_runner [--seconds 2] [--clients 8] [--swaps 100] [--gap-us 100] [--only closed]
+//   bench_runner [--seconds 2] [--clients 8] [--workers W] [--model-copies C] [--swaps 100] [--gap-us 100] [--only closed]
+//
+// Unbatched, every client runs the model on its own thread; batched runners
+// have W workers (default 1: on two cores, two workers beside eight clients
+// ran fewer batches per second than one).
 
 #include <unistd.h>
 
@@ -35,6 +39,8 @@ struct Config {
   double seconds = 2;
   int clients = 8;
   int swaps = 100;
+  int workers = 1;
+  size_t model_copies = pare::RunnerOptions().model_copies();
   std::chrono::microseconds gap = pare::RunnerOptions().batch_gap();
   std::string only;  // "closed": the closed-loop tables alone
 };
@@ -86,12 +92,13 @@ std::vector<Measured> closed_loop_table(const torch::jit::Module& model, const e
   };
   const auto delay = std::chrono::milliseconds(1);
   drive("no batching", 1, false, pare::RunnerOptions().max_batch(1));
+  const auto batched = pare::RunnerOptions().threads(config.workers).max_delay(delay).model_copies(config.model_copies);
   for (int64_t b : {8, 16, 32, 64})  // a gap as long as the delay: the fixed-delay rule
     drive("fixed delay 1ms, max_batch=" + std::to_string(b), b, false,
-          pare::RunnerOptions().max_batch(b).max_delay(delay).batch_gap(delay));
+          pare::RunnerOptions(batched).max_batch(b).batch_gap(delay));
   for (int64_t b : {8, 16, 32, 64})
     drive("gap rule, max_batch=" + std::to_string(b), b, true,
-          pare::RunnerOptions().max_batch(b).max_delay(delay).batch_gap(config.gap));
+          pare::RunnerOptions(batched).max_batch(b).batch_gap(config.gap));
 
   double best = 0, worst = 1e30, base = runs.front().stats.throughput();
   for (const auto& r : runs)
@@ -177,6 +184,8 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--seconds")) config.seconds = std::atof(argv[i + 1]);
     if (!std::strcmp(argv[i], "--clients")) config.clients = std::atoi(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--workers")) config.workers = std::max(1, std::atoi(argv[i + 1]));
+    if (!std::strcmp(argv[i], "--model-copies")) config.model_copies = size_t(std::max(0, std::atoi(argv[i + 1])));
     if (!std::strcmp(argv[i], "--swaps")) config.swaps = std::max(1, std::atoi(argv[i + 1]));
     if (!std::strcmp(argv[i], "--only")) config.only = argv[i + 1];
     if (!std::strcmp(argv[i], "--gap-us")) config.gap = std::chrono::microseconds(std::atoi(argv[i + 1]));
@@ -188,8 +197,9 @@ int main(int argc, char** argv) {
   const std::vector<std::pair<std::string, torch::jit::Module>> models{{"int8 CNN", int8},
                                                                       {"fp32 CNN", torch::jit::freeze(fp32)}};
   std::printf("# bench_runner: %d client threads, single 1x1x28x28 Fashion-MNIST images, %.1f s per run, "
-              "LibTorch threads %d, %u hardware threads\n",
-              config.clients, config.seconds, torch::get_num_threads(), std::thread::hardware_concurrency());
+              "%d batch workers, model_copies %zu, LibTorch threads %d, %u hardware threads\n",
+              config.clients, config.seconds, config.workers, config.model_copies, torch::get_num_threads(),
+              std::thread::hardware_concurrency());
   for (const auto& [name, model] : models) {
     std::printf("\n## %s\n\nclosed loop, %d clients, max_delay 1 ms, batch_gap %lld us:\n", name.c_str(),
                 config.clients, (long long)config.gap.count());
