@@ -109,8 +109,10 @@ struct Runner::Impl {
       if (served.copies.size() >= options.model_copies()) return served.module;
     }
     auto copy = detail::reloaded(served.module, "Runner: a copy of the model for batches of " + std::to_string(rows));
-    std::lock_guard<std::mutex> lock(served.copies_mutex);
-    return served.copies.emplace(rows, std::move(copy)).first->second;  // a racing worker's copy wins
+    std::lock_guard<std::mutex> lock(served.copies_mutex);  // workers may have added sizes meanwhile
+    if (auto it = served.copies.find(rows); it != served.copies.end()) return it->second;
+    if (served.copies.size() >= options.model_copies()) return served.module;
+    return served.copies.emplace(rows, std::move(copy)).first->second;
   }
 
   c10::IValue forward(ServedModel& served, const Inputs& inputs, int64_t rows) {
