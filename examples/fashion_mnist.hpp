@@ -49,7 +49,9 @@ void train(torch::nn::Module& module, const std::function<torch::Tensor(const to
 /// Top-1 accuracy in percent.
 double accuracy(torch::jit::Module& module, const Dataset& data);
 
-/// Median wall time of one forward pass at `batch`, in milliseconds.
+/// Median wall time of one forward pass at `batch`, in milliseconds. Give it a
+/// module that has run no other input shape: TorchScript and onednn's int8
+/// kernels keep the plan of the first shape a module runs.
 double median_latency_ms(torch::jit::Module& module, int64_t batch, int repeats = 50);
 
 /// A one-line text progress bar on stderr; the loss is shown unless it is NaN.
