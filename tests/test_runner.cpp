@@ -361,33 +361,6 @@ TEST_CASE("swap: queued requests finish on the old model, new ones run on the ne
   CHECK_THROWS_WITH(runner.swap(empty), Catch::Contains("no forward method"));
 }
 
-TEST_CASE("swaps under concurrent load fail and drop nothing") {
-  torch::set_num_threads(1);
-  pare::Runner runner(row_model(), pare::RunnerOptions().max_batch(8).threads(2));
-  std::atomic<bool> stop{false};
-  std::atomic<int> wrong{0}, answered{0};
-  std::vector<std::thread> clients;
-  for (int t = 0; t < 4; ++t) {
-    clients.emplace_back([&, t] {
-      for (int i = 0; !stop || i < 20; ++i) {
-        const float value = float(t * 1000 + i % 1000);
-        try {
-          wrong += !torch::equal(runner.run({row(value)}).toTensor(), row(value * 2 + 1));
-        } catch (const pare::Error&) {
-          ++wrong;
-        }
-        ++answered;
-      }
-    });
-  }
-  for (int s = 0; s < 20; ++s) runner.swap(row_model());
-  stop = true;
-  for (auto& c : clients) c.join();
-  CHECK(wrong == 0);
-  CHECK(runner.stats().requests == uint64_t(answered));
-  CHECK(runner.stats().swaps == 20);
-}
-
 TEST_CASE("Prometheus exposition: latency and batch size histograms, queue depth, counters") {
   pare::Runner runner(row_model(), pare::RunnerOptions().max_batch(4).max_delay(kForever).batch_gap(kForever));
   std::vector<std::future<c10::IValue>> futures;

@@ -1,4 +1,5 @@
-// RunnerOptions::model_copies: each batch size runs on a module of its own
+// Which module serves a request: hot swaps under load, and
+// RunnerOptions::model_copies — each batch size runs on a module of its own
 // (TorchScript's executor and onednn's int8 kernels keep the plan of the first
 // input shape they run), up to the limit; the results are the model's.
 
@@ -72,4 +73,32 @@ TEST_CASE("concurrent batches of many sizes all get the model's results") {
   for (auto& t : clients) t.join();
   CHECK(wrong == 0);
   CHECK(runner.stats().model_copies <= 4);
+}
+
+TEST_CASE("swaps under concurrent load fail and drop nothing") {
+  torch::set_num_threads(1);
+  auto model = doubling_linear();
+  pare::Runner runner(model, pare::RunnerOptions().max_batch(8).threads(2));
+  std::atomic<bool> stop{false};
+  std::atomic<int> wrong{0}, answered{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 4; ++t) {
+    clients.emplace_back([&, t] {
+      for (int i = 0; !stop || i < 20; ++i) {
+        const auto x = row(float(t * 1000 + i % 1000));
+        try {
+          wrong += !torch::allclose(runner.run({x}).toTensor(), model.forward({x}).toTensor());
+        } catch (const pare::Error&) {
+          ++wrong;
+        }
+        ++answered;
+      }
+    });
+  }
+  for (int s = 0; s < 20; ++s) runner.swap(doubling_linear());
+  stop = true;
+  for (auto& c : clients) c.join();
+  CHECK(wrong == 0);
+  CHECK(runner.stats().requests == uint64_t(answered));
+  CHECK(runner.stats().swaps == 20);
 }
