@@ -2,10 +2,19 @@
 
 #include <algorithm>
 #include <iterator>
+#include <utility>
 
 #include "ivalue_walk.hpp"
 
 namespace pare::detail {
+
+void Request::answer(RunOutcome outcome) {
+  answered = true;
+  // Before the caller sees its answer: a caller that sends its next request at
+  // once must not be counted twice (rule 3 would wait for one too many).
+  if (running_in) std::exchange(running_in, nullptr)->finished();
+  done(std::move(outcome));
+}
 
 bool BatchQueue::push(RequestPtr& request) {
   {
@@ -18,6 +27,7 @@ bool BatchQueue::push(RequestPtr& request) {
     }
     last_arrival_ = now;
     queue_.push_back(std::move(request));
+    peak_ = std::max(peak_, queue_.size() + running_);
   }
   wake_.notify_one();
   return true;
@@ -40,6 +50,11 @@ void BatchQueue::close() {
   wake_.notify_all();
 }
 
+void BatchQueue::finished() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  --running_;
+}
+
 size_t BatchQueue::depth() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return queue_.size();
@@ -51,13 +66,16 @@ std::vector<RequestPtr> BatchQueue::next_batch(std::vector<RequestPtr>& expired)
     wake_.wait(lock, [&] { return closed_ || !queue_.empty(); });
     if (queue_.empty()) return {};  // closed and drained
     // This worker is idle: wait while more company may come (each push wakes it).
-    while (!closed_ && !queue_.empty() && rows_queued() < full_rows()) {
+    while (!closed_ && !queue_.empty() && rows_queued() < full_rows() && !everyone_here()) {
       const auto at = due_at();
       if (Clock::now() >= at) break;
       wake_.wait_until(lock, at);
     }
     if (queue_.empty()) continue;  // another worker took them meanwhile
     auto batch = take(Clock::now(), expired);
+    for (auto& r : batch) r->running_in = this;
+    running_ += batch.size();
+    if (++batches_ % kWindow == 0) previous_peak_ = std::exchange(peak_, queue_.size() + running_);
     if (!queue_.empty()) wake_.notify_one();  // leftovers: another idle worker may start on them
     if (!batch.empty() || !expired.empty()) return batch;
   }
@@ -69,6 +87,12 @@ std::vector<RequestPtr> BatchQueue::next_batch(std::vector<RequestPtr>& expired)
 Clock::duration BatchQueue::gap() const {
   if (spacing_.count() == 0) return rule_.gap;
   return std::min(rule_.gap, std::max(rule_.gap / 8, 4 * spacing_));
+}
+
+// A gap of max_delay or more turns rule 3 off, this part of it too: only a full
+// batch or max_delay sends one then.
+bool BatchQueue::everyone_here() const {
+  return rule_.gap < rule_.max_delay && queue_.size() + running_ >= std::max(peak_, previous_peak_);
 }
 
 Clock::time_point BatchQueue::due_at() const {

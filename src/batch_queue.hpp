@@ -4,9 +4,11 @@
 // A batch goes out when the first of these holds:
 //   1. full: the queued rows reach max_batch (or the largest preferred size);
 //   2. the oldest request has waited max_delay;
-//   3. waiting can't help: no request arrived for the gap while this worker sat
-//      idle. The gap is 4x the recent spacing of arrivals that found company
-//      (a burst's own rhythm), at most batch_gap and at least batch_gap / 8.
+//   3. waiting can't help: every request the runner has lately held at once is
+//      here (queued or running: in a closed loop, all the callers are waiting),
+//      or no request arrived for the gap while this worker sat idle. The gap is
+//      4x the recent spacing of arrivals that found company (a burst's own
+//      rhythm), at most batch_gap and at least batch_gap / 8.
 // Requests past their deadline are taken out and answered with Timeout; they never run.
 
 #include <functional>
@@ -38,6 +40,8 @@ struct ServedModel {
   std::map<int64_t, torch::jit::Module> copies;
 };
 
+class BatchQueue;
+
 struct Request {
   uint64_t id = 0;  // what cancel() looks for (an address could be reused by a later request)
   Inputs inputs;
@@ -47,11 +51,9 @@ struct Request {
   Clock::time_point deadline = Clock::time_point::max();
   Runner::Done done;
   bool answered = false;
+  BatchQueue* running_in = nullptr;  // set while a worker of this queue has it
 
-  void answer(RunOutcome outcome) {
-    answered = true;
-    done(std::move(outcome));
-  }
+  void answer(RunOutcome outcome);
 };
 using RequestPtr = std::unique_ptr<Request>;
 
@@ -77,6 +79,8 @@ class BatchQueue {
   /// Wakes every worker; queued requests are still handed out, then next_batch returns empty.
   void close();
   size_t depth() const;
+  /// A request next_batch() handed out was answered (Request::answer calls it).
+  void finished();
 
  private:
   Clock::time_point due_at() const;  // when the front batch goes out by delay or gap
@@ -85,6 +89,7 @@ class BatchQueue {
   int64_t full_rows() const;
   std::vector<RequestPtr> take(Clock::time_point now, std::vector<RequestPtr>& expired);
   int64_t cut_to_preferred(int64_t rows) const;
+  bool everyone_here() const;
 
   const BatchRule rule_;
   mutable std::mutex mutex_;
@@ -92,6 +97,13 @@ class BatchQueue {
   std::deque<RequestPtr> queue_;
   Clock::time_point last_arrival_{};
   Clock::duration spacing_{0};  // moving average of arrival spacing within bursts; 0: none seen yet
+  // Rule 3's concurrency: the most requests held at once (queued + running)
+  // in this window of kWindow batches and in the last one, so that it follows
+  // the callers when they become fewer.
+  static constexpr uint64_t kWindow = 64;
+  size_t running_ = 0;
+  size_t peak_ = 0, previous_peak_ = 0;
+  uint64_t batches_ = 0;
   bool closed_ = false;
 };
 

@@ -293,6 +293,26 @@ TEST_CASE("a lone request goes out when no other arrives, without waiting out ma
   CHECK(runner.stats().timeouts == 0);
 }
 
+TEST_CASE("a batch goes out once every caller the runner has lately held is back") {
+  // Half an hour of gap and an hour of delay: only rule 3's count of callers sends these batches in time.
+  g_gate.reset();
+  g_gate.close();
+  pare::Runner runner(gated_model(), pare::RunnerOptions().max_batch(64).max_delay(kForever).batch_gap(std::chrono::minutes(30)));
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  auto first = runner.run_async({row(0)}, deadline);  // alone in the runner: it goes at once
+  g_gate.wait_entered(1);
+  std::vector<std::future<c10::IValue>> rest;
+  for (int i = 1; i < 4; ++i) rest.push_back(runner.run_async({row(float(i))}, deadline));  // 4 held at once
+  g_gate.release();
+  CHECK(torch::equal(first.get().toTensor(), row(1)));  // 3 wait: one caller may come back
+  rest.push_back(runner.run_async({row(4)}, deadline));  // it has: all 4 are waiting
+  for (int i = 0; i < 4; ++i) CHECK(torch::equal(rest[i].get().toTensor(), row(2.0f * (i + 1) + 1)));
+  const auto stats = runner.stats();
+  CHECK(stats.batch_sizes.at(1) == 1);
+  CHECK(stats.batch_sizes.at(4) == 1);
+  CHECK(stats.timeouts == 0);
+}
+
 TEST_CASE("a full batch goes out at once; preferred sizes cap and cut batches") {
   SECTION("full") {
     pare::Runner runner(row_model(), pare::RunnerOptions().max_batch(4).max_delay(kForever).batch_gap(kForever));

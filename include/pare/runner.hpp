@@ -46,7 +46,9 @@ class RunnerOptions {
   RunnerOptions& max_batch(int64_t rows) { max_batch_ = rows; return *this; }
   /// The longest the first request of a batch waits for company.
   RunnerOptions& max_delay(std::chrono::microseconds value) { max_delay_ = value; return *this; }
-  /// A batch goes out early when no request arrived for this long: waiting longer can't help.
+  /// A batch goes out early when no request arrived for this long, or when every
+  /// request the runner has lately held at once is queued or running (all the
+  /// callers are waiting): waiting longer can't help. max_delay or more turns both off.
   RunnerOptions& batch_gap(std::chrono::microseconds value) { batch_gap_ = value; return *this; }
   /// Batch sizes (rows, ascending, each <= max_batch) the model runs best at: a batch
   /// reaching the largest goes out at once, and a batch sent early is cut to the

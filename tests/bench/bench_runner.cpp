@@ -8,11 +8,14 @@
 //  3. hot swap: N clients while the model is swapped `--swaps` times.
 // Prints tables and ratios measured in this run.
 //
-//   bench_runner [--seconds 2] [--clients 8] [--workers W] [--model-copies C] [--swaps 100] [--gap-us 100] [--only closed]
+//   bench_runner [--seconds 2] [--clients 8] [--workers W] [--batch-threads T] [--model-copies C] [--swaps 100]
+//                [--gap-us 100] [--only closed]
 //
-// Unbatched, every client runs the model on its own thread; batched runners
-// have W workers (default 1: on two cores, two workers beside eight clients
-// ran fewer batches per second than one).
+// Unbatched, every client runs the model on its own thread with one LibTorch
+// thread; batched runners have W workers (default 1: on two cores, two workers
+// beside eight clients ran fewer batches per second than one), each running a
+// batch on T LibTorch threads (default 1). Before the closed loop, the forward
+// passes alone give the most batching can win on this machine.
 
 #include <unistd.h>
 
@@ -40,6 +43,7 @@ struct Config {
   int clients = 8;
   int swaps = 100;
   int workers = 1;
+  int batch_threads = 1;
   size_t model_copies = pare::RunnerOptions().model_copies();
   std::chrono::microseconds gap = pare::RunnerOptions().batch_gap();
   std::string only;  // "closed": the closed-loop tables alone
@@ -84,9 +88,27 @@ pare::RunnerStats closed_loop(pare::Runner& runner, const ex::Dataset& images, i
   return runner.stats();
 }
 
+// What batching can win at most on this machine: a batch of 8 against one
+// image per core, the forward passes alone (fresh module per size, medians).
+void batching_ceiling(const torch::jit::Module& model, int batch_threads) {
+  auto median_ms = [&](int64_t batch, int threads) {
+    at::set_num_threads(threads);
+    const auto rows = pare::benchmark_models({{"m", model}}, pare::BenchOptions().inputs({{1, 1, 28, 28}}).batches({batch}).threads({1}).duration(std::chrono::milliseconds(500)));
+    return rows.front().p50_ms;
+  };
+  const double one = median_ms(1, 1), eight = median_ms(8, batch_threads);
+  const double cores = std::thread::hardware_concurrency();
+  std::printf("forward alone: batch 1 %.3f ms (1 thread), batch 8 %.3f ms (%d threads): at most %.2fx the "
+              "unbatched throughput of %.0f cores\n", one, eight, batch_threads, (8 / eight) / (cores / one), cores);
+}
+
 std::vector<Measured> closed_loop_table(const torch::jit::Module& model, const ex::Dataset& images, const Config& config) {
   std::vector<Measured> runs;
   auto drive = [&](std::string name, int64_t max_batch, bool gap_rule, pare::RunnerOptions options) {
+    // Each mode's best use of the cores: unbatched clients compute one image
+    // each on their own thread; a batch worker may spread a batch over several.
+    // Worker threads take the setting when they first run an operator.
+    at::set_num_threads(max_batch == 1 ? 1 : config.batch_threads);
     pare::Runner runner(model.clone(), warmed(options, images));
     runs.push_back({std::move(name), max_batch, gap_rule, closed_loop(runner, images, config.clients, config.seconds)});
   };
@@ -187,6 +209,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--workers")) config.workers = std::max(1, std::atoi(argv[i + 1]));
     if (!std::strcmp(argv[i], "--model-copies")) config.model_copies = size_t(std::max(0, std::atoi(argv[i + 1])));
     if (!std::strcmp(argv[i], "--swaps")) config.swaps = std::max(1, std::atoi(argv[i + 1]));
+    if (!std::strcmp(argv[i], "--batch-threads")) config.batch_threads = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--only")) config.only = argv[i + 1];
     if (!std::strcmp(argv[i], "--gap-us")) config.gap = std::chrono::microseconds(std::atoi(argv[i + 1]));
   }
@@ -203,6 +226,7 @@ int main(int argc, char** argv) {
   for (const auto& [name, model] : models) {
     std::printf("\n## %s\n\nclosed loop, %d clients, max_delay 1 ms, batch_gap %lld us:\n", name.c_str(),
                 config.clients, (long long)config.gap.count());
+    batching_ceiling(model, config.batch_threads);
     const auto runs = closed_loop_table(model, images, config);
     double capacity = 0;
     for (const auto& r : runs) capacity = std::max(capacity, r.stats.throughput());
