@@ -89,6 +89,16 @@ def test_deadline_already_past_times_out_without_running(doubling):
         pare.Runner(doubling, timeout=-1.0)
 
 
+def test_lone_caller_never_waits_for_company(doubling):
+    # An hour of delay, half an hour of gap: the runner has never held more than
+    # this one caller's request, so each goes at once (rule 3, docs/serving.md).
+    runner = pare.Runner(doubling, max_batch=64, max_delay=3600.0, batch_gap=1800.0)
+    for i in range(3):
+        x = torch.full((1, 2), float(i))
+        assert torch.equal(runner.run(x, timeout=60.0), x * 2 + 1)
+    assert runner.stats().timeouts == 0 and runner.stats().batch_sizes == {1: 3}
+
+
 def test_full_queue_rejects_with_overloaded(doubling):
     # One worker and a batch that waits an hour for company (max_batch 4, batch_gap
     # an hour too): two requests sit in the queue and the next ones are refused.
