@@ -7,7 +7,7 @@
 //  2. resnet18 (random weights, 3x64x64) at 50% channels: MACs, params, file
 //     size and 1-thread batch-8 latency before/after.
 //
-//   bench_channels [--train N] [--test N] [--epochs 2] [--recovery 2] [--seconds 2]
+//   bench_channels [--train N] [--test N] [--epochs 2] [--recovery 2] [--seconds 2] [--round-to 8]
 
 #include <algorithm>
 #include <cstdio>
@@ -31,6 +31,7 @@ namespace {
 struct Args {
   int64_t train = 60000, test = 10000;
   int epochs = 2, recovery = 2;
+  int64_t round_to = 8;
   double seconds = 2.0;
 };
 
@@ -43,6 +44,7 @@ Args parse(int argc, char** argv) {
     else if (flag == "--epochs") a.epochs = std::stoi(value);
     else if (flag == "--recovery") a.recovery = std::stoi(value);
     else if (flag == "--seconds") a.seconds = std::stod(value);
+    else if (flag == "--round-to") a.round_to = std::stoll(value);
     else throw std::runtime_error("unknown flag " + flag);
   }
   return a;
@@ -148,7 +150,7 @@ void small_resnet(const Args& a, const fs::path& dir) {
     if (calibration.size() < 16) calibration.push_back({b.images});
   }
   const std::vector<int64_t> shape{1, 1, 28, 28};
-  const auto base = pare::PruneChannelsOptions(0).round_to(8).input_shape(shape);
+  const auto base = pare::PruneChannelsOptions(0).round_to(a.round_to).input_shape(shape);
   auto distill = [&](const std::string& label) {
     return pare::Distill(pare::DistillOptions(model, batches).epochs(a.recovery).progress(
         ex::progress_bar("recovery " + label)));
@@ -159,15 +161,16 @@ void small_resnet(const Args& a, const fs::path& dir) {
   for (double factor : {2.0, 4.0}) {
     amounts[factor] = amount_for(model, factor, base);
     const std::string name = "channels " + std::to_string(int(factor)) + "x";
-    const auto options = pare::PruneChannelsOptions(amounts[factor]).round_to(8).input_shape(shape);
+    const auto options = pare::PruneChannelsOptions(amounts[factor]).round_to(a.round_to).input_shape(shape);
     variants.push_back(finish(name, pare::Pipeline().add(pare::PruneChannels(options)).add(distill(name)), model, test,
                               shape, &recovered));
   }
   variants.push_back(finish("4x + int8", pare::Pipeline().add(pare::QuantizeInt8(pare::QuantizeInt8Options(calibration))),
                             recovered, test, shape));
   std::printf("\nsmall ResNet on Fashion-MNIST: trained %d epochs on %lld images, recovery %d epochs of Distill, "
-              "test %lld images; channel amounts: 2x %.3f, 4x %.3f (round_to 8)\n",
-              a.epochs, (long long)train.size(), a.recovery, (long long)test.size(), amounts[2.0], amounts[4.0]);
+              "test %lld images; channel amounts: 2x %.3f, 4x %.3f (round_to %lld)\n",
+              a.epochs, (long long)train.size(), a.recovery, (long long)test.size(), amounts[2.0], amounts[4.0],
+              (long long)a.round_to);
   print_variants(variants);
   at::set_num_threads(1);
   std::printf("\nlatency, 1 intra-op thread, medians (ratios against fp32):\n");
