@@ -210,7 +210,9 @@ def measure_one(directory, name, engine, rounds, data):
 def measure(directory, engine, threads, rounds, names):
     torch.backends.quantized.engine = engine
     torch.set_num_threads(threads)
-    data = torch.load(f"{directory}/models_data.pt")
+    # Written by bench_quantize itself (torch::pickle_save of a dict): not weights
+    # alone, which torch.load refuses by default from PyTorch 2.6 on.
+    data = torch.load(f"{directory}/models_data.pt", weights_only=False)
     out = {"engine": engine, "torch": torch.__version__, "torchvision": torchvision.__version__}
     for name in names:
         print(f"measuring {name}...", file=sys.stderr)

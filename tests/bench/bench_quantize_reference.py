@@ -59,7 +59,7 @@ def accuracy(model, images, labels):
 
 
 def main():
-    data = torch.load(sys.argv[1])
+    data = torch.load(sys.argv[1], weights_only=False)  # written by bench_quantize (a pickled dict)
     engine = sys.argv[2]
     files = dict(arg.split("=", 1) for arg in sys.argv[3:])
     torch.backends.quantized.engine = engine
