@@ -3,10 +3,10 @@
 #include <torch/csrc/jit/ir/constants.h>
 
 #include <algorithm>
-#include <map>
 #include <optional>
-#include <set>
 #include <unordered_map>
+
+#include "channel_group_set.hpp"
 
 
 namespace pare::detail {
@@ -48,7 +48,7 @@ class Analyzer {
     paths_.emplace(graph->inputs()[0], "");
     walk(graph->block());
     for (Value* output : graph->outputs()) block_value(output, "model output");
-    return compact();
+    return groups_.finish();
   }
 
  private:
@@ -115,8 +115,7 @@ class Analyzer {
     if (depthwise && input && input->layout == Layout::Channels && int64_t(input->slots.size()) == out_channels) {
       add_cut(*weight_name, 0, input->slots, 1, true);
       if (bias_name) add_cut(*bias_name, 0, input->slots, 1, false);
-      if (std::find(depthwise_.begin(), depthwise_.end(), *weight_name) == depthwise_.end())
-        depthwise_.push_back(*weight_name);
+      groups_.add_depthwise(*weight_name);
       tracked_[node->output()] = *input;
       return true;
     }
@@ -124,12 +123,12 @@ class Analyzer {
       if (input->layout == Layout::Channels && int64_t(input->slots.size()) == weight.size(1))
         add_cut(*weight_name, 1, input->slots, 1, false);
       else
-        block_slots(input->slots, "input layout of " + layer);
+        groups_.block(input->slots, "input layout of " + layer);
     } else if (input) {
-      block_slots(input->slots, "grouped conv " + layer);
+      groups_.block(input->slots, "grouped conv " + layer);
     }
-    const auto out = new_group(*weight_name, out_channels);
-    if (spec->groups != 1) block_slots(out, depthwise ? "depthwise conv on an unprunable input " + layer
+    const auto out = groups_.new_group(*weight_name, out_channels);
+    if (spec->groups != 1) groups_.block(out, depthwise ? "depthwise conv on an unprunable input " + layer
                                                       : "grouped conv " + layer);
     add_cut(*weight_name, 0, out, 1, true);
     if (bias_name) add_cut(*bias_name, 0, out, 1, false);
@@ -149,10 +148,10 @@ class Analyzer {
       if (input->layout == Layout::Flattened && in_features % channels == 0) block = in_features / channels;
       if (input->layout != Layout::Flattened && input->layout != Layout::Channels && in_features == channels) block = 1;
       if (block > 0) add_cut(*weight_name, 1, input->slots, block, false);
-      else block_slots(input->slots, "input layout of " + owner_of(*weight_name));
+      else groups_.block(input->slots, "input layout of " + owner_of(*weight_name));
       if (input->layout != Layout::Last) out_layout = Layout::Features;
     }
-    const auto out = new_group(*weight_name, weight.size(0));
+    const auto out = groups_.new_group(*weight_name, weight.size(0));
     add_cut(*weight_name, 0, out, 1, true);
     if (const auto bias_name = tensor_name(node->input(2))) add_cut(*bias_name, 0, out, 1, false);
     tracked_[node->output()] = {out, out_layout};
@@ -195,7 +194,7 @@ class Analyzer {
     const auto b = tracked(node->input(1));
     if (!a && !b) return true;
     if (!a || !b || a->layout != b->layout) return false;  // broadcasting against unknown channels
-    if (!tie(a->slots, b->slots, std::string(node->kind().toQualString()) + " of mismatched channels")) return true;
+    if (!groups_.tie(a->slots, b->slots, std::string(node->kind().toQualString()) + " of mismatched channels")) return true;
     tracked_[node->output()] = *a;
     return true;
   }
@@ -288,100 +287,20 @@ class Analyzer {
     return found->second;
   }
 
-  ChannelMap new_group(const std::string& producer, int64_t channels) {
-    const int id = int(groups_.size());
-    groups_.push_back({{owner_of(producer)}, channels, {}});
-    parent_.push_back(id);
-    ChannelMap slots(channels);
-    for (int64_t i = 0; i < channels; ++i) slots[i] = {id, i};
-    return slots;
-  }
-
-  int find(int g) {
-    while (parent_[g] != g) g = parent_[g] = parent_[parent_[g]];
-    return g;
-  }
-
-  // Channel i of `a` is channel i of `b`: their groups merge. Only identical
-  // channel positions can merge; anything else blocks both sides.
-  bool tie(const ChannelMap& a, const ChannelMap& b, const std::string& reason) {
-    bool aligned = a.size() == b.size();
-    for (size_t i = 0; aligned && i < a.size(); ++i) aligned = a[i].index == b[i].index;
-    if (!aligned) {
-      block_slots(a, reason);
-      block_slots(b, reason);
-      return false;
-    }
-    for (size_t i = 0; i < a.size(); ++i) parent_[find(a[i].group)] = find(b[i].group);
-    return true;
-  }
-
-  void block_slots(const ChannelMap& slots, const std::string& reason) {
-    std::set<int> seen;
-    for (const auto& slot : slots)
-      if (seen.insert(slot.group).second) groups_[slot.group].blocked_by.push_back(reason);
-  }
-
   void block_value(Value* value, const std::string& reason) {
-    if (const auto t = tracked(value)) block_slots(t->slots, reason);
+    if (const auto t = tracked(value)) groups_.block(t->slots, reason);
     const auto list = lists_.find(value);
     if (list == lists_.end()) return;
     for (const auto& item : list->second->items)
-      if (item) block_slots(item->slots, reason);
+      if (item) groups_.block(item->slots, reason);
   }
 
+  // The recorded cut must match the tensor: a shape pare does not expect keeps the group whole.
   void add_cut(const std::string& name, int64_t dim, const ChannelMap& slots, int64_t block, bool producer) {
     const auto tensor = tensor_at(name);
-    if (tensor.dim() <= dim || tensor.size(dim) != int64_t(slots.size()) * block) {
-      block_slots(slots, "unexpected shape of " + name);
-      return;
-    }
-    const auto key = std::make_pair(name, dim);
-    const auto found = cut_at_.find(key);
-    if (found == cut_at_.end()) {
-      const auto dot = name.rfind('.');
-      cut_at_.emplace(key, cuts_.size());
-      cuts_.push_back({dot == std::string::npos ? "" : name.substr(0, dot),
-                       dot == std::string::npos ? name : name.substr(dot + 1), dim, slots, block, producer});
-      return;
-    }
-    auto& cut = cuts_[found->second];  // a layer called twice: both calls must agree
-    cut.producer = cut.producer || producer;
-    if (cut.block != block) {
-      block_slots(cut.slots, "shared layer " + name);
-      block_slots(slots, "shared layer " + name);
-      return;
-    }
-    tie(cut.slots, slots, "shared layer " + name);
-  }
-
-  static std::string owner_of(const std::string& tensor_name) {
-    const auto dot = tensor_name.rfind('.');
-    return dot == std::string::npos ? "" : tensor_name.substr(0, dot);
-  }
-
-  // Merged groups get dense ids; reasons and producers are combined.
-  ChannelAnalysis compact() {
-    ChannelAnalysis out;
-    std::map<int, int> dense;
-    for (int g = 0; g < int(groups_.size()); ++g) {
-      const int root = find(g);
-      if (!dense.count(root)) {
-        dense[root] = int(out.groups.size());
-        out.groups.push_back({{}, groups_[root].channels, {}});
-      }
-      auto& group = out.groups[dense[root]];
-      group.producers.insert(group.producers.end(), groups_[g].producers.begin(), groups_[g].producers.end());
-      for (const auto& reason : groups_[g].blocked_by)
-        if (std::find(group.blocked_by.begin(), group.blocked_by.end(), reason) == group.blocked_by.end())
-          group.blocked_by.push_back(reason);
-    }
-    for (auto cut : cuts_) {
-      for (auto& slot : cut.slots) slot.group = dense.at(find(slot.group));
-      out.cuts.push_back(std::move(cut));
-    }
-    out.depthwise = depthwise_;
-    return out;
+    if (tensor.dim() <= dim || tensor.size(dim) != int64_t(slots.size()) * block)
+      return groups_.block(slots, "unexpected shape of " + name);
+    groups_.add_cut(name, dim, slots, block, producer);
   }
 
   const Module& root_;
@@ -389,11 +308,7 @@ class Analyzer {
   std::unordered_map<const Value*, std::string> paths_;
   std::unordered_map<const Value*, Tracked> tracked_;
   std::unordered_map<const Value*, std::shared_ptr<TrackedList>> lists_;
-  std::vector<ChannelGroup> groups_;
-  std::vector<int> parent_;
-  std::vector<TensorCut> cuts_;
-  std::map<std::pair<std::string, int64_t>, size_t> cut_at_;
-  std::vector<std::string> depthwise_;
+  ChannelGroupSet groups_;
 };
 
 }  // namespace
