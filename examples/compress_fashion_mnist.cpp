@@ -40,11 +40,8 @@ Row measure_file(const std::string& variant, const pare::Report& report, const s
   auto reloaded = torch::jit::load(path);
   Row row{variant};
   row.accuracy = ex::accuracy(reloaded, test);
-  // Each latency on the file loaded afresh: a module keeps the plan of the
-  // first input shape it runs, and runs other shapes slower.
-  auto for_b1 = torch::jit::load(path), for_b64 = torch::jit::load(path);
-  row.latency_b1 = ex::median_latency_ms(for_b1, 1, 200);
-  row.latency_b64 = ex::median_latency_ms(for_b64, 64, 30);
+  row.latency_b1 = ex::file_latency_ms(path, 1, 200);  // each on the file loaded afresh
+  row.latency_b64 = ex::file_latency_ms(path, 64, 30);
   // Counts from the last pass before this export that still saw float weights
   // (quantization freezes them into the graph).
   for (const auto& entry : report.passes) {

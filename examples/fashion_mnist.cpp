@@ -162,6 +162,11 @@ double median_latency_ms(torch::jit::Module& module, int64_t batch, int repeats)
   return times[times.size() / 2];
 }
 
+double file_latency_ms(const std::string& path, int64_t batch, int repeats) {
+  auto module = torch::jit::load(path);
+  return median_latency_ms(module, batch, repeats);
+}
+
 Progress progress_bar(const std::string& label) {
   return [label, last = -1](int64_t step, int64_t steps, double loss) mutable {
     const int percent = int(100 * step / std::max<int64_t>(steps, 1));

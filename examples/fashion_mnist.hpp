@@ -53,6 +53,8 @@ double accuracy(torch::jit::Module& module, const Dataset& data);
 /// module that has run no other input shape: TorchScript and onednn's int8
 /// kernels keep the plan of the first shape a module runs.
 double median_latency_ms(torch::jit::Module& module, int64_t batch, int repeats = 50);
+/// The same for the TorchScript file at `path`, loaded afresh for this batch size.
+double file_latency_ms(const std::string& path, int64_t batch, int repeats = 50);
 
 /// A one-line text progress bar on stderr; the loss is shown unless it is NaN.
 Progress progress_bar(const std::string& label);

@@ -80,11 +80,8 @@ double reload_in_python(const std::string& python, const std::string& path, cons
 Row measure(const std::string& variant, const pare::Result& result, const std::string& path, double accuracy) {
   Row row{variant, accuracy};
   row.file_mb = result.report.at("export_torchscript").metrics.at("file_bytes") / 1e6;
-  // Each latency on the file loaded afresh: a module keeps the plan of the
-  // first input shape it runs, and runs other shapes slower.
-  auto for_b1 = torch::jit::load(path), for_b64 = torch::jit::load(path);
-  row.latency_b1 = ex::median_latency_ms(for_b1, 1, 200);
-  row.latency_b64 = ex::median_latency_ms(for_b64, 64, 30);
+  row.latency_b1 = ex::file_latency_ms(path, 1, 200);  // each on the file loaded afresh
+  row.latency_b64 = ex::file_latency_ms(path, 64, 30);
   // Counts from the last pass that still saw float weights (quantization freezes them into the graph).
   for (const auto& entry : result.report.passes) {
     if (entry.total_parameters() == 0) continue;

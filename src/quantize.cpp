@@ -50,8 +50,6 @@ torch::jit::Module frozen_copy(const torch::jit::Module& module, const std::stri
   });
 }
 
-// A fresh module from serialized bytes: the edited graph gets a new execution
-// plan, and a module that cannot be saved fails here rather than at export.
 void add_float_layers(const std::vector<detail::FloatLayer>& layers, PassReport& entry, json& record) {
   for (const auto& f : layers) {
     LayerReport layer;
