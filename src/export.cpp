@@ -11,7 +11,10 @@
 
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/passes/freeze_module.h>
+#include <torch/csrc/jit/ir/constants.h>
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/passes/frozen_graph_optimizations.h>
+#include <torch/csrc/jit/runtime/graph_iterator.h>
 #include <torch/csrc/jit/serialization/import.h>
 
 #include "atomic_file.hpp"
@@ -50,6 +53,36 @@ double tensor_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
   if (!both_finite.logical_or(same_nonfinite).all().item<bool>()) return std::numeric_limits<double>::infinity();
   const auto finite_diff = (x - y).abs().masked_select(both_finite);
   return finite_diff.numel() == 0 ? 0.0 : finite_diff.max().item<double>();
+}
+
+bool is_convolution_2d(const torch::jit::Node* node) {
+  if (node->kind() == c10::aten::conv2d) return true;
+  if (node->kind() != c10::aten::_convolution) return false;
+  const auto transposed = torch::jit::toIValue(node->input(6));
+  return transposed && transposed->isBool() && !transposed->toBool();
+}
+
+// Gives every 2-D convolution whose weight is a graph constant (a frozen
+// module's) a channels-last copy of it; returns how many it converted. LibTorch
+// runs a convolution in channels-last order when its weight is, and its output
+// keeps that order, so the elementwise ops and convolutions after it follow.
+int64_t weights_to_channels_last(torch::jit::Module& module) {
+  int64_t converted = 0;
+  for (const auto& method : module.get_methods()) {
+    auto graph = method.graph();
+    torch::jit::DepthFirstGraphNodeIterator nodes(graph);
+    for (auto* node = nodes.next(); node != nullptr; node = nodes.next()) {
+      if (!is_convolution_2d(node)) continue;
+      const auto weight = torch::jit::toIValue(node->input(1));
+      if (!weight || !weight->isTensor() || weight->toTensor().dim() != 4 || !weight->toTensor().is_floating_point())
+        continue;
+      torch::jit::WithInsertPoint here(node);
+      node->replaceInput(1, graph->insertConstant(weight->toTensor().contiguous(at::MemoryFormat::ChannelsLast)));
+      ++converted;
+    }
+    torch::jit::EliminateDeadCode(graph);
+  }
+  return converted;
 }
 
 }  // namespace
@@ -96,6 +129,30 @@ ExportTorchScript::ExportTorchScript(ExportTorchScriptOptions options) : options
   require(!options_.path().empty(), "ExportTorchScript: path is empty; expected a file name such as \"model.pt\"");
   require(std::isfinite(options_.tolerance()) && options_.tolerance() >= 0,
           "ExportTorchScript: tolerance must be a finite number >= 0");
+  require(!options_.channels_last() || (options_.freeze() && !options_.verify_inputs().empty()),
+          "ExportTorchScript: channels_last needs freeze(true) (weights as constants) and verify_with(inputs) "
+          "(the converted module is checked on them)");
+}
+
+// Swaps in a channels-last copy of the frozen module when it runs the
+// verification inputs and matches the plain module's outputs; otherwise the
+// plain module stays and the report says why.
+void ExportTorchScript::try_channels_last(torch::jit::Module& module, const std::vector<torch::jit::IValue>& expected,
+                                          PassReport& entry) const {
+  auto converted = module.clone();  // a fresh copy: a method that has run keeps its execution plan
+  entry.metrics["channels_last_weights"] = double(weights_to_channels_last(converted));
+  std::string verdict = "true";
+  try {
+    double worst = 0.0;
+    for (size_t i = 0; i < expected.size(); ++i)
+      worst = std::max(worst, max_abs_diff(expected[i], converted.forward(options_.verify_inputs()[i])));
+    if (!(worst <= options_.tolerance()))
+      verdict = "false: its outputs differ from the plain module's by " + std::to_string(worst);
+  } catch (const std::exception& e) {
+    verdict = "false: the converted module failed on the verification inputs: " + detail::torch_message(e);
+  }
+  entry.labels["channels_last"] = verdict;
+  if (verdict == "true") module = converted;
 }
 
 void ExportTorchScript::run(Result& state, PassReport& entry) const {
@@ -109,6 +166,7 @@ void ExportTorchScript::run(Result& state, PassReport& entry) const {
   std::vector<torch::jit::IValue> expected;
   for (size_t i = 0; i < options_.verify_inputs().size(); ++i)
     expected.push_back(forward(state.module, options_.verify_inputs()[i], i, "exported"));
+  if (options_.channels_last()) try_channels_last(state.module, expected, entry);
 
   Report so_far = state.report;
   so_far.passes.push_back(entry);

@@ -104,6 +104,11 @@ TEST_CASE("bad export arguments give pare::Error") {
   TempDir dir;
   CHECK_THROWS_WITH(pare::ExportTorchScript(pare::ExportTorchScriptOptions("")), Catch::Contains("path is empty"));
   CHECK_THROWS_AS(pare::ExportTorchScript(pare::ExportTorchScriptOptions("m.pt").tolerance(-1)), pare::Error);
+  const std::vector<std::vector<torch::jit::IValue>> one_input{{torch::randn({1, 1, 28, 28})}};
+  CHECK_THROWS_WITH(pare::ExportTorchScript(pare::ExportTorchScriptOptions("m.pt").channels_last(true).verify_with(one_input)),
+                    Catch::Contains("channels_last needs freeze(true)"));
+  CHECK_THROWS_WITH(pare::ExportTorchScript(pare::ExportTorchScriptOptions("m.pt").channels_last(true).freeze(true)),
+                    Catch::Contains("verify_with"));
   auto model = pare::examples::make_fashion_cnn({4, 8, 16}, 5);
   const auto bad_input = std::vector<std::vector<torch::jit::IValue>>{{torch::randn({1, 3, 5, 5})}};
   CHECK_THROWS_WITH(pare::Pipeline()

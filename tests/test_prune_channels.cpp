@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include <torch/csrc/jit/ir/constants.h>
 #include <torch/csrc/jit/passes/freeze_module.h>
 
 #include "fashion_mnist.hpp"
@@ -152,6 +153,39 @@ TEST_CASE("torchvision models shrink, run, and their exports reload") {
         classifier_blocked = row.channels_after == 10;
     CHECK(classifier_blocked);
   }
+}
+
+// The first 2-D convolution weight among a module's graph constants.
+torch::Tensor first_conv_weight(const torch::jit::Module& module) {
+  for (const auto* node : module.get_method("forward").graph()->nodes())
+    if (node->kind() == c10::aten::conv2d) return torch::jit::toIValue(node->input(1))->toTensor();
+  throw std::runtime_error("no aten::conv2d in the graph");
+}
+
+TEST_CASE("a channels-last export stores NHWC weights, matches the plain module, and keeps the plain order where a view needs it") {
+  auto export_channels_last = [](const std::string& name, const std::vector<int64_t>& shape, bool prune) {
+    const auto path = (model_dir() / (name + "_nhwc.pt")).string();
+    const std::vector<std::vector<torch::jit::IValue>> inputs{{torch::randn(shape)}};
+    pare::Pipeline pipeline;
+    if (prune) pipeline.add(pare::PruneChannels(pare::PruneChannelsOptions(0.5).input_shape(shape)));
+    auto result = pipeline
+                      .add(pare::ExportTorchScript(
+                          pare::ExportTorchScriptOptions(path).freeze(true).channels_last(true).verify_with(inputs)))
+                      .run(load(name));
+    return std::make_pair(result.report.at("export_torchscript"), torch::jit::load(path));
+  };
+  auto [entry, reloaded] = export_channels_last("resnet18", {2, 3, 64, 64}, true);
+  CHECK(entry.labels.at("channels_last") == "true");
+  CHECK(entry.metrics.at("channels_last_weights") == 20);  // resnet18's 17 3x3/7x7 convs and 3 downsamples
+  CHECK(entry.metrics.at("max_abs_diff") <= 1e-5);  // the file against the plain module
+  CHECK(first_conv_weight(reloaded).is_contiguous(at::MemoryFormat::ChannelsLast));
+  CHECK_FALSE(first_conv_weight(reloaded).is_contiguous());
+
+  // all_blocked flattens a conv's output with view(-1, C*H*W): in NHWC order that view fails.
+  auto [kept, plain] = export_channels_last("all_blocked", {2, 3, 8, 8}, false);
+  CHECK_THAT(kept.labels.at("channels_last"), Catch::StartsWith("false: the converted module failed") && Catch::Contains("view"));
+  CHECK(first_conv_weight(plain).is_contiguous());
+  CHECK(forward(plain, torch::randn({1, 3, 8, 8})).sizes() == torch::IntArrayRef({1, 10}));
 }
 
 TEST_CASE("an op with unknown channel mapping keeps its groups whole and is named") {

@@ -73,13 +73,14 @@ void bind_pruning(py::module_& m) {
 
 void bind_export(py::module_& m) {
   py::class_<ExportTorchScript, Pass, std::shared_ptr<ExportTorchScript>>(m, "ExportTorchScript")
-      .def(py::init([](const std::string& path, bool freeze, const py::object& verify_with, double tolerance) {
+      .def(py::init([](const std::string& path, bool freeze, const py::object& verify_with, double tolerance,
+                       bool channels_last) {
              return std::make_shared<ExportTorchScript>(
-                 ExportTorchScriptOptions(path).freeze(freeze).tolerance(tolerance).verify_with(
+                 ExportTorchScriptOptions(path).freeze(freeze).tolerance(tolerance).channels_last(channels_last).verify_with(
                      to_input_batches(verify_with, "ExportTorchScript(verify_with=...)")));
            }),
            py::arg("path"), py::arg("freeze") = false, py::arg("verify_with") = py::none(),
-           py::arg("tolerance") = 1e-5);
+           py::arg("tolerance") = 1e-5, py::arg("channels_last") = false);
   m.def("read_embedded_report", &read_embedded_report, py::arg("path"));
 }
 

@@ -72,3 +72,38 @@ def test_verification_fails_on_nan_where_the_module_is_finite(tmp_path):
         pare.Pipeline([pare.ExportTorchScript(str(path), verify_with=[torch.ones(2, 3)])]).run(
             torch.jit.script(TurnsNaN()))
     assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+class FlattensWithView(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x).view(-1, 4 * 8 * 8)  # needs contiguous NCHW memory
+
+
+def test_channels_last_export_stores_nhwc_weights_and_keeps_nchw_where_a_view_needs_it(tmp_path):
+    import torchvision
+    torch.manual_seed(0)
+    model = torch.jit.script(torchvision.models.mobilenet_v2(num_classes=10).eval())
+    x, path = torch.randn(2, 3, 64, 64), str(tmp_path / "nhwc.pt")
+    _, report = pare.Pipeline([pare.ExportTorchScript(path, freeze=True, channels_last=True, verify_with=[x])]).run(model)
+    entry = report["export_torchscript"]
+    loaded = torch.jit.load(path)
+    weights = [list(n.inputs())[1].toIValue() for n in loaded.graph.findAllNodes("aten::conv2d")]
+    assert entry.labels["channels_last"] == "true"
+    assert entry.metrics["channels_last_weights"] == len(weights) == 52
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert not weights[0].is_contiguous()  # 3x3 over 3 channels (1x1 and depthwise weights are both orders at once)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-4)
+
+    plain = str(tmp_path / "plain.pt")
+    _, report = pare.Pipeline([pare.ExportTorchScript(plain, freeze=True, channels_last=True,
+                                                      verify_with=[torch.randn(2, 3, 8, 8)])]).run(
+        torch.jit.script(FlattensWithView().eval()))
+    assert report["export_torchscript"].labels["channels_last"].startswith("false: the converted module failed")
+    assert torch.jit.load(plain)(torch.randn(1, 3, 8, 8)).shape == (1, 256)
+    with pytest.raises(ValueError, match="channels_last needs freeze"):
+        pare.ExportTorchScript(plain, channels_last=True, verify_with=[torch.randn(2, 3, 8, 8)])
