@@ -59,15 +59,19 @@ std::string one_line(const std::string& message) {
 struct CompressArgs {
   std::string in, out, scope = to_string(L1PruneOptions().scope()), calib, observer, report;
   double prune = -1;
-  bool structured = false, int8 = false, dynamic = false, per_tensor = false;
+  bool structured = false, int8 = false, dynamic = false, per_tensor = false, channels_last = false;
   double channels = -1;        // --channels: fraction of channels to remove
-  std::string channels_input;  // --input: example input shape for --channels
+  std::string channels_input;  // --input: example input shape for --channels and --channels-last
 };
 
 int compress(const CompressArgs& a, std::ostream& out, std::ostream& err) {
   require(a.prune >= 0 || a.int8 || a.dynamic || a.channels >= 0,
           "nothing to do: give --channels, --prune, --int8 and/or --dynamic");
-  require(a.channels >= 0 || a.channels_input.empty(), "--input needs --channels AMOUNT");
+  require(a.channels >= 0 || a.channels_last || a.channels_input.empty(), "--input needs --channels AMOUNT or --channels-last");
+  require(!a.channels_last || (!a.int8 && !a.dynamic),
+          "--channels-last applies to float exports; int8 convolutions choose their own memory order");
+  require(!a.channels_last || !a.channels_input.empty(),
+          "--channels-last needs --input SHAPE: the converted model is checked on a random batch of that shape");
   require(a.prune >= 0 || !a.structured, "--structured needs --prune AMOUNT");
   require(!(a.int8 && a.dynamic), "--int8 and --dynamic contradict each other: static int8 calibrates, dynamic does not");
   require(a.int8 || (a.calib.empty() && a.observer.empty() && !a.per_tensor),
@@ -92,7 +96,10 @@ int compress(const CompressArgs& a, std::ostream& out, std::ostream& err) {
     pipeline.add(QuantizeInt8(options));
   }
   if (a.dynamic) pipeline.add(QuantizeInt8Dynamic());
-  pipeline.add(ExportTorchScript(ExportTorchScriptOptions(a.out).freeze(!a.int8 && !a.dynamic)));
+  auto export_options = ExportTorchScriptOptions(a.out).freeze(!a.int8 && !a.dynamic);
+  if (a.channels_last)
+    export_options.channels_last(true).verify_with({{torch::randn(parse_shape(a.channels_input))}});
+  pipeline.add(ExportTorchScript(export_options));
   const auto result = pipeline.run(model);
   out << result.report.to_string();
   if (!a.report.empty()) detail::write_file_atomically(a.report, result.report.to_json(), "--report");
@@ -238,7 +245,9 @@ int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostre
       ->capture_default_str();
   compress_cmd->add_flag("--structured", c.structured, "prune whole output channels");
   compress_cmd->add_option("--channels", c.channels, "fraction of channels to remove (the model gets smaller), in [0, 1]");
-  compress_cmd->add_option("--input", c.channels_input, "example input shape for --channels, e.g. 1x3x224x224");
+  compress_cmd->add_option("--input", c.channels_input, "example input shape for --channels and --channels-last, e.g. 1x3x224x224");
+  compress_cmd->add_flag("--channels-last", c.channels_last,
+                         "store convolution weights in NHWC order (float exports; needs --input)");
   compress_cmd->add_flag("--int8", c.int8, "static int8 quantization (needs --calib)");
   compress_cmd->add_flag("--dynamic", c.dynamic, "dynamic int8 quantization of Linear layers");
   compress_cmd->add_option("--calib", c.calib, "calibration batches: torch.save([batch, ...], \"calib.pt\")");

@@ -153,3 +153,13 @@ def test_cli_compress_channels(tmp_path):
     bad = subprocess.run([cli, "compress", str(original), "-o", str(small), "--input", "1x3x8x8", "--int8"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "--input needs --channels" in bad.stderr
+    nhwc = subprocess.run([cli, "compress", str(original), "-o", str(small), "--channels", "0.5", "--input", "1x3x8x8",
+                           "--channels-last"], capture_output=True, text=True, timeout=300)
+    assert nhwc.returncode == 0, nhwc.stderr
+    assert "channels_last" in nhwc.stdout and "channels_last_weights" in nhwc.stdout
+    exported = torch.jit.load(str(small))
+    weights = [list(n.inputs())[1].toIValue() for n in exported.graph.findAllNodes("aten::conv2d")]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    no_shape = subprocess.run([cli, "compress", str(original), "-o", str(small), "--channels", "0.5", "--channels-last"],
+                              capture_output=True, text=True, timeout=300)
+    assert no_shape.returncode != 0 and "--channels-last needs --input" in no_shape.stderr

@@ -3,7 +3,8 @@
 //     trained for --epochs, then channels are removed until MACs drop 2x and 4x,
 //     each followed by --recovery epochs of Distill against the unpruned model;
 //     the 4x model is also quantized to int8. Accuracy, MACs, file size and
-//     1-thread latency at batch 1 and 64 against the fp32 original, one run.
+//     1-thread latency at batch 1 and 64 against the fp32 original, one run;
+//     then the fp32 models again exported with channels_last (NHWC weights).
 //  2. resnet18 (random weights, 3x64x64) at 50% channels: MACs, params, file
 //     size and 1-thread batch-8 latency before/after.
 //
@@ -14,6 +15,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -74,6 +76,7 @@ double amount_for(const torch::jit::Module& model, double factor, const pare::Pr
 struct Variant {
   std::string name;
   torch::jit::Module module;
+  std::optional<torch::jit::Module> nhwc;  // the same export with ExportTorchScriptOptions::channels_last
   double accuracy = 0;
   bool has_accuracy = false;
   int64_t macs = 0, params = 0, file_bytes = 0;
@@ -100,14 +103,32 @@ Variant finish(const std::string& name, pare::Pipeline pipeline, const torch::ji
     return v;
   }
   pipeline.add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(path).freeze(!int8)));
-  Variant v{name, pipeline.run(model).module};
+  Variant v{name, pipeline.run(model).module, std::nullopt};
   v.has_accuracy = test.size() > 0;
   v.accuracy = v.has_accuracy ? ex::accuracy(v.module, test) : 0.0;
   v.macs = int8 ? 0 : pare::count_macs(model, shape);
   v.params = int8 ? 0 : params_of(model);  // int8 weights are packed, not parameters
   v.file_bytes = int64_t(fs::file_size(path));
   v.module = torch::jit::load(path);
+  if (!int8) {
+    auto sample = shape;
+    sample[0] = 2;
+    const auto nhwc_path = (fs::temp_directory_path() / ("pare_bench_channels_" + name + "_nhwc.pt")).string();
+    const auto result = pare::Pipeline()
+                            .add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(nhwc_path).freeze(true).channels_last(true).verify_with(
+                                {{torch::randn(sample)}})))
+                            .run(model);
+    if (result.report.at("export_torchscript").labels.at("channels_last") == "true") v.nhwc = torch::jit::load(nhwc_path);
+  }
   return v;
+}
+
+// The variants exported in channels-last order, named "<name> NHWC".
+std::vector<Variant> nhwc_variants(const std::vector<Variant>& variants) {
+  std::vector<Variant> out;
+  for (const auto& v : variants)
+    if (v.nhwc) out.push_back(Variant{v.name + " NHWC", *v.nhwc, std::nullopt});
+  return out;
 }
 
 void print_variants(const std::vector<Variant>& variants) {
@@ -128,13 +149,23 @@ void print_variants(const std::vector<Variant>& variants) {
   }
 }
 
-void print_latency(const std::vector<Variant>& variants, const std::vector<int64_t>& shape,
-                   std::vector<int64_t> batches, double seconds) {
+std::vector<pare::BenchRow> print_latency(const std::vector<Variant>& variants, const std::vector<int64_t>& shape,
+                                          std::vector<int64_t> batches, double seconds) {
   std::vector<std::pair<std::string, torch::jit::Module>> models;
   for (const auto& v : variants) models.emplace_back(v.name, v.module);
   const auto rows = pare::benchmark_models(
       models, pare::BenchOptions().inputs({shape}).batches(std::move(batches)).threads({1}).duration(std::chrono::milliseconds(std::llround(seconds * 1000))));
   std::printf("%s", pare::bench_table(rows).c_str());
+  return rows;
+}
+
+// Both tables start with the unpruned model, one row per batch size: what the
+// NHWC export alone gains on it.
+void print_layout_gain(const std::vector<pare::BenchRow>& plain, const std::vector<pare::BenchRow>& nhwc, size_t batches) {
+  std::printf("%s NHWC vs %s, p50:", plain.front().model.c_str(), plain.front().model.c_str());
+  for (size_t i = 0; i < batches; ++i)
+    std::printf(" batch %lld %.2fx", (long long)plain[i].batch, plain[i].p50_ms / nhwc[i].p50_ms);
+  std::printf("\n");
 }
 
 void small_resnet(const Args& a, const fs::path& dir) {
@@ -174,7 +205,9 @@ void small_resnet(const Args& a, const fs::path& dir) {
   print_variants(variants);
   at::set_num_threads(1);
   std::printf("\nlatency, 1 intra-op thread, medians (ratios against fp32):\n");
-  print_latency(variants, shape, {1, 64}, a.seconds);
+  const auto plain = print_latency(variants, shape, {1, 64}, a.seconds);
+  std::printf("\nthe same exported with channels_last (NHWC weights), ratios against fp32 NHWC:\n");
+  print_layout_gain(plain, print_latency(nhwc_variants(variants), shape, {1, 64}, a.seconds), 2);
 }
 
 void resnet18(const Args& a, const fs::path& dir) {
@@ -188,7 +221,9 @@ void resnet18(const Args& a, const fs::path& dir) {
   print_variants(variants);
   at::set_num_threads(1);
   std::printf("\nlatency at batch 8, 1 intra-op thread, medians:\n");
-  print_latency(variants, {8, 3, 64, 64}, {8}, a.seconds);
+  const auto plain = print_latency(variants, {8, 3, 64, 64}, {8}, a.seconds);
+  std::printf("\nthe same exported with channels_last (NHWC weights), ratios against resnet18 NHWC:\n");
+  print_layout_gain(plain, print_latency(nhwc_variants(variants), {8, 3, 64, 64}, {8}, a.seconds), 1);
 }
 
 }  // namespace
