@@ -7,13 +7,17 @@
 //     then the fp32 models again exported with channels_last (NHWC weights).
 //  2. resnet18 (random weights, 3x64x64) at 50% channels: MACs, params, file
 //     size and 1-thread batch-8 latency before/after.
+//  3. a 3x3 convolution's GMAC/s at batch 64 by width and memory order: why
+//     latency does not fall in step with MACs.
 //
 //   bench_channels [--train N] [--test N] [--epochs 2] [--recovery 2] [--seconds 2] [--round-to 8]
+//                  [--only resnet18|small_resnet|widths]
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -35,6 +39,7 @@ struct Args {
   int epochs = 2, recovery = 2;
   int64_t round_to = 8;
   double seconds = 2.0;
+  std::string only;  // resnet18, small_resnet or widths: that part alone
 };
 
 Args parse(int argc, char** argv) {
@@ -47,6 +52,7 @@ Args parse(int argc, char** argv) {
     else if (flag == "--recovery") a.recovery = std::stoi(value);
     else if (flag == "--seconds") a.seconds = std::stod(value);
     else if (flag == "--round-to") a.round_to = std::stoll(value);
+    else if (flag == "--only") a.only = value;
     else throw std::runtime_error("unknown flag " + flag);
   }
   return a;
@@ -168,6 +174,44 @@ void print_layout_gain(const std::vector<pare::BenchRow>& plain, const std::vect
   std::printf("\n");
 }
 
+double median_ms(const std::function<void()>& call, int repeats) {
+  call();  // warm-up: oneDNN builds its kernel for the shape
+  std::vector<double> ms;
+  for (int i = 0; i < repeats; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    call();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+// Why throughput does not fall in step with MACs: a 3x3 convolution's
+// multiply-accumulates per second at batch 64 by width (in = out channels),
+// at the small ResNet's first two feature map sizes, in both memory orders.
+void print_width_efficiency() {
+  at::set_num_threads(1);
+  torch::NoGradGuard no_grad;
+  std::printf("\n3x3 convolution, batch 64, 1 thread: GMAC/s by width (NCHW / NHWC weights and input)\n%-7s", "size");
+  const std::vector<int64_t> widths{8, 16, 24, 32, 40, 48, 64};
+  for (auto w : widths) std::printf(" %13lld", (long long)w);
+  for (int64_t size : {28, 14}) {
+    std::printf("\n%2lldx%-4lld", (long long)size, (long long)size);
+    for (auto w : widths) {
+      double gmacs[2];
+      for (int nhwc = 0; nhwc < 2; ++nhwc) {
+        const auto order = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+        const auto x = torch::randn({64, w, size, size}).contiguous(order);
+        const auto weight = torch::randn({w, w, 3, 3}).contiguous(order);
+        const double ms = median_ms([&] { torch::conv2d(x, weight, {}, 1, 1); }, 15);
+        gmacs[nhwc] = double(64 * size * size * w * w * 9) / ms / 1e6;
+      }
+      std::printf(" %6.1f / %4.1f", gmacs[0], gmacs[1]);
+    }
+  }
+  std::printf("\n");
+}
+
 void small_resnet(const Args& a, const fs::path& dir) {
   const auto train = ex::load_fashion_mnist(true, a.train), test = ex::load_fashion_mnist(false, a.test);
   auto model = torch::jit::load((dir / "small_resnet.pt").string());
@@ -231,7 +275,9 @@ void resnet18(const Args& a, const fs::path& dir) {
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // tables appear as they are measured
   const auto args = parse(argc, argv);
+  const auto part = [&](const char* name) { return args.only.empty() || args.only == name; };
   const auto dir = write_models();
-  resnet18(args, dir);
-  small_resnet(args, dir);
+  if (part("resnet18")) resnet18(args, dir);
+  if (part("small_resnet")) small_resnet(args, dir);
+  if (part("widths")) print_width_efficiency();
 }
