@@ -153,6 +153,7 @@ struct Rewritten {
   std::vector<std::pair<double, double>> weight_scales;  ///< per Layer step
   std::vector<double> layer_sqnr;                        ///< per Layer step; NaN without a reference
   double output_sqnr = std::nan("");
+  int64_t conv_add_fused = 0;
 };
 
 // Rewrites the graph to int8 and measures each layer's and the output's SQNR
@@ -171,7 +172,9 @@ Rewritten rewrite(Planned& p, const Calibrated& c, const QuantizeInt8Options& op
   const auto layer_outputs =
       detail::rewrite_static(*p.graph, p.plan, c.activations, options.per_channel(), r.weight_scales);
   GraphRunner measure(detail::graph_returning(*p.graph, layer_outputs), p.module._ivalue());
-  torch::jit::EliminateDeadCode(p.graph);
+  torch::jit::EliminateDeadCode(p.graph);  // the layer outputs' dequantize nodes, kept for `measure` alone
+  // After the copy: a layer output read for its SQNR has a second reader, which no fused conv may have.
+  r.conv_add_fused = detail::fuse_conv_add(*p.graph);
   r.layer_sqnr.assign(layer_outputs.size(), std::nan(""));
   if (c.reference.empty()) return r;
   const auto quantized = measure.run(c.sqnr_inputs, c.batches, "quantized");
@@ -181,7 +184,10 @@ Rewritten rewrite(Planned& p, const Calibrated& c, const QuantizeInt8Options& op
     while (p.plan.observed[at].first != float_outputs[i]) ++at;
     r.layer_sqnr[i] = sqnr_of(c.reference[outputs + at], quantized[outputs + i]);
   }
-  r.output_sqnr = sqnr_of(c.reference[0], quantized[0]);
+  // The output's SQNR is the final graph's own: a fused add skips the conv's int8 rounding.
+  r.output_sqnr = sqnr_of(c.reference[0], r.conv_add_fused == 0 ? quantized[0]
+                                              : GraphRunner(detail::graph_returning(*p.graph, {}), p.module._ivalue())
+                                                    .run(c.sqnr_inputs, c.batches, "fused")[0]);
   return r;
 }
 
@@ -255,6 +261,7 @@ void QuantizeInt8::run(Result& state, PassReport& entry) const {
   entry.metrics["calibration_batches"] = double(calibrated.batches);
   entry.metrics["calibration_samples"] = double(calibrated.samples);
   if (!std::isnan(rewritten.output_sqnr)) entry.metrics["output_sqnr_db"] = rewritten.output_sqnr;
+  entry.metrics["conv_add_fused"] = double(rewritten.conv_add_fused);
   state.module = detail::reloaded(planned.module, "QuantizeInt8");
   state.extra_files[kQuantizationExtraFile] = record.dump(2);
 }
