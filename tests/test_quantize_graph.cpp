@@ -50,7 +50,7 @@ bool folds_conv_add(const pare::PassReport& entry) {
 
 pare::Result quantize(const torch::jit::Module& m, const pare::InputBatches& calibration, bool never_slower = false) {
   return pare::Pipeline()
-      .add(pare::QuantizeInt8(pare::QuantizeInt8Options(calibration).never_slower(never_slower)))
+      .add(pare::QuantizeInt8(pare::QuantizeInt8Options(calibration).engine("onednn").never_slower(never_slower)))
       .run(m);
 }
 
