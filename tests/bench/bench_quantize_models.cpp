@@ -45,7 +45,7 @@ c10::Dict<std::string, torch::Tensor> make_data() {
 }
 
 struct PareRun {
-  double seconds = 0, sqnr = NAN, layers_int8 = 0;
+  double seconds = 0, sqnr = NAN, layers_int8 = 0, conv_add_fused = 0;
   std::string float_ops, islands_kept_float;
 };
 
@@ -66,6 +66,7 @@ PareRun quantize_with_pare(const std::string& dir, const std::string& name, cons
   const auto& entry = result.report.at("quantize_int8");
   run.sqnr = entry.metrics.at("output_sqnr_db");
   run.layers_int8 = entry.metrics.at("layers_int8");
+  run.conv_add_fused = entry.metrics.at("conv_add_fused");
   run.float_ops = entry.labels.count("float_ops") ? entry.labels.at("float_ops") : "";
   run.islands_kept_float = entry.labels.count("islands_kept_float") ? entry.labels.at("islands_kept_float") : "";
   return run;
@@ -133,10 +134,11 @@ void print_model_table(const std::string& dir, const std::vector<std::string>& m
       std::printf(", FX int8 %.2f%% (%+.2f pt)", m.at("fx_top1").get<double>(), m.at("fx_top1").get<double>() - fp32);
     std::printf("\n");
   }
-  std::printf("\npare per model: int8 layers, time to quantize (incl. island timing and export), float ops left:\n");
+  std::printf("\npare per model: int8 layers, residual adds folded into their conv, time to quantize (incl. island "
+              "timing and export), float ops left:\n");
   for (const auto& name : models) {
     const auto& r = pare_runs[name];
-    std::printf("%-13s %4.0f layers %6.1f s  float ops: %s; islands kept float: %s\n", name.c_str(), r.layers_int8,
-                r.seconds, r.float_ops.c_str(), r.islands_kept_float.c_str());
+    std::printf("%-13s %4.0f layers %3.0f folded %6.1f s  float ops: %s; islands kept float: %s\n", name.c_str(),
+                r.layers_int8, r.conv_add_fused, r.seconds, r.float_ops.c_str(), r.islands_kept_float.c_str());
   }
 }
