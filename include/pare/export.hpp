@@ -22,7 +22,8 @@ class ExportTorchScriptOptions {
   ExportTorchScriptOptions& tolerance(double value) { tolerance_ = value; return *this; }
   /// Store the frozen module's 2-D convolution weights in channels-last (NHWC)
   /// order, so that oneDNN runs each convolution on NHWC data without reordering
-  /// it to and from its blocked layout (1.1-1.5x faster on most CNNs; docs/export.md).
+  /// it to and from its blocked layout: 1.03-1.74x faster on the CNNs measured in
+  /// docs/export.md, most on pruned ones, but not everywhere (0.93x in one case).
   /// Needs freeze(true) and verify_with(...): the converted module must run and
   /// match the plain one on those inputs, or the export keeps the plain order and
   /// says why in the report (an op such as `view` that needs contiguous input).
