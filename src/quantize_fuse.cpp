@@ -62,7 +62,8 @@ int64_t fuse_conv_add(Graph& graph) {
     for (size_t side = 0; side < 2; ++side) {
       Node* conv = conv_feeding(add->input(side), add);
       Value* accum = add->input(1 - side);
-      if (conv == nullptr || !overwritable(accum, add)) continue;
+      // The kernel writes into accum while it reads the conv's input: they must differ (`x + conv(x)`).
+      if (conv == nullptr || conv->input(0) == accum || !overwritable(accum, add)) continue;
       torch::jit::WithInsertPoint here(add);
       const char* op = has_kind(add, "quantized::add_relu") ? "quantized::conv2d_add_relu" : "quantized::conv2d_add";
       Value* out = graph.insert(Symbol::fromQualString(op),

@@ -110,6 +110,22 @@ TEST_CASE("an inverted residual stays int8 through ReLU6 (hardtanh)") {
   CHECK(result.report.at("quantize_int8").layers[0].labels.at("activation") == "hardtanh");
 }
 
+TEST_CASE("an add whose other operand is the conv's own input is not folded") {
+  // quantized::conv2d_add writes into the other operand while it reads the
+  // conv's input: folding `x + conv(x)` would overwrite x mid-convolution.
+  torch::manual_seed(9);
+  torch::jit::Module m("__torch__.SelfResidual");
+  add_conv_bn(m, "c", 8, 8, 3);
+  m.define("def forward(self, x):\n  return x + " + conv_bn("c", "x", "1") + "\n");
+  auto result = quantize(m, batches({8, 8, 10, 10}));
+  const auto x = torch::randn({8, 8, 10, 10});
+  CHECK(sqnr(m.forward({x}).toTensor(), result.module.forward({x}).toTensor()) > 25.0);
+  const auto graph = graph_of(result.module);
+  CHECK(count(graph, "quantized::conv2d_add") == 0);
+  CHECK(count(graph, "quantized::add(") == 1);
+  CHECK(result.report.at("quantize_int8").metrics.at("conv_add_fused") == 0);
+}
+
 namespace {
 
 // The scale a quantized op writes its output with (its second-to-last input, a constant).
