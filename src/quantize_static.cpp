@@ -174,7 +174,7 @@ Rewritten rewrite(Planned& p, const Calibrated& c, const QuantizeInt8Options& op
   GraphRunner measure(detail::graph_returning(*p.graph, layer_outputs), p.module._ivalue());
   torch::jit::EliminateDeadCode(p.graph);  // the layer outputs' dequantize nodes, kept for `measure` alone
   // After the copy: a layer output read for its SQNR has a second reader, which no fused conv may have.
-  r.conv_add_fused = detail::fuse_conv_add(*p.graph);
+  r.conv_add_fused = options.fold_residual_adds() ? detail::fuse_conv_add(*p.graph) : 0;
   r.layer_sqnr.assign(layer_outputs.size(), std::nan(""));
   if (c.reference.empty()) return r;
   const auto quantized = measure.run(c.sqnr_inputs, c.batches, "quantized");

@@ -42,15 +42,23 @@ pare::InputBatches batches(std::vector<int64_t> shape, int n = 4) {
 }
 
 // LibTorch 2.x's onednn engine has quantized::conv2d_add(_relu), into which
-// pare folds a residual add and the conv before it; 1.13 has neither.
+// pare folds a residual add and the conv before it (fold_residual_adds); 1.13 has neither.
 bool folds_conv_add(const pare::PassReport& entry) {
   return entry.labels.at("engine") == "onednn" &&
          c10::Dispatcher::singleton().findSchema({"quantized::conv2d_add_relu", ""}).has_value();
 }
 
+// A folded model runs only under the onednn engine: the process's engine for one test.
+struct OnednnEngine {
+  std::string before = pare::current_quantized_engine();
+  OnednnEngine() { pare::set_quantized_engine("onednn"); }
+  ~OnednnEngine() { pare::set_quantized_engine(before); }
+};
+
 pare::Result quantize(const torch::jit::Module& m, const pare::InputBatches& calibration, bool never_slower = false) {
   return pare::Pipeline()
-      .add(pare::QuantizeInt8(pare::QuantizeInt8Options(calibration).engine("onednn").never_slower(never_slower)))
+      .add(pare::QuantizeInt8(
+          pare::QuantizeInt8Options(calibration).engine("onednn").fold_residual_adds(true).never_slower(never_slower)))
       .run(m);
 }
 
@@ -68,6 +76,7 @@ torch::jit::Module basic_block() {
 }  // namespace
 
 TEST_CASE("a residual block keeps the signed conv output that the add needs") {
+  const OnednnEngine onednn;
   auto block = basic_block();
   const auto calibration = batches({8, 8, 12, 12});
   auto result = quantize(block, calibration);
@@ -91,6 +100,7 @@ TEST_CASE("a residual block keeps the signed conv output that the add needs") {
 }
 
 TEST_CASE("an inverted residual stays int8 through ReLU6 (hardtanh)") {
+  const OnednnEngine onednn;
   torch::manual_seed(8);
   torch::jit::Module m("__torch__.InvertedResidual");
   add_conv_bn(m, "expand", 8, 16, 1);
@@ -111,6 +121,7 @@ TEST_CASE("an inverted residual stays int8 through ReLU6 (hardtanh)") {
 }
 
 TEST_CASE("an add whose other operand is the conv's own input is not folded") {
+  const OnednnEngine onednn;
   // quantized::conv2d_add writes into the other operand while it reads the
   // conv's input: folding `x + conv(x)` would overwrite x mid-convolution.
   torch::manual_seed(9);
@@ -195,6 +206,7 @@ TEST_CASE("a squeeze-excite gate multiplies in int8; an op without int8 kernel i
 }
 
 TEST_CASE("never slower: each island is timed, and the one kept is the faster") {
+  const OnednnEngine onednn;
   auto block = basic_block();
   auto result = quantize(block, batches({2, 8, 12, 12}), /*never_slower=*/true);
   const auto& entry = result.report.at("quantize_int8");

@@ -42,6 +42,13 @@ class QuantizeInt8Options {
   /// tensors) in int8 and in float, and keeps float where int8 loses. The
   /// report lists each island's timings.
   QuantizeInt8Options& never_slower(bool value) { never_slower_ = value; return *this; }
+  /// Fold each residual add (+ReLU) into the convolution that feeds it, as
+  /// quantized::conv2d_add(_relu): one pass over memory instead of two. Needs
+  /// the onednn engine and LibTorch 2.x (elsewhere nothing is folded; metric
+  /// conv_add_fused counts the folds), and the file then runs only where the
+  /// process's quantized engine is onednn (torch.backends.quantized.engine =
+  /// "onednn"; LibTorch's default on x86 is "x86"). Default off.
+  QuantizeInt8Options& fold_residual_adds(bool value) { fold_residual_adds_ = value; return *this; }
 
   const CalibrationData& calibration() const { return calibration_; }
   const ObserverOptions& observer() const { return observer_; }
@@ -50,6 +57,7 @@ class QuantizeInt8Options {
   const std::string& engine() const { return engine_; }
   const CalibrationProgress& progress() const { return progress_; }
   bool never_slower() const { return never_slower_; }
+  bool fold_residual_adds() const { return fold_residual_adds_; }
 
  private:
   CalibrationData calibration_;
@@ -59,6 +67,7 @@ class QuantizeInt8Options {
   std::string engine_;
   CalibrationProgress progress_;
   bool never_slower_ = true;
+  bool fold_residual_adds_ = false;
 };
 
 /// Static int8: freezes the module (folding BatchNorm), calibrates activation

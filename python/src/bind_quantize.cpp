@@ -37,7 +37,7 @@ void bind_quantize(py::module_& m) {
   py::class_<QuantizeInt8, Pass, std::shared_ptr<QuantizeInt8>>(m, "QuantizeInt8")
       .def(py::init([](const py::object& calibration, const std::string& observer, bool per_channel,
                        std::vector<std::string> skip, const std::string& engine, double percentile, int64_t bins,
-                       const py::object& progress, bool never_slower) {
+                       const py::object& progress, bool never_slower, bool fold_residual_adds) {
              auto options = QuantizeInt8Options(to_batch_source<std::vector<torch::jit::IValue>>(
                                                     calibration, to_inputs, "QuantizeInt8(calibration=...)"))
                                 .observer(observer_options(observer, percentile, bins))
@@ -45,17 +45,20 @@ void bind_quantize(py::module_& m) {
                                 .skip(std::move(skip))
                                 .engine(engine)
                                 .progress(wrap_progress(progress))
-                                .never_slower(never_slower);
+                                .never_slower(never_slower)
+                                .fold_residual_adds(fold_residual_adds);
              return std::make_shared<QuantizeInt8>(std::move(options));
            }),
            py::arg("calibration"), py::arg("observer") = to_string(ObserverOptions().kind()), py::arg("per_channel") = true,
            py::arg("skip") = std::vector<std::string>{}, py::arg("engine") = "", py::arg("percentile") = 99.99,
            py::arg("bins") = 2048, py::arg("progress") = py::none(), py::arg("never_slower") = true,
+           py::arg("fold_residual_adds") = false,
            "Static int8 post-training quantization. calibration: a list of tensors or tuples (one model "
            "input each), an iterable of them (a DataLoader, a generator: read once) or a callable epoch -> "
            "iterable; with two or more batches the last is held out for SQNR. observer: minmax, moving_average_minmax, percentile, histogram, entropy. "
            "never_slower: time each island of int8 ops against float on the held-out batch and keep float "
-           "where int8 loses.");
+           "where int8 loses. fold_residual_adds: fold residual adds into their conv (onednn, LibTorch 2.x; the "
+           "file then needs torch.backends.quantized.engine = 'onednn').");
   py::class_<QuantizeInt8Dynamic, Pass, std::shared_ptr<QuantizeInt8Dynamic>>(m, "QuantizeInt8Dynamic")
       .def(py::init([](bool per_channel, std::vector<std::string> skip, const std::string& engine) {
              return std::make_shared<QuantizeInt8Dynamic>(

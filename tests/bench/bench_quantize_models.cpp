@@ -58,7 +58,7 @@ PareRun quantize_with_pare(const std::string& dir, const std::string& name, cons
   batches.push_back({data.at(key + "_held_out")});  // the last batch is held out for pare's own SQNR
   const auto start = std::chrono::steady_clock::now();
   const auto result = pare::Pipeline()
-                          .add(pare::QuantizeInt8(pare::QuantizeInt8Options(batches).engine(engine)))
+                          .add(pare::QuantizeInt8(pare::QuantizeInt8Options(batches).engine(engine).fold_residual_adds(true)))
                           .add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(dir + "/" + name + "_pare.pt")))
                           .run(torch::jit::load(dir + "/" + name + "_fp32.pt"));
   PareRun run;
