@@ -74,3 +74,26 @@ def test_never_slower_reports_each_island():
     assert entry.metrics["islands_timed"] == 1  # resnet18 is one int8 island from stem to fc
     assert entry.metrics["calibration_fp32_ms"] > 0 and entry.metrics["calibration_int8_ms"] > 0
     assert entry.metrics["layers_int8"] in (0, 21)
+
+
+def test_fold_residual_adds_on_resnet18():
+    # LibTorch 2.x (onednn) folds each BasicBlock's `out += identity; relu` into its second conv;
+    # 1.13 has no such kernel and folds nothing. Either way the outputs keep their accuracy.
+    model = settled(MODELS["resnet18"](), (3, 32, 32))
+    batches = [torch.randn(4, 3, 32, 32) for _ in range(3)]
+    x = torch.randn(4, 3, 32, 32)
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "onednn"  # the folded ops run only under onednn
+    try:
+        results = {}
+        for fold in (False, True):
+            out, report = pare.Pipeline([pare.QuantizeInt8(batches, engine="onednn", never_slower=False,
+                                                           fold_residual_adds=fold)]).run(model)
+            folded = report["quantize_int8"].metrics["conv_add_fused"]
+            assert len(out.graph.findAllNodes("quantized::conv2d_add_relu")) == folded
+            results[fold] = (folded, sqnr_db(model(x), out(x)))
+    finally:
+        torch.backends.quantized.engine = previous
+    has_kernel = hasattr(torch.ops.quantized, "conv2d_add_relu")
+    assert results[False][0] == 0 and results[True][0] == (8 if has_kernel else 0)
+    assert results[True][1] > results[False][1] - 1.0
