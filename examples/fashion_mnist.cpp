@@ -151,15 +151,8 @@ double accuracy(torch::jit::Module& module, const Dataset& data) {
 double median_latency_ms(torch::jit::Module& module, int64_t batch, int repeats) {
   torch::NoGradGuard no_grad;
   const auto input = torch::randn({batch, 1, 28, 28});
-  for (int i = 0; i < 5; ++i) module.forward({input});  // warm-up: profiling executor, caches
-  std::vector<double> times;
-  for (int i = 0; i < repeats; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    module.forward({input});
-    times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
-  }
-  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
-  return times[times.size() / 2];
+  for (int i = 0; i < 4; ++i) module.forward({input});  // warm-up (one more below): profiling executor, caches
+  return median_call_ms(repeats, [&] { module.forward({input}); });
 }
 
 double file_latency_ms(const std::string& path, int64_t batch, int repeats) {

@@ -3,6 +3,8 @@
 // dataset-fashion-mnist package, a small CNN built as a TorchScript module,
 // and the training, evaluation and timing loops the examples share.
 
+#include <algorithm>
+#include <chrono>
 #include <functional>
 #include <string>
 #include <utility>
@@ -48,6 +50,21 @@ void train(torch::nn::Module& module, const std::function<torch::Tensor(const to
 
 /// Top-1 accuracy in percent.
 double accuracy(torch::jit::Module& module, const Dataset& data);
+
+/// Median wall time of `body()` over `repeats` calls after one warm-up call, in
+/// milliseconds (a template: no indirect call around bodies of a few ns).
+template <class F>
+double median_call_ms(int repeats, F&& body) {
+  body();
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    body();
+    times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
+  return times[times.size() / 2];
+}
 
 /// Median wall time of one forward pass at `batch`, in milliseconds. Give it a
 /// module that has run no other input shape: TorchScript and onednn's int8

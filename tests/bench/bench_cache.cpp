@@ -37,15 +37,7 @@ double seconds_since(Clock::time_point start) {
 
 template <class F>
 double median_seconds(int repeats, F&& body) {
-  body();  // warm-up
-  std::vector<double> times;
-  for (int i = 0; i < repeats; ++i) {
-    const auto start = Clock::now();
-    body();
-    times.push_back(seconds_since(start));
-  }
-  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
-  return times[times.size() / 2];
+  return pare::examples::median_call_ms(repeats, std::forward<F>(body)) / 1e3;
 }
 
 void row(const char* what, const std::string& pare, const std::string& baseline, double ratio) {
