@@ -43,14 +43,14 @@ Node* conv_feeding(Value* v, Node* add) {
   return conv;
 }
 
-}  // namespace
-
 bool can_fuse_conv_add() {
   auto& dispatcher = c10::Dispatcher::singleton();
   return at::globalContext().qEngine() == at::QEngine::ONEDNN &&
          dispatcher.findSchema({"quantized::conv2d_add", ""}).has_value() &&
          dispatcher.findSchema({"quantized::conv2d_add_relu", ""}).has_value();
 }
+
+}  // namespace
 
 int64_t fuse_conv_add(Graph& graph) {
   if (!can_fuse_conv_add()) return 0;

@@ -87,13 +87,11 @@ std::vector<Value*> rewrite_static(Graph& graph, const QuantPlan& plan,
                                    const std::map<Value*, QuantParams>& activations, bool per_channel,
                                    std::vector<std::pair<double, double>>& weight_scales);
 
-/// Whether fuse_conv_add can fuse: the current engine is onednn and this
-/// LibTorch has quantized::conv2d_add(_relu) (2.x).
-bool can_fuse_conv_add();
 /// Folds each quantized::add(_relu) of a rewritten graph into the
 /// quantized::conv2d that is one of its operands and has no other reader, as
 /// quantized::conv2d_add(_relu) (src/quantize_fuse.cpp), where the other
-/// operand may be overwritten. Returns how many it fused; 0 without can_fuse_conv_add().
+/// operand may be overwritten. Returns how many it fused: none unless the current
+/// engine is onednn and this LibTorch has quantized::conv2d_add(_relu) (2.x).
 int64_t fuse_conv_add(Graph& graph);
 /// Rewrites Linear layers to quantized::linear_dynamic; returns the names of
 /// the layers it quantized and fills `float_layers` with those it left.
