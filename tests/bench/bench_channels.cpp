@@ -7,17 +7,18 @@
 //     then the fp32 models again exported with channels_last (NHWC weights).
 //  2. resnet18 (random weights, 3x64x64) at 50% channels: MACs, params, file
 //     size and 1-thread batch-8 latency before/after.
-//  3. a 3x3 convolution's GMAC/s at batch 64 by width and memory order: why
+//  3. the channels-last export on unpruned resnet18, mobilenet_v2, densenet121:
+//     batch 1 and 8 latency, plain and NHWC.
+//  4. a 3x3 convolution's GMAC/s at batch 64 by width and memory order: why
 //     latency does not fall in step with MACs.
 //
 //   bench_channels [--train N] [--test N] [--epochs 2] [--recovery 2] [--seconds 2] [--round-to 8]
-//                  [--only resnet18|small_resnet|widths]
+//                  [--only resnet18|small_resnet|layouts|widths]
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -39,7 +40,7 @@ struct Args {
   int epochs = 2, recovery = 2;
   int64_t round_to = 8;
   double seconds = 2.0;
-  std::string only;  // resnet18, small_resnet or widths: that part alone
+  std::string only;  // resnet18, small_resnet, layouts or widths: that part alone
 };
 
 Args parse(int argc, char** argv) {
@@ -174,18 +175,6 @@ void print_layout_gain(const std::vector<pare::BenchRow>& plain, const std::vect
   std::printf("\n");
 }
 
-double median_ms(const std::function<void()>& call, int repeats) {
-  call();  // warm-up: oneDNN builds its kernel for the shape
-  std::vector<double> ms;
-  for (int i = 0; i < repeats; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    call();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
 // Why throughput does not fall in step with MACs: a 3x3 convolution's
 // multiply-accumulates per second at batch 64 by width (in = out channels),
 // at the small ResNet's first two feature map sizes, in both memory orders.
@@ -203,7 +192,7 @@ void print_width_efficiency() {
         const auto order = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
         const auto x = torch::randn({64, w, size, size}).contiguous(order);
         const auto weight = torch::randn({w, w, 3, 3}).contiguous(order);
-        const double ms = median_ms([&] { torch::conv2d(x, weight, {}, 1, 1); }, 15);
+        const double ms = ex::median_call_ms(15, [&] { torch::conv2d(x, weight, {}, 1, 1); });
         gmacs[nhwc] = double(64 * size * size * w * w * 9) / ms / 1e6;
       }
       std::printf(" %6.1f / %4.1f", gmacs[0], gmacs[1]);
@@ -270,6 +259,19 @@ void resnet18(const Args& a, const fs::path& dir) {
   print_layout_gain(plain, print_latency(nhwc_variants(variants), {8, 3, 64, 64}, {8}, a.seconds), 1);
 }
 
+// The channels-last export on the unpruned torchvision architectures (residual
+// adds, depthwise convolutions, concatenation): each model plain, then NHWC.
+void layouts(const Args& a, const fs::path& dir) {
+  const std::vector<int64_t> shape{1, 3, 64, 64};
+  const ex::Dataset none{torch::zeros({0, 3, 64, 64}), torch::zeros({0}, torch::kLong)};
+  std::printf("\ntorchvision models (random weights), 3x64x64, exported plain and with channels_last, 1 thread:\n");
+  for (const std::string name : {"resnet18", "mobilenet_v2", "densenet121"}) {
+    const auto v = finish(name, pare::Pipeline(), torch::jit::load((dir / (name + ".pt")).string()), none, shape);
+    if (!v.nhwc) std::printf("%s: the channels-last export kept the plain order (see its report)\n", name.c_str());
+    else print_latency({v, Variant{name + " NHWC", *v.nhwc, std::nullopt}}, shape, {1, 8}, a.seconds);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -279,5 +281,6 @@ int main(int argc, char** argv) {
   const auto dir = write_models();
   if (part("resnet18")) resnet18(args, dir);
   if (part("small_resnet")) small_resnet(args, dir);
+  if (part("layouts")) layouts(args, dir);
   if (part("widths")) print_width_efficiency();
 }

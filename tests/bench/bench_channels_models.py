@@ -4,7 +4,8 @@ usage: bench_channels_models.py OUT_DIR
 
 small_resnet.pt: a ResNet for 1x28x28 Fashion-MNIST images (BatchNorm,
 residual blocks, three stages of 2 blocks), untrained; the benchmark trains it.
-resnet18.pt: torchvision's resnet18 with random weights (nothing is downloaded).
+resnet18.pt, mobilenet_v2.pt, densenet121.pt: torchvision's models with random
+weights (nothing is downloaded).
 """
 
 import os
@@ -55,7 +56,8 @@ def main():
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
     torch.jit.script(SmallResNet().eval()).save(os.path.join(out, "small_resnet.pt"))
-    torch.jit.script(torchvision.models.resnet18().eval()).save(os.path.join(out, "resnet18.pt"))
+    for name in ("resnet18", "mobilenet_v2", "densenet121"):
+        torch.jit.script(getattr(torchvision.models, name)().eval()).save(os.path.join(out, name + ".pt"))
 
 
 if __name__ == "__main__":
