@@ -60,6 +60,7 @@ struct CompressArgs {
   std::string in, out, scope = to_string(L1PruneOptions().scope()), calib, observer, report;
   double prune = -1;
   bool structured = false, int8 = false, dynamic = false, per_tensor = false, channels_last = false;
+  bool never_slower = QuantizeInt8Options(InputBatches{}).never_slower();
   double channels = -1;        // --channels: fraction of channels to remove
   std::string channels_input;  // --input: example input shape for --channels and --channels-last
 };
@@ -74,8 +75,8 @@ int compress(const CompressArgs& a, std::ostream& out, std::ostream& err) {
           "--channels-last needs --input SHAPE: the converted model is checked on a random batch of that shape");
   require(a.prune >= 0 || !a.structured, "--structured needs --prune AMOUNT");
   require(!(a.int8 && a.dynamic), "--int8 and --dynamic contradict each other: static int8 calibrates, dynamic does not");
-  require(a.int8 || (a.calib.empty() && a.observer.empty() && !a.per_tensor),
-          "--calib, --observer and --per-tensor need --int8");
+  require(a.int8 || (a.calib.empty() && a.observer.empty() && !a.per_tensor && a.never_slower),
+          "--calib, --observer, --per-tensor and --never-slower need --int8");
   require(!a.int8 || !a.calib.empty(), "--int8 needs --calib CALIB.pt (torch.save([batch, ...], \"calib.pt\"))");
   auto model = load_model(a.in);
   Pipeline pipeline;
@@ -90,7 +91,8 @@ int compress(const CompressArgs& a, std::ostream& out, std::ostream& err) {
     pipeline.add(L1Prune(options));
   }
   if (a.int8) {
-    auto options = QuantizeInt8Options(load_calibration_file(a.calib)).per_channel(!a.per_tensor);
+    auto options =
+        QuantizeInt8Options(load_calibration_file(a.calib)).per_channel(!a.per_tensor).never_slower(a.never_slower);
     if (!a.observer.empty()) options.observer(ObserverOptions(parse_observer_kind(a.observer)));
     options.progress([&err](int64_t done, int64_t total) { progress_bar(err, "calibrating", done, total); });
     pipeline.add(QuantizeInt8(options));
@@ -256,6 +258,10 @@ int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostre
                                to_string(ObserverOptions().kind()) + ")")
       ->check(CLI::IsMember(observer_kind_names()));
   compress_cmd->add_flag("--per-tensor", c.per_tensor, "per-tensor instead of per-channel weight scales");
+  compress_cmd->add_option("--never-slower", c.never_slower,
+                           "time each int8 island against float on the last calibration batch and keep float where "
+                           "int8 is slower (false: keep every island int8, the same graph on every run)")
+      ->capture_default_str();
   compress_cmd->add_option("--report", c.report, "write the report as JSON here");
   BenchArgs b;
   auto* bench_cmd = app.add_subcommand("bench", "latency and throughput, side by side with ratios to the first model");

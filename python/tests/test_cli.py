@@ -65,7 +65,9 @@ def test_compress_prunes_and_writes_report(files):
 
 def test_compress_int8_loads_in_stock_torch(files):
     out = files / "int8.pt"
-    result = pare_cli("compress", files / "model.pt", "-o", out, "--int8", "--calib", files / "calib.pt", "--observer", "minmax")
+    # --never-slower false: which islands stay int8 must not depend on this run's timings.
+    result = pare_cli("compress", files / "model.pt", "-o", out, "--int8", "--calib", files / "calib.pt", "--observer", "minmax",
+                      "--never-slower", "false")
     assert result.returncode == 0, result.stderr
     assert "calibrating" in result.stderr  # the progress bar
     float_model, int8_model = torch.jit.load(str(files / "model.pt")), torch.jit.load(str(out))
