@@ -81,7 +81,10 @@ std::vector<torch::Tensor> prune_smallest_typed(const std::vector<torch::Tensor>
   std::vector<torch::Tensor> masks;
   for (const auto& t : tensors) masks.push_back(torch::ones(t.sizes(), torch::kBool));
   if (count == 0) return masks;
-  const auto [threshold, below] = RadixSelect<Float>(tensors).select(count - 1);
+  // Not a structured binding: lambdas may capture those only from C++20 on (Clang refuses).
+  const auto selected = RadixSelect<Float>(tensors).select(count - 1);
+  const auto threshold = selected.first;
+  const auto below = selected.second;
   // Everything strictly below the threshold goes; ties at the threshold go in
   // tensor order until `count` is reached, so exactly `count` weights are zeroed.
   int64_t ties_to_prune = count - below;

@@ -13,7 +13,11 @@
 //     latency does not fall in step with MACs.
 //
 //   bench_channels [--train N] [--test N] [--epochs 2] [--recovery 2] [--seconds 2] [--round-to 8]
-//                  [--only resnet18|small_resnet|layouts|widths]
+//                  [--engine onednn] [--only resnet18|small_resnet|layouts|widths]
+//
+// The int8 model is quantized for --engine (default onednn, where this LibTorch
+// has it) with residual adds folded into their convolutions, and timed with the
+// process's quantized engine set to it.
 
 #include <algorithm>
 #include <cstdio>
@@ -41,7 +45,13 @@ struct Args {
   int64_t round_to = 8;
   double seconds = 2.0;
   std::string only;  // resnet18, small_resnet, layouts or widths: that part alone
+  std::string engine;
 };
+
+std::string default_engine() {
+  const auto engines = pare::available_quantized_engines();
+  return std::find(engines.begin(), engines.end(), "onednn") != engines.end() ? "onednn" : engines.at(0);
+}
 
 Args parse(int argc, char** argv) {
   Args a;
@@ -54,8 +64,10 @@ Args parse(int argc, char** argv) {
     else if (flag == "--seconds") a.seconds = std::stod(value);
     else if (flag == "--round-to") a.round_to = std::stoll(value);
     else if (flag == "--only") a.only = value;
+    else if (flag == "--engine") a.engine = value;
     else throw std::runtime_error("unknown flag " + flag);
   }
+  if (a.engine.empty()) a.engine = default_engine();
   return a;
 }
 
@@ -229,12 +241,15 @@ void small_resnet(const Args& a, const fs::path& dir) {
     variants.push_back(finish(name, pare::Pipeline().add(pare::PruneChannels(options)).add(distill(name)), model, test,
                               shape, &recovered));
   }
-  variants.push_back(finish("4x + int8", pare::Pipeline().add(pare::QuantizeInt8(pare::QuantizeInt8Options(calibration))),
+  pare::set_quantized_engine(a.engine);  // the folded convolutions run only under the engine they were packed for
+  variants.push_back(finish("4x + int8",
+                            pare::Pipeline().add(pare::QuantizeInt8(
+                                pare::QuantizeInt8Options(calibration).engine(a.engine).fold_residual_adds(true))),
                             recovered, test, shape));
   std::printf("\nsmall ResNet on Fashion-MNIST: trained %d epochs on %lld images, recovery %d epochs of Distill, "
-              "test %lld images; channel amounts: 2x %.3f, 4x %.3f (round_to %lld)\n",
+              "test %lld images; channel amounts: 2x %.3f, 4x %.3f (round_to %lld); int8 engine %s\n",
               a.epochs, (long long)train.size(), a.recovery, (long long)test.size(), amounts[2.0], amounts[4.0],
-              (long long)a.round_to);
+              (long long)a.round_to, a.engine.c_str());
   print_variants(variants);
   at::set_num_threads(1);
   std::printf("\nlatency, 1 intra-op thread, medians (ratios against fp32):\n");
