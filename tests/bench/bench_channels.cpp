@@ -13,11 +13,11 @@
 //     latency does not fall in step with MACs.
 //
 //   bench_channels [--train N] [--test N] [--epochs 2] [--recovery 2] [--seconds 2] [--round-to 8]
-//                  [--engine onednn] [--only resnet18|small_resnet|layouts|widths]
+//                  [--scope local|global] [--engine NAME] [--only resnet18|small_resnet|layouts|widths]
 //
-// The int8 model is quantized for --engine (default onednn, where this LibTorch
-// has it) with residual adds folded into their convolutions, and timed with the
-// process's quantized engine set to it.
+// The int8 model is quantized for --engine (default: the best this LibTorch has,
+// x86 on 2.x) with residual adds folded into their convolutions where the engine
+// can (onednn on 2.x), and timed with the process's quantized engine set to it.
 
 #include <algorithm>
 #include <cstdio>
@@ -46,12 +46,10 @@ struct Args {
   double seconds = 2.0;
   std::string only;  // resnet18, small_resnet, layouts or widths: that part alone
   std::string engine;
+  pare::Scope scope = pare::Scope::Local;
 };
 
-std::string default_engine() {
-  const auto engines = pare::available_quantized_engines();
-  return std::find(engines.begin(), engines.end(), "onednn") != engines.end() ? "onednn" : engines.at(0);
-}
+
 
 Args parse(int argc, char** argv) {
   Args a;
@@ -65,9 +63,10 @@ Args parse(int argc, char** argv) {
     else if (flag == "--round-to") a.round_to = std::stoll(value);
     else if (flag == "--only") a.only = value;
     else if (flag == "--engine") a.engine = value;
+    else if (flag == "--scope") a.scope = pare::parse_scope(value);
     else throw std::runtime_error("unknown flag " + flag);
   }
-  if (a.engine.empty()) a.engine = default_engine();
+  if (a.engine.empty()) a.engine = pare::available_quantized_engines().at(0);
   return a;
 }
 
@@ -78,15 +77,24 @@ fs::path write_models() {
   return dir;
 }
 
+pare::PruneChannelsOptions with_amount(const pare::PruneChannelsOptions& o, double amount) {
+  return pare::PruneChannelsOptions(amount).scope(o.scope()).round_to(o.round_to()).input_shape(o.input_shape());
+}
+
+// Each group's kept channels, "name before->after", on one line.
+std::string kept_widths(const torch::jit::Module& model, const pare::PruneChannelsOptions& options) {
+  std::string line;
+  for (const auto& g : pare::prune_channels(model, options).stats.groups)
+    line += " " + g.name + " " + std::to_string(g.channels_before) + "->" + std::to_string(g.channels_after);
+  return line;
+}
+
 // The smallest channel fraction whose pruned model has at most 1/factor of the MACs.
 double amount_for(const torch::jit::Module& model, double factor, const pare::PruneChannelsOptions& base) {
   double low = 0.0, high = 0.95;
   for (int i = 0; i < 10; ++i) {
     const double mid = 0.5 * (low + high);
-    const auto stats = pare::prune_channels(model, pare::PruneChannelsOptions(mid)
-                                                       .round_to(base.round_to())
-                                                       .input_shape(base.input_shape()))
-                           .stats;
+    const auto stats = pare::prune_channels(model, with_amount(base, mid)).stats;
     (double(stats.macs_before) / double(stats.macs_after) >= factor ? high : low) = mid;
   }
   return high;
@@ -226,7 +234,7 @@ void small_resnet(const Args& a, const fs::path& dir) {
     if (calibration.size() < 16) calibration.push_back({b.images});
   }
   const std::vector<int64_t> shape{1, 1, 28, 28};
-  const auto base = pare::PruneChannelsOptions(0).round_to(a.round_to).input_shape(shape);
+  const auto base = pare::PruneChannelsOptions(0).scope(a.scope).round_to(a.round_to).input_shape(shape);
   auto distill = [&](const std::string& label) {
     return pare::Distill(pare::DistillOptions(model, batches).epochs(a.recovery).progress(
         ex::progress_bar("recovery " + label)));
@@ -237,7 +245,8 @@ void small_resnet(const Args& a, const fs::path& dir) {
   for (double factor : {2.0, 4.0}) {
     amounts[factor] = amount_for(model, factor, base);
     const std::string name = "channels " + std::to_string(int(factor)) + "x";
-    const auto options = pare::PruneChannelsOptions(amounts[factor]).round_to(a.round_to).input_shape(shape);
+    const auto options = with_amount(base, amounts[factor]);
+    std::printf("%s:%s\n", name.c_str(), kept_widths(model, options).c_str());
     variants.push_back(finish(name, pare::Pipeline().add(pare::PruneChannels(options)).add(distill(name)), model, test,
                               shape, &recovered));
   }
@@ -247,9 +256,9 @@ void small_resnet(const Args& a, const fs::path& dir) {
                                 pare::QuantizeInt8Options(calibration).engine(a.engine).fold_residual_adds(true))),
                             recovered, test, shape));
   std::printf("\nsmall ResNet on Fashion-MNIST: trained %d epochs on %lld images, recovery %d epochs of Distill, "
-              "test %lld images; channel amounts: 2x %.3f, 4x %.3f (round_to %lld); int8 engine %s\n",
+              "test %lld images; channel amounts: 2x %.3f, 4x %.3f (%s, round_to %lld); int8 engine %s\n",
               a.epochs, (long long)train.size(), a.recovery, (long long)test.size(), amounts[2.0], amounts[4.0],
-              (long long)a.round_to, a.engine.c_str());
+              pare::to_string(a.scope).c_str(), (long long)a.round_to, a.engine.c_str());
   print_variants(variants);
   at::set_num_threads(1);
   std::printf("\nlatency, 1 intra-op thread, medians (ratios against fp32):\n");

@@ -18,11 +18,12 @@ from torch import nn
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
+    def __init__(self, cin, cout, stride, mid=None):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        mid = mid or cout  # the width inside the block (what channel removal narrows apart from cout)
+        self.conv1 = nn.Conv2d(cin, mid, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
@@ -35,13 +36,16 @@ class BasicBlock(nn.Module):
 
 
 class SmallResNet(nn.Module):
-    def __init__(self, widths=(16, 32, 64)):
+    """widths: each stage's residual width; mids: each stage's two blocks' inner widths."""
+
+    def __init__(self, widths=(16, 32, 64), mids=None):
         super().__init__()
+        mids = mids or [(w, w) for w in widths]
         self.conv1 = nn.Conv2d(1, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         blocks, cin = [], widths[0]
-        for i, w in enumerate(widths):
-            blocks += [BasicBlock(cin, w, 1 if i == 0 else 2), BasicBlock(w, w, 1)]
+        for i, (w, mid) in enumerate(zip(widths, mids)):
+            blocks += [BasicBlock(cin, w, 1 if i == 0 else 2, mid[0]), BasicBlock(w, w, 1, mid[1])]
             cin = w
         self.layers = nn.Sequential(*blocks)
         self.fc = nn.Linear(cin, 10)
