@@ -37,22 +37,31 @@ void forward(torch::jit::Module& module, const std::vector<c10::IValue>& inputs,
   }
 }
 
-BenchRow measure(const std::string& name, torch::jit::Module& module, int64_t batch, int threads,
-                 const BenchOptions& options) {
-  const auto inputs = make_inputs(options, batch);
-  for (int i = 0; i < options.warmup(); ++i) forward(module, inputs, name);
+// One (model, batch, threads) cell: its own copy of the model, its inputs, and
+// the latencies and measuring time of every round so far.
+struct BenchCell {
+  std::string name;
+  torch::jit::Module module;
+  int64_t batch = 0;
+  int threads = 1;
+  std::vector<c10::IValue> inputs;
   std::vector<double> latencies;
+  double seconds = 0;
+};
+
+// Calls the cell's model from cell.threads clients for `slice`, adding the latencies.
+void measure_slice(BenchCell& cell, std::chrono::milliseconds slice) {
   std::vector<std::string> failures;  // messages, not exception objects: nothing crosses threads
   std::mutex merge;
-  const auto deadline = Clock::now() + options.duration();
   const auto start = Clock::now();
+  const auto deadline = start + slice;
   auto client = [&] {
     torch::NoGradGuard no_grad;
     std::vector<double> mine;
     try {
       do {
         const auto begin = Clock::now();
-        forward(module, inputs, name);
+        forward(cell.module, cell.inputs, cell.name);
         mine.push_back(std::chrono::duration<double, std::milli>(Clock::now() - begin).count());
       } while (Clock::now() < deadline);
     } catch (const std::exception& e) {  // forward() throws pare::Error only
@@ -61,33 +70,48 @@ BenchRow measure(const std::string& name, torch::jit::Module& module, int64_t ba
       return;
     } catch (...) {
       std::lock_guard<std::mutex> lock(merge);
-      failures.push_back("model '" + name + "' threw an exception that is not a std::exception");
+      failures.push_back("model '" + cell.name + "' threw an exception that is not a std::exception");
       return;
     }
     std::lock_guard<std::mutex> lock(merge);
-    latencies.insert(latencies.end(), mine.begin(), mine.end());
+    cell.latencies.insert(cell.latencies.end(), mine.begin(), mine.end());
   };
   // One client runs on the calling thread, where the warm-up ran: LibTorch's
   // OpenMP team belongs to the thread that starts it, and a second team on a
   // new thread competes with the first one's spinning workers.
-  if (threads == 1) {
+  if (cell.threads == 1) {
     client();
   } else {
     std::vector<std::thread> clients;
-    for (int t = 0; t < threads; ++t) clients.emplace_back(client);
+    for (int t = 0; t < cell.threads; ++t) clients.emplace_back(client);
     for (auto& c : clients) c.join();
   }
-  require(failures.empty(), "bench: " + std::to_string(failures.size()) + " of " + std::to_string(threads) +
-                                " client threads failed (batch " + std::to_string(batch) + "); the first: " +
+  require(failures.empty(), "bench: " + std::to_string(failures.size()) + " of " + std::to_string(cell.threads) +
+                                " client threads failed (batch " + std::to_string(cell.batch) + "); the first: " +
                                 (failures.empty() ? "" : failures.front()));
-  const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-  std::sort(latencies.begin(), latencies.end());
-  BenchRow row{name, batch, threads, int64_t(latencies.size())};
-  row.p50_ms = nearest_rank(latencies, 0.50);
-  row.p95_ms = nearest_rank(latencies, 0.95);
-  row.p99_ms = nearest_rank(latencies, 0.99);
-  row.samples_per_second = double(latencies.size()) * double(batch) / elapsed;
+  cell.seconds += std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+BenchRow row_of(BenchCell& cell) {
+  std::sort(cell.latencies.begin(), cell.latencies.end());
+  BenchRow row{cell.name, cell.batch, cell.threads, int64_t(cell.latencies.size())};
+  row.p50_ms = nearest_rank(cell.latencies, 0.50);
+  row.p95_ms = nearest_rank(cell.latencies, 0.95);
+  row.p99_ms = nearest_rank(cell.latencies, 0.99);
+  row.samples_per_second = double(cell.latencies.size()) * double(cell.batch) / cell.seconds;
   return row;
+}
+
+void validate_bench(const std::vector<std::pair<std::string, torch::jit::Module>>& models, const BenchOptions& options) {
+  require(!models.empty(), "bench: no models given; expected at least one TorchScript file");
+  require(!options.inputs().empty(), "bench: no input shape given; expected e.g. 1x1x28x28");
+  require(!options.batches().empty() && !options.threads().empty(), "bench: expected batch sizes and thread counts");
+  for (auto b : options.batches()) require(b > 0, "bench: batch sizes must be positive, got " + std::to_string(b));
+  for (auto t : options.threads()) require(t > 0 && t <= 256, "bench: thread counts must be in [1, 256]");
+  require(options.duration() > std::chrono::milliseconds(0) && options.duration() <= std::chrono::hours(1),
+          "bench: the duration per cell must be in (0, 1 h], got " + std::to_string(options.duration().count()) + " ms");
+  require(options.rounds() >= 1 && options.rounds() <= 100,
+          "bench: rounds must be in [1, 100], got " + std::to_string(options.rounds()));
 }
 
 }  // namespace
@@ -109,24 +133,34 @@ std::vector<int64_t> parse_shape(const std::string& text) {
 
 std::vector<BenchRow> benchmark_models(std::vector<std::pair<std::string, torch::jit::Module>> models,
                                        const BenchOptions& options) {
-  require(!models.empty(), "bench: no models given; expected at least one TorchScript file");
-  require(!options.inputs().empty(), "bench: no input shape given; expected e.g. 1x1x28x28");
-  require(!options.batches().empty() && !options.threads().empty(), "bench: expected batch sizes and thread counts");
-  for (auto b : options.batches()) require(b > 0, "bench: batch sizes must be positive, got " + std::to_string(b));
-  for (auto t : options.threads()) require(t > 0 && t <= 256, "bench: thread counts must be in [1, 256]");
-  require(options.duration() > std::chrono::milliseconds(0) && options.duration() <= std::chrono::hours(1),
-          "bench: the duration per cell must be in (0, 1 h], got " + std::to_string(options.duration().count()) + " ms");
-  std::vector<BenchRow> rows;
+  validate_bench(models, options);
+  std::vector<BenchCell> table;
   for (auto& [name, module] : models) {
     module = detail::eval_module(module);  // the caller's module keeps its mode
     for (auto batch : options.batches())
       for (int threads : options.threads()) {
         // A fresh copy per cell: TorchScript specialises a method to the input
         // shapes it runs first, and other shapes then take a slower fallback.
-        auto fresh = detail::reloaded(module, "bench: model '" + name + "'");
-        rows.push_back(measure(name, fresh, batch, threads, options));
+        BenchCell cell;
+        cell.name = name;
+        cell.module = detail::reloaded(module, "bench: model '" + name + "'");
+        cell.batch = batch;
+        cell.threads = threads;
+        cell.inputs = make_inputs(options, batch);
+        for (int i = 0; i < options.warmup(); ++i) forward(cell.module, cell.inputs, name);
+        table.push_back(std::move(cell));
       }
   }
+  // Rounds interleave the cells, so a slow spell of the machine is shared by
+  // every model instead of landing on the one measured during it.
+  const auto slice = std::max(std::chrono::milliseconds(1), options.duration() / options.rounds());
+  for (int round = 0; round < options.rounds(); ++round)
+    for (auto& cell : table) {
+      if (round > 0) forward(cell.module, cell.inputs, cell.name);  // its caches refilled after the other cells ran
+      measure_slice(cell, slice);
+    }
+  std::vector<BenchRow> rows;
+  for (auto& cell : table) rows.push_back(row_of(cell));
   const size_t cells = options.batches().size() * options.threads().size();
   for (size_t i = cells; i < rows.size(); ++i) {
     const auto& base = rows[i % cells];

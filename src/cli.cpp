@@ -113,6 +113,7 @@ struct BenchArgs {
   std::vector<int64_t> batches{1};
   std::vector<int> threads{1};
   double seconds = 1.0;
+  int rounds = BenchOptions().rounds();
   bool json = false;
   std::string html;
   double rate = 0;  // > 0: open loop through a Runner
@@ -151,7 +152,12 @@ int bench(const BenchArgs& a, std::ostream& out) {
   std::vector<std::pair<std::string, torch::jit::Module>> models;
   for (const auto& path : a.models) models.emplace_back(path.substr(path.find_last_of('/') + 1), load_model(path));
   const auto rows = benchmark_models(std::move(models),
-                                     BenchOptions().inputs(shapes).batches(a.batches).threads(a.threads).duration(milliseconds_of(a.seconds, "--seconds")));
+                                     BenchOptions()
+                                         .inputs(shapes)
+                                         .batches(a.batches)
+                                         .threads(a.threads)
+                                         .duration(milliseconds_of(a.seconds, "--seconds"))
+                                         .rounds(a.rounds));
   out << (a.json ? bench_json(rows) + "\n" : bench_table(rows));
   if (!a.html.empty()) detail::write_file_atomically(a.html, bench_html(rows), "--html");
   return 0;
@@ -270,6 +276,8 @@ int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostre
   bench_cmd->add_option("--batch", b.batches, "batch sizes, e.g. 1,8,64")->delimiter(',');
   bench_cmd->add_option("--threads", b.threads, "client thread counts, e.g. 1,2")->delimiter(',');
   bench_cmd->add_option("--seconds", b.seconds, "measuring time per cell");
+  bench_cmd->add_option("--rounds", b.rounds, "split each cell's time into this many slices, run in turn across models")
+      ->capture_default_str();
   bench_cmd->add_flag("--json", b.json, "print JSON instead of a table");
   bench_cmd->add_option("--html", b.html, "also write latency and throughput charts as an HTML page here");
   bench_cmd->add_option("--rate", b.rate, "open loop: requests per second offered (Poisson arrivals) through a Runner");

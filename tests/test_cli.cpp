@@ -172,3 +172,30 @@ TEST_CASE("a benchmark client thread whose model throws is reported, not std::te
   CHECK_THROWS_AS(pare::benchmark_models({{"failing", failing}}, pare::BenchOptions().threads({1}).warmup(0)),
                   pare::Error);
 }
+
+TEST_CASE("benchmark rounds: every cell is measured in each round, and bad counts are refused") {
+  torch::jit::Module doubling("__torch__.Doubling");
+  doubling.define("def forward(self, x):\n  return x * 2\n");
+  torch::jit::Module summing("__torch__.Summing");
+  summing.define("def forward(self, x):\n  return x.sum(1)\n");
+  // Each round's slice of a cell ends after at least one timed call, so 4 rounds give at least 4 calls.
+  const auto options =
+      pare::BenchOptions().batches({1, 4}).duration(std::chrono::milliseconds(8)).rounds(4).warmup(0);
+  const auto rows = pare::benchmark_models({{"doubling", doubling}, {"summing", summing}}, options);
+  REQUIRE(rows.size() == 4);
+  for (const auto& row : rows) {
+    INFO(row.model << " batch " << row.batch);
+    CHECK(row.calls >= 4);
+    CHECK(row.p50_ms > 0);
+    CHECK(row.p50_ms <= row.p99_ms);
+    CHECK(row.samples_per_second > 0);
+  }
+  CHECK(rows[0].model == "doubling");
+  CHECK(rows[3].model == "summing");
+  CHECK(rows[3].batch == 4);
+  CHECK(rows[3].p50_ratio == Approx(rows[3].p50_ms / rows[1].p50_ms));
+  CHECK(pare::BenchOptions().rounds() == 10);
+  for (int bad : {0, -1, 101})
+    CHECK_THROWS_WITH(pare::benchmark_models({{"doubling", doubling}}, pare::BenchOptions().rounds(bad)),
+                      Catch::Contains("rounds must be in [1, 100], got " + std::to_string(bad)));
+}

@@ -26,12 +26,18 @@ class BenchOptions {
   BenchOptions& duration(std::chrono::milliseconds value) { duration_ = value; return *this; }
   /// Forward passes per cell before measuring.
   BenchOptions& warmup(int runs) { warmup_ = runs; return *this; }
+  /// The duration is split into this many slices, and the slices of all cells
+  /// run in turn (model A, B, C, A, B, C, ...): a slow spell of the machine then
+  /// weighs on every model alike instead of on the one measured during it. 1:
+  /// each cell measured in one stretch. In [1, 100]; default 10 (docs/cli.md: why).
+  BenchOptions& rounds(int value) { rounds_ = value; return *this; }
 
   const std::vector<std::vector<int64_t>>& inputs() const { return inputs_; }
   const std::vector<int64_t>& batches() const { return batches_; }
   const std::vector<int>& threads() const { return threads_; }
   std::chrono::milliseconds duration() const { return duration_; }
   int warmup() const { return warmup_; }
+  int rounds() const { return rounds_; }
 
  private:
   std::vector<std::vector<int64_t>> inputs_{{1, 1, 28, 28}};
@@ -39,6 +45,7 @@ class BenchOptions {
   std::vector<int> threads_{1};
   std::chrono::milliseconds duration_{1000};
   int warmup_ = 10;
+  int rounds_ = 10;
 };
 
 /// One measured cell.

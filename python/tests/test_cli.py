@@ -86,6 +86,10 @@ def test_bench_prints_ratios_and_json(files):
     assert len(data) == 8
     assert all(row["p50_ratio"] == 1.0 for row in data[:4])
     assert all(row["p50_ms"] > 0 and row["samples_per_second"] > 0 for row in data)
+    # Ten rounds: each cell's time in ten slices, each of at least one timed call.
+    data = json.loads(pare_cli("bench", files / "model.pt", files / "pruned.pt", "--seconds", "0.05", "--rounds", "10",
+                               "--json").stdout)
+    assert len(data) == 2 and all(row["calls"] >= 10 for row in data)
 
 
 def test_bench_open_loop_accounts_for_every_request(files):
@@ -123,6 +127,7 @@ def test_bad_inputs_give_one_line_errors(files):
     one_line_error(pare_cli("inspect", files / "notes.txt"), "is not a TorchScript file")
     one_line_error(pare_cli("bench", files / "model.pt", "--input", "1x3x32x32", "--seconds", "0.1"), "rejected its input")
     one_line_error(pare_cli("bench", files / "model.pt", "--input", "1xAx28"), "is not valid")
+    one_line_error(pare_cli("bench", files / "model.pt", "--rounds", "0"), "rounds must be in [1, 100]")
     one_line_error(pare_cli("compress", files / "model.pt", "-o", files / "x.pt", "--int8", "--dynamic", "--calib",
                             files / "calib.pt"), "contradict")
     one_line_error(pare_cli("compress", files / "model.pt", "-o", files / "x.pt", "--prune", "0.5", "--observer", "minmax"),
