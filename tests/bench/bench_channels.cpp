@@ -2,7 +2,9 @@
 //  1. the ResNet (BatchNorm, residual blocks, written by bench_channels_models.py) is
 //     trained for --epochs, then channels are removed until MACs drop 2x and 4x,
 //     each followed by --recovery epochs of Distill against the unpruned model;
-//     the 4x model is also quantized to int8. Accuracy, MACs, file size and
+//     the 4x model is also quantized to int8, and a second 2x model narrows
+//     only the first two stages (the allocation bench_channels_allocations.py
+//     finds fastest per MAC). Accuracy, MACs, file size and
 //     1-thread latency at batch 1 and 64 against the fp32 original, one run;
 //     then the fp32 models again exported with channels_last (NHWC weights).
 //  2. resnet18 (random weights, 3x64x64) at 50% channels: MACs, params, file
