@@ -33,7 +33,7 @@ void forward(torch::jit::Module& module, const std::vector<c10::IValue>& inputs,
     module.forward(inputs);
   } catch (const std::exception& e) {
     throw Error("model '" + name + "' rejected its input: " + detail::torch_message(e) +
-                "; check --input (the first dimension is the batch)");
+                "; check the input shapes (batch first: BenchOptions::inputs, pare bench --input)");
   }
 }
 

@@ -19,6 +19,7 @@ void bind_pool(py::module_& m);
 void bind_cache(py::module_& m);
 void bind_prune_channels(py::module_& m);
 void bind_precision(py::module_& m);
+void bind_bench(py::module_& m);
 
 /// A C++ module as a Python torch.jit.ScriptModule.
 py::object wrap_module(const torch::jit::Module& module);

@@ -97,4 +97,5 @@ PYBIND11_MODULE(_pare, m) {
   bind_cache(m);
   bind_prune_channels(m);
   bind_precision(m);
+  bind_bench(m);
 }
