@@ -2,8 +2,6 @@
 
 #include "bindings.hpp"
 
-#include <cmath>
-
 #include "pare/bench.hpp"
 
 namespace pare::python {
@@ -21,12 +19,6 @@ std::vector<std::pair<std::string, torch::jit::Module>> named_models(const py::h
     named.emplace_back(pair[py::int_(0)].cast<std::string>(), unwrap_module(pair[py::int_(1)], "benchmark_models"));
   }
   return named;
-}
-
-std::chrono::milliseconds bench_duration(double seconds) {
-  require(std::isfinite(seconds) && seconds > 0 && seconds <= 3600,
-          "benchmark_models: duration must be in (0, 3600] seconds, got " + std::to_string(seconds));
-  return std::chrono::milliseconds(std::max<int64_t>(1, std::llround(seconds * 1000)));
 }
 
 }  // namespace
@@ -53,11 +45,12 @@ void bind_bench(py::module_& m) {
       [](const py::object& models, std::vector<std::vector<int64_t>> inputs, std::vector<int64_t> batches,
          std::vector<int> threads, double duration, int warmup, int rounds) {
         auto named = named_models(models);
+        const auto seconds = from_seconds<std::chrono::milliseconds>(duration, "benchmark_models: duration", 3600, false);
         const auto options = BenchOptions()
                                  .inputs(std::move(inputs))
                                  .batches(std::move(batches))
                                  .threads(std::move(threads))
-                                 .duration(bench_duration(duration))
+                                 .duration(seconds)
                                  .warmup(warmup)
                                  .rounds(rounds);
         py::gil_scoped_release release;

@@ -15,11 +15,11 @@
 namespace pare::python {
 namespace {
 
-std::chrono::milliseconds to_duration(const py::object& seconds, const char* what) {
+// A time to live: None (or 0) for no expiry; at most ten years.
+std::chrono::milliseconds to_ttl(const py::object& seconds, const char* what) {
   if (seconds.is_none()) return std::chrono::milliseconds(0);
-  const double value = seconds.cast<double>();
-  require(value >= 0, std::string(what) + " must be >= 0 seconds (or None for no expiry), got " + std::to_string(value));
-  return std::chrono::milliseconds(static_cast<int64_t>(value * 1000 + 0.5));
+  return from_seconds<std::chrono::milliseconds>(seconds.cast<double>(), std::string(what) + " (None: no expiry)",
+                                                 10 * 365 * 86400.0);
 }
 
 // A Python exception raised by fn, carried to every caller waiting on the same
@@ -59,7 +59,7 @@ std::shared_ptr<InferenceCache> make_cache(size_t capacity_bytes, const py::obje
                                            const py::object& remote) {
   auto options = CacheOptions()
                      .capacity_bytes(capacity_bytes)
-                     .ttl(to_duration(ttl, "InferenceCache(ttl=...)"))
+                     .ttl(to_ttl(ttl, "InferenceCache(ttl=...)"))
                      .max_entries(max_entries)
                      .shards(shards)
                      .key_namespace(std::move(key_namespace))
@@ -104,13 +104,13 @@ void bind_redis(py::module_& m) {
   py::class_<RedisTier, std::shared_ptr<RedisTier>>(m, "RedisTier", "A Redis server shared by caches and processes.")
       .def(py::init([](const std::string& host, int port, const std::string& key_prefix, double timeout,
                        const py::object& ttl, const py::object& password, const py::object& user) {
-             require(timeout > 0, "RedisTier(timeout=...) must be > 0 seconds");
              auto options = RedisTierOptions()
                                 .host(host)
                                 .port(port)
                                 .key_prefix(key_prefix)
-                                .timeout(std::chrono::milliseconds(int64_t(timeout * 1000 + 0.5)))
-                                .ttl(to_duration(ttl, "RedisTier(ttl=...)"));
+                                .timeout(from_seconds<std::chrono::milliseconds>(timeout, "RedisTier(timeout=...)", 3600,
+                                                                            /*zero_allowed=*/false))
+                                .ttl(to_ttl(ttl, "RedisTier(ttl=...)"));
              if (!password.is_none()) options.password(password.cast<std::string>());
              if (!user.is_none()) options.user(user.cast<std::string>());
              py::gil_scoped_release release;  // construction connects to check the credentials

@@ -49,12 +49,7 @@ struct DestroyWithoutGil {
 };
 using RunnerHolder = std::unique_ptr<Runner, DestroyWithoutGil>;
 
-template <typename Duration>
-Duration from_seconds(double seconds, const char* what) {
-  require(seconds >= 0 && seconds <= 86400, std::string("Runner: ") + what + " must be in [0, 86400] seconds, got " +
-                                                std::to_string(seconds));
-  return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(seconds));
-}
+constexpr double kMaxRunnerSeconds = 86400;
 
 RunnerHolder make_runner(const py::object& module, const py::object& cache, const py::object& pool,
                          int64_t max_batch, double max_delay, int threads, int warmup,
@@ -62,10 +57,10 @@ RunnerHolder make_runner(const py::object& module, const py::object& cache, cons
                          std::vector<int64_t> preferred_batch_sizes, const py::object& cache_namespace,
                          const py::object& device, bool outputs_on_device, size_t model_copies) {
   auto options = RunnerOptions().max_batch(max_batch).threads(threads).warmup(warmup).max_delay(
-      from_seconds<std::chrono::microseconds>(max_delay, "max_delay"));
-  options.batch_gap(from_seconds<std::chrono::microseconds>(batch_gap, "batch_gap"))
+      from_seconds<std::chrono::microseconds>(max_delay, "Runner: max_delay", kMaxRunnerSeconds));
+  options.batch_gap(from_seconds<std::chrono::microseconds>(batch_gap, "Runner: batch_gap", kMaxRunnerSeconds))
       .max_queue(max_queue)
-      .timeout(from_seconds<std::chrono::microseconds>(timeout, "timeout"))
+      .timeout(from_seconds<std::chrono::microseconds>(timeout, "Runner: timeout", kMaxRunnerSeconds))
       .preferred_batch_sizes(std::move(preferred_batch_sizes));
   if (!cache.is_none()) options.cache(cache.cast<std::shared_ptr<InferenceCache>>());
   if (!pool.is_none()) options.pool(pool.cast<std::shared_ptr<TensorPool>>());
@@ -86,7 +81,8 @@ Runner::Deadline deadline_from(const py::kwargs& kwargs, const char* what) {
     require(key == "timeout", std::string(what) + ": unexpected keyword argument '" + key + "'; expected timeout=seconds");
     if (item.second.is_none()) continue;
     deadline = std::chrono::steady_clock::now() +
-               from_seconds<std::chrono::steady_clock::duration>(item.second.cast<double>(), "timeout");
+               from_seconds<std::chrono::steady_clock::duration>(item.second.cast<double>(), "Runner: timeout",
+                                                                kMaxRunnerSeconds);
   }
   return deadline;
 }

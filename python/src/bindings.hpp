@@ -7,6 +7,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
+#include <cmath>
+#include <string>
+
+#include "pare/error.hpp"
+
 namespace pare::python {
 
 namespace py = pybind11;
@@ -36,6 +42,18 @@ c10::IValue unlinked(const c10::IValue& value);
 std::vector<torch::jit::IValue> to_inputs(const py::handle& value, const char* what);
 /// A device from "cpu", "cuda", "cuda:1" or a torch.device; pare.Error (ValueError) otherwise.
 c10::Device parse_device(const py::handle& value, const char* what);
+
+/// Python's float seconds as a std::chrono duration (rounded to its unit);
+/// pare.Error (ValueError) naming `what` unless finite and in [0, max_seconds]
+/// (in (0, max_seconds] when zero is not allowed).
+template <typename Duration>
+Duration from_seconds(double seconds, const std::string& what, double max_seconds, bool zero_allowed = true) {
+  const bool low_ok = zero_allowed ? seconds >= 0 : seconds > 0;
+  require(std::isfinite(seconds) && low_ok && seconds <= max_seconds,
+          what + " must be in " + (zero_allowed ? "[0, " : "(0, ") + std::to_string(int64_t(max_seconds)) +
+              "] seconds, got " + std::to_string(seconds));
+  return std::chrono::round<Duration>(std::chrono::duration<double>(seconds));
+}
 
 /// A list of input lists from any Python iterable of tensors or tuples.
 std::vector<std::vector<torch::jit::IValue>> to_input_batches(const py::handle& iterable, const char* what);
