@@ -7,7 +7,7 @@ what the convolution kernels make of each shape. Each allocation's MACs and
 frozen TorchScript latency (batch 64, 1 thread, median, NCHW and NHWC) are
 printed as ratios against the unpruned widths, in one run.
 
-usage: bench_channels_allocations.py [--repeats 30] [--rounds 3]
+usage: PYTHONPATH=build/python bench_channels_allocations.py [--repeats 30] [--rounds 3]
 
 Every module is timed once per round, the rounds interleaved, and the median
 of its rounds' medians is printed: a slow spell of the machine then spreads
@@ -21,6 +21,7 @@ import time
 import torch
 from torch import nn
 
+import pare
 from bench_channels_models import SmallResNet
 
 # (residual width per stage, (inner widths of the stage's two blocks) per stage)
@@ -49,25 +50,6 @@ def keep_freed_memory():
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_trim_threshold, 1 << 30)
     libc.mallopt(m_mmap_threshold, 1 << 30)
-
-
-def conv_linear_macs(model):
-    total = 0
-
-    def count(module, _, output):
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            k = module.kernel_size[0] * module.kernel_size[1]
-            total += output.numel() * module.in_channels // module.groups * k
-        elif isinstance(module, nn.Linear):
-            total += output.numel() * module.in_features
-
-    hooks = [m.register_forward_hook(count) for m in model.modules()]
-    with torch.no_grad():
-        model(torch.zeros(1, 1, 28, 28))
-    for h in hooks:
-        h.remove()
-    return total
 
 
 def median_ms(module, x, repeats):
@@ -105,7 +87,7 @@ def main():
         for m in model.modules():  # settled statistics, as after training
             if isinstance(m, nn.BatchNorm2d):
                 m.running_var.uniform_(0.5, 1.5)
-        rows.append([name, widths, mids, conv_linear_macs(model)])
+        rows.append([name, widths, mids, pare.count_macs(torch.jit.script(model), [1, 1, 28, 28])])
         runs += [frozen(model, False), frozen(model, True)]
     times = [[] for _ in runs]
     for _ in range(args.rounds):
