@@ -28,24 +28,31 @@ function(pare_warnings target)
 endfunction()
 
 # pare_target_options(TARGET): the compile settings every target pare builds
-# shares — its warnings, and the LibTorch precompiled header of the `pare`
-# library (build time: each LibTorch source costs ~30 s to parse without it).
+# shares — its warnings, and the LibTorch precompiled header of the lowest
+# subsystem, pare_core (build time: each LibTorch source costs ~30 s to parse
+# without it).
 function(pare_target_options target)
   pare_unity_build(${target})
   pare_warnings(${target})
-  if(PARE_PRECOMPILED_HEADERS AND NOT target STREQUAL "pare")
-    # A precompiled header is only valid for code compiled the same way: the
-    # library is position-independent (-fPIC), so its users are as well.
-    get_target_property(type ${target} TYPE)
-    if(type STREQUAL "EXECUTABLE")
-      target_compile_options(${target} PRIVATE -fPIC)
-    endif()
-    target_precompile_headers(${target} REUSE_FROM pare)
-    # GCC ignores a precompiled header built with other macros: the library's is
-    # built with hiredis's pkg-config flags (-D_FILE_OFFSET_BITS=64), so its
-    # users get them too, or every one of their sources parses LibTorch again.
-    if(TARGET PkgConfig::HIREDIS)
-      target_compile_options(${target} PRIVATE $<TARGET_PROPERTY:PkgConfig::HIREDIS,INTERFACE_COMPILE_OPTIONS>)
-    endif()
+  if(NOT PARE_PRECOMPILED_HEADERS)
+    return()
   endif()
+  # GCC ignores a precompiled header built with other macros: the cache's
+  # sources get hiredis's pkg-config flags (-D_FILE_OFFSET_BITS=64), so the
+  # header and every target that reuses it are built with them too, or every
+  # one of their sources parses LibTorch again.
+  if(TARGET PkgConfig::HIREDIS)
+    target_compile_options(${target} PRIVATE $<TARGET_PROPERTY:PkgConfig::HIREDIS,INTERFACE_COMPILE_OPTIONS>)
+  endif()
+  if(target STREQUAL "pare_core")
+    target_precompile_headers(pare_core PRIVATE ${PROJECT_SOURCE_DIR}/cmake/pare_pch.hpp)
+    return()
+  endif()
+  # A precompiled header is only valid for code compiled the same way: the
+  # library is position-independent (-fPIC), so its users are as well.
+  get_target_property(type ${target} TYPE)
+  if(type STREQUAL "EXECUTABLE")
+    target_compile_options(${target} PRIVATE -fPIC)
+  endif()
+  target_precompile_headers(${target} REUSE_FROM pare_core)
 endfunction()

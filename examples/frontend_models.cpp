@@ -1,6 +1,6 @@
 #include "frontend_models.hpp"
 
-#include <pare/trace.hpp>
+#include <pare/convert/trace.hpp>
 
 namespace nn = torch::nn;
 

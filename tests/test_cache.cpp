@@ -1,15 +1,15 @@
 // pare::InferenceCache: exactness, namespaces, LRU order, byte capacity, TTL,
 // copies, records, statistics. Threads: test_cache_concurrency.cpp.
 
-#include "cache_testing.hpp"
+#include "support/cache_testing.hpp"
 
 #include <atomic>
 #include <fstream>
 #include <iterator>
 #include <thread>
 
-#include "../src/cache_values.hpp"  // the record body decoder, as the fuzzer reaches it
-#include "pare/cache.hpp"
+#include "cache/cache_values.hpp"  // the record body decoder, as the fuzzer reaches it
+#include "pare/cache/cache.hpp"
 
 using namespace std::chrono_literals;
 using pare::CacheOptions;

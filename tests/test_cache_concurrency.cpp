@@ -2,14 +2,14 @@
 // however the callers interleave), exceptions reaching every waiting caller
 // as its own copy, and consistency under concurrent reads, writes and erases.
 
-#include "cache_testing.hpp"
+#include "support/cache_testing.hpp"
 
 #include <array>
 #include <atomic>
 #include <set>
 #include <thread>
 
-#include "pare/cache.hpp"
+#include "pare/cache/cache.hpp"
 
 using namespace std::chrono_literals;
 using pare::CacheOptions;

@@ -1,7 +1,7 @@
 // The `pare` command line and what it shares with the library: observer and
 // scope names, calibration files written by stock PyTorch, `pare bench`.
 
-#include "testing.hpp"
+#include "support/testing.hpp"
 
 #include <unistd.h>
 
@@ -10,10 +10,10 @@
 #include <fstream>
 #include <sstream>
 
-#include "pare/bench.hpp"
-#include "pare/cli.hpp"
-#include "pare/prune.hpp"
-#include "pare/quantize.hpp"
+#include "pare/tools/bench.hpp"
+#include "pare/tools/cli.hpp"
+#include "pare/prune/prune.hpp"
+#include "pare/quantize/quantize.hpp"
 
 namespace fs = std::filesystem;
 

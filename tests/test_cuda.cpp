@@ -1,17 +1,17 @@
 // CUDA paths of the Runner, Distill and TensorPool. They run where a GPU is
 // found and skip loudly elsewhere; the option checks run everywhere.
 
-#include "cuda_testing.hpp"
+#include "support/cuda_testing.hpp"
 
 #include <atomic>
 #include <thread>
 
-#include "fashion_testing.hpp"
-#include "pare/cache.hpp"
-#include "pare/distill.hpp"
-#include "pare/pool.hpp"
-#include "pare/prune.hpp"
-#include "pare/runner.hpp"
+#include "support/fashion_testing.hpp"
+#include "pare/cache/cache.hpp"
+#include "pare/distill/distill.hpp"
+#include "pare/pool/pool.hpp"
+#include "pare/prune/prune.hpp"
+#include "pare/serve/runner.hpp"
 
 namespace ex = pare::examples;
 

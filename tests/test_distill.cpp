@@ -1,8 +1,8 @@
-#include "testing.hpp"
+#include "support/testing.hpp"
 
-#include "fashion_testing.hpp"
-#include "pare/distill.hpp"
-#include "pare/prune.hpp"
+#include "support/fashion_testing.hpp"
+#include "pare/distill/distill.hpp"
+#include "pare/prune/prune.hpp"
 
 namespace ex = pare::examples;
 

@@ -1,4 +1,4 @@
-#include "testing.hpp"
+#include "support/testing.hpp"
 
 #include <unistd.h>
 
@@ -8,8 +8,8 @@
 #include <limits>
 
 #include "fashion_mnist.hpp"
-#include "pare/export.hpp"
-#include "pare/prune.hpp"
+#include "pare/convert/export.hpp"
+#include "pare/prune/prune.hpp"
 
 namespace fs = std::filesystem;
 

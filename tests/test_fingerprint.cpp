@@ -1,12 +1,12 @@
 // pare::model_fingerprint, and pare::Runner keeping the cached results of
 // different models apart in one shared cache.
 
-#include "testing.hpp"
+#include "support/testing.hpp"
 
 #include <sstream>
 
-#include "pare/fingerprint.hpp"
-#include "pare/runner.hpp"
+#include "pare/cache/fingerprint.hpp"
+#include "pare/serve/runner.hpp"
 
 namespace {
 

@@ -1,15 +1,15 @@
 // The quantization math on its own: ranges -> qparams, each observer, the
 // histogram and KL searches, weight parameters and SQNR. No LibTorch.
 
-#include "testing.hpp"
+#include "support/testing.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
 
-#include "pare/error.hpp"
-#include "pare/observers.hpp"
+#include "pare/core/error.hpp"
+#include "pare/quantize/observers.hpp"
 
 using pare::ObserverKind;
 using pare::ObserverOptions;

@@ -2,7 +2,7 @@
 // outlive their tensor copies, thread stress, and the allocator guard on a real
 // forward pass of the Fashion-MNIST CNN.
 
-#include "testing.hpp"
+#include "support/testing.hpp"
 
 #include <atomic>
 #include <cmath>
@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "fashion_mnist.hpp"
-#include "pare/pool.hpp"
+#include "pare/pool/pool.hpp"
 
 #include <c10/core/CPUAllocator.h>
 

@@ -1,10 +1,10 @@
-#include "cuda_testing.hpp"
+#include "support/cuda_testing.hpp"
 
 #include <filesystem>
 
 #include "fashion_mnist.hpp"
-#include "pare/export.hpp"
-#include "pare/precision.hpp"
+#include "pare/convert/export.hpp"
+#include "pare/convert/precision.hpp"
 
 namespace {
 

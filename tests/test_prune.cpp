@@ -1,7 +1,7 @@
-#include "testing.hpp"
+#include "support/testing.hpp"
 
 #include "fashion_mnist.hpp"
-#include "pare/prune.hpp"
+#include "pare/prune/prune.hpp"
 
 namespace {
 

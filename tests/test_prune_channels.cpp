@@ -1,4 +1,4 @@
-#include "testing.hpp"
+#include "support/testing.hpp"
 
 #include <unistd.h>
 
@@ -11,10 +11,10 @@
 #include <torch/csrc/jit/passes/freeze_module.h>
 
 #include "fashion_mnist.hpp"
-#include "pare/distill.hpp"
-#include "pare/export.hpp"
-#include "pare/prune_channels.hpp"
-#include "pare/quantize.hpp"
+#include "pare/distill/distill.hpp"
+#include "pare/convert/export.hpp"
+#include "pare/prune/prune_channels.hpp"
+#include "pare/quantize/quantize.hpp"
 
 #ifndef PARE_PYTHON
 #define PARE_PYTHON "/usr/bin/python3"
@@ -24,11 +24,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// torchvision models scripted by tests/channel_models.py, written once per run.
+// torchvision models scripted by tests/support/channel_models.py, written once per run.
 const fs::path& model_dir() {
   static const fs::path dir = [] {
     const auto path = fs::temp_directory_path() / ("pare_channel_models_" + std::to_string(::getpid()));
-    const std::string command = std::string(PARE_PYTHON) + " " + PARE_TESTS_DIR + "/channel_models.py " + path.string();
+    const std::string command = std::string(PARE_PYTHON) + " " + PARE_TESTS_DIR + "/support/channel_models.py " + path.string();
     if (std::system(command.c_str()) != 0) throw std::runtime_error("failed: " + command);
     return path;
   }();

@@ -1,14 +1,14 @@
 // QuantizeInt8 / QuantizeInt8Dynamic on real models: the example CNN trained
 // on a Fashion-MNIST subset, a Conv1d + residual-add model and an MLP.
 
-#include "testing.hpp"
+#include "support/testing.hpp"
 
 #include <cstdio>
 #include <string>
 
 #include "fashion_mnist.hpp"
-#include "pare/export.hpp"
-#include "pare/quantize.hpp"
+#include "pare/convert/export.hpp"
+#include "pare/quantize/quantize.hpp"
 
 namespace ex = pare::examples;
 

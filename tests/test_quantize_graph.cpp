@@ -4,14 +4,14 @@
 // standalone BatchNorm behind a shape check), a squeeze-excite gate (mul) and
 // the never-slower-than-float island timing. Small inputs: seconds in all.
 
-#include "testing.hpp"
+#include "support/testing.hpp"
 
 #include <string>
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/jit/ir/constants.h>
 
-#include "pare/quantize.hpp"
+#include "pare/quantize/quantize.hpp"
 
 namespace {
 

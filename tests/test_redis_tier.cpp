@@ -4,7 +4,7 @@
 // Without redis-server the whole file is skipped, loudly (exit code 77, which
 // ctest reports as "Skipped").
 
-#include "testing.hpp"
+#include "support/testing.hpp"
 
 #include <hiredis/hiredis.h>
 
@@ -13,9 +13,9 @@
 #include <iostream>
 #include <thread>
 
-#include "pare/redis_tier.hpp"
-#include "pare/runner.hpp"
-#include "redis_server.hpp"
+#include "pare/cache/redis_tier.hpp"
+#include "pare/serve/runner.hpp"
+#include "support/redis_server.hpp"
 
 using namespace std::chrono_literals;
 using pare::CacheOptions;

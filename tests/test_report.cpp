@@ -1,9 +1,9 @@
-#include "testing.hpp"
+#include "support/testing.hpp"
 
 #include <limits>
 
-#include "pare/error.hpp"
-#include "pare/report.hpp"
+#include "pare/core/error.hpp"
+#include "pare/core/report.hpp"
 
 namespace {
 

@@ -1,4 +1,4 @@
-#include "testing.hpp"
+#include "support/runner_testing.hpp"
 
 #include <array>
 #include <torch/csrc/jit/frontend/resolver.h>
@@ -9,83 +9,15 @@
 #include <condition_variable>
 #include <thread>
 
-#include "pare/runner.hpp"
+#include "pare/serve/runner.hpp"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr auto kForever = std::chrono::hours(1);
-
-// A gate the test holds a worker at: the op pare_test::gate counts the rows it
-// sees and blocks while the gate is closed. Tests decide outcomes with it (and
-// with queue sizes and deadlines), never with sleeps.
-struct Gate {
-  std::mutex mutex;
-  std::condition_variable changed;
-  bool open = true;
-  int entered = 0;
-  std::vector<float> seen;  // first element of every row that reached the model
-
-  void close() { std::lock_guard<std::mutex> lock(mutex); open = false; }
-  void release() {
-    { std::lock_guard<std::mutex> lock(mutex); open = true; }
-    changed.notify_all();
-  }
-  void wait_entered(int count) {
-    std::unique_lock<std::mutex> lock(mutex);
-    changed.wait(lock, [&] { return entered >= count; });
-  }
-  bool saw(float value) {
-    std::lock_guard<std::mutex> lock(mutex);
-    return std::find(seen.begin(), seen.end(), value) != seen.end();
-  }
-  void reset() {
-    std::lock_guard<std::mutex> lock(mutex);
-    open = true, entered = 0, seen.clear();
-  }
-};
-Gate g_gate;
-
-at::Tensor gate_op(at::Tensor x) {
-  std::unique_lock<std::mutex> lock(g_gate.mutex);
-  ++g_gate.entered;
-  for (int64_t r = 0; r < x.size(0); ++r) g_gate.seen.push_back(x[r][0].item<float>());
-  g_gate.changed.notify_all();
-  g_gate.changed.wait(lock, [] { return g_gate.open; });
-  return x;
-}
-
-TORCH_LIBRARY(pare_test, m) { m.def("gate(Tensor x) -> Tensor", gate_op); }
-
-// Lets TorchScript source call the test's ops as pare_test.name(...).
-struct TestOpsResolver : torch::jit::NativeResolver {
-  std::shared_ptr<torch::jit::SugaredValue> resolveValue(const std::string& name, torch::jit::GraphFunction& m,
-                                                         const torch::jit::SourceRange& loc) override {
-    if (name == "pare_test") return std::make_shared<torch::jit::BuiltinModule>("pare_test");
-    return NativeResolver::resolveValue(name, m, loc);
-  }
-};
-
-// Rows pass the gate, then become x * scale + shift.
-torch::jit::Module gated_model(float scale = 2, float shift = 1) {
-  torch::jit::Module m("__torch__.GatedModel");
-  m.define("def forward(self, x):\n  return pare_test.gate(x) * " + std::to_string(scale) + " + " +
-               std::to_string(shift) + "\n",
-           std::make_shared<TestOpsResolver>());
-  return m;
-}
-
-// Each output row is its input row doubled plus one; a negative input fails the whole forward pass.
-torch::jit::Module row_model() {
-  torch::jit::Module m("__torch__.RowModel");
-  m.define(R"(
-def forward(self, x):
-  assert bool((x >= 0).all()), "negative input"
-  return x * 2 + 1
-)");
-  return m;
-}
-
+using pare::testing::g_gate;
+using pare::testing::gated_model;
+using pare::testing::kForever;
+using pare::testing::row_model;
 
 }  // namespace
 

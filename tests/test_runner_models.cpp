@@ -3,12 +3,12 @@
 // (TorchScript's executor and onednn's int8 kernels keep the plan of the first
 // input shape they run), up to the limit; the results are the model's.
 
-#include "testing.hpp"
+#include "support/testing.hpp"
 
 #include <atomic>
 #include <thread>
 
-#include "pare/runner.hpp"
+#include "pare/serve/runner.hpp"
 
 namespace {
 

@@ -1,4 +1,4 @@
-#include "testing.hpp"
+#include "support/testing.hpp"
 
 #include <unistd.h>
 
@@ -6,9 +6,9 @@
 #include <filesystem>
 #include <fstream>
 
-#include "pare/prune.hpp"
-#include "pare/quantize.hpp"
-#include "pare/trace.hpp"
+#include "pare/prune/prune.hpp"
+#include "pare/quantize/quantize.hpp"
+#include "pare/convert/trace.hpp"
 
 namespace nn = torch::nn;
 

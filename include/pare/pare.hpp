@@ -1,23 +1,26 @@
 #pragma once
-// Everything pare offers, in one include.
+// Everything the pare library offers, in one include, subsystem by subsystem
+// (docs/design.md draws their layers). The tools (CLI, benchmark harness) are
+// not part of it: they live in the pare_tools target, include pare/tools/*.hpp.
 
-#include "pare/distill.hpp"
-#include "pare/cache.hpp"
-#include "pare/error.hpp"
-#include "pare/export.hpp"
-#include "pare/pipeline.hpp"
-#include "pare/pool.hpp"
-#include "pare/precision.hpp"
-#include "pare/prune.hpp"
-#include "pare/prune_channels.hpp"
-#include "pare/quantize.hpp"
-#include "pare/report.hpp"
-#include "pare/runner.hpp"
 #include "pare/version.hpp"
-#include "pare/trace.hpp"
-#include "pare/bench.hpp"
-#include "pare/cli.hpp"
-#include "pare/fingerprint.hpp"
+
+#include "pare/core/error.hpp"
+#include "pare/core/pipeline.hpp"
+#include "pare/core/report.hpp"
+
+#include "pare/prune/prune.hpp"
+#include "pare/prune/prune_channels.hpp"
+#include "pare/quantize/quantize.hpp"
+#include "pare/convert/export.hpp"
+#include "pare/convert/precision.hpp"
+#include "pare/convert/trace.hpp"
+#include "pare/distill/distill.hpp"
+
+#include "pare/cache/cache.hpp"
+#include "pare/cache/fingerprint.hpp"
 #ifdef PARE_WITH_REDIS
-#include "pare/redis_tier.hpp"
+#include "pare/cache/redis_tier.hpp"
 #endif
+#include "pare/pool/pool.hpp"
+#include "pare/serve/runner.hpp"

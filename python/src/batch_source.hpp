@@ -9,8 +9,8 @@
 #include <string>
 
 #include "bindings.hpp"
-#include "pare/batches.hpp"
-#include "pare/error.hpp"
+#include "pare/core/batches.hpp"
+#include "pare/core/error.hpp"
 
 namespace pare::python {
 

@@ -2,7 +2,7 @@
 
 #include "bindings.hpp"
 
-#include "pare/bench.hpp"
+#include "pare/tools/bench.hpp"
 
 namespace pare::python {
 namespace {

@@ -6,10 +6,10 @@
 
 #include <chrono>
 
-#include "pare/cache.hpp"
-#include "pare/fingerprint.hpp"
+#include "pare/cache/cache.hpp"
+#include "pare/cache/fingerprint.hpp"
 #ifdef PARE_WITH_REDIS
-#include "pare/redis_tier.hpp"
+#include "pare/cache/redis_tier.hpp"
 #endif
 
 namespace pare::python {

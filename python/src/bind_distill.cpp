@@ -3,7 +3,7 @@
 
 #include "batch_source.hpp"
 
-#include "pare/distill.hpp"
+#include "pare/distill/distill.hpp"
 
 namespace pare::python {
 namespace {

@@ -2,8 +2,8 @@
 
 #include "bindings.hpp"
 
-#include "pare/export.hpp"
-#include "pare/prune.hpp"
+#include "pare/convert/export.hpp"
+#include "pare/prune/prune.hpp"
 
 namespace pare::python {
 namespace {

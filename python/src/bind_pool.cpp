@@ -7,7 +7,7 @@
 
 #include <torch/csrc/Dtype.h>
 
-#include "pare/pool.hpp"
+#include "pare/pool/pool.hpp"
 
 namespace pare::python {
 namespace {

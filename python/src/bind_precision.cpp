@@ -4,7 +4,7 @@
 
 #include <torch/csrc/Dtype.h>
 
-#include "pare/precision.hpp"
+#include "pare/convert/precision.hpp"
 
 namespace pare::python {
 

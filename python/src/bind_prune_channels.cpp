@@ -2,7 +2,7 @@
 
 #include "bindings.hpp"
 
-#include "pare/prune_channels.hpp"
+#include "pare/prune/prune_channels.hpp"
 
 namespace pare::python {
 namespace {

@@ -2,7 +2,7 @@
 
 #include "batch_source.hpp"
 
-#include "pare/quantize.hpp"
+#include "pare/quantize/quantize.hpp"
 
 namespace pare::python {
 namespace {

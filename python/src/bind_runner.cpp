@@ -4,8 +4,8 @@
 
 #include <iostream>
 
-#include "pare/cli.hpp"
-#include "pare/runner.hpp"
+#include "pare/tools/cli.hpp"
+#include "pare/serve/runner.hpp"
 
 namespace pare::python {
 namespace {

@@ -11,7 +11,7 @@
 #include <cmath>
 #include <string>
 
-#include "pare/error.hpp"
+#include "pare/core/error.hpp"
 
 namespace pare::python {
 

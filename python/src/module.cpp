@@ -3,8 +3,8 @@
 #include "bindings.hpp"
 #include "pare/version.hpp"
 
-#include "pare/error.hpp"
-#include "../../src/ivalue_walk.hpp"  // internal, header-only
+#include "pare/core/error.hpp"
+#include "../../src/core/ivalue_walk.hpp"  // internal, header-only
 
 namespace pare::python {
 

@@ -2,8 +2,8 @@
 
 #include "bindings.hpp"
 
-#include "../../src/compat.hpp"
-#include "pare/error.hpp"
+#include "../../src/core/compat.hpp"
+#include "pare/core/error.hpp"
 
 namespace pare::python {
 

@@ -21,10 +21,10 @@
 #include <nettle/md5.h>
 
 #include "fashion_mnist.hpp"
-#include "pare/cache.hpp"
+#include "pare/cache/cache.hpp"
 #ifdef PARE_WITH_REDIS
-#include "../redis_server.hpp"
-#include "pare/redis_tier.hpp"
+#include "../support/redis_server.hpp"
+#include "pare/cache/redis_tier.hpp"
 #endif
 
 namespace {

@@ -33,6 +33,7 @@
 
 #include <ATen/Parallel.h>
 #include <pare/pare.hpp>
+#include <pare/tools/bench.hpp>
 
 #include "fashion_mnist.hpp"
 

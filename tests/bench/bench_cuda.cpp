@@ -22,11 +22,11 @@
 
 #include <torch/cuda.h>
 
-#include <pare/cache.hpp>
-#include <pare/distill.hpp>
-#include <pare/precision.hpp>
-#include <pare/quantize.hpp>
-#include <pare/runner.hpp>
+#include <pare/cache/cache.hpp>
+#include <pare/distill/distill.hpp>
+#include <pare/convert/precision.hpp>
+#include <pare/quantize/quantize.hpp>
+#include <pare/serve/runner.hpp>
 
 #include "fashion_mnist.hpp"
 

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "fashion_mnist.hpp"
-#include "pare/pool.hpp"
+#include "pare/pool/pool.hpp"
 
 namespace {
 

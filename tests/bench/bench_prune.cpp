@@ -16,7 +16,7 @@
 
 #include <torch/torch.h>
 
-#include "pare/prune.hpp"
+#include "pare/prune/prune.hpp"
 
 namespace {
 

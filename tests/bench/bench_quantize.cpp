@@ -26,7 +26,7 @@
 
 #include <nlohmann/json.hpp>
 #include <pare/pare.hpp>
-#include <pare/quantize.hpp>
+#include <pare/quantize/quantize.hpp>
 
 #include "bench_quantize_models.hpp"
 #include "fashion_mnist.hpp"

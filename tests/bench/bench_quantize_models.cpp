@@ -15,7 +15,7 @@
 
 #include <nlohmann/json.hpp>
 #include <pare/pare.hpp>
-#include <pare/quantize.hpp>
+#include <pare/quantize/quantize.hpp>
 
 #include "fashion_mnist.hpp"
 

@@ -1,22 +1,24 @@
-// Serving under load, on the Fashion-MNIST CNN in fp32 and in static int8:
-//  1. closed loop: N client threads send single images through pare::Runner,
-//     unbatched, batched with the fixed-delay rule (a batch waits out max_delay
-//     unless full) and with the gap rule (it also goes when no request arrived
-//     for batch_gap), for max_batch 8..64;
+// Serving under load: pare::Runner against clients that call the model
+// themselves, on the Fashion-MNIST CNN in static int8 and fp32 and on
+// torchvision's resnet18 (random weights, 3x64x64, scripted by PARE_PYTHON):
+//  1. closed loop: N client threads (1, 8, 32, 128 by default) each send one
+//     image and wait for its answer. Three ways to serve them:
+//       plain   every client calls module.forward on its own thread (one
+//               LibTorch thread each): what a user gets without pare;
+//       hint    Runner with RunnerOptions::hint(Throughput): tuned at
+//               construction to the model and the host;
+//       fixed   Runner as configured before the hint existed: one worker,
+//               max_batch 32, the gap rule.
+//     Each row prints requests/s, p99, the ratio to plain, the share of
+//     requests run on their caller's thread, the mean batch, where a queued
+//     request's time went, and the ceiling: every core running batches of 8.
 //  2. open loop: Poisson arrivals at 10% and at 2x the measured capacity, with
 //     max_queue set: latency from the scheduled send time, rejections, RSS;
-//  3. hot swap: N clients while the model is swapped `--swaps` times.
-// Prints tables and ratios measured in this run.
+//  3. hot swap: clients while the model is swapped `--swaps` times.
 //
-//   bench_runner [--seconds 2] [--clients 8] [--workers W] [--batch-threads T] [--model-copies C] [--swaps 100]
-//                [--gap-us 100] [--only closed]
-//
-// Unbatched, every client runs the model on its own thread with one LibTorch
-// thread; batched runners have W workers (default 1: on two cores, two workers
-// beside eight clients ran fewer batches per second than one), each running a
-// batch on T LibTorch threads (default 1). Before the closed loop, the forward
-// passes alone give the most batching can win on this machine.
+//   bench_runner [--seconds 1] [--clients 1,8,32,128] [--models int8,fp32,resnet18] [--swaps 100] [--only closed]
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,121 +26,124 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
-#include <pare/bench.hpp>
-#include <pare/pipeline.hpp>
-#include <pare/quantize.hpp>
-#include <pare/runner.hpp>
+#include <pare/core/pipeline.hpp>
+#include <pare/quantize/quantize.hpp>
+#include <pare/serve/runner.hpp>
+#include <pare/tools/bench.hpp>
+#include <torch/version.h>
 
 #include "fashion_mnist.hpp"
 
 namespace ex = pare::examples;
+using Clock = std::chrono::steady_clock;
 
 namespace {
 
 struct Config {
-  double seconds = 2;
-  int clients = 8;
+  double seconds = 1;
+  std::vector<int> clients{1, 8, 32, 128};
+  std::vector<std::string> models{"int8", "fp32", "resnet18"};
   int swaps = 100;
-  int workers = 1;
-  int batch_threads = 1;
-  size_t model_copies = pare::RunnerOptions().model_copies();
-  std::chrono::microseconds gap = pare::RunnerOptions().batch_gap();
   std::string only;  // "closed": the closed-loop tables alone
 };
 
-struct Measured {
+/// One model and the single-row requests it is served.
+struct Served {
   std::string name;
-  int64_t max_batch = 1;
-  bool gap_rule = false;
-  pare::RunnerStats stats;
+  torch::jit::Module module;
+  std::vector<std::vector<c10::IValue>> requests;
 };
 
-pare::RunnerOptions warmed(pare::RunnerOptions options, const ex::Dataset& images) {
-  return options.warmup(5).example_inputs({images.images.slice(0, 0, 1)});
+struct Loop {
+  double throughput = 0, p50_ms = 0, p99_ms = 0;
+  double cpu_us = 0;  // process CPU time (user + system) per request
+};
+
+double cpu_seconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) { return double(t.tv_sec) + 1e-6 * double(t.tv_usec); };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
-std::vector<c10::IValue> image(const ex::Dataset& images, int64_t i) {
-  i %= images.size();
-  return {images.images.slice(0, i, i + 1)};
-}
-
-// `clients` threads, each sending its next image as soon as the last answer came.
-pare::RunnerStats closed_loop(pare::Runner& runner, const ex::Dataset& images, int clients, double seconds,
-                              std::atomic<int>* failures = nullptr) {
+// `clients` threads, each sending its next request as soon as the last answer
+// came, for `seconds`; latencies measured by the clients themselves.
+template <class Call>
+Loop closed_loop(const Served& m, int clients, double seconds, Call&& call) {
   std::atomic<bool> stop{false};
+  std::vector<std::vector<double>> latencies(static_cast<size_t>(clients));
   std::vector<std::thread> threads;
   for (int c = 0; c < clients; ++c) {
     threads.emplace_back([&, c] {
-      for (int64_t i = c; !stop; i += clients) {
-        try {
-          if (runner.run(image(images, i)).toTensor().size(0) != 1 && failures) ++*failures;
-        } catch (const std::exception&) {
-          if (!failures) throw;
-          ++*failures;
-        }
+      for (size_t i = size_t(c); !stop; i += size_t(clients)) {
+        const auto start = Clock::now();
+        if (call(m.requests[i % m.requests.size()]).toTensor().size(0) != 1) std::abort();
+        latencies[size_t(c)].push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
       }
     });
   }
+  const auto start = Clock::now();
+  const double cpu_start = cpu_seconds();
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
   stop = true;
   for (auto& t : threads) t.join();
-  return runner.stats();
+  const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  const double cpu = cpu_seconds() - cpu_start;
+  std::vector<double> all;
+  for (const auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+  std::sort(all.begin(), all.end());
+  auto at = [&](double q) { return all.empty() ? 0.0 : all[std::min(all.size() - 1, size_t(q * double(all.size())))]; };
+  return {double(all.size()) / elapsed, at(0.5), at(0.99), all.empty() ? 0.0 : 1e6 * cpu / double(all.size())};
 }
 
-// What batching can win at most on this machine: a batch of 8 against one
-// image per core, the forward passes alone (fresh module per size, medians).
-void batching_ceiling(const torch::jit::Module& model, int batch_threads) {
-  auto median_ms = [&](int64_t batch, int threads) {
-    at::set_num_threads(threads);
-    const auto rows = pare::benchmark_models({{"m", model}}, pare::BenchOptions().inputs({{1, 1, 28, 28}}).batches({batch}).threads({1}).duration(std::chrono::milliseconds(500)));
-    return rows.front().p50_ms;
-  };
-  const double one = median_ms(1, 1), eight = median_ms(8, batch_threads);
+pare::RunnerOptions warmed(pare::RunnerOptions options, const Served& m) {
+  return options.warmup(5).example_inputs(m.requests.front());
+}
+
+// The forward passes alone on one LibTorch thread: batch 1 and batch 8.
+std::pair<double, double> forward_ms(const Served& m) {
+  const auto shape = m.requests.front().front().toTensor().sizes().vec();
+  const auto rows = pare::benchmark_models({{"m", m.module}}, pare::BenchOptions().inputs({shape}).batches({1, 8}).threads({1}).duration(std::chrono::milliseconds(400)));
+  return {rows.at(0).p50_ms, rows.at(1).p50_ms};
+}
+
+void closed_loop_table(const Served& m, const Config& config) {
+  const auto [one, eight] = forward_ms(m);
   const double cores = std::thread::hardware_concurrency();
-  std::printf("forward alone: batch 1 %.3f ms (1 thread), batch 8 %.3f ms (%d threads): at most %.2fx the "
-              "unbatched throughput of %.0f cores\n", one, eight, batch_threads, (8 / eight) / (cores / one), cores);
-}
-
-std::vector<Measured> closed_loop_table(const torch::jit::Module& model, const ex::Dataset& images, const Config& config) {
-  std::vector<Measured> runs;
-  auto drive = [&](std::string name, int64_t max_batch, bool gap_rule, pare::RunnerOptions options) {
-    // Each mode's best use of the cores: unbatched clients compute one image
-    // each on their own thread; a batch worker may spread a batch over several.
-    // Worker threads take the setting when they first run an operator.
-    at::set_num_threads(max_batch == 1 ? 1 : config.batch_threads);
-    pare::Runner runner(model.clone(), warmed(options, images));
-    runs.push_back({std::move(name), max_batch, gap_rule, closed_loop(runner, images, config.clients, config.seconds)});
-  };
-  const auto delay = std::chrono::milliseconds(1);
-  drive("no batching", 1, false, pare::RunnerOptions().max_batch(1));
-  const auto batched = pare::RunnerOptions().threads(config.workers).max_delay(delay).model_copies(config.model_copies);
-  for (int64_t b : {8, 16, 32, 64})  // a gap as long as the delay: the fixed-delay rule
-    drive("fixed delay 1ms, max_batch=" + std::to_string(b), b, false,
-          pare::RunnerOptions(batched).max_batch(b).batch_gap(delay));
-  for (int64_t b : {8, 16, 32, 64})
-    drive("gap rule, max_batch=" + std::to_string(b), b, true,
-          pare::RunnerOptions(batched).max_batch(b).batch_gap(config.gap));
-
-  double best = 0, worst = 1e30, base = runs.front().stats.throughput();
-  for (const auto& r : runs)
-    if (r.gap_rule) best = std::max(best, r.stats.throughput()), worst = std::min(worst, r.stats.throughput());
-  std::printf("\n| mode | requests/s | p50 ms | p99 ms | mean batch | vs unbatched | vs best gap rule |\n"
-              "| --- | --- | --- | --- | --- | --- | --- |\n");
-  for (const auto& r : runs) {
-    const double mean_batch = r.stats.batches ? double(r.stats.requests) / double(r.stats.batches) : 0;
-    std::printf("| %s | %.0f | %.3f | %.3f | %.2f | %.2fx | %.2fx |\n", r.name.c_str(), r.stats.throughput(),
-                r.stats.p50_ms, r.stats.p99_ms, mean_batch, r.stats.throughput() / base, r.stats.throughput() / best);
+  const double ceiling = cores * std::max(1 / one, 8 / eight) * 1e3;
+  std::printf("\n## %s\n\nforward alone, 1 thread: batch 1 %.3f ms, batch 8 %.3f ms (%.0f%% less per image); "
+              "ceiling %.0f images/s (%.0f cores, each running its best batch)\n\n", m.name.c_str(), one, eight,
+              100 * (1 - eight / (8 * one)), ceiling, cores);
+  std::printf("| clients | plain req/s | plain p99 ms | hint req/s | hint p99 ms | hint / plain | fixed req/s | fixed / plain "
+              "| on caller | mean batch | queue ms/req | assemble %% | CPU us/req plain / hint | hint / ceiling | hint choice |\n"
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  for (int clients : config.clients) {
+    const auto plain = closed_loop(m, clients, config.seconds, [&](const std::vector<c10::IValue>& in) {
+      torch::NoGradGuard no_grad;
+      return m.module.get_method("forward")(in);
+    });
+    pare::Runner hint(m.module, warmed(pare::RunnerOptions().hint(pare::RunnerHint::Throughput), m));
+    const auto tuned = closed_loop(m, clients, config.seconds, [&](auto in) { return hint.run(std::move(in)); });
+    const auto s = hint.stats();
+    pare::Runner fixed(m.module, warmed(pare::RunnerOptions().max_batch(32), m));
+    const auto before = closed_loop(m, clients, config.seconds, [&](auto in) { return fixed.run(std::move(in)); });
+    const double queued = double(s.requests - s.caller_runs);
+    const double busy = s.forward_seconds + s.assemble_seconds;
+    std::printf("| %d | %.0f | %.3f | %.0f | %.3f | **%.2fx** | %.0f | %.2fx | %.0f%% | %.2f | %.3f | %.1f%% | %.0f / %.0f | %.2f | "
+                "max_batch %lld, %d workers, %d passes, saving %.2f |\n",
+                clients, plain.throughput, plain.p99_ms, tuned.throughput, tuned.p99_ms,
+                tuned.throughput / plain.throughput, before.throughput, before.throughput / plain.throughput,
+                s.requests ? 100.0 * double(s.caller_runs) / double(s.requests) : 0.0,
+                s.batches ? double(s.requests) / double(s.batches) : 0.0, queued > 0 ? 1e3 * s.queue_seconds / queued : 0.0,
+                busy > 0 ? 100 * s.assemble_seconds / busy : 0.0, plain.cpu_us, tuned.cpu_us, tuned.throughput / ceiling, (long long)s.max_batch,
+                s.threads, s.concurrency, s.batch_saving);
+    std::fflush(stdout);
   }
-  double worst_p99 = 0;
-  for (const auto& r : runs)
-    if (r.gap_rule) worst_p99 = std::max(worst_p99, r.stats.p99_ms);
-  std::printf("\ngap rule: best %.2fx unbatched throughput (goal >= 2x on int8); worst max_batch %.2f of the best "
-              "(goal >= 0.90); worst p99 %.3f ms vs unbatched %.3f ms (goal: no worse)\n",
-              best / base, worst / best, worst_p99, runs.front().stats.p99_ms);
-  return runs;
 }
 
 double rss_mib() {
@@ -148,24 +153,22 @@ double rss_mib() {
   return double(resident) * double(sysconf(_SC_PAGESIZE)) / (1 << 20);
 }
 
-void open_loop(const torch::jit::Module& model, const ex::Dataset& images, double capacity, const Config& config) {
-  const int64_t max_batch = 8;
+void open_loop(const Served& m, const Config& config) {
   const size_t max_queue = 16;
-  std::vector<std::vector<c10::IValue>> inputs;
-  for (int64_t i = 0; i < 256; ++i) inputs.push_back(image(images, i));
-  pare::Runner runner(model.clone(), warmed(pare::RunnerOptions().max_batch(max_batch).max_queue(max_queue)
-                                                .batch_gap(config.gap), images));
+  pare::Runner runner(m.module, warmed(pare::RunnerOptions().hint(pare::RunnerHint::Throughput).max_queue(max_queue), m));
+  // Capacity: the runner's own closed loop at 4 clients per core.
+  const double capacity = closed_loop(m, int(4 * std::thread::hardware_concurrency()), config.seconds,
+                                      [&](auto in) { return runner.run(std::move(in)); }).throughput;
   auto load = [&](double rate, uint64_t seed) {
-    return pare::run_open_loop(runner, pare::OpenLoopOptions(rate).duration(std::chrono::milliseconds(std::llround(config.seconds * 1000))).seed(seed).inputs(inputs));
+    return pare::run_open_loop(runner, pare::OpenLoopOptions(rate).duration(std::chrono::milliseconds(std::llround(config.seconds * 1000))).seed(seed).inputs(m.requests));
   };
   const auto unloaded = load(0.1 * capacity, 1);
   load(2 * capacity, 2);  // a first overload run grows the allocator's arenas to their working size
   const double rss_before = rss_mib();
   const auto overloaded = load(2 * capacity, 3);
   const double rss_after = rss_mib();
-  std::printf("\nopen loop, max_batch %lld, max_queue %zu, capacity %.0f requests/s (best closed loop):\n\n%s",
-              (long long)max_batch, max_queue, capacity,
-              pare::open_loop_table({{"10% of capacity", unloaded}, {"2x capacity", overloaded}}).c_str());
+  std::printf("\nopen loop, hint throughput, max_queue %zu, capacity %.0f requests/s (closed loop):\n\n%s", max_queue,
+              capacity, pare::open_loop_table({{"10% of capacity", unloaded}, {"2x capacity", overloaded}}).c_str());
   const uint64_t ended = overloaded.succeeded + overloaded.rejected + overloaded.timeouts + overloaded.failed;
   std::printf("\n2x capacity: accepted p99 %.2fx the unloaded p99 (goal <= 5x); %.1f%% rejected; %llu sent, %llu "
               "answered or refused (nothing lost: %s); RSS %.1f MiB before, %.1f MiB after (%+.1f MiB)\n",
@@ -174,21 +177,27 @@ void open_loop(const torch::jit::Module& model, const ex::Dataset& images, doubl
               rss_before, rss_after, rss_after - rss_before);
 }
 
-void hot_swap(const torch::jit::Module& model, const ex::Dataset& images, const Config& config) {
-  pare::Runner runner(model.clone(), warmed(pare::RunnerOptions().max_batch(32).batch_gap(config.gap), images));
+void hot_swap(const Served& m, const Config& config) {
+  pare::Runner runner(m.module, warmed(pare::RunnerOptions().hint(pare::RunnerHint::Throughput), m));
   std::atomic<int> failures{0};
   std::thread swapper([&] {
     const auto spacing = std::chrono::duration<double>(config.seconds / config.swaps);
     for (int s = 0; s < config.swaps; ++s) {
-      runner.swap(model.clone());
+      runner.swap(m.module.clone());
       std::this_thread::sleep_for(spacing);
     }
   });
-  const auto stats = closed_loop(runner, images, config.clients, config.seconds, &failures);
+  const auto loop = closed_loop(m, 8, config.seconds, [&](auto in) {
+    try {
+      return runner.run(std::move(in));
+    } catch (const std::exception&) {
+      ++failures;
+      return c10::IValue(torch::zeros({1}));
+    }
+  });
   swapper.join();
-  std::printf("\nhot swap: %llu swaps under %d clients, %llu requests, %d failed (goal 0)\n",
-              (unsigned long long)runner.stats().swaps, config.clients, (unsigned long long)stats.requests,
-              failures.load());
+  std::printf("\nhot swap: %llu swaps under 8 clients, %.0f requests/s, %d failed (goal 0)\n",
+              (unsigned long long)runner.stats().swaps, loop.throughput, failures.load());
 }
 
 torch::jit::Module int8_cnn(const torch::jit::Module& fp32, const ex::Dataset& calibration_images) {
@@ -199,40 +208,63 @@ torch::jit::Module int8_cnn(const torch::jit::Module& fp32, const ex::Dataset& c
   return pipeline.run(fp32).module;
 }
 
+// torchvision's resnet18, random weights, scripted and frozen by stock PyTorch.
+torch::jit::Module resnet18() {
+  const auto path = std::filesystem::temp_directory_path() / ("bench_runner_resnet18_" + std::to_string(getpid()) + ".pt");
+  const std::string command = std::string(PARE_PYTHON) + " -c \"import torch, torchvision; m = torchvision.models.resnet18().eval(); "
+                              "torch.jit.save(torch.jit.freeze(torch.jit.script(m)), '" + path.string() + "')\"";
+  if (std::system(command.c_str()) != 0) throw std::runtime_error("failed: " + command);
+  auto module = torch::jit::load(path.string());
+  std::filesystem::remove(path);
+  return module;
+}
+
+std::vector<std::string> split(const std::string& list) {
+  std::vector<std::string> items;
+  std::stringstream in(list);
+  for (std::string item; std::getline(in, item, ',');) items.push_back(item);
+  return items;
+}
+
+std::vector<Served> models(const Config& config) {
+  const auto images = ex::load_fashion_mnist(false, 2000);
+  std::vector<std::vector<c10::IValue>> digits, pictures;
+  for (int64_t i = 0; i < 512; ++i) digits.push_back({images.images.slice(0, i, i + 1)});
+  for (int64_t i = 0; i < 64; ++i) pictures.push_back({torch::randn({1, 3, 64, 64})});
+  auto fp32 = ex::make_fashion_cnn();
+  fp32.eval();
+  std::vector<Served> served;
+  for (const auto& name : config.models) {
+    if (name == "int8") served.push_back({"int8 CNN", int8_cnn(fp32, ex::load_fashion_mnist(true, 256)), digits});
+    else if (name == "fp32") served.push_back({"fp32 CNN", torch::jit::freeze(fp32), digits});
+    else if (name == "resnet18") served.push_back({"resnet18 3x64x64", resnet18(), pictures});
+    else throw std::runtime_error("unknown model " + name + "; expected int8, fp32 or resnet18");
+  }
+  return served;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   Config config;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--seconds")) config.seconds = std::atof(argv[i + 1]);
-    if (!std::strcmp(argv[i], "--clients")) config.clients = std::atoi(argv[i + 1]);
-    if (!std::strcmp(argv[i], "--workers")) config.workers = std::max(1, std::atoi(argv[i + 1]));
-    if (!std::strcmp(argv[i], "--model-copies")) config.model_copies = size_t(std::max(0, std::atoi(argv[i + 1])));
+    if (!std::strcmp(argv[i], "--clients")) {
+      config.clients.clear();
+      for (const auto& c : split(argv[i + 1])) config.clients.push_back(std::max(1, std::atoi(c.c_str())));
+    }
+    if (!std::strcmp(argv[i], "--models")) config.models = split(argv[i + 1]);
     if (!std::strcmp(argv[i], "--swaps")) config.swaps = std::max(1, std::atoi(argv[i + 1]));
-    if (!std::strcmp(argv[i], "--batch-threads")) config.batch_threads = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--only")) config.only = argv[i + 1];
-    if (!std::strcmp(argv[i], "--gap-us")) config.gap = std::chrono::microseconds(std::atoi(argv[i + 1]));
   }
-  const auto images = ex::load_fashion_mnist(false, 2000);
-  auto fp32 = ex::make_fashion_cnn();
-  fp32.eval();
-  const auto int8 = int8_cnn(fp32, ex::load_fashion_mnist(true, 256));
-  const std::vector<std::pair<std::string, torch::jit::Module>> models{{"int8 CNN", int8},
-                                                                      {"fp32 CNN", torch::jit::freeze(fp32)}};
-  std::printf("# bench_runner: %d client threads, single 1x1x28x28 Fashion-MNIST images, %.1f s per run, "
-              "%d batch workers, model_copies %zu, LibTorch threads %d, %u hardware threads\n",
-              config.clients, config.seconds, config.workers, config.model_copies, torch::get_num_threads(),
-              std::thread::hardware_concurrency());
-  for (const auto& [name, model] : models) {
-    std::printf("\n## %s\n\nclosed loop, %d clients, max_delay 1 ms, batch_gap %lld us:\n", name.c_str(),
-                config.clients, (long long)config.gap.count());
-    batching_ceiling(model, config.batch_threads);
-    const auto runs = closed_loop_table(model, images, config);
-    double capacity = 0;
-    for (const auto& r : runs) capacity = std::max(capacity, r.stats.throughput());
+  torch::set_num_threads(1);  // one LibTorch thread per pass, for every way of serving
+  std::printf("# bench_runner: single-row requests, %.1f s per run, %u hardware threads, LibTorch %s\n", config.seconds,
+              std::thread::hardware_concurrency(), TORCH_VERSION);
+  for (const auto& m : models(config)) {
+    closed_loop_table(m, config);
     if (config.only == "closed") continue;
-    open_loop(model, images, capacity, config);
-    hot_swap(model, images, config);
+    open_loop(m, config);
+    hot_swap(m, config);
   }
   return 0;
 }

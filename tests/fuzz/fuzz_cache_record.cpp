@@ -11,8 +11,8 @@
 
 #include <ATen/Parallel.h>
 
-#include "cache_values.hpp"
-#include "pare/cache.hpp"
+#include "cache/cache_values.hpp"
+#include "pare/cache/cache.hpp"
 
 namespace {
 

@@ -8,8 +8,8 @@
 #include <cstdlib>
 #include <string>
 
-#include "pare/error.hpp"
-#include "pare/report.hpp"
+#include "pare/core/error.hpp"
+#include "pare/core/report.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);

@@ -1,0 +1,111 @@
+#pragma once
+// pare::PruneChannels — structured pruning that physically removes channels.
+// The TorchScript graph is analysed for channel dependencies (residual adds,
+// concatenations, depthwise convs, flatten -> Linear); every coupled tensor
+// shrinks, so the result is a smaller dense model that stock PyTorch loads.
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "pare/core/pipeline.hpp"
+#include "pare/prune/prune.hpp"
+
+namespace pare {
+
+/// How a channel's weights are scored: sum of |w| or square root of sum of w².
+enum class Norm { L1, L2 };
+
+class PruneChannelsOptions {
+ public:
+  /// Fraction of channels to remove, in [0, 1].
+  explicit PruneChannelsOptions(double amount) : amount_(amount) {}
+
+  /// Local: each group loses `amount` of its channels. Global: one ranking
+  /// across groups, by each channel's norm divided by its weight count.
+  PruneChannelsOptions& scope(Scope value) { scope_ = value; return *this; }
+  /// The norm that ranks channels (summed over every weight that produces them).
+  PruneChannelsOptions& norm(Norm value) { norm_ = value; return *this; }
+  /// No group keeps fewer channels than this (>= 1).
+  PruneChannelsOptions& min_channels(int64_t value) { min_channels_ = value; return *this; }
+  /// Kept channel counts are rounded up to a multiple of this (e.g. 8 for SIMD-friendly shapes).
+  PruneChannelsOptions& round_to(int64_t value) { round_to_ = value; return *this; }
+  /// Glob patterns on producer weight names ("layer1.*"); a group is pruned
+  /// only when every conv/linear producing its channels is selected.
+  PruneChannelsOptions& include(std::vector<std::string> patterns) { selection_.include = std::move(patterns); return *this; }
+  PruneChannelsOptions& exclude(std::vector<std::string> patterns) { selection_.exclude = std::move(patterns); return *this; }
+  /// Shape of the example input (batch first, e.g. {1, 3, 224, 224}) used to
+  /// count MACs and to check that the pruned model runs. Empty: inferred from
+  /// the first conv/linear (spatial size 64), pare::Error if the model rejects it.
+  PruneChannelsOptions& input_shape(std::vector<int64_t> value) { input_shape_ = std::move(value); return *this; }
+
+  double amount() const { return amount_; }
+  Scope scope() const { return scope_; }
+  Norm norm() const { return norm_; }
+  int64_t min_channels() const { return min_channels_; }
+  int64_t round_to() const { return round_to_; }
+  const LayerSelection& selection() const { return selection_; }
+  const std::vector<int64_t>& input_shape() const { return input_shape_; }
+
+ private:
+  double amount_;
+  Scope scope_ = Scope::Local;
+  Norm norm_ = Norm::L1;
+  int64_t min_channels_ = 1;
+  int64_t round_to_ = 1;
+  LayerSelection selection_;
+  std::vector<int64_t> input_shape_;
+};
+
+/// One dependency group: channels that must be removed together.
+struct ChannelGroupReport {
+  std::string name;                  ///< the first producer, e.g. "layer1.0.conv1"
+  std::vector<std::string> members;  ///< every conv/linear producing these channels
+  int64_t channels_before = 0;
+  int64_t channels_after = 0;
+  std::string blocked_by;  ///< why the group stays whole ("aten::view", "model output"); empty if prunable
+};
+
+/// Model size before and after.
+struct ChannelPruneStats {
+  std::vector<ChannelGroupReport> groups;
+  std::vector<int64_t> input_shape;  ///< the shape MACs were counted for
+  int64_t params_before = 0, params_after = 0;
+  int64_t macs_before = 0, macs_after = 0;  ///< multiply-accumulates of conv and linear layers
+  int64_t file_bytes_before = 0, file_bytes_after = 0;  ///< serialized TorchScript size
+};
+
+/// What prune_channels returns: the smaller model, its figures, and for every
+/// resized tensor ("layer1.0.conv1.weight") the kept indices along each cut dim.
+struct PrunedChannels {
+  torch::jit::Module module;
+  ChannelPruneStats stats;
+  std::map<std::string, std::vector<std::pair<int64_t, torch::Tensor>>> kept;
+};
+
+/// Removes channels from a deep copy of `module` (which is left untouched).
+/// pare::Error on invalid options, when no group can be pruned (naming the
+/// ops that block them), or when the model does not run on the example input.
+PrunedChannels prune_channels(const torch::jit::Module& module, const PruneChannelsOptions& options);
+
+/// Multiply-accumulates of every conv and linear call in one forward pass on
+/// an input of `input_shape` (zeros), read from the real output shapes.
+int64_t count_macs(const torch::jit::Module& module, const std::vector<int64_t>& input_shape);
+
+/// The pass. Fills its report entry with one layer row per group (metrics
+/// channels_before/channels_after, label blocked_by) and the size figures
+/// (params_*, macs_*, file_bytes_*); masks left by L1Prune follow the cut.
+class PruneChannels : public Pass {
+ public:
+  explicit PruneChannels(PruneChannelsOptions options);
+  std::string name() const override { return "prune_channels"; }
+  void run(Result& state, PassReport& entry) const override;
+  const PruneChannelsOptions& options() const { return options_; }
+
+ private:
+  PruneChannelsOptions options_;
+};
+
+}  // namespace pare

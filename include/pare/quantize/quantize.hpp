@@ -1,0 +1,147 @@
+#pragma once
+// pare::QuantizeInt8 and pare::QuantizeInt8Dynamic — post-training int8
+// quantization of any TorchScript model, exported as standard quantized
+// TorchScript (quantized::linear / quantized::conv2d with prepacked weights)
+// that stock PyTorch loads without pare.
+
+#include <functional>
+#include <optional>
+
+#include "pare/core/batches.hpp"
+#include "pare/quantize/observers.hpp"
+#include "pare/core/pipeline.hpp"
+#include "pare/quantize/quantization_info.hpp"
+
+namespace pare {
+
+/// One model input list per calibration batch.
+using InputBatches = std::vector<std::vector<torch::jit::IValue>>;
+/// Calibration inputs: a list (InputBatches) or batches produced on demand.
+using CalibrationData = BatchSource<std::vector<torch::jit::IValue>>;
+/// Called after each calibration batch with (batches done, batches in all or -1 if unknown).
+using CalibrationProgress = std::function<void(int64_t, int64_t)>;
+
+class QuantizeInt8Options {
+ public:
+  /// The batches to calibrate on (one epoch is read). With two or more, the
+  /// last one is held out: it is not observed and measures each layer's SQNR
+  /// against the float model.
+  explicit QuantizeInt8Options(CalibrationData calibration) : calibration_(std::move(calibration)) {}
+  /// How activation ranges are chosen (default: histogram).
+  QuantizeInt8Options& observer(ObserverOptions value) { observer_ = value; return *this; }
+  /// Weights: one symmetric scale per output channel (default) or one per tensor.
+  QuantizeInt8Options& per_channel(bool value) { per_channel_ = value; return *this; }
+  /// Layers to leave in float: names such as "fc2" or glob patterns ("features.*").
+  QuantizeInt8Options& skip(std::vector<std::string> layers) { skip_ = std::move(layers); return *this; }
+  /// Quantized engine ("onednn", "qnnpack", "fbgemm", "x86"); empty: the best this LibTorch has.
+  QuantizeInt8Options& engine(std::string value) { engine_ = std::move(value); return *this; }
+  /// Called after each calibration batch.
+  QuantizeInt8Options& progress(CalibrationProgress callback) { progress_ = std::move(callback); return *this; }
+  /// Never slower than float (default on): times the model on the held-out
+  /// calibration batch with each island of int8 ops (ops joined by int8
+  /// tensors) in int8 and in float, and keeps float where int8 loses. The
+  /// report lists each island's timings.
+  QuantizeInt8Options& never_slower(bool value) { never_slower_ = value; return *this; }
+  /// Fold each residual add (+ReLU) into the convolution that feeds it, as
+  /// quantized::conv2d_add(_relu): one pass over memory instead of two. Needs
+  /// the onednn engine and LibTorch 2.x (elsewhere nothing is folded; metric
+  /// conv_add_fused counts the folds), and the file then runs only where the
+  /// process's quantized engine is onednn (torch.backends.quantized.engine =
+  /// "onednn"; LibTorch's default on x86 is "x86"). Default off.
+  QuantizeInt8Options& fold_residual_adds(bool value) { fold_residual_adds_ = value; return *this; }
+
+  const CalibrationData& calibration() const { return calibration_; }
+  const ObserverOptions& observer() const { return observer_; }
+  bool per_channel() const { return per_channel_; }
+  const std::vector<std::string>& skip() const { return skip_; }
+  const std::string& engine() const { return engine_; }
+  const CalibrationProgress& progress() const { return progress_; }
+  bool never_slower() const { return never_slower_; }
+  bool fold_residual_adds() const { return fold_residual_adds_; }
+
+ private:
+  CalibrationData calibration_;
+  ObserverOptions observer_;
+  bool per_channel_ = true;
+  std::vector<std::string> skip_;
+  std::string engine_;
+  CalibrationProgress progress_;
+  bool never_slower_ = true;
+  bool fold_residual_adds_ = false;
+};
+
+/// Static int8: freezes the module (folding BatchNorm), calibrates activation
+/// ranges on the user's batches, and rewrites Linear/Conv1d/Conv2d to
+/// quantized ops, absorbing a following relu/hardtanh/clamp; add, mul, cat,
+/// batch_norm, hardswish, pooling, flatten/reshape and clamp-like activations
+/// between them stay quantized, so a model is quantized once at its entry and
+/// dequantized where a float op needs it. Inputs and outputs stay float. Layers it cannot quantize stay
+/// float and are listed in the report. The process's quantized engine is
+/// switched to options().engine() only while the pass runs, then restored.
+/// Report: per layer scale, zero_point, observer, sqnr_db; the engine is also
+/// written by ExportTorchScript as the extra file "pare/quantization.json".
+class QuantizeInt8 : public Pass {
+ public:
+  explicit QuantizeInt8(QuantizeInt8Options options);
+  std::string name() const override { return "quantize_int8"; }
+  void run(Result& state, PassReport& entry) const override;
+  const QuantizeInt8Options& options() const { return options_; }
+
+ private:
+  QuantizeInt8Options options_;
+};
+
+class QuantizeInt8DynamicOptions {
+ public:
+  QuantizeInt8DynamicOptions& per_channel(bool value) { per_channel_ = value; return *this; }
+  QuantizeInt8DynamicOptions& skip(std::vector<std::string> layers) { skip_ = std::move(layers); return *this; }
+  QuantizeInt8DynamicOptions& engine(std::string value) { engine_ = std::move(value); return *this; }
+  bool per_channel() const { return per_channel_; }
+  const std::vector<std::string>& skip() const { return skip_; }
+  const std::string& engine() const { return engine_; }
+
+ private:
+  bool per_channel_ = true;
+  std::vector<std::string> skip_;
+  std::string engine_;
+};
+
+/// Dynamic int8: Linear weights become int8 (quantized::linear_dynamic),
+/// activations are quantized on the fly; no calibration. LSTMs stay float.
+class QuantizeInt8Dynamic : public Pass {
+ public:
+  explicit QuantizeInt8Dynamic(QuantizeInt8DynamicOptions options = {});
+  std::string name() const override { return "quantize_int8_dynamic"; }
+  void run(Result& state, PassReport& entry) const override;
+
+ private:
+  QuantizeInt8DynamicOptions options_;
+};
+
+/// Calibration batches from a file written by stock PyTorch's torch.save: a
+/// list of tensors or tuples of tensors, one batch each, of any length
+/// including one; a tuple (one batch of a multi-input model); or a bare
+/// tensor, split along dim 0 into batches of `batch_size`. pare::Error for a missing file, bytes that are not a
+/// torch.save file, or contents of another type.
+InputBatches load_calibration_file(const std::string& path, int64_t batch_size = 32);
+
+/// The extra file in which quantized exports record their engine and layers.
+inline constexpr const char* kQuantizationExtraFile = "pare/quantization.json";
+
+/// Quantized engines this LibTorch supports, best first (x86, fbgemm, onednn, qnnpack; qnnpack first on ARM).
+std::vector<std::string> available_quantized_engines();
+/// The engine in use now.
+std::string current_quantized_engine();
+/// Switches the process's quantized engine; pare::Error naming the available ones otherwise.
+void set_quantized_engine(const std::string& engine);
+
+/// Reads the record from a saved file; std::nullopt if the file is not a pare int8 export.
+std::optional<QuantizationInfo> read_quantization_info(const std::string& path);
+/// A warning when the running engine differs from the recorded one; empty otherwise.
+std::string engine_mismatch_warning(const QuantizationInfo& info);
+/// torch::jit::load, first warning (TORCH_WARN) when the file's engine differs
+/// from the running one; with `switch_engine`, switches to the file's engine
+/// if this LibTorch has it.
+torch::jit::Module load_quantized(const std::string& path, bool switch_engine = false);
+
+}  // namespace pare

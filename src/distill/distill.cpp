@@ -1,0 +1,393 @@
+#include "pare/distill/distill.hpp"
+
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <sstream>
+
+#include "core/eval_module.hpp"
+#include "core/torch_errors.hpp"
+
+namespace pare {
+namespace {
+
+std::string shape_of(const torch::Tensor& t) {
+  std::ostringstream out;
+  out << t.sizes();
+  return out.str();
+}
+
+std::string dtype_of(const torch::Tensor& t) { return c10::toString(t.scalar_type()); }
+
+void check_loss_options(const DistillLossOptions& options, const std::string& who) {
+  require(std::isfinite(options.temperature()) && options.temperature() > 0,
+          who + ": temperature " + std::to_string(options.temperature()) + " is invalid; expected a finite T > 0 such as 4");
+  require(options.alpha() >= 0 && options.alpha() <= 1,
+          who + ": alpha " + std::to_string(options.alpha()) + " is outside [0, 1]; expected e.g. 0.7");
+}
+
+void check_logits(const torch::Tensor& student, const torch::Tensor& teacher) {
+  const std::string who = "distillation_loss";
+  require(student.defined() && teacher.defined(), who + ": student and teacher logits must be defined tensors");
+  require(student.is_floating_point(),
+          who + ": student logits have dtype " + dtype_of(student) + "; expected floating-point logits");
+  require(student.dim() == 2 && student.size(0) > 0,
+          who + ": student logits have shape " + shape_of(student) + "; expected N x C with N > 0");
+  require(teacher.sizes() == student.sizes(), who + ": teacher logits have shape " + shape_of(teacher) +
+                                                   " but student logits " + shape_of(student) + "; expected equal shapes");
+  require(teacher.scalar_type() == student.scalar_type(), who + ": teacher logits have dtype " + dtype_of(teacher) +
+                                                              " but student logits " + dtype_of(student) +
+                                                              "; expected one dtype");
+}
+
+void check_targets(const torch::Tensor& targets, const torch::Tensor& student) {
+  const std::string who = "distillation_loss";
+  require(targets.scalar_type() == torch::kLong,
+          who + ": targets have dtype " + dtype_of(targets) + "; expected int64 class indices");
+  require(targets.dim() == 1 && targets.size(0) == student.size(0),
+          who + ": targets have shape " + shape_of(targets) + "; expected [" + std::to_string(student.size(0)) +
+              "], one class index per row of the logits");
+  const auto low = targets.min().item<int64_t>(), high = targets.max().item<int64_t>();
+  require(low >= 0 && high < student.size(1), who + ": targets span [" + std::to_string(low) + ", " +
+                                                  std::to_string(high) + "]; expected class indices in [0, " +
+                                                  std::to_string(student.size(1)) + ")");
+}
+
+// The student's parameters with requires_grad and train mode for the duration
+// of training; restored (and gradients freed) however training ends.
+class TrainingScope {
+ public:
+  explicit TrainingScope(torch::jit::Module& module) : module_(module) {
+    for (const auto& p : module.parameters()) {
+      parameters_.push_back(p);
+      requires_grad_.push_back(p.requires_grad());
+      // Module::clone() of a module whose parameters require grad records the
+      // copy in autograd; detaching in place makes them leaves an optimizer accepts.
+      if (!p.is_leaf()) parameters_.back().detach_();
+      parameters_.back().set_requires_grad(true);
+    }
+    module.train();
+  }
+  ~TrainingScope() {
+    for (size_t i = 0; i < parameters_.size(); ++i) {
+      parameters_[i].mutable_grad() = torch::Tensor();
+      parameters_[i].set_requires_grad(requires_grad_[i]);
+    }
+    module_.eval();
+  }
+  TrainingScope(const TrainingScope&) = delete;
+  TrainingScope& operator=(const TrainingScope&) = delete;
+  const std::vector<torch::Tensor>& parameters() const { return parameters_; }
+
+ private:
+  torch::jit::Module& module_;
+  std::vector<torch::Tensor> parameters_;
+  std::vector<bool> requires_grad_;
+};
+
+c10::Device device_of(const torch::jit::Module& module) {
+  for (const auto& p : module.parameters()) return p.device();
+  return c10::kCPU;
+}
+
+// Training on options.device(): the student moved there for the duration (and
+// back however training ends), the teacher as a copy there, batches per step.
+class Placement {
+ public:
+  Placement(torch::jit::Module& student, torch::jit::Module teacher, c10::Device device)
+      : student_(student), home_(device_of(student)), device_(device), teacher_(std::move(teacher)) {
+    if (device_of(teacher_) != device_) {
+      teacher_ = teacher_.clone();
+      teacher_.to(device_);
+    }
+    if (home_ != device_) student_.to(device_);
+  }
+  ~Placement() {
+    if (home_ != device_) student_.to(home_);
+  }
+  Placement(const Placement&) = delete;
+  Placement& operator=(const Placement&) = delete;
+
+  torch::jit::Module& teacher() { return teacher_; }
+  Batch batch(const Batch& batch) const {
+    if (device_.is_cpu() && batch.first.device().is_cpu()) return batch;
+    return {batch.first.to(device_, /*non_blocking=*/true),
+            batch.second.defined() ? batch.second.to(device_, /*non_blocking=*/true) : batch.second};
+  }
+
+ private:
+  torch::jit::Module& student_;
+  c10::Device home_, device_;
+  torch::jit::Module teacher_;
+};
+
+void check_device(const std::optional<c10::Device>& requested) {
+  if (!requested) return;
+  const auto device = *requested;
+  require(device.is_cpu() || device.is_cuda(),
+          "Distill: device " + device.str() + " is not served; expected cpu or cuda[:index]");
+  require(device.is_cpu() || torch::cuda::is_available(),
+          "Distill: device " + device.str() + " requested but this process sees no CUDA device "
+          "(CPU-only LibTorch, or no GPU visible)", Error::Kind::Runtime);
+  require(device.is_cpu() || device.index() < static_cast<int64_t>(torch::cuda::device_count()),
+          "Distill: device " + device.str() + " does not exist; this process sees " +
+              std::to_string(torch::cuda::device_count()) + " CUDA device(s)");
+}
+
+// A parameter and where its mask says "pruned".
+struct MaskedParameter {
+  torch::Tensor parameter, pruned;
+};
+
+std::vector<MaskedParameter> resolve_masks(const torch::jit::Module& module, const Masks& masks) {
+  std::map<std::string, torch::Tensor> parameters;
+  for (const auto& p : module.named_parameters()) parameters[p.name] = p.value;
+  std::vector<MaskedParameter> out;
+  for (const auto& [name, mask] : masks) {
+    const auto found = parameters.find(name);
+    require(found != parameters.end(), "apply_masks: the module has no parameter '" + name +
+                                           "'; masks must be keyed by full parameter names such as 'fc1.weight'");
+    require(mask.defined() && mask.scalar_type() == torch::kBool && mask.sizes() == found->second.sizes(),
+            "apply_masks: mask for '" + name + "' must be a bool tensor of shape " + shape_of(found->second));
+    out.push_back({found->second, mask.logical_not()});
+  }
+  return out;
+}
+
+void zero_pruned(const std::vector<MaskedParameter>& masked) {
+  torch::NoGradGuard no_grad;
+  for (const auto& m : masked) m.parameter.masked_fill_(m.pruned, 0.0);
+}
+
+bool has_forward(const torch::jit::Module& module) {
+  try {
+    return module.find_method("forward").has_value();
+  } catch (const c10::Error&) {  // a default-constructed Module holds no object
+    return false;
+  }
+}
+
+void check_options(const DistillOptions& o) {
+  require(has_forward(o.teacher()), "Distill: the teacher has no forward method; expected a trained torch::jit::Module");
+  require(!o.data().in_memory() || !o.data().batches().empty(),
+          "Distill: no training batches; expected at least one (input, target) batch in DistillOptions(teacher, data)");
+  require(o.epochs() >= 1, "Distill: epochs " + std::to_string(o.epochs()) + " is invalid; expected at least 1");
+  require(std::isfinite(o.lr()) && o.lr() > 0, "Distill: lr " + std::to_string(o.lr()) + " is invalid; expected lr > 0");
+  require(o.momentum() >= 0 && o.momentum() < 1,
+          "Distill: momentum " + std::to_string(o.momentum()) + " is outside [0, 1)");
+  require(o.weight_decay() >= 0, "Distill: weight_decay " + std::to_string(o.weight_decay()) + " is negative");
+  check_loss_options(o.loss(), "Distill");
+  check_device(o.device());
+}
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const DistillOptions& o,
+                                                         const std::vector<torch::Tensor>& parameters) {
+  if (o.optimizer_factory()) {
+    auto optimizer = o.optimizer_factory()(parameters);
+    require(optimizer != nullptr, "Distill: the optimizer factory returned null; expected an optimizer");
+    return optimizer;
+  }
+  if (o.optimizer_kind() == OptimizerKind::SGD)
+    return std::make_unique<torch::optim::SGD>(
+        parameters, torch::optim::SGDOptions(o.lr()).momentum(o.momentum()).weight_decay(o.weight_decay()));
+  return std::make_unique<torch::optim::Adam>(parameters,
+                                              torch::optim::AdamOptions(o.lr()).weight_decay(o.weight_decay()));
+}
+
+// `who` names the caller and the model, e.g. "Distill: the teacher".
+torch::Tensor logits_of(torch::jit::Module& module, const torch::Tensor& input, const std::string& who) {
+  require(input.defined(), who + " got a batch with an undefined input tensor");
+  c10::IValue output;
+  try {
+    output = module.forward({input});
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Error(who + " failed on a batch of shape " + shape_of(input) + " (" + dtype_of(input) +
+                    "): " + detail::torch_message(e) + "; expected batches the model accepts",
+                Error::Kind::InvalidArgument);
+  }
+  require(output.isTensor(), who + " returned " + output.tagKind() + "; expected a tensor of logits");
+  return output.toTensor();
+}
+
+// One optimizer step; returns the batch loss. The loss is checked before the
+// step so a NaN never reaches the weights.
+double train_step(torch::jit::Module& student, torch::jit::Module& teacher, torch::optim::Optimizer& optimizer,
+                  const Batch& batch, const DistillLossOptions& loss_options,
+                  const std::vector<MaskedParameter>& masked, int64_t epoch, int64_t step) {
+  const auto student_logits = logits_of(student, batch.first, "Distill: the student");
+  torch::Tensor teacher_logits;
+  if (loss_options.alpha() > 0) {
+    torch::NoGradGuard no_grad;
+    teacher_logits = logits_of(teacher, batch.first, "Distill: the teacher");
+  } else {
+    teacher_logits = student_logits.detach();  // alpha 0 is plain cross-entropy: the teacher need not run
+  }
+  const auto loss = distillation_loss(student_logits, teacher_logits, batch.second, loss_options);
+  const double value = loss.item<double>();
+  require(std::isfinite(value),
+          "Distill: the loss became " + std::to_string(value) + " at epoch " + std::to_string(epoch + 1) + ", step " +
+              std::to_string(step + 1) + "; lower the learning rate or check the data",
+          Error::Kind::Runtime);
+  optimizer.zero_grad();
+  loss.backward();
+  for (const auto& m : masked)  // pruned weights get no update, nor optimizer state
+    if (m.parameter.grad().defined()) m.parameter.mutable_grad().masked_fill_(m.pruned, 0.0);
+  optimizer.step();
+  zero_pruned(masked);  // and stay exactly zero whatever the optimizer does (weight decay, momentum)
+  return value;
+}
+
+void for_each_batch(const DistillOptions& o, int64_t epoch, std::mt19937_64& rng,
+                    const std::function<void(const Batch&)>& step) {
+  if (!o.data().in_memory()) {
+    const auto next = o.data().open(epoch);
+    while (auto batch = next()) step(*batch);
+    return;
+  }
+  const auto& batches = o.data().batches();
+  std::vector<size_t> order(batches.size());
+  std::iota(order.begin(), order.end(), size_t(0));
+  if (o.shuffle()) std::shuffle(order.begin(), order.end(), rng);
+  for (const size_t i : order) step(batches[i]);
+}
+
+}  // namespace
+
+torch::Tensor distillation_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
+                                const torch::Tensor& targets, const DistillLossOptions& options) {
+  check_loss_options(options, "distillation_loss");
+  check_logits(student_logits, teacher_logits);
+  const double alpha = options.alpha(), temperature = options.temperature();
+  require(alpha == 1.0 || targets.defined(),
+          "distillation_loss: targets are required when alpha < 1 (alpha = " + std::to_string(alpha) +
+              "); pass class indices, or alpha = 1 for pure distillation");
+  if (targets.defined()) check_targets(targets, student_logits);
+
+  torch::Tensor loss;
+  if (alpha > 0) {
+    const auto student = torch::log_softmax(student_logits / temperature, 1);
+    const auto teacher = torch::log_softmax(teacher_logits.detach() / temperature, 1);
+    // KL(teacher || student) summed, then divided by N: PyTorch's "batchmean".
+    const auto kl = torch::kl_div(student, teacher, at::Reduction::Sum, /*log_target=*/true) /
+                    double(student_logits.size(0));
+    loss = kl * (alpha * temperature * temperature);  // T^2 keeps gradient scale independent of T
+  }
+  if (alpha < 1) {
+    const auto ce = torch::nn::functional::cross_entropy(student_logits, targets) * (1.0 - alpha);
+    loss = loss.defined() ? loss + ce : ce;
+  }
+  return loss;
+}
+
+void apply_masks(torch::jit::Module& module, const Masks& masks) { zero_pruned(resolve_masks(module, masks)); }
+
+double top1_accuracy(torch::jit::Module& module, const std::vector<Batch>& batches) {
+  require(!batches.empty(), "top1_accuracy: no batches; expected at least one (input, target) batch");
+  torch::NoGradGuard no_grad;
+  auto model = detail::eval_module(module);  // the caller's module keeps its mode
+  int64_t correct = 0, total = 0;
+  for (const auto& [input, target] : batches) {
+    require(target.defined() && target.scalar_type() == torch::kLong && target.dim() == 1,
+            "top1_accuracy: targets must be 1-D int64 class indices");
+    const auto logits = logits_of(model, input, "top1_accuracy: the model");
+    require(logits.dim() == 2 && logits.size(0) == target.size(0),
+            "top1_accuracy: logits of shape " + shape_of(logits) + " do not match targets of shape " + shape_of(target));
+    correct += logits.argmax(1).eq(target).sum().item<int64_t>();
+    total += target.size(0);
+  }
+  return total == 0 ? 0.0 : 100.0 * double(correct) / double(total);
+}
+
+namespace {
+
+DistillSummary train_student(torch::jit::Module& student, const DistillOptions& options, const Masks& masks) {
+  check_options(options);
+  require(student._ivalue().get() != options.teacher()._ivalue().get(),
+          "Distill: the student is the teacher; expected a separate copy (module.clone()) to train");
+  // The caller's teacher keeps its mode: one in training mode is copied.
+  torch::jit::Module teacher = detail::eval_module(options.teacher());
+  auto masked = resolve_masks(student, masks);
+  DistillSummary summary;
+  if (!options.evaluation_batches().empty())
+    summary.accuracy_before = top1_accuracy(student, options.evaluation_batches());
+
+  {
+    auto device = options.device().value_or(device_of(student));
+    if (device.is_cuda() && !device.has_index()) device = c10::Device(c10::kCUDA, 0);
+    Placement placement(student, teacher, device);
+    summary.device = device.str();
+    for (auto& m : masked) m.pruned = m.pruned.to(device);
+    TrainingScope scope(student);
+    require(!scope.parameters().empty(),
+            "Distill: the module has no parameters (frozen?); run Distill before ExportTorchScript(freeze)");
+    auto optimizer = make_optimizer(options, scope.parameters());
+    zero_pruned(masked);
+    std::mt19937_64 rng(options.seed());
+    const int64_t per_epoch = options.data().size();
+    const int64_t steps = per_epoch < 0 ? -1 : per_epoch * options.epochs();
+    double running = 0;
+    int64_t trained = 0;
+    const auto started = std::chrono::steady_clock::now();
+    for (int64_t epoch = 0; epoch < options.epochs(); ++epoch) {
+      double sum = 0;
+      int64_t samples = 0, step = 0;
+      for_each_batch(options, epoch, rng, [&](const Batch& host_batch) {
+        const auto batch = placement.batch(host_batch);
+        const double loss = train_step(student, placement.teacher(), *optimizer, batch, options.loss(), masked,
+                                       epoch, step++);
+        sum += loss * double(batch.first.size(0));
+        samples += batch.first.size(0);
+        running = summary.steps++ == 0 ? loss : 0.98 * running + 0.02 * loss;
+        if (options.progress()) options.progress()(summary.steps, steps, running);
+      });
+      require(samples > 0, "Distill: the data produced no batches in epoch " + std::to_string(epoch + 1) +
+                               "; streamed data must yield batches every epoch (a one-shot reader runs dry after the first)");
+      summary.epoch_loss.push_back(sum / double(samples));
+      trained += samples;
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    summary.samples_per_second = seconds > 0 ? double(trained) / seconds : 0.0;  // each step's loss.item() syncs
+  }
+  if (!options.evaluation_batches().empty())
+    summary.accuracy_after = top1_accuracy(student, options.evaluation_batches());
+  return summary;
+}
+
+}  // namespace
+
+DistillSummary distill(torch::jit::Module& student, const DistillOptions& options, const Masks& masks) {
+  try {  // LibTorch's errors only: the user's stream, optimizer factory and progress callback throw through
+    return train_student(student, options, masks);
+  } catch (const c10::Error& e) {
+    throw Error("Distill: " + detail::torch_message(e), Error::Kind::Runtime);
+  }
+}
+
+Distill::Distill(DistillOptions options) : options_(std::move(options)) { check_options(options_); }
+
+void Distill::run(Result& state, PassReport& entry) const {
+  const auto summary = distill(state.module, options_, state.masks);
+  entry.series = summary.epoch_loss;
+  entry.series_name = "loss";
+  entry.metrics["epochs"] = double(options_.epochs());
+  entry.metrics["steps"] = double(summary.steps);
+  entry.metrics["temperature"] = options_.loss().temperature();
+  entry.metrics["alpha"] = options_.loss().alpha();
+  if (!options_.optimizer_factory()) entry.metrics["lr"] = options_.lr();
+  entry.labels["optimizer"] = options_.optimizer_factory()                           ? "custom"
+                              : options_.optimizer_kind() == OptimizerKind::SGD ? "sgd"
+                                                                                : "adam";
+  if (summary.accuracy_before) entry.metrics["accuracy_before"] = *summary.accuracy_before;
+  if (summary.accuracy_after) entry.metrics["accuracy_after"] = *summary.accuracy_after;
+  entry.metrics["samples_per_second"] = summary.samples_per_second;
+  entry.labels["device"] = summary.device;
+}
+
+}  // namespace pare

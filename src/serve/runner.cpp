@@ -1,0 +1,438 @@
+#include "pare/serve/runner.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include <c10/core/StreamGuard.h>
+
+#include "pare/cache/fingerprint.hpp"
+#include "serve/batch_queue.hpp"
+#include "core/eval_module.hpp"
+#include "core/torch_errors.hpp"
+#include "serve/runner_device.hpp"
+#include "serve/runner_metrics.hpp"
+#include "serve/runner_tuning.hpp"
+
+namespace pare {
+
+using detail::Clock;
+using detail::Inputs;
+using detail::RequestPtr;
+using detail::ServedModel;
+
+namespace {
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+int64_t nanoseconds(Clock::duration d) { return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count(); }
+
+RunOutcome failure(std::string message, Error::Kind kind) { return RunOutcome{c10::IValue(), std::move(message), kind}; }
+RunOutcome success(c10::IValue output) { return RunOutcome{std::move(output), std::nullopt, Error::Kind::Runtime}; }
+
+RunOutcome timed_out(const detail::Request& request) {
+  const double waited_ms = 1e3 * seconds_since(request.arrival);
+  return failure("Runner: the request's deadline passed after " + std::to_string(waited_ms) +
+                     " ms in the queue; it never ran (give it a later deadline, add threads or bound the queue "
+                     "with max_queue)",
+                 Error::Kind::Timeout);
+}
+
+void validate(const RunnerOptions& options) {
+  require(options.max_batch() >= 1, "RunnerOptions: max_batch must be >= 1, got " + std::to_string(options.max_batch()));
+  require(options.threads() >= 1 && options.threads() <= 256,
+          "RunnerOptions: threads must be in [1, 256], got " + std::to_string(options.threads()));
+  require(options.max_delay().count() >= 0, "RunnerOptions: max_delay must not be negative");
+  require(options.batch_gap().count() >= 0, "RunnerOptions: batch_gap must not be negative");
+  require(options.timeout().count() >= 0, "RunnerOptions: timeout must not be negative (0: no deadline)");
+  require(options.warmup() >= 0, "RunnerOptions: warmup must not be negative");
+  require(options.concurrency() >= 0 && options.concurrency() <= 4096,
+          "RunnerOptions: concurrency must be in [0, 4096] (0: no limit), got " + std::to_string(options.concurrency()));
+  require(!options.hint() || !options.example_inputs().empty(),
+          "RunnerOptions: hint(" + runner_hint_name(*options.hint()) +
+              ") measures the model at construction and needs example_inputs(...) to run on");
+  require(options.warmup() == 0 || !options.example_inputs().empty(),
+          "RunnerOptions: warmup(" + std::to_string(options.warmup()) + ") needs example_inputs(...) to run on");
+  const auto& preferred = options.preferred_batch_sizes();
+  for (size_t i = 0; i < preferred.size(); ++i)
+    require(preferred[i] >= 1 && preferred[i] <= options.max_batch() && (i == 0 || preferred[i] > preferred[i - 1]),
+            "RunnerOptions: preferred_batch_sizes must be ascending row counts in [1, max_batch = " +
+                std::to_string(options.max_batch()) + "], got " + std::to_string(preferred[i]) + " at position " +
+                std::to_string(i));
+}
+
+}  // namespace
+
+struct Runner::Impl {
+  RunnerOptions options;
+  std::optional<detail::DeviceIO> io;  // the model's device and the copies around it
+  Clock::time_point started = Clock::now();
+  detail::LatencyRecorder latencies;
+  std::unique_ptr<detail::BatchQueue> queue;
+  std::atomic<uint64_t> next_id{1};
+  // Where the time goes (RunnerStats): counted without a lock on the serving path.
+  std::atomic<uint64_t> caller_runs{0};
+  std::atomic<int64_t> queue_ns{0}, assemble_ns{0}, forward_ns{0};
+  double batch_saving = 0;  // the hint's measurement
+
+  mutable std::mutex mutex;  // guards the fields below
+  std::shared_ptr<ServedModel> model;
+  uint64_t batches = 0, swaps = 0;
+  std::vector<uint64_t> batch_sizes;
+  std::vector<std::thread> workers;
+
+  // The one place the served model changes: the module and its cache namespace
+  // together. The namespace is the one given, else the model's fingerprint, so
+  // models sharing a cache never see each other's results.
+  std::shared_ptr<ServedModel> prepare(torch::jit::Module module, std::optional<std::string> cache_namespace) const {
+    if (!cache_namespace && options.cache()) cache_namespace = model_fingerprint(module);
+    if (io->on_accelerator()) {  // serve a copy: the caller's module stays where it is
+      module = module.clone();
+      module.to(io->device());
+    }
+    auto served = std::make_shared<ServedModel>();
+    served->module = std::move(module);
+    served->cache_namespace = cache_namespace.value_or("");
+    return served;
+  }
+
+  void install(std::shared_ptr<ServedModel> served) {
+    std::lock_guard<std::mutex> lock(mutex);
+    model = std::move(served);
+  }
+
+  std::shared_ptr<ServedModel> current_model() const {
+    std::lock_guard<std::mutex> lock(mutex);
+    return model;
+  }
+
+  // The module a batch of `rows` rows runs on. TorchScript's executor and
+  // onednn's int8 kernels keep the plan of the first input shape they run, and
+  // other shapes pay for a new plan on every call (docs/serving.md): each batch
+  // size gets a copy of its own, up to model_copies(); the first size (the
+  // warm-up's) runs on the module itself, sizes beyond the limit share it.
+  torch::jit::Module module_for(ServedModel& served, int64_t rows) {
+    if (options.model_copies() == 0 || io->on_accelerator()) return served.module;
+    {
+      std::lock_guard<std::mutex> lock(served.copies_mutex);
+      if (auto it = served.copies.find(rows); it != served.copies.end()) return it->second;
+      if (served.copies.empty()) return served.copies[rows] = served.module;
+      if (served.copies.size() >= options.model_copies()) return served.module;
+    }
+    auto copy = detail::reloaded(served.module, "Runner: a copy of the model for batches of " + std::to_string(rows));
+    std::lock_guard<std::mutex> lock(served.copies_mutex);  // workers may have added sizes meanwhile
+    if (auto it = served.copies.find(rows); it != served.copies.end()) return it->second;
+    if (served.copies.size() >= options.model_copies()) return served.module;
+    return served.copies.emplace(rows, std::move(copy)).first->second;
+  }
+
+  c10::IValue forward(ServedModel& served, const Inputs& inputs, int64_t rows) {
+    torch::NoGradGuard no_grad;
+    std::optional<PoolAllocatorGuard> pooled;
+    const auto& pool = options.pool();
+    if (pool && pool->options().memory() == PoolMemory::Host) pooled.emplace(*pool);
+    try {
+      auto module = module_for(served, rows);
+      const auto start = Clock::now();
+      auto output = module.forward(inputs);
+      forward_ns.fetch_add(nanoseconds(Clock::now() - start), std::memory_order_relaxed);
+      return output;
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw Error("the model failed: " + detail::torch_message(e), Error::Kind::Runtime);
+    }
+  }
+
+  // One request's inputs to the model's device, the forward pass, the output back as callers get it.
+  c10::IValue forward_one(ServedModel& served, const Inputs& inputs, const std::optional<c10::Stream>& stream) {
+    detail::Staging staging;
+    return io->deliver(forward(served, io->to_device(inputs, staging), detail::batch_rows(inputs)), stream);
+  }
+
+  void warm_up(ServedModel& served) {
+    for (int i = 0; i < options.warmup(); ++i) forward_one(served, options.example_inputs(), std::nullopt);
+  }
+
+  // Median milliseconds of a forward pass at `rows` rows of the example inputs
+  // (a few untimed passes first: TorchScript's executor profiles the first ones).
+  double median_forward_ms(ServedModel& served, int64_t rows) {
+    const auto inputs = detail::example_rows(options.example_inputs(), rows);
+    std::vector<double> ms;
+    for (int i = 0; i < 10; ++i) {
+      const auto start = Clock::now();
+      forward_one(served, inputs, std::nullopt);
+      if (i >= 3) ms.push_back(1e3 * seconds_since(start));
+    }
+    std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
+    return ms[ms.size() / 2];
+  }
+
+  // RunnerOptions::hint: measure whether a batch saves time per row, then let
+  // tuned() choose every setting not given. On a GPU the hint changes nothing.
+  void tune(ServedModel& served) {
+    if (!options.hint() || io->on_accelerator()) return;
+    const double one = median_forward_ms(served, 1), eight = median_forward_ms(served, 8);
+    batch_saving = one > 0 ? 1 - eight / (8 * one) : 0;
+    options = detail::tuned(options, batch_saving, std::thread::hardware_concurrency(), at::get_num_threads());
+    forward_ns = 0;  // the serving breakdown starts after the measurement
+  }
+
+  // Runs one blocking request on its caller's thread, as one pass of its own.
+  c10::IValue run_here(ServedModel& served, const Inputs& inputs, Clock::time_point deadline) {
+    require(Clock::now() < deadline, "Runner: the request's deadline had passed before it started; it never ran",
+            Error::Kind::Timeout);
+    count_batch(1);
+    caller_runs.fetch_add(1, std::memory_order_relaxed);
+    return forward_one(served, inputs, std::nullopt);  // on the caller's thread and current stream
+  }
+
+  void count_batch(size_t requests) {
+    std::lock_guard<std::mutex> lock(mutex);
+    ++batches;
+    if (batch_sizes.size() <= requests) batch_sizes.resize(requests + 1);
+    ++batch_sizes[requests];
+  }
+
+  Clock::time_point resolve(Deadline deadline, Clock::time_point now) const {
+    if (deadline != Deadline::max() || options.timeout().count() == 0) return deadline;
+    return now + options.timeout();
+  }
+
+  static Error overloaded(size_t max_queue) {
+    return Error("Runner: the queue is full (" + std::to_string(max_queue) +
+                     " requests waiting, RunnerOptions::max_queue); retry later or raise max_queue",
+                 Error::Kind::Overloaded);
+  }
+
+  // Queues a request; its id, or 0 when the queue is full (counted as a rejection; `done` not called).
+  uint64_t enqueue(std::shared_ptr<ServedModel> served, Inputs inputs, Clock::time_point deadline, Done done) {
+    auto request = std::make_unique<detail::Request>();
+    request->id = next_id.fetch_add(1, std::memory_order_relaxed);
+    request->rows = detail::batch_rows(inputs);
+    request->inputs = std::move(inputs);
+    request->model = std::move(served);
+    request->arrival = Clock::now();
+    request->deadline = deadline;
+    request->done = std::move(done);
+    const uint64_t id = request->id;
+    if (queue->push(request)) return id;
+    latencies.record_rejection();
+    return 0;
+  }
+
+  // A blocking request: on this thread without batching, else queued and waited for.
+  c10::IValue execute(std::shared_ptr<ServedModel> served, Inputs inputs, Clock::time_point deadline) {
+    if (options.max_batch() <= 1) return run_here(*served, inputs, deadline);
+    // Nothing queued and a pass free: queueing can't help this request.
+    if (queue->try_run_now()) {
+      struct Release {
+        detail::BatchQueue& queue;
+        ~Release() { queue.ran_now(); }
+      } release{*queue};
+      return run_here(*served, inputs, deadline);
+    }
+    auto promise = std::make_shared<std::promise<RunOutcome>>();  // shared: the worker may still be in set_value
+    auto future = promise->get_future();
+    const uint64_t id =
+        enqueue(std::move(served), std::move(inputs), deadline, [promise](RunOutcome o) { promise->set_value(std::move(o)); });
+    if (id == 0) throw overloaded(options.max_queue());
+    // At its deadline a request still queued is taken back here, so the caller never waits past it.
+    if (deadline != Deadline::max() && future.wait_until(deadline) == std::future_status::timeout)
+      if (auto mine = queue->cancel(id)) mine->answer(timed_out(*mine));
+    auto output = future.get().value();
+    io->hand_over(output);
+    return output;
+  }
+
+  void worker() {
+    const auto stream = io->new_stream();  // this worker's own CUDA stream (none on the CPU)
+    while (true) {
+      std::vector<RequestPtr> expired;
+      auto batch = queue->next_batch(expired);
+      for (auto& r : expired) r->answer(timed_out(*r));
+      if (batch.empty() && expired.empty()) return;  // closed and drained
+      expired.clear();
+      if (batch.empty()) continue;
+      run_batch(batch, stream);
+      batch.clear();  // drop the inputs before waiting again: freeing them may take time
+      queue->batch_done();
+    }
+  }
+
+  void run_batch(std::vector<RequestPtr>& batch, const std::optional<c10::Stream>& stream) {
+    count_batch(batch.size());
+    const auto start = Clock::now();
+    int64_t waited = 0;
+    for (const auto& r : batch) waited += nanoseconds(start - r->arrival);
+    queue_ns.fetch_add(waited, std::memory_order_relaxed);
+    std::optional<c10::StreamGuard> on_stream;
+    if (stream) on_stream.emplace(*stream);
+    try {
+      auto& served = *batch.front()->model;
+      if (batch.size() == 1) {
+        batch.front()->answer(success(forward_one(served, batch.front()->inputs, stream)));
+        return;
+      }
+      int64_t total = 0;
+      for (const auto& r : batch) total += r->rows;
+      detail::Staging staging;  // pinned host buffers, alive until deliver() has waited for the copy
+      const auto merged = detail::merge_inputs(batch, [&](const auto& parts) { return io->stack(parts, staging); });
+      const auto merge_end = Clock::now();
+      const auto output = io->deliver(forward(served, merged, total), stream);
+      const auto split_start = Clock::now();
+      std::vector<c10::IValue> answers;
+      int64_t begin = 0;
+      for (auto& r : batch) {
+        answers.push_back(detail::split_rows(output, begin, r->rows, total));
+        begin += r->rows;
+      }
+      assemble_ns.fetch_add(nanoseconds(merge_end - start) + nanoseconds(Clock::now() - split_start),
+                            std::memory_order_relaxed);
+      for (size_t i = 0; i < batch.size(); ++i) batch[i]->answer(success(std::move(answers[i])));
+    } catch (const Error& e) {
+      fail_unanswered(batch, e.what(), e.kind());
+    } catch (const std::exception& e) {
+      fail_unanswered(batch, e.what(), Error::Kind::Runtime);
+    } catch (...) {
+      fail_unanswered(batch, "the model failed with an unknown exception", Error::Kind::Runtime);
+    }
+  }
+
+  // The whole batch fails together: only its own callers see the error.
+  static void fail_unanswered(std::vector<RequestPtr>& batch, const std::string& message, Error::Kind kind) {
+    for (auto& r : batch)
+      if (!r->answered) r->answer(failure(message, kind));
+  }
+};
+
+Runner::Runner(torch::jit::Module module, RunnerOptions options) : impl_(std::make_unique<Impl>()) {
+  validate(options);
+  require(module.find_method("forward").has_value(), "Runner: the module has no forward method");
+  impl_->options = std::move(options);
+  impl_->io.emplace(impl_->options.device(), impl_->options.outputs_on_device(), impl_->options.pool());
+  // The caller's module keeps its mode (and its device: an accelerator serves a copy).
+  auto served = impl_->prepare(detail::eval_module(module), impl_->options.cache_namespace());
+  impl_->warm_up(*served);
+  impl_->install(std::move(served));
+  impl_->warm_up(*impl_->model);
+  impl_->tune(*impl_->model);
+  const auto& o = impl_->options;
+  // A limit on passes applies to the CPU: a GPU's passes queue on its streams.
+  const size_t slots = impl_->io->on_accelerator() ? 0 : size_t(o.concurrency());
+  impl_->queue = std::make_unique<detail::BatchQueue>(detail::BatchRule{
+      o.max_batch(), o.max_delay(), o.batch_gap(), o.preferred_batch_sizes(), o.max_queue(), slots});
+  impl_->started = Clock::now();
+  for (int i = 0; i < o.threads(); ++i) impl_->workers.emplace_back([this] { impl_->worker(); });
+}
+
+Runner::~Runner() {
+  impl_->queue->close();
+  for (auto& worker : impl_->workers) worker.join();
+}
+
+c10::IValue Runner::run(std::vector<c10::IValue> inputs) { return run(std::move(inputs), Deadline::max()); }
+
+c10::IValue Runner::run(std::vector<c10::IValue> inputs, Deadline deadline) {
+  const auto start = Clock::now();
+  deadline = impl_->resolve(deadline, start);
+  try {
+    auto served = impl_->current_model();  // one model answers, and its namespace keys the cache
+    const auto& cache = impl_->options.cache();
+    c10::IValue output =
+        cache ? cache->get_or_compute(inputs, [&] { return impl_->execute(served, inputs, deadline); }, served->cache_namespace)
+              : impl_->execute(served, std::move(inputs), deadline);
+    impl_->latencies.record(seconds_since(start), false);
+    return output;
+  } catch (const Error& e) {
+    if (e.kind() != Error::Kind::Overloaded) impl_->latencies.record(seconds_since(start), true, e.kind());
+    throw;
+  } catch (...) {
+    impl_->latencies.record(seconds_since(start), true);
+    throw;
+  }
+}
+
+void Runner::run_async(std::vector<c10::IValue> inputs, Done done, Deadline deadline) {
+  require(bool(done), "Runner.run_async: expected a callback, got an empty std::function");
+  const auto start = Clock::now();
+  auto call = [user = std::make_shared<Done>(std::move(done))](RunOutcome outcome) {
+    try {
+      (*user)(std::move(outcome));
+    } catch (...) {  // a throwing callback must not take a worker down with it
+    }
+  };
+  Done finish = [impl = impl_.get(), start, call](RunOutcome outcome) {
+    impl->latencies.record(seconds_since(start), !outcome.ok(), outcome.kind);
+    call(std::move(outcome));
+  };
+  auto served = impl_->current_model();
+  if (const auto& cache = impl_->options.cache()) {
+    if (auto hit = cache->get(inputs, served->cache_namespace)) return finish(success(*hit));
+    finish = [cache, inputs, start, ns = served->cache_namespace, recorded = std::move(finish)](RunOutcome outcome) {
+      if (outcome.ok()) cache->put(inputs, outcome.output, seconds_since(start), ns);
+      recorded(std::move(outcome));
+    };
+  }
+  if (impl_->enqueue(std::move(served), std::move(inputs), impl_->resolve(deadline, start), std::move(finish)) == 0) {
+    const auto error = Impl::overloaded(impl_->options.max_queue());
+    call(failure(error.what(), error.kind()));
+  }
+}
+
+std::future<c10::IValue> Runner::run_async(std::vector<c10::IValue> inputs, Deadline deadline) {
+  auto promise = std::make_shared<std::promise<c10::IValue>>();
+  auto future = promise->get_future();
+  run_async(std::move(inputs), [promise](RunOutcome outcome) {
+    if (outcome.ok()) promise->set_value(std::move(outcome.output));
+    else promise->set_exception(std::make_exception_ptr(Error(*outcome.error, outcome.kind)));
+  }, deadline);
+  return future;
+}
+
+void Runner::swap(torch::jit::Module module, std::optional<std::string> cache_namespace) {
+  require(module.find_method("forward").has_value(), "Runner.swap: the module has no forward method");
+  // The caller's module keeps its mode and device; warmed off the serving path:
+  // requests keep flowing to the current model meanwhile.
+  auto served = impl_->prepare(detail::eval_module(module), std::move(cache_namespace));
+  impl_->warm_up(*served);
+  impl_->install(std::move(served));
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  ++impl_->swaps;
+}
+
+RunnerStats Runner::stats() const {
+  RunnerStats stats;
+  impl_->latencies.fill(stats);
+  stats.seconds = seconds_since(impl_->started);
+  stats.queue_depth = impl_->queue->depth();
+  const auto& o = impl_->options;
+  stats.caller_runs = impl_->caller_runs.load();
+  stats.queue_seconds = 1e-9 * double(impl_->queue_ns.load());
+  stats.assemble_seconds = 1e-9 * double(impl_->assemble_ns.load());
+  stats.forward_seconds = 1e-9 * double(impl_->forward_ns.load());
+  stats.max_batch = o.max_batch();
+  stats.threads = o.threads();
+  stats.concurrency = impl_->io->on_accelerator() ? 0 : o.concurrency();
+  stats.hint = o.hint() ? runner_hint_name(*o.hint()) : "";
+  stats.batch_saving = impl_->batch_saving;
+  if (const auto served = impl_->current_model()) {
+    std::lock_guard<std::mutex> lock(served->copies_mutex);
+    stats.model_copies = served->copies.size();
+  }
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  stats.batches = impl_->batches;
+  stats.swaps = impl_->swaps;
+  stats.batch_sizes = impl_->batch_sizes;
+  return stats;
+}
+
+std::string Runner::to_prometheus() const {
+  std::string out = detail::runner_prometheus(stats(), impl_->latencies);
+  if (impl_->options.cache()) out += impl_->options.cache()->to_prometheus();
+  if (impl_->options.pool()) out += impl_->options.pool()->to_prometheus();
+  return out;
+}
+
+}  // namespace pare

@@ -1,0 +1,108 @@
+#include "serve/runner_metrics.hpp"
+
+#include <algorithm>
+
+#include "pare/core/metrics.hpp"
+
+namespace pare::detail {
+
+void LatencyRecorder::record(double seconds, bool failed, Error::Kind kind) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (recent_.size() < kRecent) recent_.push_back(seconds);
+  else recent_[next_++ % kRecent] = seconds;
+  for (size_t b = 0; b < kLatencyBuckets.size(); ++b)
+    if (seconds <= kLatencyBuckets[b]) ++buckets_[b];
+  ++count_;
+  failures_ += failed;
+  timeouts_ += failed && kind == Error::Kind::Timeout;
+  sum_ += seconds;
+}
+
+void LatencyRecorder::record_rejection() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++rejected_;
+}
+
+void LatencyRecorder::fill(RunnerStats& stats) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  stats.requests = count_ + rejected_;
+  stats.failures = failures_ + rejected_;
+  stats.rejected = rejected_;
+  stats.timeouts = timeouts_;
+  if (recent_.empty()) return;
+  auto sorted = recent_;
+  std::sort(sorted.begin(), sorted.end());
+  auto at = [&](double q) { return 1e3 * nearest_rank(sorted, q); };
+  stats.p50_ms = at(0.50), stats.p95_ms = at(0.95), stats.p99_ms = at(0.99);
+  stats.max_ms = 1e3 * sorted.back();
+}
+
+void LatencyRecorder::append_prometheus(std::string& out) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const std::string name = "pare_runner_latency_seconds";
+  prometheus::append_header(out, name, "histogram", "Request latency, cache hits included, rejections excluded.");
+  for (size_t b = 0; b < kLatencyBuckets.size(); ++b)
+    prometheus::append_sample(out, name + "_bucket", double(buckets_[b]), {{"le", prometheus::format_value(kLatencyBuckets[b])}});
+  prometheus::append_sample(out, name + "_bucket", double(count_), {{"le", "+Inf"}});
+  prometheus::append_sample(out, name + "_sum", sum_);
+  prometheus::append_sample(out, name + "_count", double(count_));
+}
+
+namespace {
+
+// Requests per forward pass as a histogram with power-of-two bounds.
+void append_batch_histogram(std::string& out, const std::vector<uint64_t>& batch_sizes) {
+  const std::string name = "pare_runner_batch_size";
+  prometheus::append_header(out, name, "histogram", "Requests merged into each forward pass.");
+  uint64_t count = 0, sum = 0;
+  for (size_t n = 0; n < batch_sizes.size(); ++n) count += batch_sizes[n], sum += n * batch_sizes[n];
+  uint64_t below = 0;
+  size_t n = 0;
+  for (size_t bound = 1; bound < 2 * std::max<size_t>(batch_sizes.size(), 1); bound *= 2) {
+    for (; n <= bound && n < batch_sizes.size(); ++n) below += batch_sizes[n];
+    prometheus::append_sample(out, name + "_bucket", double(below), {{"le", std::to_string(bound)}});
+  }
+  prometheus::append_sample(out, name + "_bucket", double(count), {{"le", "+Inf"}});
+  prometheus::append_sample(out, name + "_sum", double(sum));
+  prometheus::append_sample(out, name + "_count", double(count));
+}
+
+}  // namespace
+
+std::string runner_prometheus(const RunnerStats& s, const LatencyRecorder& latencies) {
+  std::string out;
+  auto counter = [&](const char* name, const char* help, uint64_t value) {
+    prometheus::append_metric(out, name, "counter", help, double(value));
+  };
+  counter("pare_runner_requests_total", "Requests answered, failures included.", s.requests);
+  counter("pare_runner_failures_total", "Requests that ended in an error, rejections and timeouts included.", s.failures);
+  counter("pare_runner_rejected_total", "Requests refused at once because the queue was full.", s.rejected);
+  counter("pare_runner_timeouts_total", "Requests whose deadline passed while they waited; they never ran.", s.timeouts);
+  counter("pare_runner_swaps_total", "Models installed by swap().", s.swaps);
+  counter("pare_runner_batches_total", "Batches: forward passes run (cache hits run none).", s.batches);
+  prometheus::append_metric(out, "pare_runner_queue_depth", "gauge", "Requests waiting in the queue.", double(s.queue_depth));
+  prometheus::append_metric(out, "pare_runner_model_copies", "gauge", "Batch sizes the model runs on a module of its own for.",
+                            double(s.model_copies));
+  prometheus::append_metric(out, "pare_runner_throughput_requests_per_second", "gauge", "Requests per second since start.", s.throughput());
+  counter("pare_runner_caller_runs_total", "Requests run on their caller's thread, never queued.", s.caller_runs);
+  auto seconds = [&](const char* name, const char* help, double value) {
+    prometheus::append_metric(out, name, "counter", help, value);
+  };
+  seconds("pare_runner_queue_seconds_total", "Summed over queued requests: arrival to their batch's start.", s.queue_seconds);
+  seconds("pare_runner_assemble_seconds_total", "Summed over batches: merging inputs and splitting outputs.", s.assemble_seconds);
+  seconds("pare_runner_forward_seconds_total", "Summed over forward passes: the model itself.", s.forward_seconds);
+  prometheus::append_metric(out, "pare_runner_config", "gauge",
+                            "The settings in force (as given, or as the hint chose them); the value is always 1.", 1.0,
+                            {{"hint", s.hint.empty() ? "none" : s.hint},
+                             {"max_batch", std::to_string(s.max_batch)},
+                             {"threads", std::to_string(s.threads)},
+                             {"concurrency", std::to_string(s.concurrency)}});
+  prometheus::append_metric(out, "pare_runner_batch_saving_ratio", "gauge",
+                            "The hint's measurement: 1 - time(batch 8) / (8 x time(batch 1)); 0 without a hint.",
+                            s.batch_saving);
+  append_batch_histogram(out, s.batch_sizes);
+  latencies.append_prometheus(out);
+  return out;
+}
+
+}  // namespace pare::detail

@@ -1,0 +1,42 @@
+#pragma once
+// The runner's latency recorder and Prometheus exposition (internal to pare).
+
+#include <array>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "pare/serve/runner.hpp"
+
+namespace pare::detail {
+
+// Upper bounds of the latency histogram, in seconds.
+constexpr std::array<double, 16> kLatencyBuckets{1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3,
+                                                 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0, 5.0};
+
+/// Latencies: exact percentiles over a ring of recent requests, and cumulative
+/// bucket counts for Prometheus. Also counts outcomes by kind.
+class LatencyRecorder {
+ public:
+  /// One finished request: its latency and, for a failure, its error kind.
+  void record(double seconds, bool failed, Error::Kind kind = Error::Kind::Runtime);
+  /// A request refused at once (queue full): counted, but not a latency.
+  void record_rejection();
+  void fill(RunnerStats& stats) const;
+  void append_prometheus(std::string& out) const;
+
+ private:
+  static constexpr size_t kRecent = 8192;
+  mutable std::mutex mutex_;
+  std::vector<double> recent_;
+  size_t next_ = 0;
+  std::array<uint64_t, kLatencyBuckets.size()> buckets_{};
+  uint64_t count_ = 0, failures_ = 0, rejected_ = 0, timeouts_ = 0;
+  double sum_ = 0;
+};
+
+/// The runner's own families (everything in `stats` plus the latency histogram).
+std::string runner_prometheus(const RunnerStats& stats, const LatencyRecorder& latencies);
+
+}  // namespace pare::detail

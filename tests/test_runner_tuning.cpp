@@ -1,0 +1,105 @@
+// The Runner on many cores: a limit on concurrent passes, requests that run on
+// their caller's thread when queueing can't help, and the hint's tuning.
+#include "support/runner_testing.hpp"
+
+#include <thread>
+
+#include "pare/serve/runner.hpp"
+#include "serve/runner_tuning.hpp"  // the hint's choice, a pure function
+
+namespace {
+
+using pare::testing::g_gate;
+using pare::testing::gated_model;
+using pare::testing::kForever;
+using pare::testing::row_model;
+
+std::vector<c10::IValue> tuning_row(float value) { return {torch::full({1, 3}, value)}; }
+
+}  // namespace
+
+TEST_CASE("with a limit on passes, a request that finds the runner idle runs on its caller's thread") {
+  pare::Runner runner(row_model(), pare::RunnerOptions().max_batch(8).concurrency(2).max_delay(kForever));
+  for (int i = 0; i < 3; ++i) CHECK(torch::allclose(runner.run(tuning_row(float(i))).toTensor(), torch::full({1, 3}, 2.f * i + 1)));
+  const auto stats = runner.stats();
+  CHECK(stats.caller_runs == 3);  // never queued: no max_delay was waited out
+  CHECK(stats.batches == 3);
+  CHECK(stats.concurrency == 2);
+  CHECK(stats.queue_seconds == 0);
+  CHECK(stats.forward_seconds > 0);
+}
+
+TEST_CASE("requests beyond the limit queue behind the busy passes and go out as one batch") {
+  g_gate.reset();
+  g_gate.close();
+  pare::Runner runner(gated_model(), pare::RunnerOptions().max_batch(8).concurrency(1).max_delay(kForever)
+                                         .batch_gap(std::chrono::microseconds(0)));
+  std::vector<std::thread> callers;
+  std::vector<float> answers(4, -1);
+  callers.emplace_back([&] { answers[0] = runner.run(tuning_row(0)).toTensor()[0][0].item<float>(); });
+  g_gate.wait_entered(1);  // the first holds the one pass, on its own thread
+  for (int i = 1; i < 4; ++i)
+    callers.emplace_back([&, i] { answers[size_t(i)] = runner.run(tuning_row(float(i))).toTensor()[0][0].item<float>(); });
+  while (runner.stats().queue_depth < 3) std::this_thread::yield();
+  g_gate.release();
+  for (auto& c : callers) c.join();
+  for (int i = 0; i < 4; ++i) CHECK(answers[size_t(i)] == 2.f * float(i) + 1);
+  const auto stats = runner.stats();
+  CHECK(stats.caller_runs == 1);
+  CHECK(stats.batch_sizes.at(3) == 1);  // the three that waited, merged
+  CHECK(stats.queue_seconds > 0);
+}
+
+TEST_CASE("the hint measures the model, chooses, reports, and keeps explicit settings") {
+  const std::vector<c10::IValue> example{torch::rand({1, 3})};
+  pare::Runner tuned(row_model(), pare::RunnerOptions().hint(pare::RunnerHint::Throughput).example_inputs(example));
+  auto stats = tuned.stats();
+  CHECK(stats.hint == "throughput");
+  const int passes = std::max(1, int(std::thread::hardware_concurrency()) / at::get_num_threads());
+  CHECK(stats.concurrency == passes);
+  CHECK(stats.batch_saving < 1);
+  CHECK((stats.max_batch == 1) == (stats.batch_saving < pare::detail::kBatchingPays));
+  CHECK(torch::allclose(tuned.run(tuning_row(2)).toTensor(), torch::full({1, 3}, 5.f)));
+  const auto exposition = tuned.to_prometheus();
+  CHECK_THAT(exposition, Catch::Contains("pare_runner_config{hint=\"throughput\""));
+  CHECK_THAT(exposition, Catch::Contains("pare_runner_caller_runs_total 1"));
+
+  pare::Runner kept(row_model(), pare::RunnerOptions().hint(pare::RunnerHint::Latency).example_inputs(example)
+                                     .max_batch(4).concurrency(3).threads(2));
+  stats = kept.stats();
+  CHECK(stats.max_batch == 4);
+  CHECK(stats.concurrency == 3);
+  CHECK(stats.threads == 2);
+  CHECK(stats.hint == "latency");
+}
+
+TEST_CASE("the hint's choice: passes per core, batches only where they save time") {
+  using pare::detail::tuned;
+  const auto hinted = pare::RunnerOptions().hint(pare::RunnerHint::Throughput);
+  auto o = tuned(hinted, 0.5, 16, 1);
+  CHECK(o.concurrency() == 16);
+  CHECK(o.max_batch() == 32);
+  CHECK(o.threads() == 16);
+  CHECK(o.batch_gap().count() == 0);
+  CHECK(tuned(hinted, 0.5, 16, 4).concurrency() == 4);
+  CHECK(tuned(hinted, 0.5, 2, 4).concurrency() == 1);
+  o = tuned(hinted, 0.1, 16, 1);  // a batch saves too little: every request on its caller's thread
+  CHECK(o.max_batch() == 1);
+  CHECK(o.threads() == 1);
+  CHECK(tuned(pare::RunnerOptions().hint(pare::RunnerHint::Latency), 0.5, 16, 1).max_batch() == 8);
+  o = tuned(pare::RunnerOptions(hinted).max_batch(64).batch_gap(std::chrono::microseconds(50)), 0.1, 16, 1);
+  CHECK(o.max_batch() == 64);
+  CHECK(o.batch_gap().count() == 50);
+  CHECK(tuned(pare::RunnerOptions().max_batch(2), 0.9, 16, 1).concurrency() == 0);  // no hint: nothing chosen
+}
+
+TEST_CASE("bad tuning options give pare::Error naming what is expected") {
+  CHECK_THROWS_WITH(pare::Runner(row_model(), pare::RunnerOptions().concurrency(-1)), Catch::Contains("concurrency must be in [0, 4096]"));
+  CHECK_THROWS_WITH(pare::Runner(row_model(), pare::RunnerOptions().hint(pare::RunnerHint::Throughput)),
+                    Catch::Contains("hint(throughput) measures the model at construction and needs example_inputs"));
+  CHECK_THROWS_WITH(pare::Runner(row_model(), pare::RunnerOptions().hint(pare::RunnerHint::Throughput)
+                                                  .example_inputs({c10::IValue(3)})),
+                    Catch::Contains("must be a tensor with a batch dimension"));
+  CHECK_THROWS_WITH(pare::parse_runner_hint("fast"), Catch::Contains("expected one of throughput, latency"));
+  CHECK(pare::runner_hint_name(pare::parse_runner_hint("latency")) == "latency");
+}
