@@ -18,18 +18,17 @@ std::vector<c10::IValue> tuning_row(float value) { return {torch::full({1, 3}, v
 
 }  // namespace
 
-TEST_CASE("with a limit on passes, a request that finds the runner idle runs on its caller's thread") {
+TEST_CASE("with a limit on passes, a caller that finds one free runs its request on its own thread") {
   pare::Runner runner(row_model(), pare::RunnerOptions().max_batch(8).concurrency(2).max_delay(kForever));
   for (int i = 0; i < 3; ++i) CHECK(torch::allclose(runner.run(tuning_row(float(i))).toTensor(), torch::full({1, 3}, 2.f * i + 1)));
   const auto stats = runner.stats();
-  CHECK(stats.caller_runs == 3);  // never queued: no max_delay was waited out
+  CHECK(stats.caller_batches == 3);  // no worker, and no max_delay waited out
   CHECK(stats.batches == 3);
   CHECK(stats.concurrency == 2);
-  CHECK(stats.queue_seconds == 0);
   CHECK(stats.forward_seconds > 0);
 }
 
-TEST_CASE("requests beyond the limit queue behind the busy passes and go out as one batch") {
+TEST_CASE("requests beyond the limit queue behind the busy pass and go out as one batch") {
   g_gate.reset();
   g_gate.close();
   pare::Runner runner(gated_model(), pare::RunnerOptions().max_batch(8).concurrency(1).max_delay(kForever)
@@ -45,8 +44,8 @@ TEST_CASE("requests beyond the limit queue behind the busy passes and go out as 
   for (auto& c : callers) c.join();
   for (int i = 0; i < 4; ++i) CHECK(answers[size_t(i)] == 2.f * float(i) + 1);
   const auto stats = runner.stats();
-  CHECK(stats.caller_runs == 1);
-  CHECK(stats.batch_sizes.at(3) == 1);  // the three that waited, merged
+  CHECK(stats.caller_batches == 1);
+  CHECK(stats.batch_sizes.at(3) == 1);  // the three that waited, merged by a worker
   CHECK(stats.queue_seconds > 0);
 }
 
@@ -62,7 +61,7 @@ TEST_CASE("the hint measures the model, chooses, reports, and keeps explicit set
   CHECK(torch::allclose(tuned.run(tuning_row(2)).toTensor(), torch::full({1, 3}, 5.f)));
   const auto exposition = tuned.to_prometheus();
   CHECK_THAT(exposition, Catch::Contains("pare_runner_config{hint=\"throughput\""));
-  CHECK_THAT(exposition, Catch::Contains("pare_runner_caller_runs_total 1"));
+  CHECK_THAT(exposition, Catch::Contains("pare_runner_caller_batches_total 1"));
 
   pare::Runner kept(row_model(), pare::RunnerOptions().hint(pare::RunnerHint::Latency).example_inputs(example)
                                      .max_batch(4).concurrency(3).threads(2));
@@ -83,7 +82,7 @@ TEST_CASE("the hint's choice: passes per core, batches only where they save time
   CHECK(o.batch_gap().count() == 0);
   CHECK(tuned(hinted, 0.5, 16, 4).concurrency() == 4);
   CHECK(tuned(hinted, 0.5, 2, 4).concurrency() == 1);
-  o = tuned(hinted, 0.1, 16, 1);  // a batch saves too little: every request on its caller's thread
+  o = tuned(hinted, 0.2, 16, 1);  // a batch saves too little: every request on its caller's thread
   CHECK(o.max_batch() == 1);
   CHECK(o.threads() == 1);
   CHECK(tuned(pare::RunnerOptions().hint(pare::RunnerHint::Latency), 0.5, 16, 1).max_batch() == 8);
@@ -102,4 +101,27 @@ TEST_CASE("bad tuning options give pare::Error naming what is expected") {
                     Catch::Contains("must be a tensor with a batch dimension"));
   CHECK_THROWS_WITH(pare::parse_runner_hint("fast"), Catch::Contains("expected one of throughput, latency"));
   CHECK(pare::runner_hint_name(pare::parse_runner_hint("latency")) == "latency");
+}
+
+TEST_CASE("a caller with a free pass runs the queue's front batch, its own request among them") {
+  g_gate.reset();
+  g_gate.close();
+  // Two passes: a worker's batch holds one at the gate; callers queue behind it
+  // until a caller finds the second pass free and runs the queue itself.
+  pare::Runner runner(gated_model(), pare::RunnerOptions().max_batch(8).concurrency(2).threads(1).max_delay(kForever)
+                                         .batch_gap(std::chrono::microseconds(0)));
+  auto first = runner.run_async(tuning_row(0));  // a worker takes it: one pass held
+  g_gate.wait_entered(1);
+  std::vector<std::thread> callers;
+  std::vector<float> answers(3, -1);
+  for (int i = 1; i < 3; ++i)
+    callers.emplace_back([&, i] { answers[size_t(i)] = runner.run(tuning_row(float(i))).toTensor()[0][0].item<float>(); });
+  g_gate.wait_entered(2);  // one caller got the free pass and runs the queue's front
+  g_gate.release();
+  for (auto& c : callers) c.join();
+  CHECK(first.get().toTensor()[0][0].item<float>() == 1);
+  for (int i = 1; i < 3; ++i) CHECK(answers[size_t(i)] == 2.f * float(i) + 1);
+  const auto stats = runner.stats();
+  CHECK(stats.caller_batches >= 1);
+  CHECK(stats.requests == 3);
 }

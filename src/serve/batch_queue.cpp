@@ -19,17 +19,36 @@ void Request::answer(RunOutcome outcome) {
 bool BatchQueue::push(RequestPtr& request) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (rule_.max_queue > 0 && queue_.size() >= rule_.max_queue) return false;
-    const auto now = Clock::now();
-    if (!queue_.empty()) {  // an arrival that found company: part of a burst
-      const auto spacing = now - last_arrival_;
-      spacing_ = spacing_.count() == 0 ? spacing : (7 * spacing_ + spacing) / 8;
-    }
-    last_arrival_ = now;
-    queue_.push_back(std::move(request));
-    peak_ = std::max(peak_, queue_.size() + running_);
+    if (!enqueue(request)) return false;
   }
   wake_.notify_one();
+  return true;
+}
+
+BatchQueue::Admission BatchQueue::admit(RequestPtr& request) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!enqueue(request)) return Admission::Full;
+    if (rule_.slots > 0 && !closed_ && busy_slots_ < rule_.slots) {
+      ++busy_slots_;
+      return Admission::Run;
+    }
+  }
+  wake_.notify_one();
+  return Admission::Queued;
+}
+
+// Under the lock: `request` at the back unless max_queue requests already wait.
+bool BatchQueue::enqueue(RequestPtr& request) {
+  if (rule_.max_queue > 0 && queue_.size() >= rule_.max_queue) return false;
+  const auto now = Clock::now();
+  if (!queue_.empty()) {  // an arrival that found company: part of a burst
+    const auto spacing = now - last_arrival_;
+    spacing_ = spacing_.count() == 0 ? spacing : (7 * spacing_ + spacing) / 8;
+  }
+  last_arrival_ = now;
+  queue_.push_back(std::move(request));
+  peak_ = std::max(peak_, queue_.size() + running_);
   return true;
 }
 
@@ -55,14 +74,14 @@ void BatchQueue::finished() {
   --running_;
 }
 
-void BatchQueue::batch_done() {
+void BatchQueue::release_pass() {
   if (rule_.slots == 0) return;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     --busy_slots_;
     if (queue_.empty()) return;
   }
-  wake_.notify_one();  // a worker waiting for a slot
+  wake_.notify_one();  // a worker waiting for a pass
 }
 
 bool BatchQueue::try_run_now() {
@@ -70,19 +89,12 @@ bool BatchQueue::try_run_now() {
   std::lock_guard<std::mutex> lock(mutex_);
   if (closed_ || !queue_.empty() || busy_slots_ >= rule_.slots) return false;
   ++busy_slots_;
-  ++running_;  // held, for rule 3's count of callers
-  peak_ = std::max(peak_, queue_.size() + running_);
   return true;
 }
 
-void BatchQueue::ran_now() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    --busy_slots_;
-    --running_;
-    if (queue_.empty()) return;
-  }
-  wake_.notify_one();
+std::vector<RequestPtr> BatchQueue::take_now(std::vector<RequestPtr>& expired) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return hand_out(expired);
 }
 
 size_t BatchQueue::depth() const {
@@ -101,15 +113,21 @@ std::vector<RequestPtr> BatchQueue::next_batch(std::vector<RequestPtr>& expired)
       if (Clock::now() >= at) break;
       wake_.wait_until(lock, at);
     }
-    if (queue_.empty() || !slot_free()) continue;  // another worker took them, or the slot, meanwhile
-    auto batch = take(Clock::now(), expired);
-    if (!batch.empty() && rule_.slots > 0) ++busy_slots_;  // batch_done() frees it
-    for (auto& r : batch) r->running_in = this;
-    running_ += batch.size();
-    if (++batches_ % kWindow == 0) previous_peak_ = std::exchange(peak_, queue_.size() + running_);
+    if (queue_.empty() || !slot_free()) continue;  // another worker took them, or the pass, meanwhile
+    auto batch = hand_out(expired);
+    if (!batch.empty() && rule_.slots > 0) ++busy_slots_;  // release_pass() frees it
     if (!queue_.empty()) wake_.notify_one();  // leftovers: another idle worker may start on them
     if (!batch.empty() || !expired.empty()) return batch;
   }
+}
+
+// Under the lock: the front batch, marked as running here.
+std::vector<RequestPtr> BatchQueue::hand_out(std::vector<RequestPtr>& expired) {
+  auto batch = take(Clock::now(), expired);
+  for (auto& r : batch) r->running_in = this;
+  running_ += batch.size();
+  if (++batches_ % kWindow == 0) previous_peak_ = std::exchange(peak_, queue_.size() + running_);
+  return batch;
 }
 
 // Waiting longer than a few of a burst's own spacings between arrivals means

@@ -11,11 +11,13 @@
 //      rhythm), at most batch_gap and at least batch_gap / 8.
 // Requests past their deadline are taken out and answered with Timeout; they never run.
 //
-// With a limit on concurrent forward passes (BatchRule::slots), a batch also
-// needs a free slot, and a blocking request may skip the queue: when nothing is
-// queued and a slot is free, it runs at once on its caller's thread
-// (try_run_now). The queue, the slots and rule 3's count share one mutex, so a
-// request never runs ahead of one that queued before it.
+// With a limit on concurrent forward passes (BatchRule::slots), a worker's
+// batch also needs a free pass, and a blocking caller that finds one free takes
+// it (admit): it then runs the queue's front batches itself, its own request
+// among them, with no hand-off to a worker (Runner: "a request queues only when
+// queueing helps"). The queue, the passes and rule 3's count share one mutex,
+// and batches always leave from the front, so no request runs ahead of one
+// that queued before it.
 
 #include <functional>
 #include <chrono>
@@ -88,13 +90,20 @@ class BatchQueue {
   size_t depth() const;
   /// A request next_batch() handed out was answered (Request::answer calls it).
   void finished();
-  /// A batch next_batch() handed out has run: its slot is free again.
-  void batch_done();
-  /// Claims a slot for one request to run now on its caller's thread: true when
-  /// the rule limits slots, one is free and no request is queued. The caller
-  /// then runs it and calls ran_now().
+  /// Queues `request` like push(); with a limit on passes and one free, also
+  /// claims it for the caller (Run): the caller then runs take_now() batches
+  /// and gives the pass back with release_pass().
+  enum class Admission { Run, Queued, Full };
+  Admission admit(RequestPtr& request);
+  /// Claims a free pass when nothing is queued, for a request that then runs
+  /// alone on its caller's thread without entering the queue; give it back
+  /// with release_pass(). False without a limit on passes.
   bool try_run_now();
-  void ran_now();
+  /// With a pass claimed: the front batch at once, without waiting for company
+  /// (empty when nothing is queued). Expired requests go to `expired`.
+  std::vector<RequestPtr> take_now(std::vector<RequestPtr>& expired);
+  /// Gives back a pass claimed by admit() or held by a batch of next_batch().
+  void release_pass();
 
  private:
   Clock::time_point due_at() const;  // when the front batch goes out by delay or gap
@@ -105,6 +114,8 @@ class BatchQueue {
   int64_t cut_to_preferred(int64_t rows) const;
   bool everyone_here() const;
   bool slot_free() const { return rule_.slots == 0 || busy_slots_ < rule_.slots; }
+  bool enqueue(RequestPtr& request);
+  std::vector<RequestPtr> hand_out(std::vector<RequestPtr>& expired);
 
   const BatchRule rule_;
   mutable std::mutex mutex_;

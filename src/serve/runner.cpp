@@ -64,6 +64,12 @@ void validate(const RunnerOptions& options) {
 
 }  // namespace
 
+// Gives a claimed pass back however the caller's run ends.
+struct PassRelease {
+  detail::BatchQueue& queue;
+  ~PassRelease() { queue.release_pass(); }
+};
+
 struct Runner::Impl {
   RunnerOptions options;
   std::optional<detail::DeviceIO> io;  // the model's device and the copies around it
@@ -72,7 +78,7 @@ struct Runner::Impl {
   std::unique_ptr<detail::BatchQueue> queue;
   std::atomic<uint64_t> next_id{1};
   // Where the time goes (RunnerStats): counted without a lock on the serving path.
-  std::atomic<uint64_t> caller_runs{0};
+  std::atomic<uint64_t> caller_batches{0};
   std::atomic<int64_t> queue_ns{0}, assemble_ns{0}, forward_ns{0};
   double batch_saving = 0;  // the hint's measurement
 
@@ -176,7 +182,16 @@ struct Runner::Impl {
     const double one = median_forward_ms(served, 1), eight = median_forward_ms(served, 8);
     batch_saving = one > 0 ? 1 - eight / (8 * one) : 0;
     options = detail::tuned(options, batch_saving, std::thread::hardware_concurrency(), at::get_num_threads());
+    warm_sizes(served);
     forward_ns = 0;  // the serving breakdown starts after the measurement
+  }
+
+  // Each preferred batch size runs on a module of its own (model_copies): made
+  // and warmed here, off the serving path, instead of by the first requests.
+  void warm_sizes(ServedModel& served) {
+    if (!options.hint() || io->on_accelerator()) return;
+    for (int64_t rows : options.preferred_batch_sizes())
+      for (int i = 0; i < 2; ++i) forward_one(served, detail::example_rows(options.example_inputs(), rows), std::nullopt);
   }
 
   // Runs one blocking request on its caller's thread, as one pass of its own.
@@ -184,7 +199,7 @@ struct Runner::Impl {
     require(Clock::now() < deadline, "Runner: the request's deadline had passed before it started; it never ran",
             Error::Kind::Timeout);
     count_batch(1);
-    caller_runs.fetch_add(1, std::memory_order_relaxed);
+    caller_batches.fetch_add(1, std::memory_order_relaxed);
     return forward_one(served, inputs, std::nullopt);  // on the caller's thread and current stream
   }
 
@@ -206,8 +221,7 @@ struct Runner::Impl {
                  Error::Kind::Overloaded);
   }
 
-  // Queues a request; its id, or 0 when the queue is full (counted as a rejection; `done` not called).
-  uint64_t enqueue(std::shared_ptr<ServedModel> served, Inputs inputs, Clock::time_point deadline, Done done) {
+  RequestPtr make_request(std::shared_ptr<ServedModel> served, Inputs inputs, Clock::time_point deadline, Done done) {
     auto request = std::make_unique<detail::Request>();
     request->id = next_id.fetch_add(1, std::memory_order_relaxed);
     request->rows = detail::batch_rows(inputs);
@@ -216,34 +230,63 @@ struct Runner::Impl {
     request->arrival = Clock::now();
     request->deadline = deadline;
     request->done = std::move(done);
+    return request;
+  }
+
+  // Queues a request for the workers; its id, or 0 when the queue is full
+  // (counted as a rejection; `done` not called).
+  uint64_t enqueue(std::shared_ptr<ServedModel> served, Inputs inputs, Clock::time_point deadline, Done done) {
+    auto request = make_request(std::move(served), std::move(inputs), deadline, std::move(done));
     const uint64_t id = request->id;
     if (queue->push(request)) return id;
     latencies.record_rejection();
     return 0;
   }
 
-  // A blocking request: on this thread without batching, else queued and waited for.
+  // A blocking request: on this thread without batching; else queued, and run
+  // by this thread itself when a pass is free (run_as_caller), or waited for.
   c10::IValue execute(std::shared_ptr<ServedModel> served, Inputs inputs, Clock::time_point deadline) {
     if (options.max_batch() <= 1) return run_here(*served, inputs, deadline);
-    // Nothing queued and a pass free: queueing can't help this request.
-    if (queue->try_run_now()) {
-      struct Release {
-        detail::BatchQueue& queue;
-        ~Release() { queue.ran_now(); }
-      } release{*queue};
+    if (queue->try_run_now()) {  // nothing queued, a pass free: no request object, no hand-off
+      PassRelease release{*queue};
       return run_here(*served, inputs, deadline);
     }
     auto promise = std::make_shared<std::promise<RunOutcome>>();  // shared: the worker may still be in set_value
     auto future = promise->get_future();
-    const uint64_t id =
-        enqueue(std::move(served), std::move(inputs), deadline, [promise](RunOutcome o) { promise->set_value(std::move(o)); });
-    if (id == 0) throw overloaded(options.max_queue());
+    auto request = make_request(std::move(served), std::move(inputs), deadline,
+                                [promise](RunOutcome o) { promise->set_value(std::move(o)); });
+    const uint64_t id = request->id;
+    const auto admission = queue->admit(request);
+    if (admission == detail::BatchQueue::Admission::Full) {
+      latencies.record_rejection();
+      throw overloaded(options.max_queue());
+    }
+    if (admission == detail::BatchQueue::Admission::Run) run_as_caller(future);
     // At its deadline a request still queued is taken back here, so the caller never waits past it.
     if (deadline != Deadline::max() && future.wait_until(deadline) == std::future_status::timeout)
       if (auto mine = queue->cancel(id)) mine->answer(timed_out(*mine));
     auto output = future.get().value();
     io->hand_over(output);
     return output;
+  }
+
+  // With a pass that admit() gave this caller: the queue's front batches run
+  // here, this caller's request among them, until it is answered or nothing is
+  // queued (a worker may have taken it); then the pass goes back. No hand-off:
+  // while callers keep arriving, they are the workers.
+  void run_as_caller(std::future<RunOutcome>& mine) {
+    PassRelease release{*queue};
+    while (mine.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+      std::vector<RequestPtr> expired;
+      auto batch = queue->take_now(expired);
+      for (auto& r : expired) r->answer(timed_out(*r));
+      if (batch.empty()) {
+        if (expired.empty()) return;
+        continue;
+      }
+      caller_batches.fetch_add(1, std::memory_order_relaxed);
+      run_batch(batch, std::nullopt);
+    }
   }
 
   void worker() {
@@ -257,7 +300,7 @@ struct Runner::Impl {
       if (batch.empty()) continue;
       run_batch(batch, stream);
       batch.clear();  // drop the inputs before waiting again: freeing them may take time
-      queue->batch_done();
+      queue->release_pass();
     }
   }
 
@@ -397,6 +440,7 @@ void Runner::swap(torch::jit::Module module, std::optional<std::string> cache_na
   // requests keep flowing to the current model meanwhile.
   auto served = impl_->prepare(detail::eval_module(module), std::move(cache_namespace));
   impl_->warm_up(*served);
+  impl_->warm_sizes(*served);
   impl_->install(std::move(served));
   std::lock_guard<std::mutex> lock(impl_->mutex);
   ++impl_->swaps;
@@ -408,7 +452,7 @@ RunnerStats Runner::stats() const {
   stats.seconds = seconds_since(impl_->started);
   stats.queue_depth = impl_->queue->depth();
   const auto& o = impl_->options;
-  stats.caller_runs = impl_->caller_runs.load();
+  stats.caller_batches = impl_->caller_batches.load();
   stats.queue_seconds = 1e-9 * double(impl_->queue_ns.load());
   stats.assemble_seconds = 1e-9 * double(impl_->assemble_ns.load());
   stats.forward_seconds = 1e-9 * double(impl_->forward_ns.load());

@@ -84,7 +84,7 @@ std::string runner_prometheus(const RunnerStats& s, const LatencyRecorder& laten
   prometheus::append_metric(out, "pare_runner_model_copies", "gauge", "Batch sizes the model runs on a module of its own for.",
                             double(s.model_copies));
   prometheus::append_metric(out, "pare_runner_throughput_requests_per_second", "gauge", "Requests per second since start.", s.throughput());
-  counter("pare_runner_caller_runs_total", "Requests run on their caller's thread, never queued.", s.caller_runs);
+  counter("pare_runner_caller_batches_total", "Forward passes run on a calling thread instead of a worker.", s.caller_batches);
   auto seconds = [&](const char* name, const char* help, double value) {
     prometheus::append_metric(out, name, "counter", help, value);
   };

@@ -28,6 +28,13 @@ RunnerOptions tuned(RunnerOptions options, double batch_saving, unsigned cores, 
   if (!keep(RunnerSetting::Threads)) options.threads(batching_pays ? options.concurrency() > 0 ? options.concurrency() : passes : 1);
   // Batches form while every pass is busy: a free pass takes what is queued at once.
   if (!keep(RunnerSetting::BatchGap)) options.batch_gap(std::chrono::microseconds(0));
+  // Powers of two: a few batch shapes, each with a warmed module of its own,
+  // instead of a new execution plan for every size from 1 to max_batch.
+  if (options.preferred_batch_sizes().empty() && options.max_batch() > 1) {
+    std::vector<int64_t> sizes;
+    for (int64_t rows = 1; rows <= options.max_batch(); rows *= 2) sizes.push_back(rows);
+    options.preferred_batch_sizes(sizes);
+  }
   return options;
 }
 

@@ -15,7 +15,7 @@ namespace pare::detail {
 
 /// Below this share of time saved per row by a batch of 8, queueing can't win
 /// over running each request on its caller's thread.
-constexpr double kBatchingPays = 0.2;
+constexpr double kBatchingPays = 0.3;
 
 /// `options` with the hint's choices for every setting not given explicitly.
 /// `batch_saving`: 1 - time(batch 8) / (8 x time(batch 1)); `cores`: the

@@ -10,11 +10,12 @@
 //       fixed   Runner as configured before the hint existed: one worker,
 //               max_batch 32, the gap rule.
 //     Each row prints requests/s, p99, the ratio to plain, the share of
-//     requests run on their caller's thread, the mean batch, where a queued
-//     request's time went, and the ceiling: every core running batches of 8.
+//     forward passes run on callers' threads, the mean batch, a request's mean
+//     wait for its batch, the share of merging and splitting in the passes, CPU
+//     time per request, and the ceiling: every core running its best batch.
 //  2. open loop: Poisson arrivals at 10% and at 2x the measured capacity, with
 //     max_queue set: latency from the scheduled send time, rejections, RSS;
-//  3. hot swap: clients while the model is swapped `--swaps` times.
+//  3. hot swap (first model only): clients while the model is swapped `--swaps` times.
 //
 //   bench_runner [--seconds 1] [--clients 1,8,32,128] [--models int8,fp32,resnet18] [--swaps 100] [--only closed]
 
@@ -120,7 +121,7 @@ void closed_loop_table(const Served& m, const Config& config) {
               "ceiling %.0f images/s (%.0f cores, each running its best batch)\n\n", m.name.c_str(), one, eight,
               100 * (1 - eight / (8 * one)), ceiling, cores);
   std::printf("| clients | plain req/s | plain p99 ms | hint req/s | hint p99 ms | hint / plain | fixed req/s | fixed / plain "
-              "| on caller | mean batch | queue ms/req | assemble %% | CPU us/req plain / hint | hint / ceiling | hint choice |\n"
+              "| passes on callers | mean batch | queue ms/req | assemble %% | CPU us/req plain / hint | hint / ceiling | hint choice |\n"
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
   for (int clients : config.clients) {
     const auto plain = closed_loop(m, clients, config.seconds, [&](const std::vector<c10::IValue>& in) {
@@ -132,13 +133,13 @@ void closed_loop_table(const Served& m, const Config& config) {
     const auto s = hint.stats();
     pare::Runner fixed(m.module, warmed(pare::RunnerOptions().max_batch(32), m));
     const auto before = closed_loop(m, clients, config.seconds, [&](auto in) { return fixed.run(std::move(in)); });
-    const double queued = double(s.requests - s.caller_runs);
+    const double queued = double(s.requests);
     const double busy = s.forward_seconds + s.assemble_seconds;
     std::printf("| %d | %.0f | %.3f | %.0f | %.3f | **%.2fx** | %.0f | %.2fx | %.0f%% | %.2f | %.3f | %.1f%% | %.0f / %.0f | %.2f | "
                 "max_batch %lld, %d workers, %d passes, saving %.2f |\n",
                 clients, plain.throughput, plain.p99_ms, tuned.throughput, tuned.p99_ms,
                 tuned.throughput / plain.throughput, before.throughput, before.throughput / plain.throughput,
-                s.requests ? 100.0 * double(s.caller_runs) / double(s.requests) : 0.0,
+                s.batches ? 100.0 * double(s.caller_batches) / double(s.batches) : 0.0,
                 s.batches ? double(s.requests) / double(s.batches) : 0.0, queued > 0 ? 1e3 * s.queue_seconds / queued : 0.0,
                 busy > 0 ? 100 * s.assemble_seconds / busy : 0.0, plain.cpu_us, tuned.cpu_us, tuned.throughput / ceiling, (long long)s.max_batch,
                 s.threads, s.concurrency, s.batch_saving);
@@ -260,11 +261,12 @@ int main(int argc, char** argv) {
   torch::set_num_threads(1);  // one LibTorch thread per pass, for every way of serving
   std::printf("# bench_runner: single-row requests, %.1f s per run, %u hardware threads, LibTorch %s\n", config.seconds,
               std::thread::hardware_concurrency(), TORCH_VERSION);
-  for (const auto& m : models(config)) {
+  const auto served = models(config);
+  for (const auto& m : served) {
     closed_loop_table(m, config);
     if (config.only == "closed") continue;
     open_loop(m, config);
-    hot_swap(m, config);
+    if (&m == &served.front()) hot_swap(m, config);  // swaps re-warm every batch size: the smallest model
   }
   return 0;
 }

@@ -75,16 +75,17 @@ class RunnerOptions {
   RunnerOptions& timeout(std::chrono::microseconds value) { timeout_ = value; return *this; }
   /// Worker threads that run queued batches (and asynchronous requests).
   RunnerOptions& threads(int count) { return set(RunnerSetting::Threads, threads_, count); }
-  /// The most forward passes that run at once on the CPU, workers' batches and
-  /// callers' own requests together; 0 (the default): no limit. With a limit, a
-  /// blocking request that finds the queue empty and a pass free runs at once on
-  /// its caller's thread, with no hand-off (docs/serving.md: "a request queues
-  /// only when queueing helps"). The hint sets it to the host's cores divided by
-  /// LibTorch's intra-op threads.
+  /// The most forward passes that run at once on the CPU, on workers and on
+  /// callers' threads together; 0 (the default): no limit. With a limit, a
+  /// blocking caller that finds a pass free runs the queue's front batches on
+  /// its own thread, its own request among them, with no hand-off to a worker
+  /// (docs/serving.md: "a request queues only when queueing helps"); workers
+  /// run what callers leave and the asynchronous requests. The hint sets it to
+  /// the host's cores divided by LibTorch's intra-op threads.
   RunnerOptions& concurrency(int passes) { return set(RunnerSetting::Concurrency, concurrency_, passes); }
   /// Tune the runner to this model on this host at construction: a short
   /// measurement on example_inputs (required) at batch 1 and 8 tells whether a
-  /// batch saves time per row. If it saves under 20%, queueing can't win and
+  /// batch saves time per row. If it saves under 30%, queueing can't win and
   /// every blocking request runs on its caller's thread (max_batch 1);
   /// otherwise concurrency is one pass per core, threads as many workers, and
   /// max_batch 32 (Throughput) or 8 (Latency), batches going out as soon as a
@@ -169,7 +170,7 @@ struct RunnerStats {
   double p50_ms = 0, p95_ms = 0, p99_ms = 0, max_ms = 0;  ///< over the most recent requests (rejections excluded)
   std::vector<uint64_t> batch_sizes;   ///< batch_sizes[n]: forward passes that merged n requests
   // Where a request's time goes (docs/serving.md).
-  uint64_t caller_runs = 0;            ///< requests run on their caller's thread, never queued
+  uint64_t caller_batches = 0;         ///< forward passes run on a calling thread instead of a worker
   double queue_seconds = 0;            ///< summed over queued requests: arrival to their batch's start
   double assemble_seconds = 0;         ///< summed over batches: merging inputs and splitting outputs
   double forward_seconds = 0;          ///< summed over passes: the model (device copies included)
