@@ -84,7 +84,7 @@ TEST_CASE("the hint's choice: passes per core, batches only where they save time
   CHECK(tuned(hinted, 0.5, 2, 4).concurrency() == 1);
   o = tuned(hinted, 0.2, 16, 1);  // a batch saves too little: every request on its caller's thread
   CHECK(o.max_batch() == 1);
-  CHECK(o.threads() == 1);
+  CHECK(o.threads() == 16);  // for asynchronous requests
   CHECK(tuned(pare::RunnerOptions().hint(pare::RunnerHint::Latency), 0.5, 16, 1).max_batch() == 8);
   o = tuned(pare::RunnerOptions(hinted).max_batch(64).batch_gap(std::chrono::microseconds(50)), 0.1, 16, 1);
   CHECK(o.max_batch() == 64);

@@ -29,10 +29,7 @@ BatchQueue::Admission BatchQueue::admit(RequestPtr& request) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!enqueue(request)) return Admission::Full;
-    if (rule_.slots > 0 && !closed_ && busy_slots_ < rule_.slots) {
-      ++busy_slots_;
-      return Admission::Run;
-    }
+    if (rule_.slots > 0 && !closed_ && claim_pass()) return Admission::Run;
   }
   wake_.notify_one();
   return Admission::Queued;
@@ -48,8 +45,16 @@ bool BatchQueue::enqueue(RequestPtr& request) {
   }
   last_arrival_ = now;
   queue_.push_back(std::move(request));
+  sync_size();
   peak_ = std::max(peak_, queue_.size() + running_);
   return true;
+}
+
+bool BatchQueue::claim_pass() {
+  size_t busy = busy_slots_.load();
+  while (busy < rule_.slots)
+    if (busy_slots_.compare_exchange_weak(busy, busy + 1)) return true;
+  return false;
 }
 
 RequestPtr BatchQueue::cancel(uint64_t id) {
@@ -58,6 +63,7 @@ RequestPtr BatchQueue::cancel(uint64_t id) {
   if (it == queue_.end()) return nullptr;
   RequestPtr taken = std::move(*it);
   queue_.erase(it);
+  sync_size();
   return taken;
 }
 
@@ -74,22 +80,21 @@ void BatchQueue::finished() {
   --running_;
 }
 
+// Lock-free unless requests wait: then a worker waiting for a pass is woken.
+// The lock, taken and dropped, orders this with a worker between its check of
+// the passes and its wait (it can't miss the wake-up).
 void BatchQueue::release_pass() {
   if (rule_.slots == 0) return;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    --busy_slots_;
-    if (queue_.empty()) return;
-  }
-  wake_.notify_one();  // a worker waiting for a pass
+  busy_slots_.fetch_sub(1);
+  if (queued_.load() == 0) return;
+  { std::lock_guard<std::mutex> lock(mutex_); }
+  wake_.notify_one();
 }
 
+// Lock-free: a request arriving at the same moment may queue meanwhile, which
+// only reorders two concurrent arrivals.
 bool BatchQueue::try_run_now() {
-  if (rule_.slots == 0) return false;
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (closed_ || !queue_.empty() || busy_slots_ >= rule_.slots) return false;
-  ++busy_slots_;
-  return true;
+  return rule_.slots > 0 && queued_.load() == 0 && claim_pass();
 }
 
 std::vector<RequestPtr> BatchQueue::take_now(std::vector<RequestPtr>& expired) {
@@ -97,10 +102,7 @@ std::vector<RequestPtr> BatchQueue::take_now(std::vector<RequestPtr>& expired) {
   return hand_out(expired);
 }
 
-size_t BatchQueue::depth() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return queue_.size();
-}
+size_t BatchQueue::depth() const { return queued_.load(); }
 
 std::vector<RequestPtr> BatchQueue::next_batch(std::vector<RequestPtr>& expired) {
   std::unique_lock<std::mutex> lock(mutex_);
@@ -113,9 +115,9 @@ std::vector<RequestPtr> BatchQueue::next_batch(std::vector<RequestPtr>& expired)
       if (Clock::now() >= at) break;
       wake_.wait_until(lock, at);
     }
-    if (queue_.empty() || !slot_free()) continue;  // another worker took them, or the pass, meanwhile
+    if (queue_.empty() || (rule_.slots > 0 && !claim_pass())) continue;  // taken meanwhile: the requests, or the pass
     auto batch = hand_out(expired);
-    if (!batch.empty() && rule_.slots > 0) ++busy_slots_;  // release_pass() frees it
+    if (batch.empty() && rule_.slots > 0) busy_slots_.fetch_sub(1);  // only expired ones: the pass goes back
     if (!queue_.empty()) wake_.notify_one();  // leftovers: another idle worker may start on them
     if (!batch.empty() || !expired.empty()) return batch;
   }
@@ -124,6 +126,7 @@ std::vector<RequestPtr> BatchQueue::next_batch(std::vector<RequestPtr>& expired)
 // Under the lock: the front batch, marked as running here.
 std::vector<RequestPtr> BatchQueue::hand_out(std::vector<RequestPtr>& expired) {
   auto batch = take(Clock::now(), expired);
+  sync_size();
   for (auto& r : batch) r->running_in = this;
   running_ += batch.size();
   if (++batches_ % kWindow == 0) previous_peak_ = std::exchange(peak_, queue_.size() + running_);

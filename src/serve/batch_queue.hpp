@@ -20,12 +20,14 @@
 // that queued before it.
 
 #include <functional>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -44,7 +46,7 @@ struct ServedModel {
   torch::jit::Module module;
   std::string cache_namespace;
   /// The module each batch size runs on (Runner: RunnerOptions::model_copies).
-  std::mutex copies_mutex;
+  std::shared_mutex copies_mutex;
   std::map<int64_t, torch::jit::Module> copies;
 };
 
@@ -113,7 +115,11 @@ class BatchQueue {
   std::vector<RequestPtr> take(Clock::time_point now, std::vector<RequestPtr>& expired);
   int64_t cut_to_preferred(int64_t rows) const;
   bool everyone_here() const;
-  bool slot_free() const { return rule_.slots == 0 || busy_slots_ < rule_.slots; }
+  bool slot_free() const { return rule_.slots == 0 || busy_slots_.load() < rule_.slots; }
+  /// Takes a free pass (lock-free: the fast path of try_run_now needs no lock).
+  bool claim_pass();
+  /// Mirrors queue_.size() for readers without the lock; called after each change.
+  void sync_size() { queued_.store(queue_.size()); }
   bool enqueue(RequestPtr& request);
   std::vector<RequestPtr> hand_out(std::vector<RequestPtr>& expired);
 
@@ -130,7 +136,8 @@ class BatchQueue {
   size_t running_ = 0;
   size_t peak_ = 0, previous_peak_ = 0;
   uint64_t batches_ = 0;
-  size_t busy_slots_ = 0;
+  std::atomic<size_t> busy_slots_{0};  // passes running, on workers and callers
+  std::atomic<size_t> queued_{0};      // queue_.size()
   bool closed_ = false;
 };
 

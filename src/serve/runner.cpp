@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <mutex>
+#include <shared_mutex>
 #include <optional>
 #include <thread>
 
@@ -82,10 +83,13 @@ struct Runner::Impl {
   std::atomic<int64_t> queue_ns{0}, assemble_ns{0}, forward_ns{0};
   double batch_saving = 0;  // the hint's measurement
 
-  mutable std::mutex mutex;  // guards the fields below
+  // Every request reads the model and counts its pass: shared locks and
+  // atomics, so callers on many cores never queue behind one another here.
+  mutable std::shared_mutex mutex;  // guards `model`
   std::shared_ptr<ServedModel> model;
-  uint64_t batches = 0, swaps = 0;
-  std::vector<uint64_t> batch_sizes;
+  std::atomic<uint64_t> batches{0}, swaps{0};
+  size_t batch_size_slots = 0;  // max_batch + 1, set once before serving
+  std::unique_ptr<std::atomic<uint64_t>[]> batch_sizes;  // [n]: passes that merged n requests
   std::vector<std::thread> workers;
 
   // The one place the served model changes: the module and its cache namespace
@@ -104,12 +108,12 @@ struct Runner::Impl {
   }
 
   void install(std::shared_ptr<ServedModel> served) {
-    std::lock_guard<std::mutex> lock(mutex);
+    std::unique_lock<std::shared_mutex> lock(mutex);
     model = std::move(served);
   }
 
   std::shared_ptr<ServedModel> current_model() const {
-    std::lock_guard<std::mutex> lock(mutex);
+    std::shared_lock<std::shared_mutex> lock(mutex);
     return model;
   }
 
@@ -121,13 +125,18 @@ struct Runner::Impl {
   torch::jit::Module module_for(ServedModel& served, int64_t rows) {
     if (options.model_copies() == 0 || io->on_accelerator()) return served.module;
     {
-      std::lock_guard<std::mutex> lock(served.copies_mutex);
+      std::shared_lock<std::shared_mutex> lock(served.copies_mutex);
+      if (auto it = served.copies.find(rows); it != served.copies.end()) return it->second;
+      if (!served.copies.empty() && served.copies.size() >= options.model_copies()) return served.module;
+    }
+    {
+      std::unique_lock<std::shared_mutex> lock(served.copies_mutex);
       if (auto it = served.copies.find(rows); it != served.copies.end()) return it->second;
       if (served.copies.empty()) return served.copies[rows] = served.module;
       if (served.copies.size() >= options.model_copies()) return served.module;
     }
     auto copy = detail::reloaded(served.module, "Runner: a copy of the model for batches of " + std::to_string(rows));
-    std::lock_guard<std::mutex> lock(served.copies_mutex);  // workers may have added sizes meanwhile
+    std::unique_lock<std::shared_mutex> lock(served.copies_mutex);  // workers may have added sizes meanwhile
     if (auto it = served.copies.find(rows); it != served.copies.end()) return it->second;
     if (served.copies.size() >= options.model_copies()) return served.module;
     return served.copies.emplace(rows, std::move(copy)).first->second;
@@ -204,10 +213,8 @@ struct Runner::Impl {
   }
 
   void count_batch(size_t requests) {
-    std::lock_guard<std::mutex> lock(mutex);
-    ++batches;
-    if (batch_sizes.size() <= requests) batch_sizes.resize(requests + 1);
-    ++batch_sizes[requests];
+    batches.fetch_add(1, std::memory_order_relaxed);
+    batch_sizes[std::min(requests, batch_size_slots - 1)].fetch_add(1, std::memory_order_relaxed);
   }
 
   Clock::time_point resolve(Deadline deadline, Clock::time_point now) const {
@@ -362,6 +369,8 @@ Runner::Runner(torch::jit::Module module, RunnerOptions options) : impl_(std::ma
   impl_->warm_up(*impl_->model);
   impl_->tune(*impl_->model);
   const auto& o = impl_->options;
+  impl_->batch_size_slots = size_t(o.max_batch()) + 1;
+  impl_->batch_sizes = std::make_unique<std::atomic<uint64_t>[]>(impl_->batch_size_slots);
   // A limit on passes applies to the CPU: a GPU's passes queue on its streams.
   const size_t slots = impl_->io->on_accelerator() ? 0 : size_t(o.concurrency());
   impl_->queue = std::make_unique<detail::BatchQueue>(detail::BatchRule{
@@ -442,8 +451,7 @@ void Runner::swap(torch::jit::Module module, std::optional<std::string> cache_na
   impl_->warm_up(*served);
   impl_->warm_sizes(*served);
   impl_->install(std::move(served));
-  std::lock_guard<std::mutex> lock(impl_->mutex);
-  ++impl_->swaps;
+  impl_->swaps.fetch_add(1, std::memory_order_relaxed);
 }
 
 RunnerStats Runner::stats() const {
@@ -462,13 +470,16 @@ RunnerStats Runner::stats() const {
   stats.hint = o.hint() ? runner_hint_name(*o.hint()) : "";
   stats.batch_saving = impl_->batch_saving;
   if (const auto served = impl_->current_model()) {
-    std::lock_guard<std::mutex> lock(served->copies_mutex);
+    std::shared_lock<std::shared_mutex> lock(served->copies_mutex);
     stats.model_copies = served->copies.size();
   }
-  std::lock_guard<std::mutex> lock(impl_->mutex);
-  stats.batches = impl_->batches;
-  stats.swaps = impl_->swaps;
-  stats.batch_sizes = impl_->batch_sizes;
+  stats.batches = impl_->batches.load();
+  stats.swaps = impl_->swaps.load();
+  for (size_t n = 0; n < impl_->batch_size_slots; ++n)
+    if (const uint64_t count = impl_->batch_sizes[n].load()) {
+      stats.batch_sizes.resize(n + 1);
+      stats.batch_sizes[n] = count;
+    }
   return stats;
 }
 

@@ -1,51 +1,71 @@
 #include "serve/runner_metrics.hpp"
 
 #include <algorithm>
+#include <atomic>
 
 #include "pare/core/metrics.hpp"
 
 namespace pare::detail {
 
+LatencyRecorder::Shard& LatencyRecorder::mine() {
+  static std::atomic<size_t> next_thread{0};
+  thread_local const size_t shard = next_thread.fetch_add(1, std::memory_order_relaxed) % kShards;
+  return shards_[shard];
+}
+
 void LatencyRecorder::record(double seconds, bool failed, Error::Kind kind) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (recent_.size() < kRecent) recent_.push_back(seconds);
-  else recent_[next_++ % kRecent] = seconds;
+  auto& s = mine();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  if (s.recent.size() < kRecentPerShard) s.recent.push_back(seconds);
+  else s.recent[s.next++ % kRecentPerShard] = seconds;
   for (size_t b = 0; b < kLatencyBuckets.size(); ++b)
-    if (seconds <= kLatencyBuckets[b]) ++buckets_[b];
-  ++count_;
-  failures_ += failed;
-  timeouts_ += failed && kind == Error::Kind::Timeout;
-  sum_ += seconds;
+    if (seconds <= kLatencyBuckets[b]) ++s.buckets[b];
+  ++s.count;
+  s.failures += failed;
+  s.timeouts += failed && kind == Error::Kind::Timeout;
+  s.sum += seconds;
 }
 
 void LatencyRecorder::record_rejection() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  ++rejected_;
+  auto& s = mine();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  ++s.rejected;
+}
+
+LatencyRecorder::Totals LatencyRecorder::merged() const {
+  Totals all;
+  for (const auto& s : shards_) {
+    std::lock_guard<std::mutex> lock(s.mutex);
+    all.recent.insert(all.recent.end(), s.recent.begin(), s.recent.end());
+    for (size_t b = 0; b < kLatencyBuckets.size(); ++b) all.buckets[b] += s.buckets[b];
+    all.count += s.count, all.failures += s.failures, all.rejected += s.rejected, all.timeouts += s.timeouts;
+    all.sum += s.sum;
+  }
+  return all;
 }
 
 void LatencyRecorder::fill(RunnerStats& stats) const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  stats.requests = count_ + rejected_;
-  stats.failures = failures_ + rejected_;
-  stats.rejected = rejected_;
-  stats.timeouts = timeouts_;
-  if (recent_.empty()) return;
-  auto sorted = recent_;
-  std::sort(sorted.begin(), sorted.end());
-  auto at = [&](double q) { return 1e3 * nearest_rank(sorted, q); };
+  auto all = merged();
+  stats.requests = all.count + all.rejected;
+  stats.failures = all.failures + all.rejected;
+  stats.rejected = all.rejected;
+  stats.timeouts = all.timeouts;
+  if (all.recent.empty()) return;
+  std::sort(all.recent.begin(), all.recent.end());
+  auto at = [&](double q) { return 1e3 * nearest_rank(all.recent, q); };
   stats.p50_ms = at(0.50), stats.p95_ms = at(0.95), stats.p99_ms = at(0.99);
-  stats.max_ms = 1e3 * sorted.back();
+  stats.max_ms = 1e3 * all.recent.back();
 }
 
 void LatencyRecorder::append_prometheus(std::string& out) const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  const auto all = merged();
   const std::string name = "pare_runner_latency_seconds";
   prometheus::append_header(out, name, "histogram", "Request latency, cache hits included, rejections excluded.");
   for (size_t b = 0; b < kLatencyBuckets.size(); ++b)
-    prometheus::append_sample(out, name + "_bucket", double(buckets_[b]), {{"le", prometheus::format_value(kLatencyBuckets[b])}});
-  prometheus::append_sample(out, name + "_bucket", double(count_), {{"le", "+Inf"}});
-  prometheus::append_sample(out, name + "_sum", sum_);
-  prometheus::append_sample(out, name + "_count", double(count_));
+    prometheus::append_sample(out, name + "_bucket", double(all.buckets[b]), {{"le", prometheus::format_value(kLatencyBuckets[b])}});
+  prometheus::append_sample(out, name + "_bucket", double(all.count), {{"le", "+Inf"}});
+  prometheus::append_sample(out, name + "_sum", all.sum);
+  prometheus::append_sample(out, name + "_count", double(all.count));
 }
 
 namespace {

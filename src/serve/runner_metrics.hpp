@@ -16,7 +16,10 @@ constexpr std::array<double, 16> kLatencyBuckets{1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-
                                                  5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0, 5.0};
 
 /// Latencies: exact percentiles over a ring of recent requests, and cumulative
-/// bucket counts for Prometheus. Also counts outcomes by kind.
+/// bucket counts for Prometheus. Also counts outcomes by kind. Sharded by
+/// thread: on a many-core host one lock taken by every request of every caller
+/// was a convoy (docs/serving.md), so each thread records into one of kShards
+/// shards and readers merge them.
 class LatencyRecorder {
  public:
   /// One finished request: its latency and, for a failure, its error kind.
@@ -27,13 +30,22 @@ class LatencyRecorder {
   void append_prometheus(std::string& out) const;
 
  private:
-  static constexpr size_t kRecent = 8192;
-  mutable std::mutex mutex_;
-  std::vector<double> recent_;
-  size_t next_ = 0;
-  std::array<uint64_t, kLatencyBuckets.size()> buckets_{};
-  uint64_t count_ = 0, failures_ = 0, rejected_ = 0, timeouts_ = 0;
-  double sum_ = 0;
+  static constexpr size_t kShards = 16;
+  static constexpr size_t kRecentPerShard = 512;
+  struct Totals {
+    std::vector<double> recent;
+    std::array<uint64_t, kLatencyBuckets.size()> buckets{};
+    uint64_t count = 0, failures = 0, rejected = 0, timeouts = 0;
+    double sum = 0;
+  };
+  struct alignas(64) Shard : Totals {
+    mutable std::mutex mutex;
+    size_t next = 0;  // the ring's oldest entry once full
+  };
+  Shard& mine();
+  /// Every shard's counters and recent latencies added up.
+  Totals merged() const;
+  std::array<Shard, kShards> shards_;
 };
 
 /// The runner's own families (everything in `stats` plus the latency histogram).

@@ -24,8 +24,8 @@ RunnerOptions tuned(RunnerOptions options, double batch_saving, unsigned cores, 
   if (!keep(RunnerSetting::Concurrency)) options.concurrency(passes);
   if (!keep(RunnerSetting::MaxBatch))
     options.max_batch(!batching_pays ? 1 : *options.hint() == RunnerHint::Latency ? 8 : 32);
-  // Enough workers to fill every pass with a batch once callers outnumber passes.
-  if (!keep(RunnerSetting::Threads)) options.threads(batching_pays ? options.concurrency() > 0 ? options.concurrency() : passes : 1);
+  // A worker per pass: they run what callers leave, and every asynchronous request.
+  if (!keep(RunnerSetting::Threads)) options.threads(options.concurrency() > 0 ? options.concurrency() : passes);
   // Batches form while every pass is busy: a free pass takes what is queued at once.
   if (!keep(RunnerSetting::BatchGap)) options.batch_gap(std::chrono::microseconds(0));
   // Powers of two: a few batch shapes, each with a warmed module of its own,

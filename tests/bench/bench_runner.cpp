@@ -113,7 +113,8 @@ std::pair<double, double> forward_ms(const Served& m) {
   return {rows.at(0).p50_ms, rows.at(1).p50_ms};
 }
 
-void closed_loop_table(const Served& m, const Config& config) {
+// Prints the table; returns the best throughput the hint runner reached (the open loop's capacity).
+double closed_loop_table(const Served& m, const Config& config) {
   const auto [one, eight] = forward_ms(m);
   const double cores = std::thread::hardware_concurrency();
   const double ceiling = cores * std::max(1 / one, 8 / eight) * 1e3;
@@ -123,6 +124,7 @@ void closed_loop_table(const Served& m, const Config& config) {
   std::printf("| clients | plain req/s | plain p99 ms | hint req/s | hint p99 ms | hint / plain | fixed req/s | fixed / plain "
               "| passes on callers | mean batch | queue ms/req | assemble %% | CPU us/req plain / hint | hint / ceiling | hint choice |\n"
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  double capacity = 0;
   for (int clients : config.clients) {
     const auto plain = closed_loop(m, clients, config.seconds, [&](const std::vector<c10::IValue>& in) {
       torch::NoGradGuard no_grad;
@@ -144,7 +146,9 @@ void closed_loop_table(const Served& m, const Config& config) {
                 busy > 0 ? 100 * s.assemble_seconds / busy : 0.0, plain.cpu_us, tuned.cpu_us, tuned.throughput / ceiling, (long long)s.max_batch,
                 s.threads, s.concurrency, s.batch_saving);
     std::fflush(stdout);
+    capacity = std::max(capacity, tuned.throughput);
   }
+  return capacity;
 }
 
 double rss_mib() {
@@ -154,12 +158,9 @@ double rss_mib() {
   return double(resident) * double(sysconf(_SC_PAGESIZE)) / (1 << 20);
 }
 
-void open_loop(const Served& m, const Config& config) {
+void open_loop(const Served& m, double capacity, const Config& config) {
   const size_t max_queue = 16;
   pare::Runner runner(m.module, warmed(pare::RunnerOptions().hint(pare::RunnerHint::Throughput).max_queue(max_queue), m));
-  // Capacity: the runner's own closed loop at 4 clients per core.
-  const double capacity = closed_loop(m, int(4 * std::thread::hardware_concurrency()), config.seconds,
-                                      [&](auto in) { return runner.run(std::move(in)); }).throughput;
   auto load = [&](double rate, uint64_t seed) {
     return pare::run_open_loop(runner, pare::OpenLoopOptions(rate).duration(std::chrono::milliseconds(std::llround(config.seconds * 1000))).seed(seed).inputs(m.requests));
   };
@@ -263,9 +264,9 @@ int main(int argc, char** argv) {
               std::thread::hardware_concurrency(), TORCH_VERSION);
   const auto served = models(config);
   for (const auto& m : served) {
-    closed_loop_table(m, config);
+    const double capacity = closed_loop_table(m, config);
     if (config.only == "closed") continue;
-    open_loop(m, config);
+    open_loop(m, capacity, config);
     if (&m == &served.front()) hot_swap(m, config);  // swaps re-warm every batch size: the smallest model
   }
   return 0;

@@ -87,9 +87,10 @@ class RunnerOptions {
   /// measurement on example_inputs (required) at batch 1 and 8 tells whether a
   /// batch saves time per row. If it saves under 30%, queueing can't win and
   /// every blocking request runs on its caller's thread (max_batch 1);
-  /// otherwise concurrency is one pass per core, threads as many workers, and
-  /// max_batch 32 (Throughput) or 8 (Latency), batches going out as soon as a
-  /// pass is free (batch_gap 0). Settings given explicitly are kept. The choice
+  /// otherwise max_batch is 32 (Throughput) or 8 (Latency), batches go out as
+  /// soon as a pass is free (batch_gap 0), cut to powers of two (each size
+  /// warmed on a module of its own). Either way concurrency is one pass per
+  /// core and threads as many workers. Settings given explicitly are kept. The choice
   /// and the measurement are in stats() and the Prometheus exposition. CPU
   /// only: on a GPU the hint changes nothing.
   RunnerOptions& hint(RunnerHint value) { hint_ = value; return *this; }
