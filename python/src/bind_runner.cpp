@@ -26,6 +26,15 @@ void bind_runner_stats(py::module_& m) {
       .def_readonly("p95_ms", &RunnerStats::p95_ms)
       .def_readonly("p99_ms", &RunnerStats::p99_ms)
       .def_readonly("max_ms", &RunnerStats::max_ms)
+      .def_readonly("caller_batches", &RunnerStats::caller_batches)
+      .def_readonly("queue_seconds", &RunnerStats::queue_seconds)
+      .def_readonly("assemble_seconds", &RunnerStats::assemble_seconds)
+      .def_readonly("forward_seconds", &RunnerStats::forward_seconds)
+      .def_readonly("max_batch", &RunnerStats::max_batch)
+      .def_readonly("threads", &RunnerStats::threads)
+      .def_readonly("concurrency", &RunnerStats::concurrency)
+      .def_readonly("hint", &RunnerStats::hint)
+      .def_readonly("batch_saving", &RunnerStats::batch_saving)
       .def_property_readonly("throughput", &RunnerStats::throughput)
       .def_property_readonly("batch_sizes", [](const RunnerStats& s) {
         py::dict sizes;
@@ -51,15 +60,23 @@ using RunnerHolder = std::unique_ptr<Runner, DestroyWithoutGil>;
 
 constexpr double kMaxRunnerSeconds = 86400;
 
+// max_batch, threads, batch_gap and concurrency are passed on only when given:
+// the hint chooses those that are not (RunnerOptions::explicitly_set).
 RunnerHolder make_runner(const py::object& module, const py::object& cache, const py::object& pool,
-                         int64_t max_batch, double max_delay, int threads, int warmup,
-                         const py::object& example_inputs, double batch_gap, size_t max_queue, double timeout,
-                         std::vector<int64_t> preferred_batch_sizes, const py::object& cache_namespace,
-                         const py::object& device, bool outputs_on_device, size_t model_copies) {
-  auto options = RunnerOptions().max_batch(max_batch).threads(threads).warmup(warmup).max_delay(
+                         std::optional<int64_t> max_batch, double max_delay, std::optional<int> threads, int warmup,
+                         const py::object& example_inputs, std::optional<double> batch_gap, size_t max_queue,
+                         double timeout, std::vector<int64_t> preferred_batch_sizes, const py::object& cache_namespace,
+                         const py::object& device, bool outputs_on_device, size_t model_copies,
+                         std::optional<int> concurrency, std::optional<std::string> hint) {
+  auto options = RunnerOptions().warmup(warmup).max_delay(
       from_seconds<std::chrono::microseconds>(max_delay, "Runner: max_delay", kMaxRunnerSeconds));
-  options.batch_gap(from_seconds<std::chrono::microseconds>(batch_gap, "Runner: batch_gap", kMaxRunnerSeconds))
-      .max_queue(max_queue)
+  if (max_batch) options.max_batch(*max_batch);
+  if (threads) options.threads(*threads);
+  if (concurrency) options.concurrency(*concurrency);
+  if (hint) options.hint(parse_runner_hint(*hint));
+  if (batch_gap)
+    options.batch_gap(from_seconds<std::chrono::microseconds>(*batch_gap, "Runner: batch_gap", kMaxRunnerSeconds));
+  options.max_queue(max_queue)
       .timeout(from_seconds<std::chrono::microseconds>(timeout, "Runner: timeout", kMaxRunnerSeconds))
       .preferred_batch_sizes(std::move(preferred_batch_sizes));
   if (!cache.is_none()) options.cache(cache.cast<std::shared_ptr<InferenceCache>>());
@@ -164,11 +181,16 @@ void bind_runner(py::module_& m) {
   bind_runner_stats(m);
   py::class_<Runner, RunnerHolder>(m, "Runner", "Thread-safe serving of a ScriptModule with dynamic batching, a cache and a pool.")
       .def(py::init(&make_runner), py::arg("module"), py::arg("cache") = py::none(), py::arg("pool") = py::none(),
-           py::arg("max_batch") = 1, py::arg("max_delay") = 1e-3, py::arg("threads") = 1, py::arg("warmup") = 0,
-           py::arg("example_inputs") = py::none(), py::arg("batch_gap") = 1e-4, py::arg("max_queue") = 0,
-           py::arg("timeout") = 0.0, py::arg("preferred_batch_sizes") = std::vector<int64_t>{},
-           py::arg("cache_namespace") = py::none(), py::arg("device") = "cpu", py::arg("outputs_on_device") = false,
-           py::arg("model_copies") = RunnerOptions().model_copies())
+           py::arg("max_batch") = py::none(), py::arg("max_delay") = 1e-3, py::arg("threads") = py::none(),
+           py::arg("warmup") = 0, py::arg("example_inputs") = py::none(), py::arg("batch_gap") = py::none(),
+           py::arg("max_queue") = 0, py::arg("timeout") = 0.0,
+           py::arg("preferred_batch_sizes") = std::vector<int64_t>{}, py::arg("cache_namespace") = py::none(),
+           py::arg("device") = "cpu", py::arg("outputs_on_device") = false,
+           py::arg("model_copies") = RunnerOptions().model_copies(), py::arg("concurrency") = py::none(),
+           py::arg("hint") = py::none(),
+           "max_batch (default 1), threads (1), batch_gap (seconds, 1e-4) and concurrency (0: no limit): None "
+           "keeps the default, or the choice of hint ('throughput' or 'latency': tuned to the model and host at "
+           "construction on example_inputs; see RunnerStats.hint and batch_saving).")
       .def("run",
            [](Runner& runner, py::args args, py::kwargs kwargs) {
              auto inputs = to_inputs(args, "Runner.run");

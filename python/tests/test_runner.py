@@ -186,3 +186,24 @@ def test_each_batch_size_gets_its_own_module_up_to_model_copies(doubling):
     assert runner.stats().model_copies == 2  # batch 3 shares the module: beyond the limit
     assert "pare_runner_model_copies 2" in runner.to_prometheus()
     assert pare.Runner(doubling, max_batch=8, model_copies=0).stats().model_copies == 0
+
+
+def test_runner_hint_tunes_and_reports(doubling):
+    example = torch.rand(1, 3)
+    runner = pare.Runner(doubling, hint="throughput", example_inputs=[example])
+    stats = runner.stats()
+    assert stats.hint == "throughput"
+    assert stats.concurrency >= 1 and stats.threads == stats.concurrency
+    assert stats.max_batch in (1, 32) and stats.batch_saving < 1
+    assert torch.equal(runner.run(example), example * 2 + 1)
+    assert runner.stats().caller_batches == 1
+    assert 'pare_runner_config{hint="throughput"' in runner.to_prometheus()
+    # Settings given explicitly win over the hint's.
+    kept = pare.Runner(doubling, hint="latency", example_inputs=[example], max_batch=4, concurrency=3)
+    assert (kept.stats().max_batch, kept.stats().concurrency, kept.stats().hint) == (4, 3, "latency")
+    with pytest.raises(ValueError, match="expected one of throughput, latency"):
+        pare.Runner(doubling, hint="fast", example_inputs=[example])
+    with pytest.raises(ValueError, match="needs example_inputs"):
+        pare.Runner(doubling, hint="throughput")
+    with pytest.raises(ValueError, match="concurrency must be in"):
+        pare.Runner(doubling, concurrency=-2)

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 
 #include "pare/core/metrics.hpp"
 
@@ -15,31 +16,29 @@ LatencyRecorder::Shard& LatencyRecorder::mine() {
 
 void LatencyRecorder::record(double seconds, bool failed, Error::Kind kind) {
   auto& s = mine();
-  std::lock_guard<std::mutex> lock(s.mutex);
-  if (s.recent.size() < kRecentPerShard) s.recent.push_back(seconds);
-  else s.recent[s.next++ % kRecentPerShard] = seconds;
-  for (size_t b = 0; b < kLatencyBuckets.size(); ++b)
-    if (seconds <= kLatencyBuckets[b]) ++s.buckets[b];
-  ++s.count;
-  s.failures += failed;
-  s.timeouts += failed && kind == Error::Kind::Timeout;
-  s.sum += seconds;
+  const uint64_t n = s.recorded.load(std::memory_order_relaxed);
+  s.recent[n % kRecentPerShard].store(seconds, std::memory_order_relaxed);
+  s.recorded.store(n + 1, std::memory_order_release);  // a lost race only drops one sample of the ring
+  const auto bucket = std::lower_bound(kLatencyBuckets.begin(), kLatencyBuckets.end(), seconds) - kLatencyBuckets.begin();
+  s.in_bucket[size_t(bucket)].fetch_add(1, std::memory_order_relaxed);
+  if (failed) s.failures.fetch_add(1, std::memory_order_relaxed);
+  if (failed && kind == Error::Kind::Timeout) s.timeouts.fetch_add(1, std::memory_order_relaxed);
+  s.nanoseconds.fetch_add(uint64_t(std::llround(seconds * 1e9)), std::memory_order_relaxed);
 }
 
-void LatencyRecorder::record_rejection() {
-  auto& s = mine();
-  std::lock_guard<std::mutex> lock(s.mutex);
-  ++s.rejected;
-}
+void LatencyRecorder::record_rejection() { mine().rejected.fetch_add(1, std::memory_order_relaxed); }
 
 LatencyRecorder::Totals LatencyRecorder::merged() const {
   Totals all;
   for (const auto& s : shards_) {
-    std::lock_guard<std::mutex> lock(s.mutex);
-    all.recent.insert(all.recent.end(), s.recent.begin(), s.recent.end());
-    for (size_t b = 0; b < kLatencyBuckets.size(); ++b) all.buckets[b] += s.buckets[b];
-    all.count += s.count, all.failures += s.failures, all.rejected += s.rejected, all.timeouts += s.timeouts;
-    all.sum += s.sum;
+    const uint64_t n = std::min<uint64_t>(s.recorded.load(std::memory_order_acquire), kRecentPerShard);
+    for (uint64_t i = 0; i < n; ++i) all.recent.push_back(s.recent[i].load(std::memory_order_relaxed));
+    for (size_t b = 0; b < all.in_bucket.size(); ++b) {
+      all.in_bucket[b] += s.in_bucket[b].load(std::memory_order_relaxed);
+      all.count += s.in_bucket[b].load(std::memory_order_relaxed);
+    }
+    all.failures += s.failures.load(), all.rejected += s.rejected.load(), all.timeouts += s.timeouts.load();
+    all.sum += 1e-9 * double(s.nanoseconds.load());
   }
   return all;
 }
@@ -61,8 +60,11 @@ void LatencyRecorder::append_prometheus(std::string& out) const {
   const auto all = merged();
   const std::string name = "pare_runner_latency_seconds";
   prometheus::append_header(out, name, "histogram", "Request latency, cache hits included, rejections excluded.");
-  for (size_t b = 0; b < kLatencyBuckets.size(); ++b)
-    prometheus::append_sample(out, name + "_bucket", double(all.buckets[b]), {{"le", prometheus::format_value(kLatencyBuckets[b])}});
+  uint64_t below = 0;  // Prometheus buckets are cumulative
+  for (size_t b = 0; b < kLatencyBuckets.size(); ++b) {
+    below += all.in_bucket[b];
+    prometheus::append_sample(out, name + "_bucket", double(below), {{"le", prometheus::format_value(kLatencyBuckets[b])}});
+  }
   prometheus::append_sample(out, name + "_bucket", double(all.count), {{"le", "+Inf"}});
   prometheus::append_sample(out, name + "_sum", all.sum);
   prometheus::append_sample(out, name + "_count", double(all.count));
