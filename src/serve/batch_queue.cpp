@@ -29,7 +29,12 @@ BatchQueue::Admission BatchQueue::admit(RequestPtr& request) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!enqueue(request)) return Admission::Full;
-    if (rule_.slots > 0 && !closed_ && claim_pass()) return Admission::Run;
+    if (rule_.slots > 0 && !closed_) {
+      if (claim_pass()) return Admission::Run;
+      // Every pass is busy: the first one given back wakes a worker
+      // (release_pass sees this request queued), so no wake-up is spent now.
+      return Admission::Queued;
+    }
   }
   wake_.notify_one();
   return Admission::Queued;

@@ -18,7 +18,10 @@ namespace detail {
 
 RunnerOptions tuned(RunnerOptions options, double batch_saving, unsigned cores, int intra_op_threads) {
   if (!options.hint()) return options;
-  const int passes = std::max(1, int(std::max(cores, 1u)) / std::max(intra_op_threads, 1));
+  // Two passes per core: a core whose pass ended while the callers it answered
+  // are still waking up runs another pass meanwhile (on a 16-core host, one
+  // pass per core left a quarter of the cores idle under 32 to 128 callers).
+  const int passes = 2 * std::max(1, int(std::max(cores, 1u)) / std::max(intra_op_threads, 1));
   const bool batching_pays = batch_saving >= kBatchingPays;
   auto keep = [&](RunnerSetting s) { return options.explicitly_set(s); };
   if (!keep(RunnerSetting::Concurrency)) options.concurrency(passes);

@@ -81,7 +81,7 @@ class RunnerOptions {
   /// its own thread, its own request among them, with no hand-off to a worker
   /// (docs/serving.md: "a request queues only when queueing helps"); workers
   /// run what callers leave and the asynchronous requests. The hint sets it to
-  /// the host's cores divided by LibTorch's intra-op threads.
+  /// two per core: the host's cores divided by LibTorch's intra-op threads, x2.
   RunnerOptions& concurrency(int passes) { return set(RunnerSetting::Concurrency, concurrency_, passes); }
   /// Tune the runner to this model on this host at construction: a short
   /// measurement on example_inputs (required) at batch 1 and 8 tells whether a
@@ -89,7 +89,7 @@ class RunnerOptions {
   /// every blocking request runs on its caller's thread (max_batch 1);
   /// otherwise max_batch is 32 (Throughput) or 8 (Latency), batches go out as
   /// soon as a pass is free (batch_gap 0), cut to powers of two (each size
-  /// warmed on a module of its own). Either way concurrency is one pass per
+  /// warmed on a module of its own). Either way concurrency is two passes per
   /// core and threads as many workers. Settings given explicitly are kept. The choice
   /// and the measurement are in stats() and the Prometheus exposition. CPU
   /// only: on a GPU the hint changes nothing.
@@ -174,7 +174,7 @@ struct RunnerStats {
   uint64_t caller_batches = 0;         ///< forward passes run on a calling thread instead of a worker
   double queue_seconds = 0;            ///< summed over queued requests: arrival to their batch's start
   double assemble_seconds = 0;         ///< summed over batches: merging inputs and splitting outputs
-  double forward_seconds = 0;          ///< summed over passes: the model (device copies included)
+  double forward_seconds = 0;          ///< summed over passes: the model itself (one pass in 8 timed, x8)
   // The settings in force, as given or as the hint chose them.
   int64_t max_batch = 1;
   int threads = 1;                     ///< worker threads
