@@ -16,12 +16,18 @@ void Request::answer(RunOutcome outcome) {
   done(std::move(outcome));
 }
 
+// One wake-up in flight at a time: a sender of asynchronous requests at
+// hundreds of thousands a second spent most of its time waking workers that
+// the first wake-up's worker would have served anyway.
 bool BatchQueue::push(RequestPtr& request) {
+  bool wake = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!enqueue(request)) return false;
+    wake = !wake_pending_;
+    wake_pending_ = true;
   }
-  wake_.notify_one();
+  if (wake) wake_.notify_one();
   return true;
 }
 
@@ -112,13 +118,18 @@ size_t BatchQueue::depth() const { return queued_.load(); }
 std::vector<RequestPtr> BatchQueue::next_batch(std::vector<RequestPtr>& expired) {
   std::unique_lock<std::mutex> lock(mutex_);
   while (true) {
-    wake_.wait(lock, [&] { return (closed_ || !queue_.empty()) && (slot_free() || queue_.empty()); });
+    wake_pending_ = false;  // this worker looks at the queue now
+    while (!((closed_ || !queue_.empty()) && (slot_free() || queue_.empty()))) {
+      wake_.wait(lock);
+      wake_pending_ = false;
+    }
     if (queue_.empty()) return {};  // closed and drained
     // This worker is idle: wait while more company may come (each push wakes it).
     while (!closed_ && !queue_.empty() && rows_queued() < full_rows() && !everyone_here()) {
       const auto at = due_at();
       if (Clock::now() >= at) break;
       wake_.wait_until(lock, at);
+      wake_pending_ = false;
     }
     if (queue_.empty() || (rule_.slots > 0 && !claim_pass())) continue;  // taken meanwhile: the requests, or the pass
     auto batch = hand_out(expired);

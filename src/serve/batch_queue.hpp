@@ -139,6 +139,7 @@ class BatchQueue {
   std::atomic<size_t> busy_slots_{0};  // passes running, on workers and callers
   std::atomic<size_t> queued_{0};      // queue_.size()
   bool closed_ = false;
+  bool wake_pending_ = false;  // push() woke a worker that has not looked at the queue yet
 };
 
 /// Rows along dim 0 shared by every input, or 0 when the request can't merge.
