@@ -1,6 +1,7 @@
 #include "serve/runner_tuning.hpp"
 
 #include <algorithm>
+#include <chrono>
 
 #include "core/enum_names.hpp"
 
@@ -15,6 +16,52 @@ std::string runner_hint_name(RunnerHint hint) { return detail::name_of(kHintName
 RunnerHint parse_runner_hint(const std::string& name) { return detail::parse_name(kHintNames, name, "runner hint"); }
 
 namespace detail {
+
+void validate(const RunnerOptions& options) {
+  require(options.max_batch() >= 1, "RunnerOptions: max_batch must be >= 1, got " + std::to_string(options.max_batch()));
+  require(options.threads() >= 1 && options.threads() <= 256,
+          "RunnerOptions: threads must be in [1, 256], got " + std::to_string(options.threads()));
+  require(options.max_delay().count() >= 0, "RunnerOptions: max_delay must not be negative");
+  require(options.batch_gap().count() >= 0, "RunnerOptions: batch_gap must not be negative");
+  require(options.timeout().count() >= 0, "RunnerOptions: timeout must not be negative (0: no deadline)");
+  require(options.warmup() >= 0, "RunnerOptions: warmup must not be negative");
+  require(options.concurrency() >= 0 && options.concurrency() <= 4096,
+          "RunnerOptions: concurrency must be in [0, 4096] (0: no limit), got " + std::to_string(options.concurrency()));
+  require(!options.hint() || !options.example_inputs().empty(),
+          "RunnerOptions: hint(" + runner_hint_name(*options.hint()) +
+              ") measures the model at construction and needs example_inputs(...) to run on");
+  require(options.warmup() == 0 || !options.example_inputs().empty(),
+          "RunnerOptions: warmup(" + std::to_string(options.warmup()) + ") needs example_inputs(...) to run on");
+  const auto& preferred = options.preferred_batch_sizes();
+  for (size_t i = 0; i < preferred.size(); ++i)
+    require(preferred[i] >= 1 && preferred[i] <= options.max_batch() && (i == 0 || preferred[i] > preferred[i - 1]),
+            "RunnerOptions: preferred_batch_sizes must be ascending row counts in [1, max_batch = " +
+                std::to_string(options.max_batch()) + "], got " + std::to_string(preferred[i]) + " at position " +
+                std::to_string(i));
+}
+
+
+// Each time the fastest of several passes taken in turn, since a busy host
+// only ever adds time (a median moved by +-0.3 from run to run on a shared
+// 16-core host). A few untimed passes first: TorchScript's executor profiles
+// the first ones.
+double measure_batch_saving(const std::vector<c10::IValue>& example_inputs,
+                            const std::function<void(const std::vector<c10::IValue>&)>& forward) {
+  const auto one = example_rows(example_inputs, 1);
+  const auto eight = example_rows(example_inputs, 8);
+  auto timed = [&](const std::vector<c10::IValue>& inputs) {
+    const auto start = std::chrono::steady_clock::now();
+    forward(inputs);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  for (int i = 0; i < 3; ++i) timed(one), timed(eight);
+  double best_one = 1e30, best_eight = 1e30;
+  for (int round = 0; round < 7; ++round) {
+    best_one = std::min(best_one, timed(one));
+    best_eight = std::min(best_eight, timed(eight));
+  }
+  return 1 - best_eight / (8 * best_one);
+}
 
 RunnerOptions tuned(RunnerOptions options, double batch_saving, unsigned cores, int intra_op_threads) {
   if (!options.hint()) return options;

@@ -5,6 +5,7 @@
 // without timing anything.
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include <ATen/core/ivalue.h>
@@ -21,6 +22,14 @@ constexpr double kBatchingPays = 0.3;
 /// `batch_saving`: 1 - time(batch 8) / (8 x time(batch 1)); `cores`: the
 /// host's hardware threads; `intra_op_threads`: LibTorch's threads per pass.
 RunnerOptions tuned(RunnerOptions options, double batch_saving, unsigned cores, int intra_op_threads);
+
+/// pare::Error naming the first option out of range.
+void validate(const RunnerOptions& options);
+
+/// The hint's measurement: 1 - time(batch 8) / (8 x time(batch 1)) of
+/// `forward` on the example inputs cut or repeated to 1 and 8 rows.
+double measure_batch_saving(const std::vector<c10::IValue>& example_inputs,
+                            const std::function<void(const std::vector<c10::IValue>&)>& forward);
 
 /// The example inputs with `rows` rows: the first row of each tensor repeated.
 /// pare::Error when an input is not a tensor with a batch dimension.
