@@ -131,15 +131,21 @@ int main(int argc, char** argv) try {
                          out + "/fashion_frontend_pruned90_distilled_int8.pt", test));
 
   // A small ResNet (BatchNorm, residual adds), also from the C++ frontend: half of
-  // every group's channels removed (docs/prune.md: ~4x fewer MACs), two epochs of
+  // every group's channels removed (docs/prune.md: ~4x fewer MACs), BatchNorm
+  // statistics re-estimated, two epochs of
   // distillation from the unpruned network with the default loss (T 4, alpha 0.7;
   // one epoch left it 4.5 pt short), then int8 — one pipeline, exported after each stage.
   const auto resnet = ex::train_frontend_resnet(train, resnet_epochs, ex::progress_bar("training torch::nn ResNet"));
   rows.push_back(measure("C++ frontend ResNet fp32", resnet, pare::Pipeline(), out + "/fashion_resnet_fp32.pt", test));
   const std::string channels_path = out + "/fashion_resnet_channels50_distilled.pt",
                     channels_int8_path = out + "/fashion_resnet_channels50_distilled_int8.pt";
+  // Traced, the ResNet's BatchNorm keeps fixed statistics while Distill trains: they are
+  // re-estimated first for the narrower network (RecalibrateBatchNorm, 2048 training images).
+  pare::InputBatches bn_batches;
+  for (int64_t b = 0; b < 32; ++b) bn_batches.push_back({train.images.slice(0, b * 64, (b + 1) * 64)});
   const auto channels = pare::Pipeline()
                             .add(pare::PruneChannels(pare::PruneChannelsOptions(0.5).round_to(8).input_shape({1, 1, 28, 28})))
+                            .add(pare::RecalibrateBatchNorm(pare::RecalibrateBatchNormOptions(bn_batches)))
                             .add(pare::Distill(pare::DistillOptions(resnet, batches).epochs(2).progress(
                                 ex::progress_bar("recovering ResNet (2 epochs)"))))
                             .add(export_to(channels_path, test))

@@ -11,6 +11,7 @@
 
 #include "pare/prune/prune.hpp"
 #include "pare/prune/prune_channels.hpp"
+#include "pare/prune/recalibrate_batchnorm.hpp"
 #include "pare/quantize/quantize.hpp"
 #include "pare/convert/export.hpp"
 #include "pare/convert/precision.hpp"

@@ -59,7 +59,7 @@ from ._pare import (  # noqa: F401
 
 from ._pare import __version__  # noqa: F401  (pare/version.hpp, from the CMake project version)
 from ._pare import BenchRow, bench_html, bench_json, bench_table, benchmark_models  # noqa: F401
-from ._pare import ChannelGroupReport, ChannelPruneStats, PruneChannels, count_macs, prune_channels  # noqa: F401
+from ._pare import ChannelGroupReport, ChannelPruneStats, PruneChannels, RecalibrateBatchNorm, count_macs, prune_channels  # noqa: F401
 
 
 class Pipeline:

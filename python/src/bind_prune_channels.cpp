@@ -1,6 +1,8 @@
-// Bindings for channel pruning: the PruneChannels pass, prune_channels and count_macs.
+// Bindings for channel pruning: the PruneChannels pass, prune_channels, count_macs and RecalibrateBatchNorm.
 
 #include "bindings.hpp"
+
+#include "pare/prune/recalibrate_batchnorm.hpp"
 
 #include "pare/prune/prune_channels.hpp"
 
@@ -61,6 +63,15 @@ void bind_prune_channels(py::module_& m) {
            }),
            PARE_CHANNEL_ARGS,
            "Structured pruning that removes channels: every coupled tensor shrinks, the model gets smaller and faster.");
+  py::class_<RecalibrateBatchNorm, Pass, std::shared_ptr<RecalibrateBatchNorm>>(m, "RecalibrateBatchNorm")
+      .def(py::init([](const py::object& batches, int64_t max_batches) {
+             return std::make_shared<RecalibrateBatchNorm>(
+                 RecalibrateBatchNormOptions(to_input_batches(batches, "RecalibrateBatchNorm(batches=...)"))
+                     .max_batches(max_batches));
+           }),
+           py::arg("batches"), py::kw_only(), py::arg("max_batches") = RecalibrateBatchNormOptions({}).max_batches(),
+           "BatchNorm running statistics re-estimated on `batches` (tensors or input tuples), scripted or traced, "
+           "as a train-mode forward with a cumulative average would; parameters unchanged.");
   m.def(
       "prune_channels",
       [](const py::object& scripted, double amount, const std::string& scope, const std::string& norm,
