@@ -50,7 +50,8 @@ std::vector<std::exception_ptr> failures_seen_by(int threads, std::atomic<int>& 
     try {
       cache.get_or_compute({x}, [&]() -> c10::IValue {
         ++calls;
-        std::this_thread::sleep_for(100ms);  // long enough for every thread to arrive and wait
+        // Fails only once every other thread waits on this computation (a latch, not a sleep).
+        while (cache.stats().coalesced < uint64_t(threads - 1)) std::this_thread::yield();
         throw Thrown();
       });
     } catch (const Caught& e) {
@@ -109,7 +110,7 @@ TEST_CASE("concurrent misses on one input compute once and all get the result") 
   run_together(threads, [&](int t) {
     results[t] = cache.get_or_compute({x}, [&] {
       ++calls;
-      std::this_thread::sleep_for(100ms);  // long enough for every thread to arrive
+      while (cache.stats().coalesced < uint64_t(threads - 1)) std::this_thread::yield();  // every other caller waits
       return c10::IValue(x * 3);
     });
   });

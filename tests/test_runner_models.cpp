@@ -77,7 +77,10 @@ TEST_CASE("concurrent batches of many sizes all get the model's results") {
 
 TEST_CASE("swaps under concurrent load fail and drop nothing") {
   torch::set_num_threads(1);
+  // Two models that answer differently: every answer must be one of them, and the last installed answers last.
   auto model = doubling_linear();
+  auto negated = doubling_linear();
+  negated.attr("weight").toTensor().mul_(-1);
   pare::Runner runner(model, pare::RunnerOptions().max_batch(8).threads(2));
   std::atomic<bool> stop{false};
   std::atomic<int> wrong{0}, answered{0};
@@ -87,7 +90,8 @@ TEST_CASE("swaps under concurrent load fail and drop nothing") {
       for (int i = 0; !stop || i < 20; ++i) {
         const auto x = row(float(t * 1000 + i % 1000));
         try {
-          wrong += !torch::allclose(runner.run({x}).toTensor(), model.forward({x}).toTensor());
+          const auto y = runner.run({x}).toTensor();
+          wrong += !torch::allclose(y, model.forward({x}).toTensor()) && !torch::allclose(y, negated.forward({x}).toTensor());
         } catch (const pare::Error&) {
           ++wrong;
         }
@@ -95,10 +99,13 @@ TEST_CASE("swaps under concurrent load fail and drop nothing") {
       }
     });
   }
-  for (int s = 0; s < 20; ++s) runner.swap(doubling_linear());
+  for (int s = 0; s < 21; ++s) runner.swap(s % 2 == 0 ? negated : model);  // ends on `negated`
   stop = true;
   for (auto& c : clients) c.join();
   CHECK(wrong == 0);
   CHECK(runner.stats().requests == uint64_t(answered));
-  CHECK(runner.stats().swaps == 20);
+  CHECK(runner.stats().swaps == 21);
+  const auto x = torch::rand({1, 4}) + 0.5;
+  CHECK(torch::allclose(runner.run({x}).toTensor(), negated.forward({x}).toTensor()));
+  CHECK(!torch::allclose(negated.forward({x}).toTensor(), model.forward({x}).toTensor()));
 }
