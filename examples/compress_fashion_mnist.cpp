@@ -131,7 +131,7 @@ int main(int argc, char** argv) try {
                          out + "/fashion_frontend_pruned90_distilled_int8.pt", test));
 
   // A small ResNet (BatchNorm, residual adds), also from the C++ frontend: half of
-  // every group's channels removed (docs/prune.md: ~4x fewer MACs), BatchNorm
+  // every group's channels removed (docs/channels.md: ~4x fewer MACs), BatchNorm
   // statistics re-estimated, two epochs of
   // distillation from the unpruned network with the default loss (T 4, alpha 0.7;
   // one epoch left it 4.5 pt short), then int8 — one pipeline, exported after each stage.
