@@ -2,6 +2,7 @@
 // their caller's thread when queueing can't help, and the hint's tuning.
 #include "support/runner_testing.hpp"
 
+#include <algorithm>
 #include <thread>
 
 #include "pare/serve/runner.hpp"
@@ -54,8 +55,9 @@ TEST_CASE("the hint measures the model, chooses, reports, and keeps explicit set
   pare::Runner tuned(row_model(), pare::RunnerOptions().hint(pare::RunnerHint::Throughput).example_inputs(example));
   auto stats = tuned.stats();
   CHECK(stats.hint == "throughput");
-  const int passes = 2 * std::max(1, int(std::thread::hardware_concurrency()) / at::get_num_threads());
-  CHECK(stats.concurrency == passes);
+  const auto candidates = pare::detail::pass_candidates(std::thread::hardware_concurrency(), at::get_num_threads());
+  CHECK(std::find(candidates.begin(), candidates.end(), stats.concurrency) != candidates.end());
+  CHECK(stats.threads == stats.concurrency);
   CHECK(stats.batch_saving < 1);
   CHECK((stats.max_batch == 1) == (stats.batch_saving < pare::detail::kBatchingPays));
   CHECK(torch::allclose(tuned.run(tuning_row(2)).toTensor(), torch::full({1, 3}, 5.f)));
@@ -72,24 +74,31 @@ TEST_CASE("the hint measures the model, chooses, reports, and keeps explicit set
   CHECK(stats.hint == "latency");
 }
 
-TEST_CASE("the hint's choice: passes per core, batches only where they save time") {
+TEST_CASE("the hint's choice: measured passes, batches only where they save time") {
   using pare::detail::tuned;
   const auto hinted = pare::RunnerOptions().hint(pare::RunnerHint::Throughput);
-  auto o = tuned(hinted, 0.5, 16, 1);
-  CHECK(o.concurrency() == 32);  // two passes per core
+  auto o = tuned(hinted, 0.5, 32);
+  CHECK(o.concurrency() == 32);
   CHECK(o.max_batch() == 32);
   CHECK(o.threads() == 32);
   CHECK(o.batch_gap().count() == 0);
-  CHECK(tuned(hinted, 0.5, 16, 4).concurrency() == 8);
-  CHECK(tuned(hinted, 0.5, 2, 4).concurrency() == 2);
-  o = tuned(hinted, 0.2, 16, 1);  // a batch saves too little: every request on its caller's thread
+  o = tuned(hinted, 0.2, 16);  // a batch saves too little: every request on its caller's thread
   CHECK(o.max_batch() == 1);
-  CHECK(o.threads() == 32);  // for asynchronous requests
-  CHECK(tuned(pare::RunnerOptions().hint(pare::RunnerHint::Latency), 0.5, 16, 1).max_batch() == 8);
-  o = tuned(pare::RunnerOptions(hinted).max_batch(64).batch_gap(std::chrono::microseconds(50)), 0.1, 16, 1);
+  CHECK(o.threads() == 16);  // for asynchronous requests
+  CHECK(tuned(pare::RunnerOptions().hint(pare::RunnerHint::Latency), 0.5, 16).max_batch() == 8);
+  o = tuned(pare::RunnerOptions(hinted).max_batch(64).batch_gap(std::chrono::microseconds(50)), 0.1, 16);
   CHECK(o.max_batch() == 64);
   CHECK(o.batch_gap().count() == 50);
-  CHECK(tuned(pare::RunnerOptions().max_batch(2), 0.9, 16, 1).concurrency() == 0);  // no hint: nothing chosen
+  CHECK(tuned(pare::RunnerOptions().max_batch(2), 0.9, 16).concurrency() == 0);  // no hint: nothing chosen
+
+  using pare::detail::pass_candidates;
+  CHECK(pass_candidates(16, 1) == std::vector<int>{1, 16, 32});
+  CHECK(pass_candidates(16, 4) == std::vector<int>{1, 4, 8});
+  CHECK(pass_candidates(1, 1) == std::vector<int>{1, 2});
+  using pare::detail::choose_passes;
+  CHECK(choose_passes({{1, 100}, {16, 1000}, {32, 950}}) == 32);  // within 10% of the best: the most passes
+  CHECK(choose_passes({{1, 100}, {16, 1000}, {32, 800}}) == 16);
+  CHECK(choose_passes({{1, 2000}, {2, 900}, {4, 400}}) == 1);     // a BLAS that serializes concurrent calls
 }
 
 TEST_CASE("bad tuning options give pare::Error naming what is expected") {

@@ -164,7 +164,13 @@ struct Runner::Impl {
     batch_saving = detail::measure_batch_saving(options.example_inputs(), [&](const Inputs& inputs) {
       forward_one(served, inputs, std::nullopt);
     });
-    options = detail::tuned(options, batch_saving, std::thread::hardware_concurrency(), at::get_num_threads());
+    int passes = options.concurrency();
+    if (!options.explicitly_set(RunnerSetting::Concurrency)) {
+      const auto candidates = detail::pass_candidates(std::thread::hardware_concurrency(), at::get_num_threads());
+      passes = detail::choose_passes(detail::measure_passes(
+          candidates, options.example_inputs(), [&](const Inputs& inputs) { forward_one(served, inputs, std::nullopt); }));
+    }
+    options = detail::tuned(options, batch_saving, passes);
     warm_sizes(served);
     forward_ns = 0;  // the serving breakdown starts after the measurement
   }

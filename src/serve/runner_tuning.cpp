@@ -1,7 +1,9 @@
 #include "serve/runner_tuning.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <thread>
 
 #include "core/enum_names.hpp"
 
@@ -63,12 +65,8 @@ double measure_batch_saving(const std::vector<c10::IValue>& example_inputs,
   return 1 - best_eight / (8 * best_one);
 }
 
-RunnerOptions tuned(RunnerOptions options, double batch_saving, unsigned cores, int intra_op_threads) {
+RunnerOptions tuned(RunnerOptions options, double batch_saving, int passes) {
   if (!options.hint()) return options;
-  // Two passes per core: a core whose pass ended while the callers it answered
-  // are still waking up runs another pass meanwhile (on a 16-core host, one
-  // pass per core left a quarter of the cores idle under 32 to 128 callers).
-  const int passes = 2 * std::max(1, int(std::max(cores, 1u)) / std::max(intra_op_threads, 1));
   const bool batching_pays = batch_saving >= kBatchingPays;
   auto keep = [&](RunnerSetting s) { return options.explicitly_set(s); };
   if (!keep(RunnerSetting::Concurrency)) options.concurrency(passes);
@@ -86,6 +84,52 @@ RunnerOptions tuned(RunnerOptions options, double batch_saving, unsigned cores, 
     options.preferred_batch_sizes(sizes);
   }
   return options;
+}
+
+std::vector<int> pass_candidates(unsigned cores, int intra_op_threads) {
+  const int per_core = std::max(1, int(std::max(cores, 1u)) / std::max(intra_op_threads, 1));
+  std::vector<int> candidates{1, per_core, 2 * per_core};
+  candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
+  return candidates;
+}
+
+int choose_passes(const std::vector<std::pair<int, double>>& throughput) {
+  double best = 0;
+  for (const auto& [passes, rate] : throughput) best = std::max(best, rate);
+  int chosen = 1;
+  for (const auto& [passes, rate] : throughput)
+    if (rate >= kPassesWithin * best) chosen = std::max(chosen, passes);
+  return chosen;
+}
+
+// Each candidate's rows per second: `passes` threads released together, each
+// running kRuns passes at batch 1; the best of a few rounds taken in turn.
+std::vector<std::pair<int, double>> measure_passes(const std::vector<int>& candidates,
+                                                   const std::vector<c10::IValue>& example_inputs,
+                                                   const std::function<void(const std::vector<c10::IValue>&)>& forward) {
+  constexpr int kRuns = 4, kRounds = 3;
+  const auto one = example_rows(example_inputs, 1);
+  std::vector<std::pair<int, double>> rates;
+  for (int passes : candidates) rates.emplace_back(passes, 0.0);
+  for (int round = 0; round < kRounds; ++round)
+    for (auto& [passes, rate] : rates) {
+      std::atomic<int> ready{0};
+      std::atomic<bool> go{false};
+      std::vector<std::thread> threads;
+      for (int t = 0; t < passes; ++t)
+        threads.emplace_back([&] {
+          ++ready;
+          while (!go) std::this_thread::yield();
+          for (int i = 0; i < kRuns; ++i) forward(one);
+        });
+      while (ready < passes) std::this_thread::yield();
+      const auto start = std::chrono::steady_clock::now();
+      go = true;
+      for (auto& t : threads) t.join();
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      rate = std::max(rate, passes * kRuns / std::max(seconds, 1e-9));
+    }
+  return rates;
 }
 
 std::vector<c10::IValue> example_rows(const std::vector<c10::IValue>& inputs, int64_t rows) {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/ivalue.h>
@@ -18,10 +19,30 @@ namespace pare::detail {
 /// over running each request on its caller's thread.
 constexpr double kBatchingPays = 0.3;
 
+/// A candidate within this share of the best measured throughput counts as
+/// good as the best; the most passes among those is chosen.
+constexpr double kPassesWithin = 0.9;
+
 /// `options` with the hint's choices for every setting not given explicitly.
-/// `batch_saving`: 1 - time(batch 8) / (8 x time(batch 1)); `cores`: the
-/// host's hardware threads; `intra_op_threads`: LibTorch's threads per pass.
-RunnerOptions tuned(RunnerOptions options, double batch_saving, unsigned cores, int intra_op_threads);
+/// `batch_saving`: 1 - time(batch 8) / (8 x time(batch 1)); `passes`: the
+/// concurrency chosen by choose_passes.
+RunnerOptions tuned(RunnerOptions options, double batch_saving, int passes);
+
+/// The pass counts the hint tries: 1, one per core, two per core (cores
+/// divided by LibTorch's intra-op threads).
+std::vector<int> pass_candidates(unsigned cores, int intra_op_threads);
+
+/// From (passes, rows per second) pairs: the most passes within kPassesWithin
+/// of the best. Two per core let a core run another pass while the callers
+/// a pass answered wake up (on a 16-core host, one per core left a quarter of
+/// the cores idle); on a 2-core machine whose BLAS serializes concurrent calls,
+/// one pass served 5-15x more than four.
+int choose_passes(const std::vector<std::pair<int, double>>& throughput);
+
+/// Each candidate's rows per second with that many concurrent batch-1 passes of `forward`.
+std::vector<std::pair<int, double>> measure_passes(const std::vector<int>& candidates,
+                                                   const std::vector<c10::IValue>& example_inputs,
+                                                   const std::function<void(const std::vector<c10::IValue>&)>& forward);
 
 /// pare::Error naming the first option out of range.
 void validate(const RunnerOptions& options);

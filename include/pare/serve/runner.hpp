@@ -80,8 +80,8 @@ class RunnerOptions {
   /// blocking caller that finds a pass free runs the queue's front batches on
   /// its own thread, its own request among them, with no hand-off to a worker
   /// (docs/serving.md: "a request queues only when queueing helps"); workers
-  /// run what callers leave and the asynchronous requests. The hint sets it to
-  /// two per core: the host's cores divided by LibTorch's intra-op threads, x2.
+  /// run what callers leave and the asynchronous requests. The hint measures
+  /// it (see hint()).
   RunnerOptions& concurrency(int passes) { return set(RunnerSetting::Concurrency, concurrency_, passes); }
   /// Tune the runner to this model on this host at construction: a short
   /// measurement on example_inputs (required) at batch 1 and 8 tells whether a
@@ -89,8 +89,10 @@ class RunnerOptions {
   /// every blocking request runs on its caller's thread (max_batch 1);
   /// otherwise max_batch is 32 (Throughput) or 8 (Latency), batches go out as
   /// soon as a pass is free (batch_gap 0), cut to powers of two (each size
-  /// warmed on a module of its own). Either way concurrency is two passes per
-  /// core and threads as many workers. Settings given explicitly are kept. The choice
+  /// warmed on a module of its own). Either way concurrency is measured too:
+  /// 1, one per core and two per core concurrent batch-1 passes, keeping the
+  /// most passes within 10% of the best rows per second; threads is as many
+  /// workers. Settings given explicitly are kept. The choice
   /// and the measurement are in stats() and the Prometheus exposition. CPU
   /// only: on a GPU the hint changes nothing.
   RunnerOptions& hint(RunnerHint value) { hint_ = value; return *this; }
