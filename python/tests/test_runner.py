@@ -207,3 +207,22 @@ def test_runner_hint_tunes_and_reports(doubling):
         pare.Runner(doubling, hint="throughput")
     with pytest.raises(ValueError, match="concurrency must be in"):
         pare.Runner(doubling, concurrency=-2)
+
+
+def test_runner_hint_on_a_two_input_encoder():
+    from test_recalibrate_batchnorm import TwoInputEncoder
+    torch.manual_seed(4)
+    ids, mask = torch.randint(0, 50, (1, 6)), torch.ones(1, 6, dtype=torch.long)
+    model = torch.jit.trace(TwoInputEncoder().eval(), (ids, mask))
+    runner = pare.Runner(model, hint="throughput", example_inputs=[ids, mask])
+    answers = []
+
+    def client(t):
+        x = torch.randint(0, 50, (1, 6))
+        answers.append(torch.allclose(runner.run(x, mask), model(x, mask), atol=1e-5))
+
+    threads = [threading.Thread(target=client, args=(t,)) for t in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert answers == [True] * 8
+    assert runner.stats().requests == 8 and runner.stats().hint == "throughput"

@@ -47,6 +47,21 @@ struct BatchNormStats {
 
 bool has(const torch::jit::Module& module, const char* name) { return module.hasattr(name); }
 
+// Every aten::batch_norm of `block` and of the blocks nested in it: scripted
+// models call them inside prim::If and prim::Loop too (an inverted residual's
+// branch, a dense layer's memory-efficient switch).
+std::vector<Node*> batch_norm_nodes(torch::jit::Block* block) {
+  std::vector<Node*> found;
+  for (Node* node : block->nodes()) {
+    if (node->kind() == c10::Symbol::fromQualString("aten::batch_norm")) found.push_back(node);
+    for (torch::jit::Block* inner : node->blocks()) {
+      const auto nested = batch_norm_nodes(inner);
+      found.insert(found.end(), nested.begin(), nested.end());
+    }
+  }
+  return found;
+}
+
 // Scripted BatchNorm modules choose their statistics at run time from
 // `training`: in the probe they train (their momentum, a compiled constant, is
 // replaced in the graph below). Their statistics' paths go to `found`.
@@ -73,8 +88,7 @@ void train_traced(torch::jit::Module& probe, std::vector<BatchNormStats>& found,
   auto graph = probe.get_method("forward").graph();
   torch::jit::Inline(*graph);
   Value* self = graph->inputs().at(0);
-  for (Node* node : graph->nodes()) {
-    if (node->kind() != c10::Symbol::fromQualString("aten::batch_norm")) continue;
+  for (Node* node : batch_norm_nodes(graph->block())) {
     if (node->input(3)->node()->kind() == c10::prim::Constant) {
       ++frozen;
       continue;
