@@ -32,6 +32,7 @@
 #include <sstream>
 #include <thread>
 
+#include <pare/core/metrics.hpp>
 #include <pare/core/pipeline.hpp>
 #include <pare/quantize/quantize.hpp>
 #include <pare/serve/runner.hpp>
@@ -98,8 +99,8 @@ Loop closed_loop(const Served& m, int clients, double seconds, Call&& call) {
   std::vector<double> all;
   for (const auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
   std::sort(all.begin(), all.end());
-  auto at = [&](double q) { return all.empty() ? 0.0 : all[std::min(all.size() - 1, size_t(q * double(all.size())))]; };
-  return {double(all.size()) / elapsed, at(0.5), at(0.99), all.empty() ? 0.0 : 1e6 * cpu / double(all.size())};
+  return {double(all.size()) / elapsed, pare::nearest_rank(all, 0.5), pare::nearest_rank(all, 0.99),
+          all.empty() ? 0.0 : 1e6 * cpu / double(all.size())};
 }
 
 pare::RunnerOptions warmed(pare::RunnerOptions options, const Served& m) {
