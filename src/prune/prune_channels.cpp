@@ -331,7 +331,7 @@ PrunedChannels prune_channels(const torch::jit::Module& module, const PruneChann
   stats.file_bytes_before = serialized_bytes(out.module);
 
   auto analysis = detail::analyze_channels(out.module);
-  apply_selection(analysis, options.selection());
+  apply_selection(analysis, LayerSelection{options.include(), options.exclude()});
   require_prunable(analysis);
   const auto scores = score_channels(out.module, analysis, options.norm());
   const auto kept = options.scope() == Scope::Global ? choose_global(analysis, scores, options)

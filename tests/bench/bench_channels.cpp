@@ -84,8 +84,8 @@ pare::PruneChannelsOptions with_amount(const pare::PruneChannelsOptions& o, doub
   return pare::PruneChannelsOptions(amount)
       .scope(o.scope())
       .round_to(o.round_to())
-      .include(o.selection().include)
-      .exclude(o.selection().exclude)
+      .include(o.include())
+      .exclude(o.exclude())
       .input_shape(o.input_shape());
 }
 

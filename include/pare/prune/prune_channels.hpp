@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "pare/core/arg.hpp"
 #include "pare/core/pipeline.hpp"
 #include "pare/prune/prune.hpp"
 
@@ -23,40 +24,30 @@ class PruneChannelsOptions {
   /// Fraction of channels to remove, in [0, 1].
   explicit PruneChannelsOptions(double amount) : amount_(amount) {}
 
+  /// Fraction of channels to remove, in [0, 1].
+  PARE_ARG(double, amount);
   /// Local: each group loses `amount` of its channels. Global: one ranking
   /// across groups, by each channel's norm divided by its weight count.
-  PruneChannelsOptions& scope(Scope value) { scope_ = value; return *this; }
+  PARE_ARG(Scope, scope) = Scope::Local;
   /// The norm that ranks channels (summed over every weight that produces them).
-  PruneChannelsOptions& norm(Norm value) { norm_ = value; return *this; }
+  PARE_ARG(Norm, norm) = Norm::L1;
   /// No group keeps fewer channels than this (>= 1).
-  PruneChannelsOptions& min_channels(int64_t value) { min_channels_ = value; return *this; }
+  PARE_ARG(int64_t, min_channels) = 1;
   /// Kept channel counts are rounded up to a multiple of this (e.g. 8 for SIMD-friendly shapes).
-  PruneChannelsOptions& round_to(int64_t value) { round_to_ = value; return *this; }
+  PARE_ARG(int64_t, round_to) = 1;
   /// Glob patterns on producer weight names ("layer1.*"); a group is pruned
-  /// only when every conv/linear producing its channels is selected.
-  PruneChannelsOptions& include(std::vector<std::string> patterns) { selection_.include = std::move(patterns); return *this; }
-  PruneChannelsOptions& exclude(std::vector<std::string> patterns) { selection_.exclude = std::move(patterns); return *this; }
+  /// only when every conv/linear producing its channels is selected. Empty: every group.
+  PARE_ARG(std::vector<std::string>, include);
+  /// Glob patterns on producer weight names; a group with an excluded producer stays whole.
+  PARE_ARG(std::vector<std::string>, exclude);
   /// Shape of the example input (batch first, e.g. {1, 3, 224, 224}) used to
   /// count MACs and to check that the pruned model runs. Empty: inferred from
   /// the first conv/linear (spatial size 64), pare::Error if the model rejects it.
-  PruneChannelsOptions& input_shape(std::vector<int64_t> value) { input_shape_ = std::move(value); return *this; }
+  PARE_ARG(std::vector<int64_t>, input_shape);
 
-  double amount() const { return amount_; }
-  Scope scope() const { return scope_; }
-  Norm norm() const { return norm_; }
-  int64_t min_channels() const { return min_channels_; }
-  int64_t round_to() const { return round_to_; }
-  const LayerSelection& selection() const { return selection_; }
-  const std::vector<int64_t>& input_shape() const { return input_shape_; }
-
- private:
-  double amount_;
-  Scope scope_ = Scope::Local;
-  Norm norm_ = Norm::L1;
-  int64_t min_channels_ = 1;
-  int64_t round_to_ = 1;
-  LayerSelection selection_;
-  std::vector<int64_t> input_shape_;
+ public:
+  /// include() and exclude() as one LayerSelection.
+  [[deprecated("use include() and exclude()")]] LayerSelection selection() const { return {include_, exclude_}; }
 };
 
 /// One dependency group: channels that must be removed together.

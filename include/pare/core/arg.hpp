@@ -1,0 +1,42 @@
+#pragma once
+// PARE_ARG — one line declares an option of an options class: the chainable
+// setter, the getter of the same name and the stored field, in the spirit of
+// LibTorch's TORCH_ARG (torch/arg.h).
+//
+//   class FooOptions {
+//    public:
+//     explicit FooOptions(double amount) : amount_(amount) {}
+//     /// Fraction of weights to remove, in [0, 1].
+//     PARE_ARG(double, amount);
+//     /// Channels are rounded up to a multiple of this.
+//     PARE_ARG(int64_t, round_to) = 1;   // the default follows the macro
+//   };
+//
+//   FooOptions(0.5).round_to(8).amount();  // setter chains; getter reads
+//
+// PARE_ARG(T, name) declares
+//   - `X& name(T value)`: stores `value` and returns `*this` (chainable);
+//   - `const T& name() const`: the stored value;
+//   - `T name_`: the private field, which the constructor may initialize;
+//   - `using name_arg_type = T`: a public marker that the option is declared
+//     through PARE_ARG (tests/test_api_rules.cpp checks it for every option).
+// The macro ends in `private:`: declare further public members after a new
+// `public:`. A type with a comma in it needs an alias (`using Map = ...`).
+// Setters store; the pass validates its options in its constructor, so every
+// setter of every options class behaves the same.
+
+#include <utility>
+
+#define PARE_ARG(T, name)                                             \
+ public:                                                              \
+  using name##_arg_type = T;                                          \
+  auto name(T new_##name)->decltype(*this) { /* NOLINT */             \
+    this->name##_ = std::move(new_##name);                            \
+    return *this;                                                     \
+  }                                                                   \
+  const T& name() const noexcept { /* NOLINT */                       \
+    return this->name##_;                                             \
+  }                                                                   \
+                                                                      \
+ private:                                                             \
+  T name##_ /* NOLINT */
