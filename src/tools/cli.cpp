@@ -240,10 +240,10 @@ std::string inspect_model(const std::string& path) {
   return detail::translate_torch_errors("inspect: '" + path + "'", [&] { return describe_model(path); });
 }
 
-int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-  CLI::App app{"pare: compress, benchmark and inspect TorchScript models", "pare"};
-  app.require_subcommand(1);
-  CompressArgs c;
+namespace {
+
+// The table of commands: each command's flags and where they are stored.
+CLI::App* add_compress_command(CLI::App& app, CompressArgs& c) {
   auto* compress_cmd = app.add_subcommand("compress", "prune and/or quantize a model and export it");
   compress_cmd->add_option("model", c.in, "input TorchScript file")->required();
   compress_cmd->add_option("-o,--output", c.out, "output TorchScript file")->required();
@@ -269,7 +269,10 @@ int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostre
                            "int8 is slower (false: keep every island int8, the same graph on every run)")
       ->capture_default_str();
   compress_cmd->add_option("--report", c.report, "write the report as JSON here");
-  BenchArgs b;
+  return compress_cmd;
+}
+
+CLI::App* add_bench_command(CLI::App& app, BenchArgs& b) {
   auto* bench_cmd = app.add_subcommand("bench", "latency and throughput, side by side with ratios to the first model");
   bench_cmd->add_option("models", b.models, "TorchScript files")->required();
   bench_cmd->add_option("--input", b.inputs, "input shape(s), batch first, e.g. 1x1x28x28");
@@ -284,6 +287,18 @@ int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostre
   bench_cmd->add_option("--max-batch", b.max_batch, "open loop: the Runner's max_batch");
   bench_cmd->add_option("--max-queue", b.max_queue, "open loop: the Runner's max_queue (0: unbounded)");
   bench_cmd->add_option("--timeout", b.timeout, "open loop: each request's deadline in seconds (0: none)");
+  return bench_cmd;
+}
+
+}  // namespace
+
+int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  CLI::App app{"pare: compress, benchmark and inspect TorchScript models", "pare"};
+  app.require_subcommand(1);
+  CompressArgs c;
+  auto* compress_cmd = add_compress_command(app, c);
+  BenchArgs b;
+  auto* bench_cmd = add_bench_command(app, b);
   std::string inspect_path, inspect_html;
   auto* inspect_cmd = app.add_subcommand("inspect", "layers, sparsity, quantization and pare's report of a model");
   inspect_cmd->add_option("model", inspect_path, "TorchScript file")->required();
