@@ -27,6 +27,8 @@
 
 #include <utility>
 
+// The macros keep their hand-aligned line continuations.
+// clang-format off
 #define PARE_ARG(T, name)                                             \
  public:                                                              \
   using name##_arg_type = T;                                          \
