@@ -133,7 +133,7 @@ std::chrono::milliseconds milliseconds_of(double seconds, const char* flag) {
 int bench_open_loop(const BenchArgs& a, const std::vector<std::vector<int64_t>>& shapes, std::ostream& out) {
   std::vector<std::vector<c10::IValue>> inputs(64);
   for (auto& list : inputs)
-    for (auto shape : shapes) list.emplace_back(torch::randn(shape));
+    for (const auto& shape : shapes) list.emplace_back(torch::randn(shape));
   std::vector<std::pair<std::string, OpenLoopResult>> rows;
   for (const auto& path : a.models) {
     Runner runner(load_model(path), RunnerOptions().max_batch(a.max_batch).max_queue(a.max_queue).warmup(10)
@@ -305,7 +305,7 @@ int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostre
   inspect_cmd->add_option("--html", inspect_html, "also write the report as a self-contained HTML page here");
 
   const std::vector<std::string> commands{"compress", "bench", "inspect"};
-  if (args.size() > 1 && args[1].rfind("-", 0) != 0 &&
+  if (args.size() > 1 && args[1].rfind('-', 0) != 0 &&
       std::find(commands.begin(), commands.end(), args[1]) == commands.end()) {
     err << "pare: unknown command '" << args[1] << "'; expected compress, bench or inspect (see pare --help)\n";
     return 2;
