@@ -90,7 +90,7 @@ int main(int argc, char** argv) try {
   ex::train(model, train, epochs, 1e-3, 0, ex::progress_bar("training (" + std::to_string(epochs) + " epochs)"));
 
   auto prune = [](double amount) {
-    return pare::L1Prune(pare::L1PruneOptions().amount(amount).scope(pare::Scope::Global));
+    return pare::L1Prune(pare::L1PruneOptions(amount).scope(pare::Scope::Global));
   };
   // 512 calibration images in batches of 64, and one more batch held out to measure each layer's SQNR.
   pare::InputBatches calibration;

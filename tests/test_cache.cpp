@@ -12,7 +12,7 @@
 #include "pare/cache/cache.hpp"
 
 using namespace std::chrono_literals;
-using pare::CacheOptions;
+using pare::InferenceCacheOptions;
 using pare::InferenceCache;
 using cache_testing::input;
 
@@ -52,8 +52,8 @@ TEST_CASE("a repeated input is computed once and returned from the cache") {
 TEST_CASE("each hit adds the compute time of the entry it hits to seconds_saved") {
   InferenceCache cache;
   const auto a = input(16), b = input(17);
-  cache.put({a}, at::ones({1}), 0.25);
-  cache.put({b}, at::ones({1}), 1.5);
+  cache.put({a}, at::ones({1}), std::chrono::milliseconds(250));
+  cache.put({b}, at::ones({1}), std::chrono::duration<double>(1.5));
   for (int i = 0; i < 3; ++i) REQUIRE(cache.get({a}).has_value());
   REQUIRE(cache.get({b}).has_value());
   CHECK(cache.stats().seconds_saved == Approx(3 * 0.25 + 1.5));
@@ -95,7 +95,7 @@ TEST_CASE("non-contiguous inputs are keyed by their values") {
 }
 
 TEST_CASE("forced hash collisions never return another input's result") {
-  auto options = CacheOptions().key_bits(0).shards(1);  // every key is 0: everything collides
+  auto options = InferenceCacheOptions().key_bits(0).shards(1);  // every key is 0: everything collides
   InferenceCache cache(options);
   Model model;
   const auto a = input(3), b = input(4);
@@ -110,20 +110,20 @@ TEST_CASE("forced hash collisions never return another input's result") {
   CHECK_FALSE(cache.erase({a}));  // the slot holds b, not a
 
   SECTION("with verify off the hook does produce wrong answers (what verify prevents)") {
-    InferenceCache unverified(CacheOptions(options).verify(false));
+    InferenceCache unverified(InferenceCacheOptions(options).verify(false));
     unverified.get_or_compute({a}, model.on(a));
     CHECK(equal(unverified.get_or_compute({b}, model.on(b)), a.sum().reshape({1}) * 2));
   }
 }
 
 TEST_CASE("namespaces keep two models apart") {
-  InferenceCache cnn(CacheOptions().key_namespace("cnn@1"));
-  InferenceCache mlp(CacheOptions().key_namespace("mlp@1"));
+  InferenceCache cnn(InferenceCacheOptions().key_namespace("cnn@1"));
+  InferenceCache mlp(InferenceCacheOptions().key_namespace("mlp@1"));
   const auto x = input(5);
   CHECK(cnn.key_of({x}) != mlp.key_of({x}));
   CHECK(cnn.key_of({x}, "a") != cnn.key_of({x}, "b"));
-  CHECK(InferenceCache(CacheOptions().key_namespace("ab")).key_of({x}) !=
-        InferenceCache(CacheOptions().key_namespace("a")).key_of({x}, "b"));  // no two pairs give one scope
+  CHECK(InferenceCache(InferenceCacheOptions().key_namespace("ab")).key_of({x}) !=
+        InferenceCache(InferenceCacheOptions().key_namespace("a")).key_of({x}, "b"));  // no two pairs give one scope
 
   SECTION("one cache, two namespaces, equal inputs: each gets its own result") {
     InferenceCache shared;
@@ -140,7 +140,7 @@ TEST_CASE("namespaces keep two models apart") {
     CHECK(shared.get({x}, "model-b").has_value());
   }
   SECTION("even when their keys collide, the stored namespace is checked") {
-    InferenceCache colliding(CacheOptions().key_bits(0).shards(1));
+    InferenceCache colliding(InferenceCacheOptions().key_bits(0).shards(1));
     REQUIRE(colliding.key_of({x}, "model-a") == colliding.key_of({x}, "model-b"));
     colliding.get_or_compute({x}, [&] { return c10::IValue(x * 2); }, "model-a");
     CHECK(equal(colliding.get_or_compute({x}, [&] { return c10::IValue(x * 3); }, "model-b"), x * 3));
@@ -149,7 +149,7 @@ TEST_CASE("namespaces keep two models apart") {
 }
 
 TEST_CASE("the least recently used entry is evicted first") {
-  InferenceCache cache(CacheOptions().shards(1).max_entries(3));
+  InferenceCache cache(InferenceCacheOptions().shards(1).max_entries(3));
   std::vector<at::Tensor> xs;
   for (int i = 0; i < 4; ++i) xs.push_back(input(10 + i));
   for (int i = 0; i < 3; ++i) cache.put({xs[i]}, at::full({1}, double(i)));
@@ -166,7 +166,7 @@ TEST_CASE("the least recently used entry is evicted first") {
 TEST_CASE("capacity counts the bytes of everything held") {
   const size_t per_entry = 1 * 3 * 8 * 8 * 4 + 4;  // input copy + one-float output
   const size_t capacity = 10 * per_entry;
-  InferenceCache cache(CacheOptions().shards(2).capacity_bytes(capacity));
+  InferenceCache cache(InferenceCacheOptions().shards(2).capacity_bytes(capacity));
   for (int i = 0; i < 40; ++i) {
     cache.put({input(100 + i)}, at::full({1}, double(i)));
     REQUIRE(cache.stats().bytes <= capacity);
@@ -189,7 +189,7 @@ TEST_CASE("capacity counts the bytes of everything held") {
 TEST_CASE("entries up to a quarter of the capacity are cached whatever the shard count") {
   // The case of the bug report: 64 KiB inputs (128 KiB with the verify copy)
   // in a 1 MiB cache of 8 shards were all dropped, without a trace.
-  InferenceCache cache(CacheOptions().capacity_bytes(1 << 20).shards(8));
+  InferenceCache cache(InferenceCacheOptions().capacity_bytes(1 << 20).shards(8));
   std::vector<at::Tensor> xs;
   for (int i = 0; i < 64; ++i) xs.push_back(input(300 + i, {16 * 1024}));  // 64 KiB of float32
   for (const auto& x : xs) cache.get_or_compute({x}, [&] { return c10::IValue(x.sum().reshape({1})); });
@@ -202,7 +202,7 @@ TEST_CASE("entries up to a quarter of the capacity are cached whatever the shard
   CHECK(cache.get({xs.back()}).has_value());  // the newest survives
 
   SECTION("an entry of exactly a quarter fits next to others") {
-    InferenceCache exact(CacheOptions().capacity_bytes(1 << 20).shards(8).verify(false));
+    InferenceCache exact(InferenceCacheOptions().capacity_bytes(1 << 20).shards(8).verify(false));
     const size_t quarter_values = ((1 << 20) / 4 - 256) / 4;  // output bytes + the 256 B of bookkeeping
     const auto key = input(400, {4});
     exact.put({key}, at::zeros({int64_t(quarter_values)}));
@@ -214,7 +214,7 @@ TEST_CASE("entries up to a quarter of the capacity are cached whatever the shard
 }
 
 TEST_CASE("entries expire after the TTL") {
-  InferenceCache cache(CacheOptions().ttl(50ms));
+  InferenceCache cache(InferenceCacheOptions().ttl(50ms));
   const auto x = input(6);
   cache.put({x}, at::ones({1}));
   CHECK(cache.get({x}).has_value());
@@ -332,15 +332,15 @@ TEST_CASE("erase and clear") {
 }
 
 TEST_CASE("bad arguments and unsupported values are reported") {
-  CHECK_THROWS_AS(InferenceCache(CacheOptions().shards(0)), pare::Error);
-  CHECK_THROWS_AS(InferenceCache(CacheOptions().capacity_bytes(0)), pare::Error);
-  CHECK_THROWS_AS(InferenceCache(CacheOptions().key_bits(129)), pare::Error);
-  CHECK_THROWS_AS(InferenceCache(CacheOptions().ttl(-1ms)), pare::Error);
+  CHECK_THROWS_AS(InferenceCache(InferenceCacheOptions().shards(0)), pare::Error);
+  CHECK_THROWS_AS(InferenceCache(InferenceCacheOptions().capacity_bytes(0)), pare::Error);
+  CHECK_THROWS_AS(InferenceCache(InferenceCacheOptions().key_bits(129)), pare::Error);
+  CHECK_THROWS_AS(InferenceCache(InferenceCacheOptions().ttl(-1ms)), pare::Error);
   InferenceCache cache;
   CHECK_THROWS_WITH(cache.get_or_compute({at::empty({2}, at::device(at::kMeta))}, [] { return c10::IValue(); }),
                     Catch::Contains("CPU"));
   CHECK_THROWS_AS(cache.get_or_compute({input(1)}, InferenceCache::Compute{}), pare::Error);
-  CHECK_THROWS_AS(cache.put({input(1)}, at::ones({1}), -1.0), pare::Error);
+  CHECK_THROWS_AS(cache.put({input(1)}, at::ones({1}), std::chrono::duration<double>(-1.0)), pare::Error);
   CHECK_THROWS_AS(cache.get({at::quantize_per_tensor(at::ones({2}), 0.1, 0, at::kQInt8)}), pare::Error);
 }
 

@@ -12,7 +12,7 @@
 #include "pare/cache/cache.hpp"
 
 using namespace std::chrono_literals;
-using pare::CacheOptions;
+using pare::InferenceCacheOptions;
 using pare::InferenceCache;
 using cache_testing::input;
 
@@ -51,7 +51,7 @@ std::vector<std::exception_ptr> failures_seen_by(int threads, std::atomic<int>& 
       cache.get_or_compute({x}, [&]() -> c10::IValue {
         ++calls;
         // Fails only once every other thread waits on this computation (a latch, not a sleep).
-        while (cache.stats().coalesced < uint64_t(threads - 1)) std::this_thread::yield();
+        while (cache.stats().coalesced < int64_t(threads - 1)) std::this_thread::yield();
         throw Thrown();
       });
     } catch (const Caught& e) {
@@ -81,7 +81,7 @@ TEST_CASE("single-flight: however callers interleave, each key is computed once"
   for (int k = 0; k < kKeys; ++k) xs.push_back(input(500 + k, {16}));
   int extra_computes = 0, wrong = 0;
   for (int round = 0; round < kRounds; ++round) {
-    InferenceCache cache(CacheOptions().shards(2));
+    InferenceCache cache(InferenceCacheOptions().shards(2));
     std::array<std::atomic<int>, kKeys> computes{};
     std::atomic<int> wrong_in_round{0};
     run_together(kThreads, [&](int t) {
@@ -110,7 +110,7 @@ TEST_CASE("concurrent misses on one input compute once and all get the result") 
   run_together(threads, [&](int t) {
     results[t] = cache.get_or_compute({x}, [&] {
       ++calls;
-      while (cache.stats().coalesced < uint64_t(threads - 1)) std::this_thread::yield();  // every other caller waits
+      while (cache.stats().coalesced < int64_t(threads - 1)) std::this_thread::yield();  // every other caller waits
       return c10::IValue(x * 3);
     });
   });
@@ -156,7 +156,7 @@ TEST_CASE("after a failed computation the next caller computes again") {
 }
 
 TEST_CASE("many threads over many keys keep the cache consistent") {
-  InferenceCache cache(CacheOptions().capacity_bytes(64 << 10).shards(4));
+  InferenceCache cache(InferenceCacheOptions().capacity_bytes(64 << 10).shards(4));
   std::vector<at::Tensor> xs;
   for (int i = 0; i < 32; ++i) xs.push_back(input(200 + i, {64}));
   std::atomic<int> wrong{0};

@@ -149,7 +149,7 @@ TEST_CASE("the CLI's pruning scope defaults to the library's and names come from
   std::ifstream report(files("report.json"));
   const std::string json((std::istreambuf_iterator<char>(report)), {});
   CHECK(pare::Report::from_json(json).at("l1_prune").labels.at("scope") ==
-        pare::to_string(pare::L1PruneOptions().scope()));
+        pare::to_string(pare::L1PruneOptions(0.5).scope()));
 }
 
 TEST_CASE("pare compress quantizes with a one-batch calibration file from stock PyTorch") {

@@ -53,7 +53,7 @@ TEST_CASE("CUDA options say what is wrong when the device is missing or unknown"
   CHECK_THROWS_WITH(pare::Runner(model, pare::RunnerOptions().device(c10::Device("meta"))),
                     Catch::Contains("expected cpu or cuda"));
   if (!torch::cuda::is_available()) {
-    CHECK(error_kind([] { pare::TensorPool(pare::PoolOptions().memory(pare::PoolMemory::Pinned)); }) ==
+    CHECK(error_kind([] { pare::TensorPool(pare::TensorPoolOptions().memory(pare::PoolMemory::Pinned)); }) ==
           pare::Error::Kind::Runtime);
     CHECK_THROWS_WITH(pare::Runner(model, pare::RunnerOptions().device(torch::kCUDA)),
                       Catch::Contains("sees no CUDA device"));
@@ -71,7 +71,7 @@ TEST_CASE("a Runner on CUDA batches concurrent clients and matches the model on 
     torch::NoGradGuard no_grad;
     reference = model.forward({images}).toTensor();
   }
-  auto pinned = std::make_shared<pare::TensorPool>(pare::PoolOptions().memory(pare::PoolMemory::Pinned));
+  auto pinned = std::make_shared<pare::TensorPool>(pare::TensorPoolOptions().memory(pare::PoolMemory::Pinned));
   pare::Runner runner(model, pare::RunnerOptions().device(torch::kCUDA).pool(pinned).max_batch(64).threads(2)
                                  .max_delay(std::chrono::microseconds(2000)));
   CHECK(model.attr("conv1").toModule().attr("weight").toTensor().is_cpu());  // the caller's module stays put
@@ -90,7 +90,7 @@ TEST_CASE("a Runner on CUDA batches concurrent clients and matches the model on 
   for (auto& c : clients) c.join();
   CHECK(wrong == 0);
   const auto stats = runner.stats();
-  CHECK(stats.requests == uint64_t(images.size(0)));
+  CHECK(stats.requests == int64_t(images.size(0)));
   CHECK(stats.batches < stats.requests);  // merged on the way to the GPU
   const auto pool_stats = pinned->stats();
   CHECK(pool_stats.acquires > 0);  // every staged batch went through pinned memory from the pool
@@ -116,7 +116,7 @@ TEST_CASE("a Runner on CUDA can leave outputs on the device [cuda]") {
 TEST_CASE("Distill trains on the GPU, keeps the masks and returns the student home [cuda]") {
   PARE_REQUIRE_CUDA();
   auto student = pare::Pipeline()
-                     .add(pare::L1Prune(pare::L1PruneOptions().amount(0.7).scope(pare::Scope::Global)))
+                     .add(pare::L1Prune(pare::L1PruneOptions(0.7).scope(pare::Scope::Global)))
                      .run(cuda_test_cnn());
   const auto zeros_before = student.module.attr("fc1").toModule().attr("weight").toTensor().eq(0).sum().item<int64_t>();
   const auto summary = pare::distill(student.module,
@@ -136,7 +136,7 @@ TEST_CASE("Distill trains on the GPU, keeps the masks and returns the student ho
 TEST_CASE("pinned and CUDA pools reuse, poison, trim and count their own memory [cuda]") {
   PARE_REQUIRE_CUDA();
   for (const auto kind : {pare::PoolMemory::Pinned, pare::PoolMemory::Cuda}) {
-    pare::TensorPool pool(pare::PoolOptions().memory(kind).poison(true));
+    pare::TensorPool pool(pare::TensorPoolOptions().memory(kind).poison(true));
     const auto device = kind == pare::PoolMemory::Cuda ? c10::Device(torch::kCUDA, 0) : c10::Device(torch::kCPU);
     void* first = nullptr;
     {
@@ -162,7 +162,7 @@ TEST_CASE("pinned and CUDA pools reuse, poison, trim and count their own memory 
 
 TEST_CASE("the cache keys CUDA inputs and keeps values on their device [cuda]") {
   PARE_REQUIRE_CUDA();
-  pare::InferenceCache cache(pare::CacheOptions().capacity_bytes(1 << 20));
+  pare::InferenceCache cache(pare::InferenceCacheOptions().capacity_bytes(1 << 20));
   const auto x = torch::randn({2, 8}).to(torch::kCUDA);
   int computed = 0;
   auto compute = [&] {
@@ -189,7 +189,7 @@ TEST_CASE("the cache keys CUDA inputs and keeps values on their device [cuda]") 
 
 TEST_CASE("large CUDA inputs are fingerprinted on the device and still keyed exactly [cuda]") {
   PARE_REQUIRE_CUDA();
-  pare::InferenceCache cache(pare::CacheOptions().capacity_bytes(64 << 20));
+  pare::InferenceCache cache(pare::InferenceCacheOptions().capacity_bytes(64 << 20));
   // 300 x 1023 floats (1.2 MB) at an odd row offset: words are not 8-byte aligned in the storage.
   const auto base = torch::randn({301, 1023}).to(torch::kCUDA);
   const auto x = base.narrow(0, 1, 300);

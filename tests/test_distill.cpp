@@ -103,11 +103,11 @@ TEST_CASE("distillation_loss rejects bad options and inputs with pare::Error") {
 TEST_CASE("Distill after L1Prune recovers accuracy and keeps every pruned weight at zero") {
   const auto eval = test_subset().batches(500);
   auto pruned = pare::Pipeline()
-                    .add(pare::L1Prune(pare::L1PruneOptions().amount(0.85).scope(pare::Scope::Global)))
+                    .add(pare::L1Prune(pare::L1PruneOptions(0.85).scope(pare::Scope::Global)))
                     .run(teacher());
   int64_t progress_calls = 0, last_steps = 0;
   const auto result = pare::Pipeline()
-                          .add(pare::L1Prune(pare::L1PruneOptions().amount(0.85).scope(pare::Scope::Global)))
+                          .add(pare::L1Prune(pare::L1PruneOptions(0.85).scope(pare::Scope::Global)))
                           .add(pare::Distill(options().evaluate_on(eval).progress([&](int64_t, int64_t steps, double) {
                             ++progress_calls;
                             last_steps = steps;
@@ -150,7 +150,7 @@ TEST_CASE("distill works outside a pipeline with streamed data and a custom opti
       int64_t(batches.size()));
   std::vector<int64_t> steps_announced;
   auto opts = pare::DistillOptions(teacher(), streamed)
-                  .optimizer([&](const std::vector<torch::Tensor>& params) {
+                  .optimizer_factory([&](const std::vector<torch::Tensor>& params) {
                     ++optimizers_made;
                     return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(0.05).momentum(0.9));
                   })

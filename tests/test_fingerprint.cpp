@@ -51,7 +51,7 @@ TEST_CASE("a fingerprint follows the code and the weights, nothing else") {
 
 TEST_CASE("runners over different models sharing one cache each get their own results") {
   // Before, the key had no model identity: the second runner was served the first one's output.
-  auto cache = std::make_shared<pare::InferenceCache>(pare::CacheOptions().capacity_bytes(1 << 20));
+  auto cache = std::make_shared<pare::InferenceCache>(pare::InferenceCacheOptions().capacity_bytes(1 << 20));
   pare::Runner doubling(affine(2), pare::RunnerOptions().cache(cache));
   pare::Runner tripling(affine(3), pare::RunnerOptions().cache(cache));
   CHECK(torch::equal(doubling.run({row(5)}).toTensor(), row(11)));

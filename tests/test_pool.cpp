@@ -21,7 +21,7 @@ constexpr size_t kKiB = 1024;
 void* data_of(const pare::PooledTensor& lease) { return lease.tensor().data_ptr(); }
 
 // These tests exercise pooling on small tensors: no size goes to the system allocator.
-pare::PoolOptions every_size() { return pare::PoolOptions().small_bytes(0); }
+pare::TensorPoolOptions every_size() { return pare::TensorPoolOptions().small_bytes(0); }
 
 struct SingleThreadUnderTsan {  // OpenMP's runtime is not TSan-instrumented
   SingleThreadUnderTsan() {
@@ -74,12 +74,12 @@ TEST_CASE("size classes: the default and explicit ones") {
     CHECK(pool.size_class(bytes) >= bytes);
     CHECK(pool.size_class(bytes) <= bytes + bytes / 4 + 64);
   }
-  pare::TensorPool explicit_classes(pare::PoolOptions().size_classes({kKiB, 64 * kKiB}));
+  pare::TensorPool explicit_classes(pare::TensorPoolOptions().size_classes({kKiB, 64 * kKiB}));
   CHECK(explicit_classes.size_class(10) == kKiB);
   CHECK(explicit_classes.size_class(kKiB + 1) == 64 * kKiB);
   CHECK(explicit_classes.size_class(64 * kKiB + 1) == 68 * kKiB);  // above: whole pages
-  CHECK_THROWS_AS(pare::TensorPool(pare::PoolOptions().size_classes({64, 32})), pare::Error);
-  CHECK_THROWS_AS(pare::TensorPool(pare::PoolOptions().size_classes({0, 32})), pare::Error);
+  CHECK_THROWS_AS(pare::TensorPool(pare::TensorPoolOptions().size_classes({64, 32})), pare::Error);
+  CHECK_THROWS_AS(pare::TensorPool(pare::TensorPoolOptions().size_classes({0, 32})), pare::Error);
 }
 
 TEST_CASE("idle bytes stay under max_bytes, least recently used freed first") {
@@ -309,8 +309,8 @@ TEST_CASE("the routing allocator is installed by the pool's constructor, on its 
 }
 
 TEST_CASE("leases below small_bytes get plain storage from LibTorch's allocator") {
-  pare::TensorPool pool(pare::PoolOptions().small_bytes(64 * kKiB));
-  CHECK(pare::PoolOptions().small_bytes() == 0);  // the default: every size pooled
+  pare::TensorPool pool(pare::TensorPoolOptions().small_bytes(64 * kKiB));
+  CHECK(pare::TensorPoolOptions().small_bytes() == 0);  // the default: every size pooled
   {
     auto small = pool.acquire({16 * 1024 - 1}, torch::kFloat);  // one float under 64 KiB
     small.tensor().fill_(2);

@@ -58,7 +58,7 @@ TEST_CASE("prune_smallest agrees with a sort on random data across float types")
 
 TEST_CASE("local unstructured pruning hits every layer's own amount") {
   const auto model = small_cnn();
-  const auto result = prune(model, pare::L1PruneOptions().amount(0.5));
+  const auto result = prune(model, pare::L1PruneOptions(0.5));
   for (const auto& layer : {"conv1", "conv2", "fc1", "fc2"}) {
     const auto w = weight(result.module, layer);
     CHECK(zeros(w) == pare::prune_count(0.5, w.numel()));
@@ -68,7 +68,7 @@ TEST_CASE("local unstructured pruning hits every layer's own amount") {
 }
 
 TEST_CASE("global pruning uses one threshold across layers") {
-  const auto result = prune(small_cnn(), pare::L1PruneOptions().amount(0.9).scope(pare::Scope::Global));
+  const auto result = prune(small_cnn(), pare::L1PruneOptions(0.9).scope(pare::Scope::Global));
   const auto& entry = result.report.at("l1_prune");
   CHECK(entry.total_parameters() - entry.total_nonzeros() == pare::prune_count(0.9, entry.total_parameters()));
   double largest_pruned = 0, smallest_kept = 1e9;
@@ -86,7 +86,7 @@ TEST_CASE("global pruning uses one threshold across layers") {
 TEST_CASE("structured pruning removes whole output channels with the smallest L1 norms") {
   const auto model = small_cnn();
   const auto norms = weight(model, "conv2").abs().sum({1, 2, 3});
-  const auto result = prune(model, pare::L1PruneOptions().amount(0.25).structured(0).include({"conv2.weight"}));
+  const auto result = prune(model, pare::L1PruneOptions(0.25).structured(0).include({"conv2.weight"}));
   const auto w = weight(result.module, "conv2");
   const auto channel_alive = w.abs().sum({1, 2, 3}) != 0;
   CHECK(channel_alive.logical_not().sum().item<int64_t>() == 2);  // round(0.25 * 8)
@@ -98,7 +98,7 @@ TEST_CASE("structured pruning removes whole output channels with the smallest L1
 }
 
 TEST_CASE("global structured pruning ranks channels across layers") {
-  const auto result = prune(small_cnn(), pare::L1PruneOptions().amount(0.5).structured(0).scope(pare::Scope::Global));
+  const auto result = prune(small_cnn(), pare::L1PruneOptions(0.5).structured(0).scope(pare::Scope::Global));
   int64_t dead = 0, channels = 0;
   for (const auto& layer : {"conv1", "conv2", "fc1", "fc2"}) {
     const auto w = weight(result.module, layer).flatten(1);
@@ -109,10 +109,10 @@ TEST_CASE("global structured pruning ranks channels across layers") {
 }
 
 TEST_CASE("pruning twice keeps earlier masks") {
-  auto once = prune(small_cnn(), pare::L1PruneOptions().amount(0.5));
+  auto once = prune(small_cnn(), pare::L1PruneOptions(0.5));
   const auto twice = pare::Pipeline()
-                         .add(pare::L1Prune(pare::L1PruneOptions().amount(0.5)))
-                         .add(pare::L1Prune(pare::L1PruneOptions().amount(0.8).exclude({"fc2.*"})))
+                         .add(pare::L1Prune(pare::L1PruneOptions(0.5)))
+                         .add(pare::L1Prune(pare::L1PruneOptions(0.8).exclude({"fc2.*"})))
                          .run(small_cnn());
   const auto first = once.masks.at("fc1.weight"), second = twice.masks.at("fc1.weight");
   CHECK(second.logical_and(first.logical_not()).sum().item<int64_t>() == 0);
@@ -120,16 +120,16 @@ TEST_CASE("pruning twice keeps earlier masks") {
 }
 
 TEST_CASE("bad options and models give pare::Error") {
-  CHECK_THROWS_WITH(pare::L1Prune(pare::L1PruneOptions().amount(1.5)), Catch::Contains("outside [0, 1]"));
-  CHECK_THROWS_AS(pare::L1Prune(pare::L1PruneOptions().amount(-0.1)), pare::Error);
-  CHECK_THROWS_WITH(prune(small_cnn(), pare::L1PruneOptions().include({"nothing.*"})),
+  CHECK_THROWS_WITH(pare::L1Prune(pare::L1PruneOptions(1.5)), Catch::Contains("outside [0, 1]"));
+  CHECK_THROWS_AS(pare::L1Prune(pare::L1PruneOptions(-0.1)), pare::Error);
+  CHECK_THROWS_WITH(prune(small_cnn(), pare::L1PruneOptions(0.5).include({"nothing.*"})),
                     Catch::Contains("no layer matches") && Catch::Contains("conv1.weight"));
-  CHECK_THROWS_WITH(prune(small_cnn(), pare::L1PruneOptions().structured(4)), Catch::Contains("out of range"));
+  CHECK_THROWS_WITH(prune(small_cnn(), pare::L1PruneOptions(0.5).structured(4)), Catch::Contains("out of range"));
   auto half = small_cnn();
   half.to(torch::kHalf);
-  CHECK_THROWS_WITH(prune(half, pare::L1PruneOptions()), Catch::Contains("expected float32 or float64"));
+  CHECK_THROWS_WITH(prune(half, pare::L1PruneOptions(0.5)), Catch::Contains("expected float32 or float64"));
   auto nan = small_cnn();
   weight(nan, "fc2").index_put_({0, 0}, NAN);
-  CHECK_THROWS_WITH(prune(nan, pare::L1PruneOptions()), Catch::Contains("NaN"));
+  CHECK_THROWS_WITH(prune(nan, pare::L1PruneOptions(0.5)), Catch::Contains("NaN"));
   CHECK_THROWS_AS(pare::Pipeline().run(small_cnn()), pare::Error);
 }

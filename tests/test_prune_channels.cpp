@@ -52,7 +52,7 @@ torch::Tensor param(const torch::jit::Module& m, const std::string& name) {
   throw std::runtime_error("no parameter " + name);
 }
 
-const pare::ChannelGroupReport* group_with(const pare::ChannelPruneStats& stats, const std::string& member) {
+const pare::ChannelGroupReport* group_with(const pare::ChannelPruneResult& stats, const std::string& member) {
   for (const auto& g : stats.groups)
     for (const auto& m : g.members)
       if (m == member) return &g;
@@ -62,7 +62,7 @@ const pare::ChannelGroupReport* group_with(const pare::ChannelPruneStats& stats,
 // Zeroes every 4th output channel (1, 5, 9, ...) of each prunable group: the
 // producing weights and biases and the batch norm that follows each conv
 // (resnet naming: convN -> bnN, downsample.0 -> downsample.1).
-void kill_channels(torch::jit::Module& m, const pare::ChannelPruneStats& stats) {
+void kill_channels(torch::jit::Module& m, const pare::ChannelPruneResult& stats) {
   torch::NoGradGuard no_grad;
   auto zero = [&](const std::string& name, const torch::Tensor& index) {
     for (const auto& p : m.named_parameters())
@@ -237,7 +237,7 @@ TEST_CASE("channel pruning feeds Distill and QuantizeInt8 in one pipeline") {
     calibration.push_back({b.images});
   }
   const auto result = pare::Pipeline()
-                          .add(pare::L1Prune(pare::L1PruneOptions().amount(0.5)))
+                          .add(pare::L1Prune(pare::L1PruneOptions(0.5)))
                           .add(pare::PruneChannels(pare::PruneChannelsOptions(0.5).input_shape({1, 1, 28, 28})))
                           .add(pare::Distill(pare::DistillOptions(teacher, batches).epochs(1)))
                           .add(pare::QuantizeInt8(pare::QuantizeInt8Options(calibration).never_slower(false)))

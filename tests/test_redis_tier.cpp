@@ -18,7 +18,7 @@
 #include "support/redis_server.hpp"
 
 using namespace std::chrono_literals;
-using pare::CacheOptions;
+using pare::InferenceCacheOptions;
 using pare::InferenceCache;
 using pare::RedisTier;
 using pare::RedisTierOptions;
@@ -50,7 +50,7 @@ int run_peer_if_asked() {
   const char* port = std::getenv("PARE_REDIS_PEER");
   if (!port) return 0;
   at::set_num_threads(1);
-  InferenceCache cache(CacheOptions().remote(tier_on(std::atoi(port))));
+  InferenceCache cache(InferenceCacheOptions().remote(tier_on(std::atoi(port))));
   bool computed = false;
   const auto x = shared_input();
   const auto out = cache.get_or_compute({x}, [&] {
@@ -108,7 +108,7 @@ TEST_CASE("a result computed in one cache is served to another through Redis") {
   at::set_num_threads(1);
   RedisServer server;
   auto tier = tier_on(server.port());
-  InferenceCache first(CacheOptions().remote(tier)), second(CacheOptions().remote(tier));
+  InferenceCache first(InferenceCacheOptions().remote(tier)), second(InferenceCacheOptions().remote(tier));
   Counting model;
   const auto x = at::randn({2, 5});
   first.get_or_compute({x}, model.on(x));
@@ -121,9 +121,9 @@ TEST_CASE("a result computed in one cache is served to another through Redis") {
   CHECK(tier->stats().errors == 0);
 
   SECTION("other namespaces and other shapes are not shared") {
-    InferenceCache other(CacheOptions().remote(tier).key_namespace("model-b"));
+    InferenceCache other(InferenceCacheOptions().remote(tier).key_namespace("model-b"));
     other.get_or_compute({x}, model.on(x));
-    InferenceCache third(CacheOptions().remote(tier));
+    InferenceCache third(InferenceCacheOptions().remote(tier));
     third.get_or_compute({x.reshape({5, 2})}, model.on(x));
     CHECK(model.calls == 3);
   }
@@ -137,7 +137,7 @@ TEST_CASE("two separate processes share results through Redis") {
   CHECK(second.rfind("reused ", 0) == 0);
   CHECK(first.substr(first.find(' ')) == second.substr(second.find(' ')));
   // And this process reads what the peers stored, without computing.
-  InferenceCache cache(CacheOptions().remote(tier_on(server.port())));
+  InferenceCache cache(InferenceCacheOptions().remote(tier_on(server.port())));
   const auto x = shared_input();
   const auto out = cache.get({x});
   REQUIRE(out.has_value());
@@ -149,7 +149,7 @@ TEST_CASE("inference carries on when Redis is killed mid-run") {
   auto server = std::make_unique<RedisServer>();
   const int port = server->port();
   auto tier = tier_on(port);
-  InferenceCache cache(CacheOptions().remote(tier));
+  InferenceCache cache(InferenceCacheOptions().remote(tier));
   Counting model;
   std::vector<at::Tensor> xs;
   for (int i = 0; i < 8; ++i) xs.push_back(at::full({4}, double(i)));
@@ -165,7 +165,7 @@ TEST_CASE("inference carries on when Redis is killed mid-run") {
     std::this_thread::sleep_for(150ms);  // past retry_after
     const auto y = at::full({4}, 42.0);
     cache.get_or_compute({y}, model.on(y));
-    InferenceCache fresh(CacheOptions().remote(tier));
+    InferenceCache fresh(InferenceCacheOptions().remote(tier));
     CHECK(fresh.get_or_compute({y}, model.on(y)).toTensor().equal(y * 2));
     CHECK(fresh.stats().remote_hits == 1);
   }
@@ -180,7 +180,7 @@ TEST_CASE("a slow Redis times out and the cache computes instead") {
   REQUIRE((busy && !busy->err));
   std::thread sleeper([&] { freeReplyObject(redisCommand(busy, "DEBUG SLEEP 0.6")); });  // no Catch macros off the main thread
   std::this_thread::sleep_for(100ms);  // the server is now busy
-  InferenceCache cache(CacheOptions().remote(tier));
+  InferenceCache cache(InferenceCacheOptions().remote(tier));
   Counting model;
   const auto x = at::ones({3});
   CHECK(cache.get_or_compute({x}, model.on(x)).toTensor().equal(x * 2));
@@ -196,7 +196,7 @@ TEST_CASE("a corrupted value in Redis is detected, counted and replaced") {
   auto tier = tier_on(server.port(), "corrupt:");
   Counting model;
   const auto x = at::randn({8, 8});
-  InferenceCache(CacheOptions().remote(tier)).get_or_compute({x}, model.on(x));
+  InferenceCache(InferenceCacheOptions().remote(tier)).get_or_compute({x}, model.on(x));
   const auto keys = keys_under(server.port(), "corrupt:");
   REQUIRE(keys.size() == 1);
 
@@ -208,13 +208,13 @@ TEST_CASE("a corrupted value in Redis is detected, counted and replaced") {
     if (tamper == "truncate") r = static_cast<redisReply*>(redisCommand(c, "SET %s PARECR", keys[0].c_str()));
     freeReplyObject(r);
   });
-  InferenceCache victim(CacheOptions().remote(tier));
+  InferenceCache victim(InferenceCacheOptions().remote(tier));
   CHECK(victim.get_or_compute({x}, model.on(x)).toTensor().equal(x * 2));
   CHECK(model.calls == 2);
   CHECK(victim.stats().remote_errors == 1);
   CHECK(victim.stats().remote_hits == 0);
   // The recomputed result replaced the bad value.
-  InferenceCache healed(CacheOptions().remote(tier));
+  InferenceCache healed(InferenceCacheOptions().remote(tier));
   CHECK(healed.get_or_compute({x}, model.on(x)).toTensor().equal(x * 2));
   CHECK(healed.stats().remote_hits == 1);
 }
@@ -225,10 +225,10 @@ TEST_CASE("Redis entries expire with the TTL and clear() removes the prefix") {
   auto tier = tier_on(server.port(), "ttl:");
   Counting model;
   const auto x = at::ones({2}), y = at::zeros({2});
-  InferenceCache(CacheOptions().remote(tier).ttl(100ms)).get_or_compute({x}, model.on(x));
-  InferenceCache(CacheOptions().remote(tier)).get_or_compute({y}, model.on(y));
+  InferenceCache(InferenceCacheOptions().remote(tier).ttl(100ms)).get_or_compute({x}, model.on(x));
+  InferenceCache(InferenceCacheOptions().remote(tier)).get_or_compute({y}, model.on(y));
   std::this_thread::sleep_for(250ms);
-  InferenceCache fresh(CacheOptions().remote(tier));
+  InferenceCache fresh(InferenceCacheOptions().remote(tier));
   fresh.get_or_compute({x}, model.on(x));
   CHECK(model.calls == 3);  // x expired in Redis and was computed again
   CHECK(tier->clear() == 2);
@@ -239,7 +239,7 @@ TEST_CASE("threads share one tier safely") {
   at::set_num_threads(1);
   RedisServer server;
   auto tier = tier_on(server.port(), "threads:");
-  InferenceCache a(CacheOptions().remote(tier).shards(2)), b(CacheOptions().remote(tier).shards(2));
+  InferenceCache a(InferenceCacheOptions().remote(tier).shards(2)), b(InferenceCacheOptions().remote(tier).shards(2));
   std::vector<at::Tensor> xs;
   for (int i = 0; i < 16; ++i) xs.push_back(at::full({16}, double(i)));
   std::atomic<int> wrong{0};
@@ -287,8 +287,8 @@ TEST_CASE("runners over different models in two processes share one Redis tier w
   RedisServer server;
   auto tier = tier_on(server.port(), "models:");
   // Two caches stand for two processes; each serves its own model.
-  auto first_process = std::make_shared<InferenceCache>(CacheOptions().remote(tier));
-  auto second_process = std::make_shared<InferenceCache>(CacheOptions().remote(tier));
+  auto first_process = std::make_shared<InferenceCache>(InferenceCacheOptions().remote(tier));
+  auto second_process = std::make_shared<InferenceCache>(InferenceCacheOptions().remote(tier));
   pare::Runner doubling(scaling(2), pare::RunnerOptions().cache(first_process));
   pare::Runner tripling(scaling(3), pare::RunnerOptions().cache(second_process));
   const auto x = torch::full({1, 4}, 5.0f);
@@ -298,7 +298,7 @@ TEST_CASE("runners over different models in two processes share one Redis tier w
   CHECK(keys_under(server.port(), "models:").size() == 2);
 
   SECTION("a third process serving the first model reuses its result") {
-    auto third_process = std::make_shared<InferenceCache>(CacheOptions().remote(tier));
+    auto third_process = std::make_shared<InferenceCache>(InferenceCacheOptions().remote(tier));
     pare::Runner doubling_again(scaling(2), pare::RunnerOptions().cache(third_process));
     CHECK(torch::equal(doubling_again.run({x}).toTensor(), x * 2));
     CHECK(third_process->stats().remote_hits == 1);
@@ -313,8 +313,8 @@ TEST_CASE("a Redis server with a password: the right one works, a wrong one fail
   auto tier = std::make_shared<RedisTier>(RedisTierOptions(options).password("s3cret"));
   Counting model;
   const auto x = at::ones({3});
-  InferenceCache(CacheOptions().remote(tier)).get_or_compute({x}, model.on(x));
-  InferenceCache other(CacheOptions().remote(tier));
+  InferenceCache(InferenceCacheOptions().remote(tier)).get_or_compute({x}, model.on(x));
+  InferenceCache other(InferenceCacheOptions().remote(tier));
   CHECK(other.get_or_compute({x}, model.on(x)).toTensor().equal(x * 2));
   CHECK(model.calls == 1);
   CHECK(other.stats().remote_hits == 1);
@@ -338,8 +338,8 @@ TEST_CASE("a Redis ACL user authenticates with its name and password") {
   CHECK(tier->ping());
   Counting model;
   const auto x = at::ones({2});
-  InferenceCache(CacheOptions().remote(tier)).get_or_compute({x}, model.on(x));
-  CHECK(InferenceCache(CacheOptions().remote(tier)).get({x}).has_value());
+  InferenceCache(InferenceCacheOptions().remote(tier)).get_or_compute({x}, model.on(x));
+  CHECK(InferenceCache(InferenceCacheOptions().remote(tier)).get({x}).has_value());
   CHECK(tier->stats().errors == 0);
   CHECK_THROWS_WITH(RedisTier(RedisTierOptions(options).user("cache").password("pw2")),
                     Catch::Contains("refused AUTH for user \"cache\""));

@@ -42,8 +42,8 @@ TEST_CASE("concurrent single requests are merged and each caller gets its own ro
   CHECK(stats.requests == kThreads * kRequests);
   CHECK(stats.failures == 0);
   CHECK(stats.batches < stats.requests);  // merging happened
-  uint64_t merged = 0;
-  for (size_t n = 0; n < stats.batch_sizes.size(); ++n) merged += n * stats.batch_sizes[n];
+  int64_t merged = 0;
+  for (size_t n = 0; n < stats.batch_sizes.size(); ++n) merged += int64_t(n) * stats.batch_sizes[n];
   CHECK(merged == stats.requests);
   CHECK(stats.p50_ms > 0);  // every request's latency is recorded
   CHECK(runner.to_prometheus().find("pare_runner_latency_seconds_count " + std::to_string(kThreads * kRequests)) !=
@@ -95,7 +95,7 @@ TEST_CASE("without batching requests run on the caller's thread, with model erro
 }
 
 TEST_CASE("the cache answers repeated inputs without a forward pass") {
-  auto cache = std::make_shared<pare::InferenceCache>(pare::CacheOptions().capacity_bytes(1 << 20));
+  auto cache = std::make_shared<pare::InferenceCache>(pare::InferenceCacheOptions().capacity_bytes(1 << 20));
   pare::Runner runner(row_model(), pare::RunnerOptions().cache(cache));
   for (int i = 0; i < 5; ++i) CHECK(torch::equal(runner.run({row(7)}).toTensor(), row(15)));
   CHECK(runner.stats().batches == 1);
@@ -107,7 +107,7 @@ TEST_CASE("the cache answers repeated inputs without a forward pass") {
 }
 
 TEST_CASE("the pool serves the model's allocations from call to call") {
-  auto pool = std::make_shared<pare::TensorPool>(pare::PoolOptions().max_bytes(64 << 20));
+  auto pool = std::make_shared<pare::TensorPool>(pare::TensorPoolOptions().max_bytes(64 << 20));
   pare::Runner runner(row_model(), pare::RunnerOptions().pool(pool).warmup(2).example_inputs({torch::ones({64, 1024})}));
   for (int i = 0; i < 5; ++i) runner.run({torch::ones({64, 1024})});
   const auto stats = pool->stats();

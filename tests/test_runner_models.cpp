@@ -103,7 +103,7 @@ TEST_CASE("swaps under concurrent load fail and drop nothing") {
   stop = true;
   for (auto& c : clients) c.join();
   CHECK(wrong == 0);
-  CHECK(runner.stats().requests == uint64_t(answered));
+  CHECK(runner.stats().requests == int64_t(answered));
   CHECK(runner.stats().swaps == 21);
   const auto x = torch::rand({1, 4}) + 0.5;
   CHECK(torch::allclose(runner.run({x}).toTensor(), negated.forward({x}).toTensor()));

@@ -345,7 +345,7 @@ print("python ok")
   REQUIRE(output.find("python ok") != std::string::npos);
 
   const auto scripted = torch::jit::load((dir / "scripted.pt").string());
-  const auto options = pare::L1PruneOptions().amount(0.5).include({"features.*"});
+  const auto options = pare::L1PruneOptions(0.5).include({"features.*"});
   const auto ours = pare::Pipeline().add(pare::L1Prune(options)).run(traced);
   const auto theirs = pare::Pipeline().add(pare::L1Prune(options)).run(scripted);
   REQUIRE(ours.masks.size() == 2);

@@ -13,7 +13,7 @@ int main() try {
   model.define("def forward(self, x):\n  return self.fc.forward(x)\n");
 
   const auto result = pare::Pipeline()
-                          .add(pare::L1Prune(pare::L1PruneOptions().amount(0.75)))
+                          .add(pare::L1Prune(pare::L1PruneOptions(0.75)))
                           .run(model);
   std::cout << result.report.to_string();
   const auto& entry = result.report.at("l1_prune");

@@ -5,6 +5,7 @@
 
 #include "pare/version.hpp"
 
+#include "pare/core/arg.hpp"
 #include "pare/core/error.hpp"
 #include "pare/core/pipeline.hpp"
 #include "pare/core/report.hpp"

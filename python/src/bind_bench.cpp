@@ -43,7 +43,7 @@ void bind_bench(py::module_& m) {
   m.def(
       "benchmark_models",
       [](const py::object& models, std::vector<std::vector<int64_t>> inputs, std::vector<int64_t> batches,
-         std::vector<int> threads, double duration, int warmup, int rounds) {
+         std::vector<int64_t> threads, double duration, int64_t warmup, int64_t rounds) {
         auto named = named_models(models);
         const auto seconds = from_seconds<std::chrono::milliseconds>(duration, "benchmark_models: duration", 3600, false);
         const auto options = BenchOptions()

@@ -57,7 +57,7 @@ c10::IValue call_python(const py::function& fn, const py::object& x) {
 std::shared_ptr<InferenceCache> make_cache(size_t capacity_bytes, const py::object& ttl, size_t max_entries,
                                            size_t shards, std::string key_namespace, bool verify,
                                            const py::object& remote) {
-  auto options = CacheOptions()
+  auto options = InferenceCacheOptions()
                      .capacity_bytes(capacity_bytes)
                      .ttl(to_ttl(ttl, "InferenceCache(ttl=...)"))
                      .max_entries(max_entries)
@@ -170,7 +170,7 @@ void bind_cache(py::module_& m) {
              const auto inputs = to_inputs(x, "InferenceCache.put");
              const auto value = unlinked(torch::jit::toTypeInferredIValue(output));
              py::gil_scoped_release release;
-             cache.put(inputs, value, seconds, key_namespace);
+             cache.put(inputs, value, std::chrono::duration<double>(seconds), key_namespace);
            }, py::arg("x"), py::arg("output"), py::arg("compute_seconds") = 0.0, py::arg("key_namespace") = "")
       .def("erase", [](InferenceCache& cache, const py::object& x, const std::string& key_namespace) {
              const auto inputs = to_inputs(x, "InferenceCache.erase");

@@ -24,9 +24,11 @@ std::vector<Batch> to_batches(const py::handle& items, const char* what) {
 }
 
 OptimizerKind parse_optimizer(const std::string& name) {
-  if (name == "adam") return OptimizerKind::Adam;
-  if (name == "sgd") return OptimizerKind::SGD;
-  throw Error("Distill: optimizer '" + name + "' is not known; expected \"adam\" or \"sgd\"");
+  try {
+    return parse_optimizer_kind(name);
+  } catch (const Error& e) {
+    throw Error(std::string("Distill: ") + e.what());
+  }
 }
 
 std::shared_ptr<Distill> make_distill(const py::object& teacher, const py::object& data, int64_t epochs, double lr,

@@ -60,11 +60,11 @@ void bind_pruning(py::module_& m) {
   py::class_<L1Prune, Pass, std::shared_ptr<L1Prune>>(m, "L1Prune")
       .def(py::init([](double amount, const std::string& scope, std::optional<int64_t> structured,
                        std::vector<std::string> include, std::vector<std::string> exclude) {
-             auto options = L1PruneOptions().amount(amount).scope(parse_scope_for("L1Prune", scope));
+             auto options = L1PruneOptions(amount).scope(parse_scope_for("L1Prune", scope));
              if (structured) options.structured(*structured);
              return std::make_shared<L1Prune>(options.include(std::move(include)).exclude(std::move(exclude)));
            }),
-           py::arg("amount") = 0.5, py::arg("scope") = to_string(L1PruneOptions().scope()), py::arg("structured") = py::none(),
+           py::arg("amount") = 0.5, py::arg("scope") = to_string(L1PruneOptions(0.5).scope()), py::arg("structured") = py::none(),
            py::arg("include") = std::vector<std::string>{}, py::arg("exclude") = std::vector<std::string>{},
            "L1 magnitude pruning. structured=dim prunes whole slices along dim (0: output channels).");
   m.def("prune_count", &prune_count, py::arg("amount"), py::arg("n"));

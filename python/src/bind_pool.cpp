@@ -20,10 +20,11 @@ at::ScalarType to_dtype(const py::handle& dtype) {
 }
 
 PoolMemory parse_memory(const std::string& memory) {
-  if (memory == "host") return PoolMemory::Host;
-  if (memory == "pinned") return PoolMemory::Pinned;
-  if (memory == "cuda") return PoolMemory::Cuda;
-  throw Error("TensorPool: memory '" + memory + "' is not known; expected \"host\", \"pinned\" or \"cuda\"");
+  try {
+    return parse_pool_memory(memory);
+  } catch (const Error& e) {
+    throw Error(std::string("TensorPool: ") + e.what());
+  }
 }
 
 at::Device to_device(const py::handle& device) {
@@ -101,14 +102,14 @@ void bind_pool(py::module_& m) {
       });
 
   py::class_<TensorPool, std::shared_ptr<TensorPool>>(m, "TensorPool")
-      .def(py::init([](size_t max_bytes, std::vector<size_t> size_classes, bool poison, const std::string& memory,
+      .def(py::init([](size_t max_bytes, std::vector<int64_t> size_classes, bool poison, const std::string& memory,
                        int device_index, size_t small_bytes) {
-             return std::make_shared<TensorPool>(PoolOptions().max_bytes(max_bytes).size_classes(std::move(size_classes)).poison(poison)
+             return std::make_shared<TensorPool>(TensorPoolOptions().max_bytes(max_bytes).size_classes(std::move(size_classes)).poison(poison)
                                    .memory(parse_memory(memory)).device_index(device_index).small_bytes(small_bytes));
            }),
-           py::arg("max_bytes") = PoolOptions().max_bytes(), py::arg("size_classes") = std::vector<size_t>{},
+           py::arg("max_bytes") = TensorPoolOptions().max_bytes(), py::arg("size_classes") = std::vector<int64_t>{},
            py::arg("poison") = false, py::arg("memory") = "host", py::arg("device_index") = 0,
-           py::arg("small_bytes") = PoolOptions().small_bytes(),
+           py::arg("small_bytes") = TensorPoolOptions().small_bytes(),
            "memory: \"host\" (pageable), \"pinned\" (page-locked, for fast copies to a GPU) or \"cuda\" "
            "(GPU memory on device_index). Host leases under small_bytes come from LibTorch's allocator.")
       .def("acquire",

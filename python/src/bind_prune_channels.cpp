@@ -9,15 +9,22 @@
 namespace pare::python {
 namespace {
 
+// `parse()`, its pare::Error prefixed with `who` ("PruneChannels: norm 'x' is not known; ...").
+template <class F>
+auto with_context(const std::string& who, F parse) {
+  try {
+    return parse();
+  } catch (const Error& e) {
+    throw Error(who + ": " + e.what());
+  }
+}
+
 PruneChannelsOptions make_options(double amount, const std::string& scope, const std::string& norm,
                                   int64_t min_channels, int64_t round_to, std::vector<std::string> include,
                                   std::vector<std::string> exclude, std::vector<int64_t> input_shape) {
-  require(scope == "local" || scope == "global",
-          "PruneChannels: scope '" + scope + "' is not known; expected \"local\" or \"global\"");
-  require(norm == "l1" || norm == "l2", "PruneChannels: norm '" + norm + "' is not known; expected \"l1\" or \"l2\"");
   return PruneChannelsOptions(amount)
-      .scope(scope == "global" ? Scope::Global : Scope::Local)
-      .norm(norm == "l2" ? Norm::L2 : Norm::L1)
+      .scope(with_context("PruneChannels", [&] { return parse_scope(scope); }))
+      .norm(with_context("PruneChannels", [&] { return parse_norm(norm); }))
       .min_channels(min_channels)
       .round_to(round_to)
       .include(std::move(include))
@@ -44,15 +51,15 @@ void bind_prune_channels(py::module_& m) {
         return "<ChannelGroupReport " + g.name + " " + std::to_string(g.channels_before) + " -> " +
                std::to_string(g.channels_after) + (g.blocked_by.empty() ? "" : " blocked by " + g.blocked_by) + ">";
       });
-  py::class_<ChannelPruneStats>(m, "ChannelPruneStats")
-      .def_readonly("groups", &ChannelPruneStats::groups)
-      .def_readonly("input_shape", &ChannelPruneStats::input_shape)
-      .def_readonly("params_before", &ChannelPruneStats::params_before)
-      .def_readonly("params_after", &ChannelPruneStats::params_after)
-      .def_readonly("macs_before", &ChannelPruneStats::macs_before)
-      .def_readonly("macs_after", &ChannelPruneStats::macs_after)
-      .def_readonly("file_bytes_before", &ChannelPruneStats::file_bytes_before)
-      .def_readonly("file_bytes_after", &ChannelPruneStats::file_bytes_after);
+  py::class_<ChannelPruneResult>(m, "ChannelPruneStats")
+      .def_readonly("groups", &ChannelPruneResult::groups)
+      .def_readonly("input_shape", &ChannelPruneResult::input_shape)
+      .def_readonly("params_before", &ChannelPruneResult::params_before)
+      .def_readonly("params_after", &ChannelPruneResult::params_after)
+      .def_readonly("macs_before", &ChannelPruneResult::macs_before)
+      .def_readonly("macs_after", &ChannelPruneResult::macs_after)
+      .def_readonly("file_bytes_before", &ChannelPruneResult::file_bytes_before)
+      .def_readonly("file_bytes_after", &ChannelPruneResult::file_bytes_after);
   py::class_<PruneChannels, Pass, std::shared_ptr<PruneChannels>>(m, "PruneChannels")
       .def(py::init([](double amount, const std::string& scope, const std::string& norm, int64_t min_channels,
                        int64_t round_to, std::vector<std::string> include, std::vector<std::string> exclude,

@@ -18,19 +18,19 @@ using cache_detail::Found;
 using cache_detail::Probe;
 
 struct InferenceCache::Impl {
-  CacheOptions options;
+  InferenceCacheOptions options;
   cache_detail::Counters counters;
   cache_detail::MemoryStore memory;
 
-  explicit Impl(CacheOptions o) : options(validated(std::move(o))), memory(options, counters) {}
+  explicit Impl(InferenceCacheOptions o) : options(validated(std::move(o))), memory(options, counters) {}
 
-  static CacheOptions validated(CacheOptions options) {
-    require(options.capacity_bytes() > 0, "CacheOptions: capacity_bytes must be > 0");
+  static InferenceCacheOptions validated(InferenceCacheOptions options) {
+    require(options.capacity_bytes() > 0, "InferenceCacheOptions: capacity_bytes must be > 0");
     require(options.shards() >= 1 && options.shards() <= 1024,
-            "CacheOptions: shards must be in [1, 1024], got " + std::to_string(options.shards()));
+            "InferenceCacheOptions: shards must be in [1, 1024], got " + std::to_string(options.shards()));
     require(options.key_bits() >= 0 && options.key_bits() <= 128,
-            "CacheOptions: key_bits must be in [0, 128], got " + std::to_string(options.key_bits()));
-    require(options.ttl().count() >= 0, "CacheOptions: ttl must be >= 0 (0: no expiry)");
+            "InferenceCacheOptions: key_bits must be in [0, 128], got " + std::to_string(options.key_bits()));
+    require(options.ttl().count() >= 0, "InferenceCacheOptions: ttl must be >= 0 (0: no expiry)");
     return options;
   }
 
@@ -42,7 +42,7 @@ struct InferenceCache::Impl {
 
   Hash128 key_of(const std::string& scope, const Inputs& inputs) const {
     auto key = cache_detail::hash_inputs(scope, inputs);
-    const int bits = options.key_bits();
+    const int64_t bits = options.key_bits();
     if (bits < 128) key.high &= bits <= 64 ? 0 : (~0ull >> (128 - bits));
     if (bits < 64) key.low &= bits == 0 ? 0 : (~0ull >> (64 - bits));
     return key;
@@ -170,10 +170,10 @@ c10::IValue InferenceCache::Impl::compute(const Hash128& key, const std::string&
   return output;
 }
 
-InferenceCache::InferenceCache(CacheOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+InferenceCache::InferenceCache(InferenceCacheOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
 InferenceCache::~InferenceCache() = default;
 
-const CacheOptions& InferenceCache::options() const { return impl_->options; }
+const InferenceCacheOptions& InferenceCache::options() const { return impl_->options; }
 
 Hash128 InferenceCache::key_of(const Inputs& inputs, const std::string& key_namespace) const {
   return impl_->key_of(impl_->scope_of(key_namespace), inputs);
@@ -189,9 +189,10 @@ std::optional<c10::IValue> InferenceCache::get(const Inputs& inputs, const std::
   return impl_->hit(found->output, found->compute_seconds);
 }
 
-void InferenceCache::put(const Inputs& inputs, const c10::IValue& output, double compute_seconds,
+void InferenceCache::put(const Inputs& inputs, const c10::IValue& output, std::chrono::duration<double> compute_time,
                          const std::string& key_namespace) {
-  require(compute_seconds >= 0, "InferenceCache::put: compute_seconds must be >= 0");
+  const double compute_seconds = compute_time.count();
+  require(compute_seconds >= 0, "InferenceCache::put: compute_time must be >= 0");
   const std::string scope = impl_->scope_of(key_namespace);
   const Hash128 key = impl_->key_of(scope, inputs);
   c10::IValue stored;

@@ -81,15 +81,16 @@ void Flight::wait() {
   done_cv.wait(lock, [&] { return done; });
 }
 
-MemoryStore::MemoryStore(const CacheOptions& options, Counters& counters)
-    : capacity_bytes_(options.capacity_bytes()),
-      max_entry_bytes_(options.capacity_bytes() / 4),
+MemoryStore::MemoryStore(const InferenceCacheOptions& options, Counters& counters)
+    : capacity_bytes_(size_t(options.capacity_bytes())),
+      max_entry_bytes_(size_t(options.capacity_bytes()) / 4),
       verify_(options.verify()),
       counters_(counters) {
-  size_t count = options.shards();
-  if (options.max_entries() > 0) count = std::min(count, options.max_entries());  // >= 1 entry per shard
+  size_t count = size_t(options.shards());
+  const auto max_entries = size_t(options.max_entries());
+  if (max_entries > 0) count = std::min(count, max_entries);  // >= 1 entry per shard
   shards_ = std::vector<Shard>(count);
-  shard_max_entries_ = options.max_entries() / count;
+  shard_max_entries_ = max_entries / count;
 }
 
 void MemoryStore::drop_locked(Shard& s, std::list<Entry>::iterator it) {

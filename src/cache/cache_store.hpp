@@ -94,7 +94,7 @@ struct Shard {
 
 class MemoryStore {
  public:
-  MemoryStore(const CacheOptions& options, Counters& counters);
+  MemoryStore(const InferenceCacheOptions& options, Counters& counters);
 
   /// The live entry for (key, scope, inputs), or nullopt (a collision is counted and is a miss).
   std::optional<Found> find(const Hash128& key, const std::string& scope, const Inputs& inputs);

@@ -92,7 +92,7 @@ struct RedisTier::Impl {
   }
 
   Context connect() {
-    Context c(redisConnectWithTimeout(options.host().c_str(), options.port(), to_timeval(options.timeout())));
+    Context c(redisConnectWithTimeout(options.host().c_str(), int(options.port()), to_timeval(options.timeout())));
     if (!c) fail("cannot allocate a connection");
     if (c->err) fail("cannot connect to " + options.host() + ":" + std::to_string(options.port()) + ": " + c->errstr);
     if (redisSetTimeout(c.get(), to_timeval(options.timeout())) != REDIS_OK) fail("cannot set the timeout");
@@ -114,7 +114,7 @@ struct RedisTier::Impl {
 
   void release(Context c) {
     std::lock_guard<std::mutex> lock(mutex);
-    if (idle.size() < options.max_idle_connections()) idle.push_back(std::move(c));
+    if (idle.size() < size_t(options.max_idle_connections())) idle.push_back(std::move(c));
   }
 
   // Runs one command; on any failure drops the connection, starts the back-off and throws.
@@ -187,10 +187,10 @@ void RedisTier::put(const std::string& key, const std::string& value, std::chron
     impl_->command("SET %b %b", full.data(), full.size(), value.data(), value.size());
 }
 
-size_t RedisTier::clear() {
+int64_t RedisTier::clear() {
   const std::string pattern = glob_escape(impl_->options.key_prefix()) + "*";
   std::string cursor = "0";
-  size_t deleted = 0;
+  int64_t deleted = 0;
   do {
     Reply reply = impl_->command("SCAN %b MATCH %b COUNT 512", cursor.data(), cursor.size(), pattern.data(),
                                  pattern.size());
@@ -199,7 +199,7 @@ size_t RedisTier::clear() {
     const redisReply* keys = reply->element[1];
     for (size_t i = 0; i < keys->elements; ++i) {
       Reply del = impl_->command("DEL %b", keys->element[i]->str, keys->element[i]->len);
-      deleted += static_cast<size_t>(del->integer);
+      deleted += static_cast<int64_t>(del->integer);
     }
   } while (cursor != "0");
   return deleted;
@@ -215,7 +215,24 @@ bool RedisTier::ping() {
 }
 
 RedisTierStats RedisTier::stats() const {
-  return {impl_->gets.load(), impl_->puts.load(), impl_->errors.load(), impl_->skipped.load()};
+  RedisTierStats s;
+  s.gets = int64_t(impl_->gets.load());
+  s.puts = int64_t(impl_->puts.load());
+  s.errors = int64_t(impl_->errors.load());
+  s.skipped = int64_t(impl_->skipped.load());
+  return s;
+}
+
+std::string RedisTierStats::to_prometheus(const prometheus::Labels& labels) const {
+  std::string out;
+  auto counter = [&](const char* name, const char* help, int64_t value) {
+    prometheus::append_metric(out, std::string("pare_redis_tier_") + name, "counter", help, double(value), labels);
+  };
+  counter("gets_total", "GET commands sent to the Redis tier.", gets);
+  counter("puts_total", "SET commands sent to the Redis tier.", puts);
+  counter("errors_total", "Failed Redis commands or connections.", errors);
+  counter("skipped_total", "Calls not sent because the server failed less than retry_after ago.", skipped);
+  return out;
 }
 
 }  // namespace pare

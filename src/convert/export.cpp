@@ -129,7 +129,7 @@ ExportTorchScript::ExportTorchScript(ExportTorchScriptOptions options) : options
   require(!options_.path().empty(), "ExportTorchScript: path is empty; expected a file name such as \"model.pt\"");
   require(std::isfinite(options_.tolerance()) && options_.tolerance() >= 0,
           "ExportTorchScript: tolerance must be a finite number >= 0");
-  require(!options_.channels_last() || (options_.freeze() && !options_.verify_inputs().empty()),
+  require(!options_.channels_last() || (options_.freeze() && !options_.verify_with().empty()),
           "ExportTorchScript: channels_last needs freeze(true) (weights as constants) and verify_with(inputs) "
           "(the converted module is checked on them)");
 }
@@ -145,7 +145,7 @@ void ExportTorchScript::try_channels_last(torch::jit::Module& module, const std:
   try {
     double worst = 0.0;
     for (size_t i = 0; i < expected.size(); ++i)
-      worst = std::max(worst, max_abs_diff(expected[i], converted.forward(options_.verify_inputs()[i])));
+      worst = std::max(worst, max_abs_diff(expected[i], converted.forward(options_.verify_with()[i])));
     if (!(worst <= options_.tolerance()))
       verdict = "false: its outputs differ from the plain module's by " + std::to_string(worst);
   } catch (const std::exception& e) {
@@ -164,8 +164,8 @@ void ExportTorchScript::run(Result& state, PassReport& entry) const {
     });
   }
   std::vector<torch::jit::IValue> expected;
-  for (size_t i = 0; i < options_.verify_inputs().size(); ++i)
-    expected.push_back(forward(state.module, options_.verify_inputs()[i], i, "exported"));
+  for (size_t i = 0; i < options_.verify_with().size(); ++i)
+    expected.push_back(forward(state.module, options_.verify_with()[i], i, "exported"));
   if (options_.channels_last()) try_channels_last(state.module, expected, entry);
 
   Report so_far = state.report;
@@ -180,7 +180,7 @@ void ExportTorchScript::run(Result& state, PassReport& entry) const {
     auto reloaded = detail::translate_torch_errors("ExportTorchScript: the written file does not load",
                                                   [&] { return torch::jit::load(written); });
     for (size_t i = 0; i < expected.size(); ++i)
-      worst = std::max(worst, max_abs_diff(expected[i], forward(reloaded, options_.verify_inputs()[i], i, "reloaded")));
+      worst = std::max(worst, max_abs_diff(expected[i], forward(reloaded, options_.verify_with()[i], i, "reloaded")));
     require(worst <= options_.tolerance(),
             "ExportTorchScript: the reloaded file differs from the module by " +
                 (std::isinf(worst) ? std::string("NaN or Inf where the module's output is finite")

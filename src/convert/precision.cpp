@@ -90,8 +90,8 @@ class Converter {
  public:
   Converter(const ConvertPrecisionOptions& options) : options_(options) {}
 
-  PrecisionSummary run(torch::jit::Module& root) {
-    PrecisionSummary summary;
+  PrecisionResult run(torch::jit::Module& root) {
+    PrecisionResult summary;
     summary.bytes_before = floating_bytes(root);
     std::vector<torch::jit::NameModule> modules;
     for (const auto& m : root.named_modules()) modules.push_back(m);
@@ -110,13 +110,13 @@ class Converter {
 
  private:
   bool kept(const std::string& name) const {
-    for (const auto& pattern : options_.keep_fp32_patterns())
+    for (const auto& pattern : options_.keep_fp32())
       if (glob_match(pattern, name)) return true;
     return false;
   }
 
   void check_patterns(const std::vector<torch::jit::NameModule>& modules) const {
-    for (const auto& pattern : options_.keep_fp32_patterns()) {
+    for (const auto& pattern : options_.keep_fp32()) {
       bool matched = false;
       for (const auto& m : modules) matched = matched || (!m.name.empty() && glob_match(pattern, m.name));
       require(matched, "ConvertPrecision: keep_fp32 pattern '" + pattern +
@@ -187,7 +187,7 @@ void check(const ConvertPrecisionOptions& options) {
 
 }  // namespace
 
-PrecisionSummary convert_precision(torch::jit::Module& module, const ConvertPrecisionOptions& options) {
+PrecisionResult convert_precision(torch::jit::Module& module, const ConvertPrecisionOptions& options) {
   check(options);
   require(module.find_method("forward").has_value(), "convert_precision: the module has no forward method");
   require(module.parameters().size() > 0,

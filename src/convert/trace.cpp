@@ -245,11 +245,11 @@ torch::jit::Module trace(torch::nn::Module& model, const ForwardFunction& forwar
   require(options.tolerance() >= 0, "trace: tolerance must be >= 0");
   require_traceable(example_inputs, "example inputs");
   const int64_t batch = batch_of(example_inputs);
-  if (!options.check_inputs())
+  if (options.check_inputs().empty())
     require(batch > 0, "trace: the example inputs do not share one batch size (dim 0 of every tensor), so pare "
                        "cannot derive a second input set; pass one with TraceOptions::check_inputs");
-  const auto check_inputs = options.check_inputs() ? *options.check_inputs()
-                                                   : derive_check_inputs(example_inputs, batch + 3);
+  const auto check_inputs = !options.check_inputs().empty() ? options.check_inputs()
+                                                            : derive_check_inputs(example_inputs, batch + 3);
   require_traceable(check_inputs, "check inputs");
   require(check_inputs.size() == example_inputs.size(), "trace: " + std::to_string(check_inputs.size()) +
                                                             " check inputs for " + std::to_string(example_inputs.size()) +

@@ -10,6 +10,7 @@
 #include <random>
 #include <sstream>
 
+#include "core/enum_names.hpp"
 #include "core/eval_module.hpp"
 #include "core/torch_errors.hpp"
 
@@ -181,7 +182,7 @@ void check_options(const DistillOptions& o) {
   require(o.momentum() >= 0 && o.momentum() < 1,
           "Distill: momentum " + std::to_string(o.momentum()) + " is outside [0, 1)");
   require(o.weight_decay() >= 0, "Distill: weight_decay " + std::to_string(o.weight_decay()) + " is negative");
-  check_loss_options(o.loss(), "Distill");
+  check_loss_options(o.loss_options(), "Distill");
   check_device(o.device());
 }
 
@@ -192,7 +193,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const DistillOptions& o,
     require(optimizer != nullptr, "Distill: the optimizer factory returned null; expected an optimizer");
     return optimizer;
   }
-  if (o.optimizer_kind() == OptimizerKind::SGD)
+  if (o.optimizer() == OptimizerKind::SGD)
     return std::make_unique<torch::optim::SGD>(
         parameters, torch::optim::SGDOptions(o.lr()).momentum(o.momentum()).weight_decay(o.weight_decay()));
   return std::make_unique<torch::optim::Adam>(parameters,
@@ -307,16 +308,16 @@ double top1_accuracy(torch::jit::Module& module, const std::vector<Batch>& batch
 
 namespace {
 
-DistillSummary train_student(torch::jit::Module& student, const DistillOptions& options, const Masks& masks) {
+DistillResult train_student(torch::jit::Module& student, const DistillOptions& options, const Masks& masks) {
   check_options(options);
   require(student._ivalue().get() != options.teacher()._ivalue().get(),
           "Distill: the student is the teacher; expected a separate copy (module.clone()) to train");
   // The caller's teacher keeps its mode: one in training mode is copied.
   torch::jit::Module teacher = detail::eval_module(options.teacher());
   auto masked = resolve_masks(student, masks);
-  DistillSummary summary;
-  if (!options.evaluation_batches().empty())
-    summary.accuracy_before = top1_accuracy(student, options.evaluation_batches());
+  DistillResult summary;
+  if (!options.evaluate_on().empty())
+    summary.accuracy_before = top1_accuracy(student, options.evaluate_on());
 
   {
     auto device = options.device().value_or(device_of(student));
@@ -340,7 +341,7 @@ DistillSummary train_student(torch::jit::Module& student, const DistillOptions& 
       int64_t samples = 0, step = 0;
       for_each_batch(options, epoch, rng, [&](const Batch& host_batch) {
         const auto batch = placement.batch(host_batch);
-        const double loss = train_step(student, placement.teacher(), *optimizer, batch, options.loss(), masked,
+        const double loss = train_step(student, placement.teacher(), *optimizer, batch, options.loss_options(), masked,
                                        epoch, step++);
         sum += loss * double(batch.first.size(0));
         samples += batch.first.size(0);
@@ -355,14 +356,14 @@ DistillSummary train_student(torch::jit::Module& student, const DistillOptions& 
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     summary.samples_per_second = seconds > 0 ? double(trained) / seconds : 0.0;  // each step's loss.item() syncs
   }
-  if (!options.evaluation_batches().empty())
-    summary.accuracy_after = top1_accuracy(student, options.evaluation_batches());
+  if (!options.evaluate_on().empty())
+    summary.accuracy_after = top1_accuracy(student, options.evaluate_on());
   return summary;
 }
 
 }  // namespace
 
-DistillSummary distill(torch::jit::Module& student, const DistillOptions& options, const Masks& masks) {
+DistillResult distill(torch::jit::Module& student, const DistillOptions& options, const Masks& masks) {
   try {  // LibTorch's errors only: the user's stream, optimizer factory and progress callback throw through
     return train_student(student, options, masks);
   } catch (const c10::Error& e) {
@@ -378,16 +379,27 @@ void Distill::run(Result& state, PassReport& entry) const {
   entry.series_name = "loss";
   entry.metrics["epochs"] = double(options_.epochs());
   entry.metrics["steps"] = double(summary.steps);
-  entry.metrics["temperature"] = options_.loss().temperature();
-  entry.metrics["alpha"] = options_.loss().alpha();
+  entry.metrics["temperature"] = options_.temperature();
+  entry.metrics["alpha"] = options_.alpha();
   if (!options_.optimizer_factory()) entry.metrics["lr"] = options_.lr();
-  entry.labels["optimizer"] = options_.optimizer_factory()                           ? "custom"
-                              : options_.optimizer_kind() == OptimizerKind::SGD ? "sgd"
-                                                                                : "adam";
+  entry.labels["optimizer"] = options_.optimizer_factory() ? "custom" : to_string(options_.optimizer());
   if (summary.accuracy_before) entry.metrics["accuracy_before"] = *summary.accuracy_before;
   if (summary.accuracy_after) entry.metrics["accuracy_after"] = *summary.accuracy_after;
   entry.metrics["samples_per_second"] = summary.samples_per_second;
   entry.labels["device"] = summary.device;
 }
+
+namespace {
+constexpr std::pair<OptimizerKind, const char*> kOptimizerNames[] = {{OptimizerKind::SGD, "sgd"},
+                                                                     {OptimizerKind::Adam, "adam"}};
+}  // namespace
+
+std::string to_string(OptimizerKind kind) { return detail::name_of(kOptimizerNames, kind); }
+
+OptimizerKind parse_optimizer_kind(const std::string& name) {
+  return detail::parse_name(kOptimizerNames, name, "optimizer");
+}
+
+std::vector<std::string> optimizer_kind_names() { return detail::names_of(kOptimizerNames); }
 
 }  // namespace pare

@@ -83,21 +83,21 @@ bool supported_dtype(at::ScalarType dtype) {
   }
 }
 
-void validate(const PoolOptions& options) {
+void validate(const TensorPoolOptions& options) {
   if (options.memory() != PoolMemory::Host) {
-    require(torch::cuda::is_available(), std::string("PoolOptions.memory: ") +
+    require(torch::cuda::is_available(), std::string("TensorPoolOptions.memory: ") +
                                              (options.memory() == PoolMemory::Pinned ? "Pinned" : "Cuda") +
                                              " memory needs a CUDA device, and this process sees none; use PoolMemory::Host",
             Error::Kind::Runtime);
     require(options.device_index() >= 0 && options.device_index() < int(torch::cuda::device_count()),
-            "PoolOptions.device_index: " + std::to_string(options.device_index()) + " is not a CUDA device here (" +
+            "TensorPoolOptions.device_index: " + std::to_string(options.device_index()) + " is not a CUDA device here (" +
                 std::to_string(torch::cuda::device_count()) + " visible)");
   }
   const auto& classes = options.size_classes();
   for (size_t i = 0; i < classes.size(); ++i) {
-    require(classes[i] > 0, "PoolOptions.size_classes: sizes must be positive byte counts");
+    require(classes[i] > 0, "TensorPoolOptions.size_classes: sizes must be positive byte counts");
     require(i == 0 || classes[i] > classes[i - 1],
-            "PoolOptions.size_classes: sizes must be strictly ascending, got " +
+            "TensorPoolOptions.size_classes: sizes must be strictly ascending, got " +
                 std::to_string(classes[i - (i > 0)]) + " before " + std::to_string(classes[i]));
   }
 }
@@ -132,7 +132,7 @@ bool PooledTensor::release() noexcept {
   return !shared;
 }
 
-TensorPool::TensorPool(PoolOptions options) {
+TensorPool::TensorPool(TensorPoolOptions options) {
   detail::validate(options);
   // c10's allocator table is not thread-safe: the router goes in here, on the
   // thread that builds the pool, before any guard or Runner worker can use it.
@@ -145,14 +145,14 @@ PooledTensor TensorPool::acquire(at::IntArrayRef shape, at::ScalarType dtype, at
   const auto& served = state_->device;
   if (device.type() != served.type() || (device.has_index() && device.index() != served.index()))
     throw Error("TensorPool.acquire: device " + device.str() + " is not served; this pool holds " +
-                (served.is_cpu() ? std::string("CPU") : served.str()) + " storage only (PoolOptions.memory)");
+                (served.is_cpu() ? std::string("CPU") : served.str()) + " storage only (TensorPoolOptions.memory)");
   if (!detail::supported_dtype(dtype))
     throw Error(std::string("TensorPool.acquire: dtype ") + c10::toString(dtype) +
                 " is not served; expected a plain numeric or bool dtype");
   for (auto dim : shape)
     if (dim < 0) throw Error("TensorPool.acquire: shape " + c10::str(shape) + " has a negative dimension; expected sizes >= 0");
   if (state_->options.memory() == PoolMemory::Host && state_->options.small_bytes() > 0 &&
-      size_t(c10::multiply_integers(shape)) * c10::elementSize(dtype) < state_->options.small_bytes()) {
+      size_t(c10::multiply_integers(shape)) * c10::elementSize(dtype) < size_t(state_->options.small_bytes())) {
     state_->small_leases.fetch_add(1, std::memory_order_relaxed);
     return PooledTensor(at::empty(shape, at::TensorOptions().dtype(dtype)), state_);
   }
@@ -164,7 +164,7 @@ PooledTensor TensorPool::acquire(at::IntArrayRef shape, at::ScalarType dtype, at
 
 size_t TensorPool::trim() { return state_->trim(); }
 PoolStats TensorPool::stats() const { return state_->snapshot(); }
-const PoolOptions& TensorPool::options() const { return state_->options; }
+const TensorPoolOptions& TensorPool::options() const { return state_->options; }
 size_t TensorPool::size_class(size_t bytes) const { return state_->size_class(bytes); }
 
 void install_pool_allocator() {

@@ -1,18 +1,32 @@
-// TensorPool::to_prometheus: the pool's counters in Prometheus' text format.
+// PoolStats::to_prometheus: the pool's counters in Prometheus' text format.
 // Apart from the storage code (pool.cpp): it reads only the stats snapshot.
+// Also the name table of PoolMemory.
 
 #include "pare/core/metrics.hpp"
 #include "pare/pool/pool.hpp"
 
+#include "core/enum_names.hpp"
+
 namespace pare {
 
-std::string TensorPool::to_prometheus(const prometheus::Labels& labels) const {
-  const auto s = stats();
+namespace {
+constexpr std::pair<PoolMemory, const char*> kPoolMemoryNames[] = {
+    {PoolMemory::Host, "host"}, {PoolMemory::Pinned, "pinned"}, {PoolMemory::Cuda, "cuda"}};
+}  // namespace
+
+std::string to_string(PoolMemory memory) { return detail::name_of(kPoolMemoryNames, memory); }
+
+PoolMemory parse_pool_memory(const std::string& name) { return detail::parse_name(kPoolMemoryNames, name, "pool memory"); }
+
+std::vector<std::string> pool_memory_names() { return detail::names_of(kPoolMemoryNames); }
+
+std::string PoolStats::to_prometheus(const prometheus::Labels& labels) const {
+  const PoolStats& s = *this;
   std::string out;
-  auto counter = [&](const char* name, const char* help, uint64_t value) {
+  auto counter = [&](const char* name, const char* help, int64_t value) {
     prometheus::append_metric(out, name, "counter", help, static_cast<double>(value), labels);
   };
-  auto gauge = [&](const char* name, const char* help, uint64_t value) {
+  auto gauge = [&](const char* name, const char* help, int64_t value) {
     prometheus::append_metric(out, name, "gauge", help, static_cast<double>(value), labels);
   };
   counter("pare_pool_acquires_total", "Storage requests served by the tensor pool.", s.acquires);

@@ -109,7 +109,7 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
     PARE_ALLOCATOR_COPY_DATA
   };
 
-  explicit PoolState(PoolOptions opts)
+  explicit PoolState(TensorPoolOptions opts)
       : options(std::move(opts)),
         device(options.memory() == PoolMemory::Cuda ? c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(options.device_index()))
                                                     : c10::Device(c10::kCPU)) {
@@ -120,8 +120,8 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
   size_t size_class(size_t bytes) const {
     const auto& classes = options.size_classes();
     if (classes.empty()) return default_size_class(bytes);
-    auto it = std::lower_bound(classes.begin(), classes.end(), bytes);
-    return it != classes.end() ? *it : round_up(bytes, kPage);
+    auto it = std::lower_bound(classes.begin(), classes.end(), int64_t(bytes));
+    return it != classes.end() ? size_t(*it) : round_up(bytes, kPage);
   }
 
   c10::DataPtr allocate(size_t bytes) {
@@ -172,7 +172,7 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
     return copy;
   }
 
-  const PoolOptions options;
+  const TensorPoolOptions options;
   std::atomic<uint64_t> small_leases{0};  // counted off the mutex: the small path must stay cheap
   const c10::Device device;  // of the storage handed out
   LeaseAllocator lease_allocator;

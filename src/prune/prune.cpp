@@ -1,4 +1,5 @@
 #include "pare/prune/prune.hpp"
+#include "pare/prune/prune_channels.hpp"
 
 #include <ATen/Parallel.h>
 
@@ -155,6 +156,16 @@ Scope parse_scope(const std::string& name) { return detail::parse_name(kScopeNam
 
 std::vector<std::string> scope_names() { return detail::names_of(kScopeNames); }
 
+namespace {
+constexpr std::pair<Norm, const char*> kNormNames[] = {{Norm::L1, "l1"}, {Norm::L2, "l2"}};
+}  // namespace
+
+std::string to_string(Norm norm) { return detail::name_of(kNormNames, norm); }
+
+Norm parse_norm(const std::string& name) { return detail::parse_name(kNormNames, name, "norm"); }
+
+std::vector<std::string> norm_names() { return detail::names_of(kNormNames); }
+
 int64_t prune_count(double amount, int64_t n) {
   return static_cast<int64_t>(std::nearbyint(amount * double(n)));  // FE_TONEAREST: half to even, as Python's round()
 }
@@ -182,7 +193,7 @@ L1Prune::L1Prune(L1PruneOptions options) : options_(std::move(options)) {
 }
 
 void L1Prune::run(Result& state, PassReport& entry) const {
-  auto weights = select_weights(state.module, options_.selection());
+  auto weights = select_weights(state.module, LayerSelection{options_.include(), options_.exclude()});
   for (const auto& w : weights)
     require(w.tensor.scalar_type() == torch::kFloat || w.tensor.scalar_type() == torch::kDouble,
             "L1Prune: weight '" + w.name + "' has dtype " + dtype_name(w.tensor) +
@@ -191,7 +202,7 @@ void L1Prune::run(Result& state, PassReport& entry) const {
   const bool global = options_.scope() == Scope::Global;
   std::vector<torch::Tensor> masks(weights.size());
 
-  if (const auto dim = options_.structured_dim()) {
+  if (const auto dim = options_.structured()) {
     std::vector<torch::Tensor> scores;
     int64_t channels = 0;
     for (const auto& w : weights) {
@@ -228,7 +239,7 @@ void L1Prune::run(Result& state, PassReport& entry) const {
     mask = mask.defined() ? mask.logical_and(masks[i]) : masks[i];
   }
   entry.labels["scope"] = to_string(options_.scope());
-  entry.labels["mode"] = options_.structured_dim() ? "structured(dim=" + std::to_string(*options_.structured_dim()) + ")" : "unstructured";
+  entry.labels["mode"] = options_.structured() ? "structured(dim=" + std::to_string(*options_.structured()) + ")" : "unstructured";
   entry.metrics["amount"] = options_.amount();
 }
 

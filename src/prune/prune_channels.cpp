@@ -379,8 +379,8 @@ void PruneChannels::run(Result& state, PassReport& entry) const {
                    {"params_after", double(s.params_after)}, {"macs_before", double(s.macs_before)},
                    {"macs_after", double(s.macs_after)},     {"file_bytes_before", double(s.file_bytes_before)},
                    {"file_bytes_after", double(s.file_bytes_after)}};
-  entry.labels = {{"scope", options_.scope() == Scope::Global ? "global" : "local"},
-                  {"norm", options_.norm() == Norm::L1 ? "l1" : "l2"},
+  entry.labels = {{"scope", to_string(options_.scope())},
+                  {"norm", to_string(options_.norm())},
                   {"input_shape", shape_text(s.input_shape)}};
 }
 

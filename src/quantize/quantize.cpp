@@ -13,6 +13,7 @@
 #include "quantize/engine_scope.hpp"
 #include "quantize/quantize_graph.hpp"
 #include "quantize/quantize_pass.hpp"
+#include "core/enum_names.hpp"
 #include "core/torch_errors.hpp"
 
 namespace pare {
@@ -21,15 +22,15 @@ namespace {
 using nlohmann::json;
 using torch::jit::IValue;
 
-std::string engine_name(at::QEngine engine) {
-  switch (engine) {
-    case at::QEngine::X86: return "x86";
-    case at::QEngine::FBGEMM: return "fbgemm";
-    case at::QEngine::ONEDNN: return "onednn";
-    case at::QEngine::QNNPACK: return "qnnpack";
-    default: return "none";
-  }
-}
+// The quantized engines by the names the options, the CLI, Python and the
+// exported record use; NoQEngine is "none".
+constexpr std::pair<at::QEngine, const char*> kEngineNames[] = {{at::QEngine::X86, "x86"},
+                                                                {at::QEngine::FBGEMM, "fbgemm"},
+                                                                {at::QEngine::ONEDNN, "onednn"},
+                                                                {at::QEngine::QNNPACK, "qnnpack"},
+                                                                {at::QEngine::NoQEngine, "none"}};
+
+std::string engine_name(at::QEngine engine) { return detail::name_of(kEngineNames, engine); }
 
 }  // namespace
 

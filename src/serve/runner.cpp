@@ -19,9 +19,9 @@ Runner::Runner(torch::jit::Module module, RunnerOptions options) : impl_(std::ma
   // A limit on passes applies to the CPU: a GPU's passes queue on its streams.
   const size_t slots = impl_->io->on_accelerator() ? 0 : size_t(o.concurrency());
   impl_->queue = std::make_unique<detail::BatchQueue>(detail::BatchRule{
-      o.max_batch(), o.max_delay(), o.batch_gap(), o.preferred_batch_sizes(), o.max_queue(), slots});
+      o.max_batch(), o.max_delay(), o.batch_gap(), o.preferred_batch_sizes(), size_t(o.max_queue()), slots});
   impl_->started = Clock::now();
-  for (int i = 0; i < o.threads(); ++i) impl_->workers.emplace_back([this] { impl_->worker(); });
+  for (int64_t i = 0; i < o.threads(); ++i) impl_->workers.emplace_back([this] { impl_->worker(); });
 }
 
 Runner::~Runner() {
@@ -68,7 +68,7 @@ void Runner::run_async(std::vector<c10::IValue> inputs, Done done, Deadline dead
   if (const auto& cache = impl_->options.cache()) {
     if (auto hit = cache->get(inputs, served->cache_namespace)) return finish(success(*hit));
     finish = [cache, inputs, start, ns = served->cache_namespace, recorded = std::move(finish)](RunOutcome outcome) {
-      if (outcome.ok()) cache->put(inputs, outcome.output, seconds_since(start), ns);
+      if (outcome.ok()) cache->put(inputs, outcome.output, std::chrono::duration<double>(seconds_since(start)), ns);
       recorded(std::move(outcome));
     };
   }
@@ -123,15 +123,17 @@ RunnerStats Runner::stats() const {
   for (size_t n = 0; n < impl_->batch_size_slots; ++n)
     if (const uint64_t count = impl_->batch_sizes[n].load()) {
       stats.batch_sizes.resize(n + 1);
-      stats.batch_sizes[n] = count;
+      stats.batch_sizes[n] = int64_t(count);
     }
   return stats;
 }
 
-std::string Runner::to_prometheus() const {
-  std::string out = detail::runner_prometheus(stats(), impl_->latencies);
-  if (impl_->options.cache()) out += impl_->options.cache()->to_prometheus();
-  if (impl_->options.pool()) out += impl_->options.pool()->to_prometheus();
+const RunnerOptions& Runner::options() const { return impl_->options; }
+
+std::string Runner::to_prometheus(const prometheus::Labels& labels) const {
+  std::string out = stats().to_prometheus(labels);
+  if (impl_->options.cache()) out += impl_->options.cache()->to_prometheus(labels);
+  if (impl_->options.pool()) out += impl_->options.pool()->to_prometheus(labels);
   return out;
 }
 

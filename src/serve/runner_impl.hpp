@@ -110,18 +110,18 @@ struct Runner::Impl {
     {
       std::shared_lock<std::shared_mutex> lock(served.copies_mutex);
       if (auto it = served.copies.find(rows); it != served.copies.end()) return it->second;
-      if (!served.copies.empty() && served.copies.size() >= options.model_copies()) return served.module;
+      if (!served.copies.empty() && served.copies.size() >= size_t(options.model_copies())) return served.module;
     }
     {
       std::unique_lock<std::shared_mutex> lock(served.copies_mutex);
       if (auto it = served.copies.find(rows); it != served.copies.end()) return it->second;
       if (served.copies.empty()) return served.copies[rows] = served.module;
-      if (served.copies.size() >= options.model_copies()) return served.module;
+      if (served.copies.size() >= size_t(options.model_copies())) return served.module;
     }
     auto copy = detail::reloaded(served.module, "Runner: a copy of the model for batches of " + std::to_string(rows));
     std::unique_lock<std::shared_mutex> lock(served.copies_mutex);  // workers may have added sizes meanwhile
     if (auto it = served.copies.find(rows); it != served.copies.end()) return it->second;
-    if (served.copies.size() >= options.model_copies()) return served.module;
+    if (served.copies.size() >= size_t(options.model_copies())) return served.module;
     return served.copies.emplace(rows, std::move(copy)).first->second;
   }
 

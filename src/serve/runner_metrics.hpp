@@ -1,5 +1,5 @@
 #pragma once
-// The runner's latency recorder and Prometheus exposition (internal to pare).
+// The runner's latency recorder (internal to pare); RunnerStats::to_prometheus.
 
 #include <array>
 #include <atomic>
@@ -26,8 +26,8 @@ class LatencyRecorder {
   void record(double seconds, bool failed, Error::Kind kind = Error::Kind::Runtime);
   /// A request refused at once (queue full): counted, but not a latency.
   void record_rejection();
+  /// The counts, percentiles and latency histogram of `stats`.
   void fill(RunnerStats& stats) const;
-  void append_prometheus(std::string& out) const;
 
  private:
   static constexpr size_t kShards = 16;
@@ -49,8 +49,5 @@ class LatencyRecorder {
   Totals merged() const;
   std::array<Shard, kShards> shards_;
 };
-
-/// The runner's own families (everything in `stats` plus the latency histogram).
-std::string runner_prometheus(const RunnerStats& stats, const LatencyRecorder& latencies);
 
 }  // namespace pare::detail

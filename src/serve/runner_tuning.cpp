@@ -16,6 +16,8 @@ constexpr detail::NameTable<RunnerHint, 2> kHintNames{{RunnerHint::Throughput, "
 
 std::string runner_hint_name(RunnerHint hint) { return detail::name_of(kHintNames, hint); }
 RunnerHint parse_runner_hint(const std::string& name) { return detail::parse_name(kHintNames, name, "runner hint"); }
+std::string to_string(RunnerHint hint) { return detail::name_of(kHintNames, hint); }
+std::vector<std::string> runner_hint_names() { return detail::names_of(kHintNames); }
 
 namespace detail {
 

@@ -43,7 +43,7 @@ struct BenchCell {
   std::string name;
   torch::jit::Module module;
   int64_t batch = 0;
-  int threads = 1;
+  int64_t threads = 1;
   std::vector<c10::IValue> inputs;
   std::vector<double> latencies;
   double seconds = 0;
@@ -83,7 +83,7 @@ void measure_slice(BenchCell& cell, std::chrono::milliseconds slice) {
     client();
   } else {
     std::vector<std::thread> clients;
-    for (int t = 0; t < cell.threads; ++t) clients.emplace_back(client);
+    for (int64_t t = 0; t < cell.threads; ++t) clients.emplace_back(client);
     for (auto& c : clients) c.join();
   }
   require(failures.empty(), "bench: " + std::to_string(failures.size()) + " of " + std::to_string(cell.threads) +
@@ -138,7 +138,7 @@ std::vector<BenchRow> benchmark_models(std::vector<std::pair<std::string, torch:
   for (auto& [name, module] : models) {
     module = detail::eval_module(module);  // the caller's module keeps its mode
     for (auto batch : options.batches())
-      for (int threads : options.threads()) {
+      for (int64_t threads : options.threads()) {
         // A fresh copy per cell: TorchScript specialises a method to the input
         // shapes it runs first, and other shapes then take a slower fallback.
         BenchCell cell;
@@ -177,8 +177,8 @@ std::string bench_table(const std::vector<BenchRow>& rows) {
                 "calls", "p50 ms", "p95 ms", "p99 ms", "samples/s", "p50 ratio", "thr. ratio");
   out += line;
   for (const auto& r : rows) {
-    std::snprintf(line, sizeof line, "%-28s %6lld %7d %8lld %10.3f %10.3f %10.3f %12.0f %9.2fx %10.2fx\n",
-                  r.model.c_str(), (long long)r.batch, r.threads, (long long)r.calls, r.p50_ms, r.p95_ms, r.p99_ms,
+    std::snprintf(line, sizeof line, "%-28s %6lld %7lld %8lld %10.3f %10.3f %10.3f %12.0f %9.2fx %10.2fx\n",
+                  r.model.c_str(), (long long)r.batch, (long long)r.threads, (long long)r.calls, r.p50_ms, r.p95_ms, r.p99_ms,
                   r.samples_per_second, r.p50_ratio, r.throughput_ratio);
     out += line;
   }

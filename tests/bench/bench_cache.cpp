@@ -91,7 +91,7 @@ void bench_hit_path(int repeats) {
   const auto x = at::randn({1, 3, 224, 224});
   const auto logits = at::randn({1, 1000});
   auto compute = [&] { return c10::IValue(logits); };
-  pare::InferenceCache cache, unverified(pare::CacheOptions().verify(false));
+  pare::InferenceCache cache, unverified(pare::InferenceCacheOptions().verify(false));
   cache.get_or_compute({x}, compute);
   unverified.get_or_compute({x}, compute);
   NaiveCache naive;
@@ -116,7 +116,7 @@ void bench_threads(const pare::examples::Dataset& data) {
   for (int threads : {1, 2, 4, 8}) {
     std::vector<double> rates;
     for (int run = 0; run < 3; ++run) {
-      pare::InferenceCache cache(pare::CacheOptions().capacity_bytes(size_t(64) << 20).shards(16));
+      pare::InferenceCache cache(pare::InferenceCacheOptions().capacity_bytes(size_t(64) << 20).shards(16));
       auto forward = [&](const at::Tensor& image) {
         return [&cnn, image] {
           at::NoGradGuard no_grad;
@@ -159,9 +159,9 @@ void bench_redis(int repeats, const pare::examples::Dataset& data) {
   for (bool big : {false, true}) {
     const auto x = big ? at::randn({1, 3, 224, 224}) : data.images[0].unsqueeze(0);
     const auto y = at::randn({1, big ? 1000 : 10});
-    pare::InferenceCache writer(pare::CacheOptions().remote(tier));
-    writer.put({x}, y, 0.001);
-    pare::InferenceCache reader(pare::CacheOptions().remote(tier));
+    pare::InferenceCache writer(pare::InferenceCacheOptions().remote(tier));
+    writer.put({x}, y, std::chrono::milliseconds(1));
+    pare::InferenceCache reader(pare::InferenceCacheOptions().remote(tier));
     const double hit = median_seconds(repeats, [&] {
       reader.clear();  // memory empty: the hit comes from Redis
       reader.get({x});
@@ -173,7 +173,7 @@ void bench_redis(int repeats, const pare::examples::Dataset& data) {
   }
   // Requests/s: every thread with its own memory tier (cleared), all on one server.
   const auto x = data.images[1].unsqueeze(0);
-  pare::InferenceCache(pare::CacheOptions().remote(tier)).put({x}, at::randn({1, 10}), 0.001);
+  pare::InferenceCache(pare::InferenceCacheOptions().remote(tier)).put({x}, at::randn({1, 10}), std::chrono::milliseconds(1));
   double base = 0;
   for (int threads : {1, 4}) {
     std::atomic<int64_t> done{0};
@@ -181,7 +181,7 @@ void bench_redis(int repeats, const pare::examples::Dataset& data) {
     const auto start = Clock::now();
     for (int t = 0; t < threads; ++t)
       pool.emplace_back([&] {
-        pare::InferenceCache cache(pare::CacheOptions().remote(tier));
+        pare::InferenceCache cache(pare::InferenceCacheOptions().remote(tier));
         for (int i = 0; i < 2000 / threads; ++i, ++done) {
           cache.clear();
           cache.get({x});

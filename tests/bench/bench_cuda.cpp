@@ -103,14 +103,14 @@ void serving(const torch::jit::Module& cnn, const torch::Tensor& images, const t
     };
     row("plain LibTorch GPU (no batching)", base);
     {
-      auto pinned = std::make_shared<pare::TensorPool>(pare::PoolOptions().memory(pare::PoolMemory::Pinned));
+      auto pinned = std::make_shared<pare::TensorPool>(pare::TensorPoolOptions().memory(pare::PoolMemory::Pinned));
       pare::Runner gpu(cnn, pare::RunnerOptions().device(torch::kCUDA).pool(pinned).max_batch(64).threads(2)
                                 .max_delay(std::chrono::microseconds(200)));
       row("pare Runner GPU (batching)", drive([&](const torch::Tensor& x) { return gpu.run({x}).toTensor(); },
                                               images, clients, seconds));
     }
     {
-      auto pinned = std::make_shared<pare::TensorPool>(pare::PoolOptions().memory(pare::PoolMemory::Pinned));
+      auto pinned = std::make_shared<pare::TensorPool>(pare::TensorPoolOptions().memory(pare::PoolMemory::Pinned));
       pare::Runner gpu(cnn, pare::RunnerOptions().device(torch::kCUDA).pool(pinned).max_batch(64).threads(4)
                                 .max_delay(std::chrono::microseconds(200)));
       row("pare Runner GPU, 4 workers", drive([&](const torch::Tensor& x) { return gpu.run({x}).toTensor(); },

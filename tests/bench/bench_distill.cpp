@@ -93,7 +93,7 @@ struct Run {
 Run recover(const torch::jit::Module& teacher, const ex::Dataset& train, const ex::Dataset& test, double alpha,
             const Args& args, const std::string& label) {
   pare::Pipeline pipeline;
-  pipeline.add(pare::L1Prune(pare::L1PruneOptions().amount(0.9).scope(pare::Scope::Global)));
+  pipeline.add(pare::L1Prune(pare::L1PruneOptions(0.9).scope(pare::Scope::Global)));
   if (alpha >= 0)
     pipeline.add(pare::Distill(pare::DistillOptions(teacher, shuffled_batches(train, 7))
                                    .epochs(1)

@@ -81,12 +81,12 @@ void bench_acquire_fill_release() {
                         {"1 MiB", 256 << 10, 500},   {"4 MiB", 1 << 20, 200},    {"64 MiB", 16 << 20, 30}};
   std::printf("\n## acquire + fill + release (float32; medians, faults = mean minor page faults per op)\n");
   std::printf("pool: default options (leases under %zu KiB get plain storage); pooled: small_bytes(0), every size pooled\n\n",
-              pare::PoolOptions().small_bytes() >> 10);
+              pare::TensorPoolOptions().small_bytes() >> 10);
   std::printf("| size    | empty+fill us | pool us | speedup | pooled us | speedup | empty+fill faults | pooled faults |\n");
   std::printf("|---------|---------------|---------|---------|-----------|---------|-------------------|---------------|\n");
   for (const auto& size : sizes) {
-    pare::TensorPool pool(pare::PoolOptions().max_bytes(size_t{256} << 20));
-    pare::TensorPool pooled(pare::PoolOptions().max_bytes(size_t{256} << 20).small_bytes(0));
+    pare::TensorPool pool(pare::TensorPoolOptions().max_bytes(size_t{256} << 20));
+    pare::TensorPool pooled(pare::TensorPoolOptions().max_bytes(size_t{256} << 20).small_bytes(0));
     auto plain = [&] { torch::empty({size.floats}, torch::kFloat).fill_(1.0f); };
     auto leased = [&size](pare::TensorPool& from) {
       return [&from, &size] {

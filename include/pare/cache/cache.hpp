@@ -14,6 +14,7 @@
 
 #include <ATen/core/ivalue.h>
 
+#include "pare/core/arg.hpp"
 #include "pare/core/error.hpp"
 #include "pare/core/metrics.hpp"
 
@@ -57,62 +58,44 @@ class CacheTier {
   virtual void put(const std::string& key, const std::string& value, std::chrono::milliseconds ttl) = 0;
 };
 
-class CacheOptions {
+class InferenceCacheOptions {
  public:
   /// Bytes the cache may hold: stored inputs, outputs and bookkeeping, across
   /// all shards. An entry larger than a quarter of it is not stored (`rejected`).
-  CacheOptions& capacity_bytes(size_t value) { capacity_bytes_ = value; return *this; }
+  PARE_ARG(int64_t, capacity_bytes) = int64_t(256) << 20;
   /// Most entries the cache may hold (0: no limit besides bytes).
-  CacheOptions& max_entries(size_t value) { max_entries_ = value; return *this; }
+  PARE_ARG(int64_t, max_entries) = 0;
   /// Entries older than this are expired on access (0: never).
-  CacheOptions& ttl(std::chrono::milliseconds value) { ttl_ = value; return *this; }
+  PARE_ARG(std::chrono::milliseconds, ttl){0};
   /// Independent LRU lists, each with its own lock; more shards, less contention.
-  CacheOptions& shards(size_t value) { shards_ = value; return *this; }
+  PARE_ARG(int64_t, shards) = 8;
   /// Mixed into every key of this cache (application, version). Per-model
   /// namespaces are the `key_namespace` argument of the lookups (pare::Runner
   /// passes its model's fingerprint there).
-  CacheOptions& key_namespace(std::string value) { key_namespace_ = std::move(value); return *this; }
+  PARE_ARG(std::string, key_namespace);
   /// On a hit, compare the stored inputs with the query byte for byte, so a
   /// hash collision can never return another input's result. On by default.
-  CacheOptions& verify(bool value) { verify_ = value; return *this; }
+  PARE_ARG(bool, verify) = true;
   /// Second tier shared between processes (e.g. std::make_shared<pare::RedisTier>(...)).
-  CacheOptions& remote(std::shared_ptr<CacheTier> value) { remote_ = std::move(value); return *this; }
+  PARE_ARG(std::shared_ptr<CacheTier>, remote);
   /// Test hook: keep only the low `bits` (0..128) bits of each key, forcing collisions.
-  CacheOptions& key_bits(int value) { key_bits_ = value; return *this; }
-
-  size_t capacity_bytes() const { return capacity_bytes_; }
-  size_t max_entries() const { return max_entries_; }
-  std::chrono::milliseconds ttl() const { return ttl_; }
-  size_t shards() const { return shards_; }
-  const std::string& key_namespace() const { return key_namespace_; }
-  bool verify() const { return verify_; }
-  const std::shared_ptr<CacheTier>& remote() const { return remote_; }
-  int key_bits() const { return key_bits_; }
-
- private:
-  size_t capacity_bytes_ = size_t(256) << 20;
-  size_t max_entries_ = 0;
-  std::chrono::milliseconds ttl_{0};
-  size_t shards_ = 8;
-  std::string key_namespace_;
-  bool verify_ = true;
-  std::shared_ptr<CacheTier> remote_;
-  int key_bits_ = 128;
+  PARE_ARG(int64_t, key_bits) = 128;
 };
+using CacheOptions [[deprecated("renamed InferenceCacheOptions")]] = InferenceCacheOptions;
 
 /// A snapshot of the cache's counters.
 struct CacheStats {
-  uint64_t hits = 0;            ///< answered from memory or the remote tier
-  uint64_t misses = 0;          ///< lookups that found nothing usable
-  uint64_t evictions = 0;       ///< entries dropped to respect capacity or max_entries
-  uint64_t rejected = 0;        ///< results not stored: larger than a quarter of capacity_bytes
-  uint64_t expirations = 0;     ///< entries dropped because their TTL passed
-  uint64_t collisions = 0;      ///< same key, different inputs (seen only with verify on)
-  uint64_t coalesced = 0;       ///< callers that waited for another caller's computation
-  uint64_t remote_hits = 0;     ///< hits served by the remote tier
-  uint64_t remote_errors = 0;   ///< remote failures: unreachable, timeout, corrupt value
-  uint64_t bytes = 0;           ///< bytes held now
-  uint64_t entries = 0;         ///< entries held now
+  int64_t hits = 0;             ///< answered from memory or the remote tier
+  int64_t misses = 0;           ///< lookups that found nothing usable
+  int64_t evictions = 0;        ///< entries dropped to respect capacity or max_entries
+  int64_t rejected = 0;         ///< results not stored: larger than a quarter of capacity_bytes
+  int64_t expirations = 0;      ///< entries dropped because their TTL passed
+  int64_t collisions = 0;       ///< same key, different inputs (seen only with verify on)
+  int64_t coalesced = 0;        ///< callers that waited for another caller's computation
+  int64_t remote_hits = 0;      ///< hits served by the remote tier
+  int64_t remote_errors = 0;    ///< remote failures: unreachable, timeout, corrupt value
+  int64_t bytes = 0;            ///< bytes held now
+  int64_t entries = 0;          ///< entries held now
   double seconds_saved = 0;     ///< sum over hits of the compute time of the entry hit
 
   double hit_ratio() const { return hits + misses ? double(hits) / double(hits + misses) : 0.0; }
@@ -133,7 +116,7 @@ class InferenceCache {
   using Inputs = std::vector<c10::IValue>;
   using Compute = std::function<c10::IValue()>;
 
-  explicit InferenceCache(CacheOptions options = {});
+  explicit InferenceCache(InferenceCacheOptions options = {});
   ~InferenceCache();
   InferenceCache(const InferenceCache&) = delete;
   InferenceCache& operator=(const InferenceCache&) = delete;
@@ -145,9 +128,15 @@ class InferenceCache {
 
   /// The stored result for `inputs` (memory, then the remote tier), or nullopt.
   std::optional<c10::IValue> get(const Inputs& inputs, const std::string& key_namespace = {});
-  /// Stores `output` for `inputs`; `compute_seconds` is what a later hit saves.
-  void put(const Inputs& inputs, const c10::IValue& output, double compute_seconds = 0,
+  /// Stores `output` for `inputs`; `compute_time` is what a later hit saves.
+  void put(const Inputs& inputs, const c10::IValue& output, std::chrono::duration<double> compute_time = {},
            const std::string& key_namespace = {});
+  [[deprecated("pass the compute time as a std::chrono duration")]] void put(const Inputs& inputs,
+                                                                             const c10::IValue& output,
+                                                                             double compute_seconds,
+                                                                             const std::string& key_namespace = {}) {
+    put(inputs, output, std::chrono::duration<double>(compute_seconds), key_namespace);
+  }
   /// The stored result, or `fn()` stored and returned. Concurrent misses on the
   /// same inputs run `fn` once. If `fn` throws, nothing is cached and the
   /// exception passes through unchanged to the caller that ran `fn`; every
@@ -162,7 +151,7 @@ class InferenceCache {
 
   CacheStats stats() const;
   std::string to_prometheus(const prometheus::Labels& labels = {}) const { return stats().to_prometheus(labels); }
-  const CacheOptions& options() const;
+  const InferenceCacheOptions& options() const;
 
   /// The key of `inputs` (namespaces, dtype, shape, bytes), after `key_bits` truncation.
   Hash128 key_of(const Inputs& inputs, const std::string& key_namespace = {}) const;

@@ -14,50 +14,33 @@ namespace pare {
 
 class RedisTierOptions {
  public:
-  RedisTierOptions& host(std::string value) { host_ = std::move(value); return *this; }
-  RedisTierOptions& port(int value) { port_ = value; return *this; }
+  /// The server's host name or address.
+  PARE_ARG(std::string, host) = "127.0.0.1";
+  /// The server's port.
+  PARE_ARG(int64_t, port) = 6379;
   /// Prepended to every key, so several caches (or applications) can share one server.
-  RedisTierOptions& key_prefix(std::string value) { key_prefix_ = std::move(value); return *this; }
+  PARE_ARG(std::string, key_prefix) = "pare:cache:";
   /// Limit for connecting and for each command; a slower server counts as an error.
-  RedisTierOptions& timeout(std::chrono::milliseconds value) { timeout_ = value; return *this; }
+  PARE_ARG(std::chrono::milliseconds, timeout){100};
   /// Expiry of stored values; zero means "the cache's TTL" (and no expiry if that is zero too).
-  RedisTierOptions& ttl(std::chrono::milliseconds value) { ttl_ = value; return *this; }
+  PARE_ARG(std::chrono::milliseconds, ttl){0};
   /// After a failure, skip the server for this long instead of waiting on it for every lookup.
-  RedisTierOptions& retry_after(std::chrono::milliseconds value) { retry_after_ = value; return *this; }
+  PARE_ARG(std::chrono::milliseconds, retry_after){1000};
   /// Connections kept open for reuse (one is used per command at a time).
-  RedisTierOptions& max_idle_connections(size_t value) { max_idle_connections_ = value; return *this; }
+  PARE_ARG(int64_t, max_idle_connections) = 8;
   /// Sent with AUTH on every new connection (redis-server --requirepass, or an ACL user's password).
-  RedisTierOptions& password(std::string value) { password_ = std::move(value); return *this; }
+  PARE_ARG(std::string, password);
   /// ACL user name (Redis 6+) for AUTH; empty: the default user. Needs a password.
-  RedisTierOptions& user(std::string value) { user_ = std::move(value); return *this; }
-
-  const std::string& host() const { return host_; }
-  int port() const { return port_; }
-  const std::string& key_prefix() const { return key_prefix_; }
-  std::chrono::milliseconds timeout() const { return timeout_; }
-  std::chrono::milliseconds ttl() const { return ttl_; }
-  std::chrono::milliseconds retry_after() const { return retry_after_; }
-  size_t max_idle_connections() const { return max_idle_connections_; }
-  const std::string& password() const { return password_; }
-  const std::string& user() const { return user_; }
-
- private:
-  std::string host_ = "127.0.0.1";
-  int port_ = 6379;
-  std::string key_prefix_ = "pare:cache:";
-  std::chrono::milliseconds timeout_{100};
-  std::chrono::milliseconds ttl_{0};
-  std::chrono::milliseconds retry_after_{1000};
-  size_t max_idle_connections_ = 8;
-  std::string password_;
-  std::string user_;
+  PARE_ARG(std::string, user);
 };
 
 /// Counters of one tier.
 struct RedisTierStats {
-  uint64_t gets = 0, puts = 0;
-  uint64_t errors = 0;   ///< failed commands or connections
-  uint64_t skipped = 0;  ///< calls not sent because the server failed less than retry_after ago
+  int64_t gets = 0, puts = 0;
+  int64_t errors = 0;   ///< failed commands or connections
+  int64_t skipped = 0;  ///< calls not sent because the server failed less than retry_after ago
+  /// Prometheus text exposition (metric names pare_redis_tier_*).
+  std::string to_prometheus(const prometheus::Labels& labels = {}) const;
 };
 
 /// Thread-safe: a small pool of hiredis connections. `get`/`put` throw
@@ -78,11 +61,12 @@ class RedisTier : public CacheTier {
   std::optional<std::string> get(const std::string& key) override;
   void put(const std::string& key, const std::string& value, std::chrono::milliseconds ttl) override;
   /// Deletes every key under the prefix (SCAN + DEL); returns how many.
-  size_t clear();
+  int64_t clear();
   /// True if the server answers PING now.
   bool ping();
 
   RedisTierStats stats() const;
+  std::string to_prometheus(const prometheus::Labels& labels = {}) const { return stats().to_prometheus(labels); }
   const RedisTierOptions& options() const;
 
  private:

@@ -3,6 +3,7 @@
 
 #include <functional>
 
+#include "pare/core/arg.hpp"
 #include "pare/core/pipeline.hpp"
 
 namespace pare {
@@ -11,15 +12,14 @@ class ExportTorchScriptOptions {
  public:
   /// `path`: the file to write (its directory must exist).
   explicit ExportTorchScriptOptions(std::string path) : path_(std::move(path)) {}
+  /// The file to write (its directory must exist).
+  PARE_ARG(std::string, path);
   /// torch::jit::freeze the module (eval mode, weights inlined as constants).
-  ExportTorchScriptOptions& freeze(bool value) { freeze_ = value; return *this; }
+  PARE_ARG(bool, freeze) = false;
   /// After writing, reload the file and compare its outputs with the module's on these inputs.
-  ExportTorchScriptOptions& verify_with(std::vector<std::vector<torch::jit::IValue>> inputs) {
-    verify_inputs_ = std::move(inputs);
-    return *this;
-  }
+  PARE_ARG(std::vector<std::vector<torch::jit::IValue>>, verify_with);
   /// Largest tolerated absolute difference between module and reloaded file.
-  ExportTorchScriptOptions& tolerance(double value) { tolerance_ = value; return *this; }
+  PARE_ARG(double, tolerance) = 1e-5;
   /// Store the frozen module's 2-D convolution weights in channels-last (NHWC)
   /// order, so that oneDNN runs each convolution on NHWC data without reordering
   /// it to and from its blocked layout: 1.03-1.74x faster on the CNNs measured in
@@ -27,20 +27,12 @@ class ExportTorchScriptOptions {
   /// Needs freeze(true) and verify_with(...): the converted module must run and
   /// match the plain one on those inputs, or the export keeps the plain order and
   /// says why in the report (an op such as `view` that needs contiguous input).
-  ExportTorchScriptOptions& channels_last(bool value) { channels_last_ = value; return *this; }
+  PARE_ARG(bool, channels_last) = false;
 
-  const std::string& path() const { return path_; }
-  bool freeze() const { return freeze_; }
-  const std::vector<std::vector<torch::jit::IValue>>& verify_inputs() const { return verify_inputs_; }
-  double tolerance() const { return tolerance_; }
-  bool channels_last() const { return channels_last_; }
-
- private:
-  std::string path_;
-  bool freeze_ = false;
-  std::vector<std::vector<torch::jit::IValue>> verify_inputs_;
-  double tolerance_ = 1e-5;
-  bool channels_last_ = false;
+ public:
+  [[deprecated("use verify_with()")]] const std::vector<std::vector<torch::jit::IValue>>& verify_inputs() const {
+    return verify_with_;
+  }
 };
 
 /// Writes the module to options.path() via a temporary file and a rename, embedding the
@@ -51,8 +43,11 @@ class ExportTorchScriptOptions {
 class ExportTorchScript : public Pass {
  public:
   explicit ExportTorchScript(ExportTorchScriptOptions options);
+  /// Short for ExportTorchScript(ExportTorchScriptOptions(path)).
+  explicit ExportTorchScript(std::string path) : ExportTorchScript(ExportTorchScriptOptions(std::move(path))) {}
   std::string name() const override { return "export_torchscript"; }
   void run(Result& state, PassReport& entry) const override;
+  const ExportTorchScriptOptions& options() const { return options_; }
 
  private:
   void try_channels_last(torch::jit::Module& module, const std::vector<torch::jit::IValue>& expected,

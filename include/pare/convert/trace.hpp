@@ -14,6 +14,7 @@
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/pimpl.h>
 
+#include "pare/core/arg.hpp"
 #include "pare/core/error.hpp"
 
 namespace pare {
@@ -21,26 +22,16 @@ namespace pare {
 class TraceOptions {
  public:
   /// Trace in training mode (BatchNorm batch statistics, live Dropout). Default: eval.
-  TraceOptions& training(bool value) { training_ = value; return *this; }
-  /// A second set of inputs the traced module is checked against. Default: derived
-  /// from the example inputs with another batch size (rows cycled, floats negated).
-  TraceOptions& check_inputs(std::vector<torch::jit::IValue> value) { check_inputs_ = std::move(value); return *this; }
+  PARE_ARG(bool, training) = false;
+  /// A second set of inputs the traced module is checked against. Empty (the
+  /// default): derived from the example inputs with another batch size (rows
+  /// cycled, floats negated).
+  PARE_ARG(std::vector<torch::jit::IValue>, check_inputs);
   /// Largest allowed |traced - original| (on top of the same relative tolerance). Default 1e-5.
-  TraceOptions& tolerance(double value) { tolerance_ = value; return *this; }
+  PARE_ARG(double, tolerance) = 1e-5;
   /// Rewrite batch sizes the forward read from `x.size(0)` (baked in by the tracer) into
   /// `aten::size(input, 0)`, so that the module serves any batch size. Default: on.
-  TraceOptions& dynamic_batch(bool value) { dynamic_batch_ = value; return *this; }
-
-  bool training() const { return training_; }
-  const std::optional<std::vector<torch::jit::IValue>>& check_inputs() const { return check_inputs_; }
-  double tolerance() const { return tolerance_; }
-  bool dynamic_batch() const { return dynamic_batch_; }
-
- private:
-  bool training_ = false;
-  std::optional<std::vector<torch::jit::IValue>> check_inputs_;
-  double tolerance_ = 1e-5;
-  bool dynamic_batch_ = true;
+  PARE_ARG(bool, dynamic_batch) = true;
 };
 
 /// Calls a model's forward on a stack of inputs and returns its output.

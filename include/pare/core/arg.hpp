@@ -22,6 +22,9 @@
 //     through PARE_ARG (tests/test_api_rules.cpp checks it for every option).
 // The macro ends in `private:`: declare further public members after a new
 // `public:`. A type with a comma in it needs an alias (`using Map = ...`).
+// PARE_ARG_NOTED(T, name, key) is PARE_ARG whose setter also calls
+// `this->note_set(key)`, for a class that records which options were set
+// explicitly (RunnerOptions::explicitly_set).
 // Setters store; the pass validates its options in its constructor, so every
 // setter of every options class behaves the same.
 
@@ -34,6 +37,21 @@
   using name##_arg_type = T;                                          \
   auto name(T new_##name)->decltype(*this) { /* NOLINT */             \
     this->name##_ = std::move(new_##name);                            \
+    return *this;                                                     \
+  }                                                                   \
+  const T& name() const noexcept { /* NOLINT */                       \
+    return this->name##_;                                             \
+  }                                                                   \
+                                                                      \
+ private:                                                             \
+  T name##_ /* NOLINT */
+
+#define PARE_ARG_NOTED(T, name, key)                                  \
+ public:                                                              \
+  using name##_arg_type = T;                                          \
+  auto name(T new_##name)->decltype(*this) { /* NOLINT */             \
+    this->name##_ = std::move(new_##name);                            \
+    this->note_set(key);                                              \
     return *this;                                                     \
   }                                                                   \
   const T& name() const noexcept { /* NOLINT */                       \

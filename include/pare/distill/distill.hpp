@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "pare/core/arg.hpp"
 #include "pare/core/batches.hpp"
 #include "pare/core/pipeline.hpp"
 
@@ -24,16 +25,9 @@ namespace pare {
 class DistillLossOptions {
  public:
   /// Softmax temperature T > 0; higher T exposes more of the teacher's ranking of wrong classes.
-  DistillLossOptions& temperature(double value) { temperature_ = value; return *this; }
+  PARE_ARG(double, temperature) = 4.0;
   /// Weight of the distillation term in [0, 1]; 1 - alpha weighs cross-entropy on the targets.
-  DistillLossOptions& alpha(double value) { alpha_ = value; return *this; }
-
-  double temperature() const { return temperature_; }
-  double alpha() const { return alpha_; }
-
- private:
-  double temperature_ = 4.0;
-  double alpha_ = 0.7;
+  PARE_ARG(double, alpha) = 0.7;
 };
 
 /// alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) (mean over the
@@ -60,6 +54,12 @@ using OptimizerFactory =
 using DistillProgress = std::function<void(int64_t step, int64_t steps, double loss)>;
 
 enum class OptimizerKind { SGD, Adam };
+/// "sgd" or "adam": the names the CLI, Python and the report use.
+std::string to_string(OptimizerKind kind);
+/// The inverse of to_string; pare::Error naming the known optimizers otherwise.
+OptimizerKind parse_optimizer_kind(const std::string& name);
+/// Every optimizer name, in OptimizerKind order.
+std::vector<std::string> optimizer_kind_names();
 
 class DistillOptions {
  public:
@@ -68,67 +68,54 @@ class DistillOptions {
   /// its mode). `data`: the training batches.
   DistillOptions(torch::jit::Module teacher, TrainingData data)
       : teacher_(std::move(teacher)), data_(std::move(data)) {}
+  /// The trained model to learn from.
+  PARE_ARG(torch::jit::Module, teacher);
+  /// The training batches.
+  PARE_ARG(TrainingData, data);
   /// Passes over the data.
-  DistillOptions& epochs(int64_t value) { epochs_ = value; return *this; }
+  PARE_ARG(int64_t, epochs) = 1;
   /// Built-in optimizers: SGD (with momentum()) or Adam, at lr() and weight_decay().
-  DistillOptions& optimizer(OptimizerKind value) { kind_ = value; factory_ = nullptr; return *this; }
-  /// Any torch::optim optimizer; overrides the built-in choice.
-  DistillOptions& optimizer(OptimizerFactory value) { factory_ = std::move(value); return *this; }
+  PARE_ARG(OptimizerKind, optimizer) = OptimizerKind::Adam;
+  /// Any torch::optim optimizer; when set, it overrides optimizer().
+  PARE_ARG(OptimizerFactory, optimizer_factory);
   /// Learning rate of the built-in optimizer (default 1e-3).
-  DistillOptions& lr(double value) { lr_ = value; return *this; }
+  PARE_ARG(double, lr) = 1e-3;
   /// SGD momentum in [0, 1) (default 0.9).
-  DistillOptions& momentum(double value) { momentum_ = value; return *this; }
+  PARE_ARG(double, momentum) = 0.9;
   /// L2 penalty of the built-in optimizer (default 0).
-  DistillOptions& weight_decay(double value) { weight_decay_ = value; return *this; }
+  PARE_ARG(double, weight_decay) = 0.0;
   /// The loss's softmax temperature (DistillLossOptions::temperature).
-  DistillOptions& temperature(double value) { loss_.temperature(value); return *this; }
+  PARE_ARG(double, temperature) = DistillLossOptions().temperature();
   /// The loss's distillation weight (DistillLossOptions::alpha).
-  DistillOptions& alpha(double value) { loss_.alpha(value); return *this; }
+  PARE_ARG(double, alpha) = DistillLossOptions().alpha();
   /// Batches on which to report top-1 accuracy before and after training.
-  DistillOptions& evaluate_on(std::vector<Batch> batches) { eval_ = std::move(batches); return *this; }
+  PARE_ARG(std::vector<Batch>, evaluate_on);
   /// Shuffle a listed data set's batches every epoch (default on; streamed data comes in its own order).
-  DistillOptions& shuffle(bool value) { shuffle_ = value; return *this; }
+  PARE_ARG(bool, shuffle) = true;
   /// Seed of the shuffle.
-  DistillOptions& seed(uint64_t value) { seed_ = value; return *this; }
+  PARE_ARG(uint64_t, seed) = 0;
   /// Called after every optimizer step.
-  DistillOptions& progress(DistillProgress value) { progress_ = std::move(value); return *this; }
+  PARE_ARG(DistillProgress, progress);
   /// Where training runs: cpu or cuda[:index] (unset: where the student's parameters are). The student is moved
   /// there for training and back to its own device afterwards; the teacher runs
   /// there as a copy; masks and batches follow (listed batches are copied once).
-  DistillOptions& device(c10::Device value) { device_ = value; return *this; }
+  PARE_ARG(std::optional<c10::Device>, device);
 
-  const torch::jit::Module& teacher() const { return teacher_; }
-  const TrainingData& data() const { return data_; }
-  int64_t epochs() const { return epochs_; }
-  OptimizerKind optimizer_kind() const { return kind_; }
-  const OptimizerFactory& optimizer_factory() const { return factory_; }
-  double lr() const { return lr_; }
-  double momentum() const { return momentum_; }
-  double weight_decay() const { return weight_decay_; }
-  const DistillLossOptions& loss() const { return loss_; }
-  const std::vector<Batch>& evaluation_batches() const { return eval_; }
-  bool shuffle() const { return shuffle_; }
-  uint64_t seed() const { return seed_; }
-  const DistillProgress& progress() const { return progress_; }
-  const std::optional<c10::Device>& device() const { return device_; }
-
- private:
-  torch::jit::Module teacher_;
-  TrainingData data_;
-  int64_t epochs_ = 1;
-  OptimizerKind kind_ = OptimizerKind::Adam;
-  OptimizerFactory factory_;
-  double lr_ = 1e-3, momentum_ = 0.9, weight_decay_ = 0.0;
-  DistillLossOptions loss_;
-  std::vector<Batch> eval_;
-  bool shuffle_ = true;
-  uint64_t seed_ = 0;
-  DistillProgress progress_;
-  std::optional<c10::Device> device_;
+ public:
+  /// temperature() and alpha() as the loss's options.
+  DistillLossOptions loss_options() const { return DistillLossOptions().temperature(temperature_).alpha(alpha_); }
+  [[deprecated("use optimizer_factory(factory)")]] DistillOptions& optimizer(OptimizerFactory value) {
+    return optimizer_factory(std::move(value));
+  }
+  [[deprecated("use optimizer()")]] OptimizerKind optimizer_kind() const { return optimizer_; }
+  [[deprecated("use temperature() and alpha(), or loss_options()")]] DistillLossOptions loss() const {
+    return loss_options();
+  }
+  [[deprecated("use evaluate_on()")]] const std::vector<Batch>& evaluation_batches() const { return evaluate_on_; }
 };
 
 /// What a distillation run did.
-struct DistillSummary {
+struct DistillResult {
   std::vector<double> epoch_loss;          ///< mean loss per epoch (weighted by batch size)
   int64_t steps = 0;                       ///< optimizer steps taken
   std::optional<double> accuracy_before;  ///< top-1 % on evaluate_on() batches, if given
@@ -136,6 +123,7 @@ struct DistillSummary {
   double samples_per_second = 0;           ///< training samples over the training loop's wall time
   std::string device;                      ///< where training ran
 };
+using DistillSummary [[deprecated("renamed DistillResult")]] = DistillResult;
 
 /// Trains `student` in place against options.teacher(), for users with their
 /// own pipeline or none. Masked weights (false in `masks`) are zeroed after
@@ -145,7 +133,7 @@ struct DistillSummary {
 /// student is then left as it was at that step), on malformed batches and on
 /// batches the student or teacher rejects (naming the batch's shape and
 /// LibTorch's message); no other exception leaves it.
-DistillSummary distill(torch::jit::Module& student, const DistillOptions& options, const Masks& masks = {});
+DistillResult distill(torch::jit::Module& student, const DistillOptions& options, const Masks& masks = {});
 
 /// Zeroes every weight whose mask is false (masks by full parameter name, as
 /// L1Prune leaves them). pare::Error on an unknown name or a shape mismatch.
@@ -162,6 +150,8 @@ double top1_accuracy(torch::jit::Module& module, const std::vector<Batch>& batch
 class Distill : public Pass {
  public:
   explicit Distill(DistillOptions options);
+  /// Short for Distill(DistillOptions(teacher, data)).
+  Distill(torch::jit::Module teacher, TrainingData data) : Distill(DistillOptions(std::move(teacher), std::move(data))) {}
   std::string name() const override { return "distill"; }
   void run(Result& state, PassReport& entry) const override;
   const DistillOptions& options() const { return options_; }

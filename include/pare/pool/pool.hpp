@@ -7,7 +7,7 @@
 // bytes, least recently used freed first) and hands it back to the next request
 // of the same size class.
 //
-//   pare::TensorPool pool(pare::PoolOptions().max_bytes(256 << 20));
+//   pare::TensorPool pool(pare::TensorPoolOptions().max_bytes(256 << 20));
 //   {
 //     auto lease = pool.acquire({64, 1024}, torch::kFloat);
 //     lease.tensor().fill_(1);
@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "pare/core/arg.hpp"
 #include "pare/core/error.hpp"
 #include "pare/core/metrics.hpp"
 
@@ -45,62 +46,55 @@ enum class PoolMemory {
   Pinned,  ///< page-locked CPU memory: fast, asynchronous host <-> GPU copies (needs CUDA)
   Cuda,    ///< GPU memory on CUDA device device_index()
 };
+/// "host", "pinned" or "cuda": the names Python and the reports use.
+std::string to_string(PoolMemory memory);
+/// The inverse of to_string; pare::Error naming the known kinds otherwise.
+PoolMemory parse_pool_memory(const std::string& name);
+/// Every memory name, in PoolMemory order.
+std::vector<std::string> pool_memory_names();
 
-class PoolOptions {
+class TensorPoolOptions {
  public:
   /// Idle bytes kept for reuse; above it idle storage is freed least recently used first.
-  PoolOptions& max_bytes(size_t bytes) { max_bytes_ = bytes; return *this; }
-  size_t max_bytes() const { return max_bytes_; }
-
+  PARE_ARG(int64_t, max_bytes) = int64_t{256} << 20;
   /// Byte sizes of the storage classes, ascending. A request takes the smallest
   /// class that holds it; above the largest one, it is rounded up to 4 KiB pages.
   /// Empty (the default): four classes per power of two from 256 B (at most 25% slack).
-  PoolOptions& size_classes(std::vector<size_t> classes) { size_classes_ = std::move(classes); return *this; }
-  const std::vector<size_t>& size_classes() const { return size_classes_; }
-
+  PARE_ARG(std::vector<int64_t>, size_classes);
   /// Fill storage with 0xFF bytes (NaN for floating types) when it returns to
   /// the pool, so reads through stale raw pointers show up in tests.
-  PoolOptions& poison(bool enabled) { poison_ = enabled; return *this; }
-  bool poison() const { return poison_; }
-
+  PARE_ARG(bool, poison) = false;
   /// Leases smaller than this many bytes get plain storage from LibTorch's
   /// allocator: the system allocator recycles small blocks without page faults,
-  /// faster than the pool's bookkeeping. 0: pool every size. (Allocator mode
+  /// faster than the pool's bookkeeping. 0 (the default, measured at least as
+  /// fast as torch::empty, docs/pool.md): pool every size. (Allocator mode
   /// under a PoolAllocatorGuard pools every size regardless.)
-  PoolOptions& small_bytes(size_t bytes) { small_bytes_ = bytes; return *this; }
-  size_t small_bytes() const { return small_bytes_; }
+  PARE_ARG(int64_t, small_bytes) = 0;
   /// Which memory the pool holds. Pinned and Cuda pools need a CUDA device
   /// (pare::Error at construction otherwise) and serve leases only: a
   /// PoolAllocatorGuard routes CPU allocations and needs a Host pool. A Cuda
   /// block returns to the pool when its last tensor dies; work still queued on
   /// a stream that uses it must be finished first (the pool does not track streams).
-  PoolOptions& memory(PoolMemory kind) { memory_ = kind; return *this; }
-  PoolMemory memory() const { return memory_; }
+  PARE_ARG(PoolMemory, memory) = PoolMemory::Host;
   /// The CUDA device a Cuda pool allocates on.
-  PoolOptions& device_index(int index) { device_index_ = index; return *this; }
-  int device_index() const { return device_index_; }
-
- private:
-  size_t max_bytes_ = size_t{256} << 20;
-  std::vector<size_t> size_classes_;
-  bool poison_ = false;
-  size_t small_bytes_ = 0;  // pooled at every size: measured at least as fast as torch::empty (docs/pool.md)
-  PoolMemory memory_ = PoolMemory::Host;
-  int device_index_ = 0;
+  PARE_ARG(int64_t, device_index) = 0;
 };
+using PoolOptions [[deprecated("renamed TensorPoolOptions")]] = TensorPoolOptions;
 
 struct PoolStats {
-  uint64_t acquires = 0;        ///< storage requests (leases and guarded allocations)
-  uint64_t hits = 0;            ///< served from idle storage
-  uint64_t misses = 0;          ///< served by a new allocation
-  uint64_t releases = 0;        ///< storage returned to the pool
-  uint64_t evictions = 0;       ///< idle storage freed by the byte bound or trim()
-  uint64_t outlived = 0;        ///< leases that ended while a copy of their tensor lived on
-  uint64_t blocks_idle = 0;
-  uint64_t bytes_idle = 0;
-  uint64_t bytes_in_use = 0;    ///< capacity of storage handed out and not yet returned
-  uint64_t peak_bytes_in_use = 0;
-  uint64_t small = 0;           ///< leases below small_bytes, given plain storage (not in acquires)
+  int64_t acquires = 0;         ///< storage requests (leases and guarded allocations)
+  int64_t hits = 0;             ///< served from idle storage
+  int64_t misses = 0;           ///< served by a new allocation
+  int64_t releases = 0;         ///< storage returned to the pool
+  int64_t evictions = 0;        ///< idle storage freed by the byte bound or trim()
+  int64_t outlived = 0;         ///< leases that ended while a copy of their tensor lived on
+  int64_t blocks_idle = 0;
+  int64_t bytes_idle = 0;
+  int64_t bytes_in_use = 0;     ///< capacity of storage handed out and not yet returned
+  int64_t peak_bytes_in_use = 0;
+  int64_t small = 0;            ///< leases below small_bytes, given plain storage (not in acquires)
+  /// The stats in Prometheus text format, as pare_pool_* families.
+  std::string to_prometheus(const prometheus::Labels& labels = {}) const;
 };
 
 namespace detail {
@@ -143,7 +137,7 @@ class TensorPool {
   /// Also installs pare's routing CPU allocator (install_pool_allocator), once
   /// per process, on the constructing thread: build pools before starting
   /// threads that allocate, as c10's allocator table is not thread-safe.
-  explicit TensorPool(PoolOptions options = {});
+  explicit TensorPool(TensorPoolOptions options = {});
   TensorPool(const TensorPool&) = delete;
   TensorPool& operator=(const TensorPool&) = delete;
 
@@ -157,9 +151,9 @@ class TensorPool {
   size_t trim();
 
   PoolStats stats() const;
-  /// The stats in Prometheus text format, as pare_pool_* families.
-  std::string to_prometheus(const prometheus::Labels& labels = {}) const;
-  const PoolOptions& options() const;
+  /// stats().to_prometheus(labels).
+  std::string to_prometheus(const prometheus::Labels& labels = {}) const { return stats().to_prometheus(labels); }
+  const TensorPoolOptions& options() const;
 
   /// The size class (capacity in bytes) a request of `bytes` is served from.
   size_t size_class(size_t bytes) const;

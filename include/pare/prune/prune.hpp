@@ -3,6 +3,7 @@
 
 #include <optional>
 
+#include "pare/core/arg.hpp"
 #include "pare/core/pipeline.hpp"
 
 namespace pare {
@@ -21,24 +22,26 @@ std::vector<std::string> scope_names();
 
 class L1PruneOptions {
  public:
+  /// `amount`: fraction of weights (or of output channels, when structured) to zero, in [0, 1].
+  explicit L1PruneOptions(double amount) : amount_(amount) {}
+  /// The amount used to default to 0.5; pass it: L1PruneOptions(amount).
+  [[deprecated("pass the amount: L1PruneOptions(amount)")]] L1PruneOptions() : amount_(0.5) {}
+
   /// Fraction of weights (or of output channels, when structured) to zero, in [0, 1].
-  L1PruneOptions& amount(double value) { amount_ = value; return *this; }
-  L1PruneOptions& scope(Scope value) { scope_ = value; return *this; }
-  /// Prune whole slices along `dim` (0 = output channels/rows) ranked by L1 norm.
-  L1PruneOptions& structured(int64_t dim = 0) { structured_dim_ = dim; return *this; }
-  L1PruneOptions& include(std::vector<std::string> patterns) { selection_.include = std::move(patterns); return *this; }
-  L1PruneOptions& exclude(std::vector<std::string> patterns) { selection_.exclude = std::move(patterns); return *this; }
+  PARE_ARG(double, amount);
+  /// Local: each tensor loses `amount` of its weights. Global: one threshold across them.
+  PARE_ARG(Scope, scope) = Scope::Local;
+  /// Prune whole slices along this dim (0 = output channels/rows) ranked by L1
+  /// norm; unset (the default): unstructured, weight by weight.
+  PARE_ARG(std::optional<int64_t>, structured);
+  /// Glob patterns on full parameter names; empty: every Linear and Conv weight.
+  PARE_ARG(std::vector<std::string>, include);
+  /// Glob patterns on full parameter names left untouched.
+  PARE_ARG(std::vector<std::string>, exclude);
 
-  double amount() const { return amount_; }
-  Scope scope() const { return scope_; }
-  std::optional<int64_t> structured_dim() const { return structured_dim_; }
-  const LayerSelection& selection() const { return selection_; }
-
- private:
-  double amount_ = 0.5;
-  Scope scope_ = Scope::Local;
-  std::optional<int64_t> structured_dim_;
-  LayerSelection selection_;
+ public:
+  [[deprecated("use structured()")]] std::optional<int64_t> structured_dim() const { return structured_; }
+  [[deprecated("use include() and exclude()")]] LayerSelection selection() const { return {include_, exclude_}; }
 };
 
 /// The pass. Semantics follow torch.nn.utils.prune: the number of weights
@@ -48,7 +51,9 @@ class L1PruneOptions {
 /// of different fan-in compare fairly. Masks land in Result::masks.
 class L1Prune : public Pass {
  public:
-  explicit L1Prune(L1PruneOptions options = {});
+  explicit L1Prune(L1PruneOptions options);
+  /// Short for L1Prune(L1PruneOptions(amount)).
+  explicit L1Prune(double amount) : L1Prune(L1PruneOptions(amount)) {}
   std::string name() const override { return "l1_prune"; }
   void run(Result& state, PassReport& entry) const override;
   const L1PruneOptions& options() const { return options_; }

@@ -18,6 +18,12 @@ namespace pare {
 
 /// How a channel's weights are scored: sum of |w| or square root of sum of w².
 enum class Norm { L1, L2 };
+/// "l1" or "l2": the names the CLI, Python and the report use.
+std::string to_string(Norm norm);
+/// The inverse of to_string; pare::Error naming the known norms otherwise.
+Norm parse_norm(const std::string& name);
+/// Every norm name, in Norm order.
+std::vector<std::string> norm_names();
 
 class PruneChannelsOptions {
  public:
@@ -60,19 +66,20 @@ struct ChannelGroupReport {
 };
 
 /// Model size before and after.
-struct ChannelPruneStats {
+struct ChannelPruneResult {
   std::vector<ChannelGroupReport> groups;
   std::vector<int64_t> input_shape;  ///< the shape MACs were counted for
   int64_t params_before = 0, params_after = 0;
   int64_t macs_before = 0, macs_after = 0;  ///< multiply-accumulates of conv and linear layers
   int64_t file_bytes_before = 0, file_bytes_after = 0;  ///< serialized TorchScript size
 };
+using ChannelPruneStats [[deprecated("renamed ChannelPruneResult")]] = ChannelPruneResult;
 
 /// What prune_channels returns: the smaller model, its figures, and for every
 /// resized tensor ("layer1.0.conv1.weight") the kept indices along each cut dim.
 struct PrunedChannels {
   torch::jit::Module module;
-  ChannelPruneStats stats;
+  ChannelPruneResult stats;
   std::map<std::string, std::vector<std::pair<int64_t, torch::Tensor>>> kept;
 };
 
@@ -91,6 +98,8 @@ int64_t count_macs(const torch::jit::Module& module, const std::vector<int64_t>&
 class PruneChannels : public Pass {
  public:
   explicit PruneChannels(PruneChannelsOptions options);
+  /// Short for PruneChannels(PruneChannelsOptions(amount)).
+  explicit PruneChannels(double amount) : PruneChannels(PruneChannelsOptions(amount)) {}
   std::string name() const override { return "prune_channels"; }
   void run(Result& state, PassReport& entry) const override;
   const PruneChannelsOptions& options() const { return options_; }

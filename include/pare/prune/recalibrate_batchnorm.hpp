@@ -13,6 +13,7 @@
 
 #include <torch/script.h>
 
+#include "pare/core/arg.hpp"
 #include "pare/core/pipeline.hpp"
 
 namespace pare {
@@ -24,15 +25,10 @@ class RecalibrateBatchNormOptions {
   /// the per-channel mean and (unbiased) variance of its input.
   explicit RecalibrateBatchNormOptions(std::vector<std::vector<torch::jit::IValue>> batches)
       : batches_(std::move(batches)) {}
+  /// One model input list per batch.
+  PARE_ARG(std::vector<std::vector<torch::jit::IValue>>, batches);
   /// Use at most this many batches (0: all of them).
-  RecalibrateBatchNormOptions& max_batches(int64_t count) { max_batches_ = count; return *this; }
-
-  const std::vector<std::vector<torch::jit::IValue>>& batches() const { return batches_; }
-  int64_t max_batches() const { return max_batches_; }
-
- private:
-  std::vector<std::vector<torch::jit::IValue>> batches_;
-  int64_t max_batches_ = 0;
+  PARE_ARG(int64_t, max_batches) = 0;
 };
 
 /// Re-estimates the running mean and variance of every BatchNorm the forward
@@ -45,6 +41,9 @@ class RecalibrateBatchNormOptions {
 class RecalibrateBatchNorm : public Pass {
  public:
   explicit RecalibrateBatchNorm(RecalibrateBatchNormOptions options);
+  /// Short for RecalibrateBatchNorm(RecalibrateBatchNormOptions(batches)).
+  explicit RecalibrateBatchNorm(std::vector<std::vector<torch::jit::IValue>> batches)
+      : RecalibrateBatchNorm(RecalibrateBatchNormOptions(std::move(batches))) {}
   std::string name() const override { return "recalibrate_batchnorm"; }
   void run(Result& state, PassReport& entry) const override;
   const RecalibrateBatchNormOptions& options() const { return options_; }

@@ -8,6 +8,8 @@
 #include <utility>
 #include <vector>
 
+#include "pare/core/arg.hpp"
+
 namespace pare {
 
 /// Affine quantization parameters: q = clamp(round(x / scale) + zero_point, qmin, qmax).
@@ -49,26 +51,18 @@ std::vector<std::string> observer_kind_names();
 class ObserverOptions {
  public:
   ObserverOptions(ObserverKind kind = ObserverKind::Histogram) : kind_(kind) {}  // NOLINT: implicit on purpose
-  ObserverOptions& kind(ObserverKind value) { kind_ = value; return *this; }
+  /// The observer's algorithm.
+  PARE_ARG(ObserverKind, kind);
   /// Percentile observer: keep [100 - p, p] percent of values, p in (50, 100].
-  ObserverOptions& percentile(double value) { percentile_ = value; return *this; }
+  PARE_ARG(double, percentile) = 99.99;
   /// Moving average: weight of each new batch, in (0, 1].
-  ObserverOptions& averaging_constant(double value) { averaging_constant_ = value; return *this; }
+  PARE_ARG(double, averaging_constant) = 0.01;
   /// Histogram, Entropy and Percentile: bins of the running histogram (>= 256).
-  ObserverOptions& bins(int64_t value) { bins_ = value; return *this; }
+  PARE_ARG(int64_t, bins) = 2048;
 
-  ObserverKind kind() const { return kind_; }
-  double percentile() const { return percentile_; }
-  double averaging_constant() const { return averaging_constant_; }
-  int64_t bins() const { return bins_; }
+ public:
   /// Throws pare::Error for out-of-range settings.
   void validate() const;
-
- private:
-  ObserverKind kind_;
-  double percentile_ = 99.99;
-  double averaging_constant_ = 0.01;
-  int64_t bins_ = 2048;
 };
 
 /// Watches the values of one tensor over calibration batches and proposes a range.

@@ -7,6 +7,7 @@
 #include <functional>
 #include <optional>
 
+#include "pare/core/arg.hpp"
 #include "pare/core/batches.hpp"
 #include "pare/quantize/observers.hpp"
 #include "pare/core/pipeline.hpp"
@@ -27,47 +28,30 @@ class QuantizeInt8Options {
   /// last one is held out: it is not observed and measures each layer's SQNR
   /// against the float model.
   explicit QuantizeInt8Options(CalibrationData calibration) : calibration_(std::move(calibration)) {}
+  /// The calibration batches.
+  PARE_ARG(CalibrationData, calibration);
   /// How activation ranges are chosen (default: histogram).
-  QuantizeInt8Options& observer(ObserverOptions value) { observer_ = value; return *this; }
+  PARE_ARG(ObserverOptions, observer);
   /// Weights: one symmetric scale per output channel (default) or one per tensor.
-  QuantizeInt8Options& per_channel(bool value) { per_channel_ = value; return *this; }
+  PARE_ARG(bool, per_channel) = true;
   /// Layers to leave in float: names such as "fc2" or glob patterns ("features.*").
-  QuantizeInt8Options& skip(std::vector<std::string> layers) { skip_ = std::move(layers); return *this; }
+  PARE_ARG(std::vector<std::string>, skip);
   /// Quantized engine ("onednn", "qnnpack", "fbgemm", "x86"); empty: the best this LibTorch has.
-  QuantizeInt8Options& engine(std::string value) { engine_ = std::move(value); return *this; }
+  PARE_ARG(std::string, engine);
   /// Called after each calibration batch.
-  QuantizeInt8Options& progress(CalibrationProgress callback) { progress_ = std::move(callback); return *this; }
+  PARE_ARG(CalibrationProgress, progress);
   /// Never slower than float (default on): times the model on the held-out
   /// calibration batch with each island of int8 ops (ops joined by int8
   /// tensors) in int8 and in float, and keeps float where int8 loses. The
   /// report lists each island's timings.
-  QuantizeInt8Options& never_slower(bool value) { never_slower_ = value; return *this; }
+  PARE_ARG(bool, never_slower) = true;
   /// Fold each residual add (+ReLU) into the convolution that feeds it, as
   /// quantized::conv2d_add(_relu): one pass over memory instead of two. Needs
   /// the onednn engine and LibTorch 2.x (elsewhere nothing is folded; metric
   /// conv_add_fused counts the folds), and the file then runs only where the
   /// process's quantized engine is onednn (torch.backends.quantized.engine =
   /// "onednn"; LibTorch's default on x86 is "x86"). Default off.
-  QuantizeInt8Options& fold_residual_adds(bool value) { fold_residual_adds_ = value; return *this; }
-
-  const CalibrationData& calibration() const { return calibration_; }
-  const ObserverOptions& observer() const { return observer_; }
-  bool per_channel() const { return per_channel_; }
-  const std::vector<std::string>& skip() const { return skip_; }
-  const std::string& engine() const { return engine_; }
-  const CalibrationProgress& progress() const { return progress_; }
-  bool never_slower() const { return never_slower_; }
-  bool fold_residual_adds() const { return fold_residual_adds_; }
-
- private:
-  CalibrationData calibration_;
-  ObserverOptions observer_;
-  bool per_channel_ = true;
-  std::vector<std::string> skip_;
-  std::string engine_;
-  CalibrationProgress progress_;
-  bool never_slower_ = true;
-  bool fold_residual_adds_ = false;
+  PARE_ARG(bool, fold_residual_adds) = false;
 };
 
 /// Static int8: freezes the module (folding BatchNorm), calibrates activation
@@ -83,6 +67,8 @@ class QuantizeInt8Options {
 class QuantizeInt8 : public Pass {
  public:
   explicit QuantizeInt8(QuantizeInt8Options options);
+  /// Short for QuantizeInt8(QuantizeInt8Options(calibration)).
+  explicit QuantizeInt8(CalibrationData calibration) : QuantizeInt8(QuantizeInt8Options(std::move(calibration))) {}
   std::string name() const override { return "quantize_int8"; }
   void run(Result& state, PassReport& entry) const override;
   const QuantizeInt8Options& options() const { return options_; }
@@ -93,17 +79,12 @@ class QuantizeInt8 : public Pass {
 
 class QuantizeInt8DynamicOptions {
  public:
-  QuantizeInt8DynamicOptions& per_channel(bool value) { per_channel_ = value; return *this; }
-  QuantizeInt8DynamicOptions& skip(std::vector<std::string> layers) { skip_ = std::move(layers); return *this; }
-  QuantizeInt8DynamicOptions& engine(std::string value) { engine_ = std::move(value); return *this; }
-  bool per_channel() const { return per_channel_; }
-  const std::vector<std::string>& skip() const { return skip_; }
-  const std::string& engine() const { return engine_; }
-
- private:
-  bool per_channel_ = true;
-  std::vector<std::string> skip_;
-  std::string engine_;
+  /// Weights: one symmetric scale per output channel (default) or one per tensor.
+  PARE_ARG(bool, per_channel) = true;
+  /// Layers to leave in float: names or glob patterns.
+  PARE_ARG(std::vector<std::string>, skip);
+  /// Quantized engine; empty: the best this LibTorch has.
+  PARE_ARG(std::string, engine);
 };
 
 /// Dynamic int8: Linear weights become int8 (quantized::linear_dynamic),
@@ -113,6 +94,7 @@ class QuantizeInt8Dynamic : public Pass {
   explicit QuantizeInt8Dynamic(QuantizeInt8DynamicOptions options = {});
   std::string name() const override { return "quantize_int8_dynamic"; }
   void run(Result& state, PassReport& entry) const override;
+  const QuantizeInt8DynamicOptions& options() const { return options_; }
 
  private:
   QuantizeInt8DynamicOptions options_;

@@ -3,7 +3,7 @@
 // an optional inference cache in front, an optional tensor pool underneath,
 // and one Prometheus exposition of it all.
 //
-//   auto cache = std::make_shared<pare::InferenceCache>(pare::CacheOptions().capacity_bytes(64 << 20));
+//   auto cache = std::make_shared<pare::InferenceCache>(pare::InferenceCacheOptions().capacity_bytes(64 << 20));
 //   pare::Runner runner(torch::jit::load("model.pt"),
 //                       pare::RunnerOptions().cache(cache).max_batch(32)
 //                           .max_delay(std::chrono::microseconds(500)).threads(1));
@@ -22,7 +22,9 @@
 #include <torch/script.h>
 
 #include "pare/cache/cache.hpp"
+#include "pare/core/arg.hpp"
 #include "pare/core/error.hpp"
+#include "pare/core/metrics.hpp"
 #include "pare/pool/pool.hpp"
 
 namespace pare {
@@ -34,6 +36,10 @@ enum class RunnerHint {
 };
 /// "throughput" or "latency".
 std::string runner_hint_name(RunnerHint hint);
+/// The same as runner_hint_name, under the name every enum's table uses.
+std::string to_string(RunnerHint hint);
+/// Every hint name, in RunnerHint order.
+std::vector<std::string> runner_hint_names();
 /// The hint named `name`; pare::Error listing the names otherwise.
 RunnerHint parse_runner_hint(const std::string& name);
 
@@ -43,38 +49,39 @@ enum class RunnerSetting { MaxBatch, Threads, BatchGap, Concurrency };
 class RunnerOptions {
  public:
   /// A cache consulted before the model (shared: several runners may use one).
-  RunnerOptions& cache(std::shared_ptr<InferenceCache> value) { cache_ = std::move(value); return *this; }
+  PARE_ARG(std::shared_ptr<InferenceCache>, cache);
   /// The namespace of this runner's entries in the cache. By default the
   /// model's fingerprint (pare::model_fingerprint, computed once at
   /// construction), so runners over different models never share results and
   /// runners over the same model do, across processes too (Redis tier). Set it
   /// to name the model yourself, e.g. "fashion-cnn@3".
-  RunnerOptions& cache_namespace(std::string value) { cache_namespace_ = std::move(value); return *this; }
+  PARE_ARG(std::optional<std::string>, cache_namespace);
   /// A pool whose storage the model's own allocations reuse (PoolAllocatorGuard around each forward).
-  RunnerOptions& pool(std::shared_ptr<TensorPool> value) { pool_ = std::move(value); return *this; }
+  PARE_ARG(std::shared_ptr<TensorPool>, pool);
   /// Forward passes run at construction on `example_inputs` (warms allocators and the JIT's profiling).
-  RunnerOptions& warmup(int runs) { warmup_ = runs; return *this; }
-  RunnerOptions& example_inputs(std::vector<c10::IValue> inputs) { example_inputs_ = std::move(inputs); return *this; }
+  PARE_ARG(int64_t, warmup) = 0;
+  /// Inputs of one request: for warmup, the hint's measurement and the per-size model copies.
+  PARE_ARG(std::vector<c10::IValue>, example_inputs);
   /// Largest merged batch; 1 runs every blocking request on its caller's thread.
-  RunnerOptions& max_batch(int64_t rows) { return set(RunnerSetting::MaxBatch, max_batch_, rows); }
+  PARE_ARG_NOTED(int64_t, max_batch, RunnerSetting::MaxBatch) = 1;
   /// The longest the first request of a batch waits for company.
-  RunnerOptions& max_delay(std::chrono::microseconds value) { max_delay_ = value; return *this; }
+  PARE_ARG(std::chrono::microseconds, max_delay){1000};
   /// A batch goes out early when no request arrived for this long, or when every
   /// request the runner has lately held at once is queued or running (all the
   /// callers are waiting): waiting longer can't help. max_delay or more turns both off.
-  RunnerOptions& batch_gap(std::chrono::microseconds value) { return set(RunnerSetting::BatchGap, batch_gap_, value); }
+  PARE_ARG_NOTED(std::chrono::microseconds, batch_gap, RunnerSetting::BatchGap){100};
   /// Batch sizes (rows, ascending, each <= max_batch) the model runs best at: a batch
   /// reaching the largest goes out at once, and a batch sent early is cut to the
   /// largest size that the queued rows fill (the rest waits for the next one).
-  RunnerOptions& preferred_batch_sizes(std::vector<int64_t> rows) { preferred_ = std::move(rows); return *this; }
+  PARE_ARG(std::vector<int64_t>, preferred_batch_sizes);
   /// Requests allowed to wait in the queue; beyond it run() fails at once with
   /// pare::Error of kind Overloaded. 0: unbounded.
-  RunnerOptions& max_queue(size_t requests) { max_queue_ = requests; return *this; }
+  PARE_ARG(int64_t, max_queue) = 0;
   /// Default deadline of a request, from its arrival: still queued then, it fails
   /// with kind Timeout and never runs. 0: none.
-  RunnerOptions& timeout(std::chrono::microseconds value) { timeout_ = value; return *this; }
+  PARE_ARG(std::chrono::microseconds, timeout){0};
   /// Worker threads that run queued batches (and asynchronous requests).
-  RunnerOptions& threads(int count) { return set(RunnerSetting::Threads, threads_, count); }
+  PARE_ARG_NOTED(int64_t, threads, RunnerSetting::Threads) = 1;
   /// The most forward passes that run at once on the CPU, on workers and on
   /// callers' threads together; 0 (the default): no limit. With a limit, a
   /// blocking caller that finds a pass free runs the queue's front batches on
@@ -82,7 +89,7 @@ class RunnerOptions {
   /// (docs/serving.md: "a request queues only when queueing helps"); workers
   /// run what callers leave and the asynchronous requests. The hint measures
   /// it (see hint()).
-  RunnerOptions& concurrency(int passes) { return set(RunnerSetting::Concurrency, concurrency_, passes); }
+  PARE_ARG_NOTED(int64_t, concurrency, RunnerSetting::Concurrency) = 0;
   /// Tune the runner to this model on this host at construction: a short
   /// measurement on example_inputs (required) at batch 1 and 8 tells whether a
   /// batch saves time per row. If it saves under 30%, queueing can't win and
@@ -95,14 +102,14 @@ class RunnerOptions {
   /// workers. Settings given explicitly are kept. The choice
   /// and the measurement are in stats() and the Prometheus exposition. CPU
   /// only: on a GPU the hint changes nothing.
-  RunnerOptions& hint(RunnerHint value) { hint_ = value; return *this; }
+  PARE_ARG(std::optional<RunnerHint>, hint);
   /// Where the model runs: cpu (default) or cuda[:index]. On a GPU the runner
   /// serves a copy of the module moved there; host inputs of a batch are stacked
   /// in pinned memory (from pool() when it holds PoolMemory::Pinned) and cross in
   /// one non-blocking copy, and each worker thread runs on its own CUDA stream.
-  RunnerOptions& device(c10::Device value) { device_ = value; return *this; }
+  PARE_ARG(c10::Device, device) = c10::kCPU;
   /// On a GPU: leave outputs on the device (true) or copy them to the host (false, the default).
-  RunnerOptions& outputs_on_device(bool value) { outputs_on_device_ = value; return *this; }
+  PARE_ARG(bool, outputs_on_device) = false;
   /// Batch sizes (row counts) that run on a module of their own, at most; the
   /// first size served runs on the module itself, the others on copies made on
   /// first use, and sizes beyond the limit share the module. TorchScript's
@@ -110,80 +117,47 @@ class RunnerOptions {
   /// they run: other shapes pay for a new plan on every call (docs/serving.md).
   /// Each copy costs the model's memory once. 0: every batch runs on the one
   /// module. CPU only (a GPU model is served as one copy).
-  RunnerOptions& model_copies(size_t sizes) { model_copies_ = sizes; return *this; }
+  PARE_ARG(int64_t, model_copies) = 8;
 
-  const std::shared_ptr<InferenceCache>& cache() const { return cache_; }
-  const std::optional<std::string>& cache_namespace() const { return cache_namespace_; }
-  const std::shared_ptr<TensorPool>& pool() const { return pool_; }
-  int warmup() const { return warmup_; }
-  const std::vector<c10::IValue>& example_inputs() const { return example_inputs_; }
-  int64_t max_batch() const { return max_batch_; }
-  std::chrono::microseconds max_delay() const { return max_delay_; }
-  std::chrono::microseconds batch_gap() const { return batch_gap_; }
-  const std::vector<int64_t>& preferred_batch_sizes() const { return preferred_; }
-  size_t max_queue() const { return max_queue_; }
-  std::chrono::microseconds timeout() const { return timeout_; }
-  int threads() const { return threads_; }
-  int concurrency() const { return concurrency_; }
-  const std::optional<RunnerHint>& hint() const { return hint_; }
+ public:
   /// Whether `setting` was given explicitly (the hint keeps those).
   bool explicitly_set(RunnerSetting setting) const { return explicit_ & (1u << unsigned(setting)); }
-  const c10::Device& device() const { return device_; }
-  bool outputs_on_device() const { return outputs_on_device_; }
-  size_t model_copies() const { return model_copies_; }
 
  private:
-  std::shared_ptr<InferenceCache> cache_;
-  std::optional<std::string> cache_namespace_;
-  std::shared_ptr<TensorPool> pool_;
-  int warmup_ = 0;
-  std::vector<c10::IValue> example_inputs_;
-  int64_t max_batch_ = 1;
-  std::chrono::microseconds max_delay_{1000};
-  std::chrono::microseconds batch_gap_{100};
-  std::vector<int64_t> preferred_;
-  size_t max_queue_ = 0;
-  std::chrono::microseconds timeout_{0};
-  int threads_ = 1;
-  c10::Device device_ = c10::kCPU;
-  bool outputs_on_device_ = false;
-  size_t model_copies_ = 8;
-  int concurrency_ = 0;
-  std::optional<RunnerHint> hint_;
+  void note_set(RunnerSetting setting) { explicit_ |= 1u << unsigned(setting); }
   unsigned explicit_ = 0;
-
-  template <class T, class V>
-  RunnerOptions& set(RunnerSetting setting, T& field, V value) {
-    field = value;
-    explicit_ |= 1u << unsigned(setting);
-    return *this;
-  }
 };
 
 struct RunnerStats {
-  uint64_t requests = 0;               ///< answered, errors included
-  uint64_t failures = 0;               ///< ended in an error (rejections and timeouts included)
-  uint64_t rejected = 0;               ///< refused at once because the queue was full (kind Overloaded)
-  uint64_t timeouts = 0;               ///< failed at their deadline without running (kind Timeout)
-  uint64_t swaps = 0;                  ///< models installed by swap()
-  uint64_t batches = 0;                ///< forward passes run (cache hits run none)
-  uint64_t queue_depth = 0;            ///< requests waiting now
-  uint64_t model_copies = 0;           ///< batch sizes the served model runs on a module of its own for
+  int64_t requests = 0;                ///< answered, errors included
+  int64_t failures = 0;                ///< ended in an error (rejections and timeouts included)
+  int64_t rejected = 0;                ///< refused at once because the queue was full (kind Overloaded)
+  int64_t timeouts = 0;                ///< failed at their deadline without running (kind Timeout)
+  int64_t swaps = 0;                   ///< models installed by swap()
+  int64_t batches = 0;                 ///< forward passes run (cache hits run none)
+  int64_t queue_depth = 0;             ///< requests waiting now
+  int64_t model_copies = 0;            ///< batch sizes the served model runs on a module of its own for
   double seconds = 0;                  ///< since construction
   double p50_ms = 0, p95_ms = 0, p99_ms = 0, max_ms = 0;  ///< over the most recent requests (rejections excluded)
-  std::vector<uint64_t> batch_sizes;   ///< batch_sizes[n]: forward passes that merged n requests
+  std::vector<int64_t> batch_sizes;    ///< batch_sizes[n]: forward passes that merged n requests
+  // Latency histogram of every request, cache hits included, rejections excluded.
+  std::vector<double> latency_bounds;  ///< upper bounds of the buckets, in seconds
+  std::vector<int64_t> latency_counts; ///< requests per bucket; one more than bounds (the last: above them all)
+  double latency_seconds = 0;          ///< the latencies summed
   // Where a request's time goes (docs/serving.md).
-  uint64_t caller_batches = 0;         ///< forward passes run on a calling thread instead of a worker
+  int64_t caller_batches = 0;          ///< forward passes run on a calling thread instead of a worker
   double queue_seconds = 0;            ///< summed over queued requests: arrival to their batch's start
   double assemble_seconds = 0;         ///< summed over batches: merging inputs and splitting outputs
   double forward_seconds = 0;          ///< summed over passes: the model itself (one pass in 8 timed, x8)
   // The settings in force, as given or as the hint chose them.
   int64_t max_batch = 1;
-  int threads = 1;                     ///< worker threads
-  int concurrency = 0;                 ///< forward passes at once; 0: no limit
+  int64_t threads = 1;                 ///< worker threads
+  int64_t concurrency = 0;             ///< forward passes at once; 0: no limit
   std::string hint;                    ///< "throughput", "latency", or empty without one
   double batch_saving = 0;             ///< the hint's measurement: 1 - time(batch 8) / (8 x time(batch 1)); 0 without
   double throughput() const { return seconds > 0 ? double(requests) / seconds : 0.0; }
+  /// Prometheus text exposition (pare_runner_* families, the latency and batch size histograms).
+  std::string to_prometheus(const prometheus::Labels& labels = {}) const;
 };
 
 /// What an asynchronous request ends with: the output, or the error run() would throw.
@@ -209,7 +183,7 @@ class Runner {
   /// Serves `module` in eval mode. The caller's module is never changed: one
   /// already in eval mode is used as is (shared), one in training mode is
   /// deep-copied once and the copy put in eval mode.
-  Runner(torch::jit::Module module, RunnerOptions options = {});
+  explicit Runner(torch::jit::Module module, RunnerOptions options = {});
   ~Runner();
   Runner(const Runner&) = delete;
   Runner& operator=(const Runner&) = delete;
@@ -234,8 +208,11 @@ class Runner {
   void swap(torch::jit::Module module, std::optional<std::string> cache_namespace = std::nullopt);
 
   RunnerStats stats() const;
-  /// Runner, latency and batch size histograms, cache and pool metrics as one Prometheus text exposition.
-  std::string to_prometheus() const;
+  /// The options in force: as given, with the hint's choices filled in.
+  const RunnerOptions& options() const;
+  /// stats().to_prometheus(labels), then the cache's and the pool's metrics
+  /// (with the same labels), as one Prometheus text exposition.
+  std::string to_prometheus(const prometheus::Labels& labels = {}) const;
 
  private:
   struct Impl;

@@ -9,6 +9,7 @@
 
 #include <torch/script.h>
 
+#include "pare/core/arg.hpp"
 #include "pare/core/error.hpp"
 
 namespace pare {
@@ -17,42 +18,27 @@ class BenchOptions {
  public:
   /// Input shapes with the batch as their first dimension, e.g. {{1, 1, 28, 28}};
   /// the first dimension is replaced by each batch size.
-  BenchOptions& inputs(std::vector<std::vector<int64_t>> shapes) { inputs_ = std::move(shapes); return *this; }
+  PARE_ARG(std::vector<std::vector<int64_t>>, inputs){{1, 1, 28, 28}};
   /// Batch sizes measured, each with every thread count.
-  BenchOptions& batches(std::vector<int64_t> sizes) { batches_ = std::move(sizes); return *this; }
+  PARE_ARG(std::vector<int64_t>, batches){1};
   /// Client threads calling forward concurrently on the same module.
-  BenchOptions& threads(std::vector<int> counts) { threads_ = std::move(counts); return *this; }
+  PARE_ARG(std::vector<int64_t>, threads){1};
   /// Measuring time per (model, batch, threads) cell, after warm-up.
-  BenchOptions& duration(std::chrono::milliseconds value) { duration_ = value; return *this; }
+  PARE_ARG(std::chrono::milliseconds, duration){1000};
   /// Forward passes per cell before measuring.
-  BenchOptions& warmup(int runs) { warmup_ = runs; return *this; }
+  PARE_ARG(int64_t, warmup) = 10;
   /// The duration is split into this many slices, and the slices of all cells
   /// run in turn (model A, B, C, A, B, C, ...): a slow spell of the machine then
   /// weighs on every model alike instead of on the one measured during it. 1:
   /// each cell measured in one stretch. In [1, 100]; default 10 (docs/cli.md: why).
-  BenchOptions& rounds(int value) { rounds_ = value; return *this; }
-
-  const std::vector<std::vector<int64_t>>& inputs() const { return inputs_; }
-  const std::vector<int64_t>& batches() const { return batches_; }
-  const std::vector<int>& threads() const { return threads_; }
-  std::chrono::milliseconds duration() const { return duration_; }
-  int warmup() const { return warmup_; }
-  int rounds() const { return rounds_; }
-
- private:
-  std::vector<std::vector<int64_t>> inputs_{{1, 1, 28, 28}};
-  std::vector<int64_t> batches_{1};
-  std::vector<int> threads_{1};
-  std::chrono::milliseconds duration_{1000};
-  int warmup_ = 10;
-  int rounds_ = 10;
+  PARE_ARG(int64_t, rounds) = 10;
 };
 
 /// One measured cell.
 struct BenchRow {
   std::string model;
   int64_t batch = 0;
-  int threads = 0;
+  int64_t threads = 0;
   int64_t calls = 0;
   double p50_ms = 0, p95_ms = 0, p99_ms = 0;
   double samples_per_second = 0;
@@ -78,23 +64,14 @@ class OpenLoopOptions {
  public:
   /// `rate`: requests per second offered, with Poisson (exponential) gaps between sends.
   explicit OpenLoopOptions(double rate) : rate_(rate) {}
+  /// Requests per second offered.
+  PARE_ARG(double, rate);
   /// Sending time; the answers still outstanding at its end are waited for.
-  OpenLoopOptions& duration(std::chrono::milliseconds value) { duration_ = value; return *this; }
+  PARE_ARG(std::chrono::milliseconds, duration){2000};
   /// Seed of the arrival process (the same seed sends at the same offsets).
-  OpenLoopOptions& seed(uint64_t value) { seed_ = value; return *this; }
+  PARE_ARG(uint64_t, seed) = 0;
   /// The inputs sent, one list per request, cycled through.
-  OpenLoopOptions& inputs(std::vector<std::vector<c10::IValue>> value) { inputs_ = std::move(value); return *this; }
-
-  double rate() const { return rate_; }
-  std::chrono::milliseconds duration() const { return duration_; }
-  uint64_t seed() const { return seed_; }
-  const std::vector<std::vector<c10::IValue>>& inputs() const { return inputs_; }
-
- private:
-  double rate_;
-  std::chrono::milliseconds duration_{2000};
-  uint64_t seed_ = 0;
-  std::vector<std::vector<c10::IValue>> inputs_;
+  PARE_ARG(std::vector<std::vector<c10::IValue>>, inputs);
 };
 
 /// What an open-loop run saw. Latency runs from each request's scheduled send
@@ -103,7 +80,7 @@ class OpenLoopOptions {
 struct OpenLoopResult {
   double offered_rate = 0;   ///< requests per second asked for
   double achieved_rate = 0;  ///< successful answers per second of sending time
-  uint64_t sent = 0, succeeded = 0, rejected = 0, timeouts = 0, failed = 0;  ///< failed: other errors
+  int64_t sent = 0, succeeded = 0, rejected = 0, timeouts = 0, failed = 0;  ///< failed: other errors
   double p50_ms = 0, p95_ms = 0, p99_ms = 0, p999_ms = 0;  ///< successful requests only
 };
 
