@@ -89,9 +89,7 @@ int main(int argc, char** argv) try {
   auto model = ex::make_fashion_cnn();
   ex::train(model, train, epochs, 1e-3, 0, ex::progress_bar("training (" + std::to_string(epochs) + " epochs)"));
 
-  auto prune = [](double amount) {
-    return pare::L1Prune(pare::L1PruneOptions(amount).scope(pare::Scope::Global));
-  };
+  auto prune = [](double amount) { return pare::L1Prune(pare::L1PruneOptions(amount).scope(pare::Scope::Global)); };
   // 512 calibration images in batches of 64, and one more batch held out to measure each layer's SQNR.
   pare::InputBatches calibration;
   for (int64_t b = 0; b < 9; ++b) calibration.push_back({train.images.slice(0, b * 64, (b + 1) * 64)});

@@ -137,14 +137,16 @@ int main(int argc, char** argv) try {
   };
   const auto fp32_path = out + "/frontend_fp32.pt", small_path = out + "/frontend_pruned90_distilled_int8.pt";
   const auto fp32 = pare::Pipeline().add(export_to(fp32_path)).run(model);
-  const auto small =
-      pare::Pipeline()
-          .add(pare::L1Prune(pare::L1PruneOptions(0.9).scope(pare::Scope::Global)))
-          .add(pare::Distill(pare::DistillOptions(model, batches).epochs(1).temperature(1.0).alpha(0.5)
-                                 .progress(ex::progress_bar("distilling (1 epoch)"))))
-          .add(pare::QuantizeInt8(pare::QuantizeInt8Options(calibration)))
-          .add(export_to(small_path))
-          .run(model);
+  const auto small = pare::Pipeline()
+                         .add(pare::L1Prune(pare::L1PruneOptions(0.9).scope(pare::Scope::Global)))
+                         .add(pare::Distill(pare::DistillOptions(model, batches)
+                                                .epochs(1)
+                                                .temperature(1.0)
+                                                .alpha(0.5)
+                                                .progress(ex::progress_bar("distilling (1 epoch)"))))
+                         .add(pare::QuantizeInt8(pare::QuantizeInt8Options(calibration)))
+                         .add(export_to(small_path))
+                         .run(model);
   std::printf("%s", small.report.to_string().c_str());
 
   // 3. Stock Python torch reloads both files and measures their accuracy.

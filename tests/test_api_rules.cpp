@@ -32,21 +32,23 @@ using namespace pare;
 
 // Option `name` of `X` was declared by PARE_ARG: its marker type T exists, the
 // setter takes T and returns X& (chainable), the getter of the same name returns const T&.
-#define PARE_CHECK_OPTION(X, name)                                                                            \
-  static_assert(std::is_same_v<decltype(std::declval<X&>().name(std::declval<typename X::name##_arg_type>())), \
-                               X&>,                                                                           \
-                #X "::" #name "(value) must return " #X "&");                                                 \
-  static_assert(std::is_same_v<decltype(std::declval<const X&>().name()), const typename X::name##_arg_type&>, \
+#define PARE_CHECK_OPTION(X, name)                                                                                  \
+  static_assert(std::is_same_v<decltype(std::declval<X&>().name(std::declval<typename X::name##_arg_type>())), X&>, \
+                #X "::" #name "(value) must return " #X "&");                                                       \
+  static_assert(std::is_same_v<decltype(std::declval<const X&>().name()), const typename X::name##_arg_type&>,      \
                 #X "::" #name "() must return const T&");
 
 #define PARE_CHECK_EACH(X, ...) PARE_CHECK_EACH_(X, __VA_ARGS__)
 // One static_assert pair per option (up to 20 options a class).
-#define PARE_CHECK_EACH_(X, ...)                                                                 \
-  PARE_FOR_EACH(PARE_CHECK_OPTION, X, __VA_ARGS__)
-#define PARE_FOR_EACH(M, X, ...) PARE_FE_PICK(__VA_ARGS__, PARE_FE20, PARE_FE19, PARE_FE18, PARE_FE17, PARE_FE16, \
-  PARE_FE15, PARE_FE14, PARE_FE13, PARE_FE12, PARE_FE11, PARE_FE10, PARE_FE9, PARE_FE8, PARE_FE7, PARE_FE6, PARE_FE5, \
-  PARE_FE4, PARE_FE3, PARE_FE2, PARE_FE1)(M, X, __VA_ARGS__)
-#define PARE_FE_PICK(_1, _2, _3, _4, _5, _6, _7, _8, _9, _10, _11, _12, _13, _14, _15, _16, _17, _18, _19, _20, N, ...) N
+#define PARE_CHECK_EACH_(X, ...) PARE_FOR_EACH(PARE_CHECK_OPTION, X, __VA_ARGS__)
+#define PARE_FOR_EACH(M, X, ...)                                                                                      \
+  PARE_FE_PICK(__VA_ARGS__, PARE_FE20, PARE_FE19, PARE_FE18, PARE_FE17, PARE_FE16, PARE_FE15, PARE_FE14, PARE_FE13,   \
+               PARE_FE12, PARE_FE11, PARE_FE10, PARE_FE9, PARE_FE8, PARE_FE7, PARE_FE6, PARE_FE5, PARE_FE4, PARE_FE3, \
+               PARE_FE2, PARE_FE1)                                                                                    \
+  (M, X, __VA_ARGS__)
+#define PARE_FE_PICK(_1, _2, _3, _4, _5, _6, _7, _8, _9, _10, _11, _12, _13, _14, _15, _16, _17, _18, _19, _20, N, \
+                     ...)                                                                                          \
+  N
 #define PARE_FE1(M, X, a) M(X, a)
 #define PARE_FE2(M, X, a, ...) M(X, a) PARE_FE1(M, X, __VA_ARGS__)
 #define PARE_FE3(M, X, a, ...) M(X, a) PARE_FE2(M, X, __VA_ARGS__)
@@ -98,10 +100,23 @@ PARE_CHECK_EACH(DistributedOptions, rank, world_size, master_addr, master_port, 
 #endif
 
 const std::set<std::string> kCheckedOptionClasses = {
-    "L1PruneOptions", "PruneChannelsOptions", "RecalibrateBatchNormOptions", "ObserverOptions",
-    "QuantizeInt8Options", "QuantizeInt8DynamicOptions", "ExportTorchScriptOptions", "ConvertPrecisionOptions",
-    "TraceOptions", "DistillLossOptions", "DistillOptions", "InferenceCacheOptions", "RedisTierOptions",
-    "TensorPoolOptions", "RunnerOptions", "BenchOptions", "OpenLoopOptions",
+    "L1PruneOptions",
+    "PruneChannelsOptions",
+    "RecalibrateBatchNormOptions",
+    "ObserverOptions",
+    "QuantizeInt8Options",
+    "QuantizeInt8DynamicOptions",
+    "ExportTorchScriptOptions",
+    "ConvertPrecisionOptions",
+    "TraceOptions",
+    "DistillLossOptions",
+    "DistillOptions",
+    "InferenceCacheOptions",
+    "RedisTierOptions",
+    "TensorPoolOptions",
+    "RunnerOptions",
+    "BenchOptions",
+    "OpenLoopOptions",
 #ifdef PARE_HAS_DISTRIBUTED
     "DistributedOptions",
 #endif
@@ -280,14 +295,18 @@ void check_name_table(const std::vector<std::string>& names, ToString to_name, P
 }  // namespace
 
 TEST_CASE("every user-facing enum has one name table") {
-  check_name_table<Norm>(norm_names(), [](Norm v) { return to_string(v); }, parse_norm);
-  check_name_table<Scope>(scope_names(), [](Scope v) { return to_string(v); }, parse_scope);
-  check_name_table<OptimizerKind>(optimizer_kind_names(), [](OptimizerKind v) { return to_string(v); },
-                                  parse_optimizer_kind);
-  check_name_table<PoolMemory>(pool_memory_names(), [](PoolMemory v) { return to_string(v); }, parse_pool_memory);
-  check_name_table<RunnerHint>(runner_hint_names(), [](RunnerHint v) { return to_string(v); }, parse_runner_hint);
-  check_name_table<ObserverKind>(observer_kind_names(), [](ObserverKind v) { return to_string(v); },
-                                 parse_observer_kind);
+  check_name_table<Norm>(
+      norm_names(), [](Norm v) { return to_string(v); }, parse_norm);
+  check_name_table<Scope>(
+      scope_names(), [](Scope v) { return to_string(v); }, parse_scope);
+  check_name_table<OptimizerKind>(
+      optimizer_kind_names(), [](OptimizerKind v) { return to_string(v); }, parse_optimizer_kind);
+  check_name_table<PoolMemory>(
+      pool_memory_names(), [](PoolMemory v) { return to_string(v); }, parse_pool_memory);
+  check_name_table<RunnerHint>(
+      runner_hint_names(), [](RunnerHint v) { return to_string(v); }, parse_runner_hint);
+  check_name_table<ObserverKind>(
+      observer_kind_names(), [](ObserverKind v) { return to_string(v); }, parse_observer_kind);
   CHECK(norm_names() == std::vector<std::string>{"l1", "l2"});
   CHECK_THROWS_WITH(parse_norm("l3"), Catch::Contains("l1") && Catch::Contains("l2"));
 }

@@ -12,9 +12,9 @@
 #include "pare/cache/cache.hpp"
 
 using namespace std::chrono_literals;
-using pare::InferenceCacheOptions;
-using pare::InferenceCache;
 using cache_testing::input;
+using pare::InferenceCache;
+using pare::InferenceCacheOptions;
 
 namespace {
 

@@ -115,9 +115,8 @@ TEST_CASE("a Runner on CUDA can leave outputs on the device [cuda]") {
 
 TEST_CASE("Distill trains on the GPU, keeps the masks and returns the student home [cuda]") {
   PARE_REQUIRE_CUDA();
-  auto student = pare::Pipeline()
-                     .add(pare::L1Prune(pare::L1PruneOptions(0.7).scope(pare::Scope::Global)))
-                     .run(cuda_test_cnn());
+  auto student =
+      pare::Pipeline().add(pare::L1Prune(pare::L1PruneOptions(0.7).scope(pare::Scope::Global))).run(cuda_test_cnn());
   const auto zeros_before = student.module.attr("fc1").toModule().attr("weight").toTensor().eq(0).sum().item<int64_t>();
   const auto summary = pare::distill(student.module,
                                      pare::DistillOptions(cuda_test_cnn(), train_subset().batches(128))

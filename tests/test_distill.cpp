@@ -102,9 +102,8 @@ TEST_CASE("distillation_loss rejects bad options and inputs with pare::Error") {
 
 TEST_CASE("Distill after L1Prune recovers accuracy and keeps every pruned weight at zero") {
   const auto eval = test_subset().batches(500);
-  auto pruned = pare::Pipeline()
-                    .add(pare::L1Prune(pare::L1PruneOptions(0.85).scope(pare::Scope::Global)))
-                    .run(teacher());
+  auto pruned =
+      pare::Pipeline().add(pare::L1Prune(pare::L1PruneOptions(0.85).scope(pare::Scope::Global))).run(teacher());
   int64_t progress_calls = 0, last_steps = 0;
   const auto result = pare::Pipeline()
                           .add(pare::L1Prune(pare::L1PruneOptions(0.85).scope(pare::Scope::Global)))

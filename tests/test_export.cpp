@@ -37,10 +37,11 @@ TEST_CASE("export writes a verified, frozen file with the report embedded") {
   TempDir dir;
   const auto model = pare::examples::make_fashion_cnn({4, 8, 16}, 1);
   const auto path = dir.file("m.pt");
-  const auto result = pare::Pipeline()
-                          .add(pare::L1Prune(pare::L1PruneOptions(0.5).scope(pare::Scope::Global)))
-                          .add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(path).freeze(true).verify_with(samples())))
-                          .run(model);
+  const auto result =
+      pare::Pipeline()
+          .add(pare::L1Prune(pare::L1PruneOptions(0.5).scope(pare::Scope::Global)))
+          .add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(path).freeze(true).verify_with(samples())))
+          .run(model);
   const auto& entry = result.report.at("export_torchscript");
   CHECK(entry.metrics.at("file_bytes") == Approx(double(fs::file_size(path))));
   CHECK(entry.metrics.at("max_abs_diff") <= 1e-5);

@@ -18,8 +18,8 @@
 #include "support/redis_server.hpp"
 
 using namespace std::chrono_literals;
-using pare::InferenceCacheOptions;
 using pare::InferenceCache;
+using pare::InferenceCacheOptions;
 using pare::RedisTier;
 using pare::RedisTierOptions;
 using pare::testing::RedisServer;

@@ -12,9 +12,7 @@ int main() try {
   model.register_module("fc", linear);
   model.define("def forward(self, x):\n  return self.fc.forward(x)\n");
 
-  const auto result = pare::Pipeline()
-                          .add(pare::L1Prune(pare::L1PruneOptions(0.75)))
-                          .run(model);
+  const auto result = pare::Pipeline().add(pare::L1Prune(pare::L1PruneOptions(0.75))).run(model);
   std::cout << result.report.to_string();
   const auto& entry = result.report.at("l1_prune");
   return entry.total_nonzeros() == 16 * 32 / 4 ? 0 : 1;

@@ -248,8 +248,8 @@ torch::jit::Module trace(torch::nn::Module& model, const ForwardFunction& forwar
   if (options.check_inputs().empty())
     require(batch > 0, "trace: the example inputs do not share one batch size (dim 0 of every tensor), so pare "
                        "cannot derive a second input set; pass one with TraceOptions::check_inputs");
-  const auto check_inputs = !options.check_inputs().empty() ? options.check_inputs()
-                                                            : derive_check_inputs(example_inputs, batch + 3);
+  const auto check_inputs =
+      !options.check_inputs().empty() ? options.check_inputs() : derive_check_inputs(example_inputs, batch + 3);
   require_traceable(check_inputs, "check inputs");
   require(check_inputs.size() == example_inputs.size(), "trace: " + std::to_string(check_inputs.size()) +
                                                             " check inputs for " + std::to_string(example_inputs.size()) +

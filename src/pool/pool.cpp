@@ -85,13 +85,13 @@ bool supported_dtype(at::ScalarType dtype) {
 
 void validate(const TensorPoolOptions& options) {
   if (options.memory() != PoolMemory::Host) {
-    require(torch::cuda::is_available(), std::string("TensorPoolOptions.memory: ") +
-                                             (options.memory() == PoolMemory::Pinned ? "Pinned" : "Cuda") +
-                                             " memory needs a CUDA device, and this process sees none; use PoolMemory::Host",
+    require(torch::cuda::is_available(),
+            std::string("TensorPoolOptions.memory: ") + (options.memory() == PoolMemory::Pinned ? "Pinned" : "Cuda") +
+                " memory needs a CUDA device, and this process sees none; use PoolMemory::Host",
             Error::Kind::Runtime);
     require(options.device_index() >= 0 && options.device_index() < int(torch::cuda::device_count()),
-            "TensorPoolOptions.device_index: " + std::to_string(options.device_index()) + " is not a CUDA device here (" +
-                std::to_string(torch::cuda::device_count()) + " visible)");
+            "TensorPoolOptions.device_index: " + std::to_string(options.device_index()) +
+                " is not a CUDA device here (" + std::to_string(torch::cuda::device_count()) + " visible)");
   }
   const auto& classes = options.size_classes();
   for (size_t i = 0; i < classes.size(); ++i) {

@@ -16,7 +16,9 @@ constexpr std::pair<PoolMemory, const char*> kPoolMemoryNames[] = {
 
 std::string to_string(PoolMemory memory) { return detail::name_of(kPoolMemoryNames, memory); }
 
-PoolMemory parse_pool_memory(const std::string& name) { return detail::parse_name(kPoolMemoryNames, name, "pool memory"); }
+PoolMemory parse_pool_memory(const std::string& name) {
+  return detail::parse_name(kPoolMemoryNames, name, "pool memory");
+}
 
 std::vector<std::string> pool_memory_names() { return detail::names_of(kPoolMemoryNames); }
 

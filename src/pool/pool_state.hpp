@@ -111,8 +111,9 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
 
   explicit PoolState(TensorPoolOptions opts)
       : options(std::move(opts)),
-        device(options.memory() == PoolMemory::Cuda ? c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(options.device_index()))
-                                                    : c10::Device(c10::kCPU)) {
+        device(options.memory() == PoolMemory::Cuda
+                   ? c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(options.device_index()))
+                   : c10::Device(c10::kCPU)) {
     lease_allocator.state = this;
   }
   ~PoolState() { free_blocks(take_all_idle()); }

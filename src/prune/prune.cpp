@@ -239,7 +239,8 @@ void L1Prune::run(Result& state, PassReport& entry) const {
     mask = mask.defined() ? mask.logical_and(masks[i]) : masks[i];
   }
   entry.labels["scope"] = to_string(options_.scope());
-  entry.labels["mode"] = options_.structured() ? "structured(dim=" + std::to_string(*options_.structured()) + ")" : "unstructured";
+  entry.labels["mode"] =
+      options_.structured() ? "structured(dim=" + std::to_string(*options_.structured()) + ")" : "unstructured";
   entry.metrics["amount"] = options_.amount();
 }
 

@@ -85,9 +85,9 @@ void append_latency_histogram(std::string& out, const RunnerStats& s, const prom
   prometheus::append_sample(out, name + "_count", double(count), labels);
 }
 
-
 // Requests per forward pass as a histogram with power-of-two bounds.
-void append_batch_histogram(std::string& out, const std::vector<int64_t>& batch_sizes, const prometheus::Labels& labels) {
+void append_batch_histogram(std::string& out, const std::vector<int64_t>& batch_sizes,
+                            const prometheus::Labels& labels) {
   const std::string name = "pare_runner_batch_size";
   prometheus::append_header(out, name, "histogram", "Requests merged into each forward pass.");
   int64_t count = 0, sum = 0;
@@ -96,7 +96,8 @@ void append_batch_histogram(std::string& out, const std::vector<int64_t>& batch_
   size_t n = 0;
   for (size_t bound = 1; bound < 2 * std::max<size_t>(batch_sizes.size(), 1); bound *= 2) {
     for (; n <= bound && n < batch_sizes.size(); ++n) below += batch_sizes[n];
-    prometheus::append_sample(out, name + "_bucket", double(below), with_labels(labels, {{"le", std::to_string(bound)}}));
+    prometheus::append_sample(out, name + "_bucket", double(below),
+                              with_labels(labels, {{"le", std::to_string(bound)}}));
   }
   prometheus::append_sample(out, name + "_bucket", double(count), with_labels(labels, {{"le", "+Inf"}}));
   prometheus::append_sample(out, name + "_sum", double(sum), labels);
@@ -117,12 +118,12 @@ std::string RunnerStats::to_prometheus(const prometheus::Labels& labels) const {
   counter("pare_runner_timeouts_total", "Requests whose deadline passed while they waited; they never ran.", s.timeouts);
   counter("pare_runner_swaps_total", "Models installed by swap().", s.swaps);
   counter("pare_runner_batches_total", "Batches: forward passes run (cache hits run none).", s.batches);
-  prometheus::append_metric(out, "pare_runner_queue_depth", "gauge", "Requests waiting in the queue.", double(s.queue_depth),
-                            labels);
-  prometheus::append_metric(out, "pare_runner_model_copies", "gauge", "Batch sizes the model runs on a module of its own for.",
-                            double(s.model_copies), labels);
-  prometheus::append_metric(out, "pare_runner_throughput_requests_per_second", "gauge", "Requests per second since start.",
-                            s.throughput(), labels);
+  prometheus::append_metric(out, "pare_runner_queue_depth", "gauge", "Requests waiting in the queue.",
+                            double(s.queue_depth), labels);
+  prometheus::append_metric(out, "pare_runner_model_copies", "gauge",
+                            "Batch sizes the model runs on a module of its own for.", double(s.model_copies), labels);
+  prometheus::append_metric(out, "pare_runner_throughput_requests_per_second", "gauge",
+                            "Requests per second since start.", s.throughput(), labels);
   counter("pare_runner_caller_batches_total", "Forward passes run on a calling thread instead of a worker.", s.caller_batches);
   auto seconds = [&](const char* name, const char* help, double value) {
     prometheus::append_metric(out, name, "counter", help, value, labels);
@@ -133,9 +134,9 @@ std::string RunnerStats::to_prometheus(const prometheus::Labels& labels) const {
   prometheus::append_metric(out, "pare_runner_config", "gauge",
                             "The settings in force (as given, or as the hint chose them); the value is always 1.", 1.0,
                             with_labels(labels, {{"hint", s.hint.empty() ? "none" : s.hint},
-                                          {"max_batch", std::to_string(s.max_batch)},
-                                          {"threads", std::to_string(s.threads)},
-                                          {"concurrency", std::to_string(s.concurrency)}}));
+                                                 {"max_batch", std::to_string(s.max_batch)},
+                                                 {"threads", std::to_string(s.threads)},
+                                                 {"concurrency", std::to_string(s.concurrency)}}));
   prometheus::append_metric(out, "pare_runner_batch_saving_ratio", "gauge",
                             "The hint's measurement: 1 - time(batch 8) / (8 x time(batch 1)); 0 without a hint.",
                             s.batch_saving, labels);

@@ -178,8 +178,8 @@ std::string bench_table(const std::vector<BenchRow>& rows) {
   out += line;
   for (const auto& r : rows) {
     std::snprintf(line, sizeof line, "%-28s %6lld %7lld %8lld %10.3f %10.3f %10.3f %12.0f %9.2fx %10.2fx\n",
-                  r.model.c_str(), (long long)r.batch, (long long)r.threads, (long long)r.calls, r.p50_ms, r.p95_ms, r.p99_ms,
-                  r.samples_per_second, r.p50_ratio, r.throughput_ratio);
+                  r.model.c_str(), (long long)r.batch, (long long)r.threads, (long long)r.calls, r.p50_ms, r.p95_ms,
+                  r.p99_ms, r.samples_per_second, r.p50_ratio, r.throughput_ratio);
     out += line;
   }
   return out;

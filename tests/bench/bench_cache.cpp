@@ -173,7 +173,8 @@ void bench_redis(int repeats, const pare::examples::Dataset& data) {
   }
   // Requests/s: every thread with its own memory tier (cleared), all on one server.
   const auto x = data.images[1].unsqueeze(0);
-  pare::InferenceCache(pare::InferenceCacheOptions().remote(tier)).put({x}, at::randn({1, 10}), std::chrono::milliseconds(1));
+  pare::InferenceCache(pare::InferenceCacheOptions().remote(tier))
+      .put({x}, at::randn({1, 10}), std::chrono::milliseconds(1));
   double base = 0;
   for (int threads : {1, 4}) {
     std::atomic<int64_t> done{0};

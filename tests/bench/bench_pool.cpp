@@ -80,8 +80,9 @@ void bench_acquire_fill_release() {
   const Size sizes[] = {{"4 KiB", 1 << 10, 4000},    {"64 KiB", 16 << 10, 2000}, {"256 KiB", 64 << 10, 1000},
                         {"1 MiB", 256 << 10, 500},   {"4 MiB", 1 << 20, 200},    {"64 MiB", 16 << 20, 30}};
   std::printf("\n## acquire + fill + release (float32; medians, faults = mean minor page faults per op)\n");
-  std::printf("pool: default options (leases under %zu KiB get plain storage); pooled: small_bytes(0), every size pooled\n\n",
-              pare::TensorPoolOptions().small_bytes() >> 10);
+  std::printf(
+      "pool: default options (leases under %zu KiB get plain storage); pooled: small_bytes(0), every size pooled\n\n",
+      pare::TensorPoolOptions().small_bytes() >> 10);
   std::printf("| size    | empty+fill us | pool us | speedup | pooled us | speedup | empty+fill faults | pooled faults |\n");
   std::printf("|---------|---------------|---------|---------|-----------|---------|-------------------|---------------|\n");
   for (const auto& size : sizes) {

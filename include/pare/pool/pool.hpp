@@ -82,17 +82,17 @@ class TensorPoolOptions {
 using PoolOptions [[deprecated("renamed TensorPoolOptions")]] = TensorPoolOptions;
 
 struct PoolStats {
-  int64_t acquires = 0;         ///< storage requests (leases and guarded allocations)
-  int64_t hits = 0;             ///< served from idle storage
-  int64_t misses = 0;           ///< served by a new allocation
-  int64_t releases = 0;         ///< storage returned to the pool
-  int64_t evictions = 0;        ///< idle storage freed by the byte bound or trim()
-  int64_t outlived = 0;         ///< leases that ended while a copy of their tensor lived on
+  int64_t acquires = 0;   ///< storage requests (leases and guarded allocations)
+  int64_t hits = 0;       ///< served from idle storage
+  int64_t misses = 0;     ///< served by a new allocation
+  int64_t releases = 0;   ///< storage returned to the pool
+  int64_t evictions = 0;  ///< idle storage freed by the byte bound or trim()
+  int64_t outlived = 0;   ///< leases that ended while a copy of their tensor lived on
   int64_t blocks_idle = 0;
   int64_t bytes_idle = 0;
-  int64_t bytes_in_use = 0;     ///< capacity of storage handed out and not yet returned
+  int64_t bytes_in_use = 0;  ///< capacity of storage handed out and not yet returned
   int64_t peak_bytes_in_use = 0;
-  int64_t small = 0;            ///< leases below small_bytes, given plain storage (not in acquires)
+  int64_t small = 0;  ///< leases below small_bytes, given plain storage (not in acquires)
   /// The stats in Prometheus text format, as pare_pool_* families.
   std::string to_prometheus(const prometheus::Labels& labels = {}) const;
 };

@@ -139,11 +139,11 @@ struct RunnerStats {
   int64_t model_copies = 0;            ///< batch sizes the served model runs on a module of its own for
   double seconds = 0;                  ///< since construction
   double p50_ms = 0, p95_ms = 0, p99_ms = 0, max_ms = 0;  ///< over the most recent requests (rejections excluded)
-  std::vector<int64_t> batch_sizes;    ///< batch_sizes[n]: forward passes that merged n requests
+  std::vector<int64_t> batch_sizes;                       ///< batch_sizes[n]: forward passes that merged n requests
   // Latency histogram of every request, cache hits included, rejections excluded.
-  std::vector<double> latency_bounds;  ///< upper bounds of the buckets, in seconds
-  std::vector<int64_t> latency_counts; ///< requests per bucket; one more than bounds (the last: above them all)
-  double latency_seconds = 0;          ///< the latencies summed
+  std::vector<double> latency_bounds;   ///< upper bounds of the buckets, in seconds
+  std::vector<int64_t> latency_counts;  ///< requests per bucket; one more than bounds (the last: above them all)
+  double latency_seconds = 0;           ///< the latencies summed
   // Where a request's time goes (docs/serving.md).
   int64_t caller_batches = 0;          ///< forward passes run on a calling thread instead of a worker
   double queue_seconds = 0;            ///< summed over queued requests: arrival to their batch's start
