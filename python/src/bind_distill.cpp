@@ -31,10 +31,39 @@ OptimizerKind parse_optimizer(const std::string& name) {
   }
 }
 
+// distributed="env" (torchrun's RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) or a dict
+// {"rank", "world_size", "master_addr", "master_port", "timeout" (s), "store_file"}.
+DistributedOptions parse_distributed(const py::object& value) {
+  const std::string who = "Distill(distributed=...)";
+  if (py::isinstance<py::str>(value)) {
+    if (value.cast<std::string>() != "env")
+      throw Error(who + ": expected \"env\" or a dict, got '" + value.cast<std::string>() + "'");
+    return DistributedOptions::from_env();
+  }
+  if (!py::isinstance<py::dict>(value)) throw Error(who + ": expected \"env\" or a dict, got " + type_name(value));
+  const auto d = value.cast<py::dict>();
+  for (const auto& item : d) {
+    const auto k = item.first.cast<std::string>();
+    if (k != "rank" && k != "world_size" && k != "master_addr" && k != "master_port" && k != "timeout" &&
+        k != "store_file")
+      throw Error(who + ": unknown key '" + k +
+                  "'; expected rank, world_size, master_addr, master_port, timeout, store_file");
+  }
+  if (!d.contains("rank") || !d.contains("world_size")) throw Error(who + ": the dict needs 'rank' and 'world_size'");
+  DistributedOptions options(d["rank"].cast<int64_t>(), d["world_size"].cast<int64_t>());
+  if (d.contains("master_addr")) options.master_addr(d["master_addr"].cast<std::string>());
+  if (d.contains("master_port")) options.master_port(d["master_port"].cast<int64_t>());
+  if (d.contains("store_file")) options.store_file(d["store_file"].cast<std::string>());
+  if (d.contains("timeout"))
+    options.timeout(std::chrono::milliseconds(std::llround(d["timeout"].cast<double>() * 1000)));
+  return options;
+}
+
 std::shared_ptr<Distill> make_distill(const py::object& teacher, const py::object& data, int64_t epochs, double lr,
                                       const std::string& optimizer, double momentum, double weight_decay,
                                       double temperature, double alpha, const py::object& eval_data, bool shuffle,
-                                      uint64_t seed, const py::object& progress, const py::object& device) {
+                                      uint64_t seed, const py::object& progress, const py::object& device,
+                                      const py::object& distributed, const py::object& checkpoint) {
   auto options = DistillOptions(unwrap_module(teacher, "Distill(teacher=...)"),
                                 to_batch_source<Batch>(data, to_batch, "Distill(data=...)"))
                      .epochs(epochs)
@@ -47,6 +76,8 @@ std::shared_ptr<Distill> make_distill(const py::object& teacher, const py::objec
                      .shuffle(shuffle)
                      .seed(seed);
   if (!device.is_none()) options.device(parse_device(device, "Distill(device=...)"));
+  if (!distributed.is_none()) options.distributed(parse_distributed(distributed));
+  if (!checkpoint.is_none()) options.checkpoint(checkpoint.cast<std::string>());
   if (!eval_data.is_none()) options.evaluate_on(to_batches(eval_data, "Distill(eval_data=...)"));
   if (!progress.is_none()) {
     if (!PyCallable_Check(progress.ptr()))
@@ -76,15 +107,18 @@ void bind_distill(py::module_& m) {
       "cross_entropy(student, targets). Differentiable w.r.t. the student; the teacher is detached.");
 
   py::class_<Distill, Pass, std::shared_ptr<Distill>>(m, "Distill")
-      .def(py::init(&make_distill), py::arg("teacher"), py::arg("data"), py::arg("epochs") = 1,
-           py::arg("lr") = 1e-3, py::arg("optimizer") = "adam", py::arg("momentum") = 0.9,
-           py::arg("weight_decay") = 0.0, py::arg("temperature") = 4.0, py::arg("alpha") = 0.7,
-           py::arg("eval_data") = py::none(), py::arg("shuffle") = true, py::arg("seed") = 0,
-           py::arg("progress") = py::none(), py::arg("device") = py::none(),
+      .def(py::init(&make_distill), py::arg("teacher"), py::arg("data"), py::arg("epochs") = 1, py::arg("lr") = 1e-3,
+           py::arg("optimizer") = "adam", py::arg("momentum") = 0.9, py::arg("weight_decay") = 0.0,
+           py::arg("temperature") = 4.0, py::arg("alpha") = 0.7, py::arg("eval_data") = py::none(),
+           py::arg("shuffle") = true, py::arg("seed") = 0, py::arg("progress") = py::none(),
+           py::arg("device") = py::none(), py::arg("distributed") = py::none(), py::arg("checkpoint") = py::none(),
            "Fine-tunes the pipeline's module against `teacher`, keeping pruning masks. `data`: a list of "
            "(input, target) pairs (shuffled every epoch unless shuffle=False), an iterable such as a DataLoader "
            "(iterated every epoch), or a callable epoch -> iterable. "
-           "device: where training runs (\"cuda\"; default: where the module is).");
+           "device: where training runs (\"cuda\"; default: where the module is). distributed: \"env\" "
+           "(torchrun's RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) or a dict {rank, world_size, master_addr, "
+           "master_port, timeout, store_file}: train as one rank of a data-parallel job (docs/scaling.md). "
+           "checkpoint: a path saved after every epoch and resumed from.");
 
   m.def(
       "apply_masks",

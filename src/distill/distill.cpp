@@ -13,6 +13,7 @@
 #include "core/enum_names.hpp"
 #include "core/eval_module.hpp"
 #include "core/torch_errors.hpp"
+#include "distill/training.hpp"
 
 namespace pare {
 namespace {
@@ -59,73 +60,13 @@ void check_targets(const torch::Tensor& targets, const torch::Tensor& student) {
                                                   std::to_string(student.size(1)) + ")");
 }
 
-// The student's parameters with requires_grad and train mode for the duration
-// of training; restored (and gradients freed) however training ends.
-class TrainingScope {
- public:
-  explicit TrainingScope(torch::jit::Module& module) : module_(module) {
-    for (const auto& p : module.parameters()) {
-      parameters_.push_back(p);
-      requires_grad_.push_back(p.requires_grad());
-      // Module::clone() of a module whose parameters require grad records the
-      // copy in autograd; detaching in place makes them leaves an optimizer accepts.
-      if (!p.is_leaf()) parameters_.back().detach_();
-      parameters_.back().set_requires_grad(true);
-    }
-    module.train();
+bool has_forward(const torch::jit::Module& module) {
+  try {
+    return module.find_method("forward").has_value();
+  } catch (const c10::Error&) {  // a default-constructed Module holds no object
+    return false;
   }
-  ~TrainingScope() {
-    for (size_t i = 0; i < parameters_.size(); ++i) {
-      parameters_[i].mutable_grad() = torch::Tensor();
-      parameters_[i].set_requires_grad(requires_grad_[i]);
-    }
-    module_.eval();
-  }
-  TrainingScope(const TrainingScope&) = delete;
-  TrainingScope& operator=(const TrainingScope&) = delete;
-  const std::vector<torch::Tensor>& parameters() const { return parameters_; }
-
- private:
-  torch::jit::Module& module_;
-  std::vector<torch::Tensor> parameters_;
-  std::vector<bool> requires_grad_;
-};
-
-c10::Device device_of(const torch::jit::Module& module) {
-  for (const auto& p : module.parameters()) return p.device();
-  return c10::kCPU;
 }
-
-// Training on options.device(): the student moved there for the duration (and
-// back however training ends), the teacher as a copy there, batches per step.
-class Placement {
- public:
-  Placement(torch::jit::Module& student, torch::jit::Module teacher, c10::Device device)
-      : student_(student), home_(device_of(student)), device_(device), teacher_(std::move(teacher)) {
-    if (device_of(teacher_) != device_) {
-      teacher_ = teacher_.clone();
-      teacher_.to(device_);
-    }
-    if (home_ != device_) student_.to(device_);
-  }
-  ~Placement() {
-    if (home_ != device_) student_.to(home_);
-  }
-  Placement(const Placement&) = delete;
-  Placement& operator=(const Placement&) = delete;
-
-  torch::jit::Module& teacher() { return teacher_; }
-  Batch batch(const Batch& batch) const {
-    if (device_.is_cpu() && batch.first.device().is_cpu()) return batch;
-    return {batch.first.to(device_, /*non_blocking=*/true),
-            batch.second.defined() ? batch.second.to(device_, /*non_blocking=*/true) : batch.second};
-  }
-
- private:
-  torch::jit::Module& student_;
-  c10::Device home_, device_;
-  torch::jit::Module teacher_;
-};
 
 void check_device(const std::optional<c10::Device>& requested) {
   if (!requested) return;
@@ -140,10 +81,26 @@ void check_device(const std::optional<c10::Device>& requested) {
               std::to_string(torch::cuda::device_count()) + " CUDA device(s)");
 }
 
-// A parameter and where its mask says "pruned".
-struct MaskedParameter {
-  torch::Tensor parameter, pruned;
-};
+// `who` names the caller and the model, e.g. "Distill: the teacher".
+torch::Tensor logits_of(torch::jit::Module& module, const torch::Tensor& input, const std::string& who) {
+  require(input.defined(), who + " got a batch with an undefined input tensor");
+  c10::IValue output;
+  try {
+    output = module.forward({input});
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Error(who + " failed on a batch of shape " + shape_of(input) + " (" + dtype_of(input) +
+                    "): " + detail::torch_message(e) + "; expected batches the model accepts",
+                Error::Kind::InvalidArgument);
+  }
+  require(output.isTensor(), who + " returned " + output.tagKind() + "; expected a tensor of logits");
+  return output.toTensor();
+}
+
+}  // namespace
+
+namespace detail {
 
 std::vector<MaskedParameter> resolve_masks(const torch::jit::Module& module, const Masks& masks) {
   std::map<std::string, torch::Tensor> parameters;
@@ -165,14 +122,6 @@ void zero_pruned(const std::vector<MaskedParameter>& masked) {
   for (const auto& m : masked) m.parameter.masked_fill_(m.pruned, 0.0);
 }
 
-bool has_forward(const torch::jit::Module& module) {
-  try {
-    return module.find_method("forward").has_value();
-  } catch (const c10::Error&) {  // a default-constructed Module holds no object
-    return false;
-  }
-}
-
 void check_options(const DistillOptions& o) {
   require(has_forward(o.teacher()), "Distill: the teacher has no forward method; expected a trained torch::jit::Module");
   require(!o.data().in_memory() || !o.data().batches().empty(),
@@ -184,6 +133,16 @@ void check_options(const DistillOptions& o) {
   require(o.weight_decay() >= 0, "Distill: weight_decay " + std::to_string(o.weight_decay()) + " is negative");
   check_loss_options(o.loss_options(), "Distill");
   check_device(o.device());
+  if (const auto& d = o.distributed()) {
+    const std::string who = "Distill: DistributedOptions ";
+    require(d->world_size() >= 1 && d->rank() >= 0 && d->rank() < d->world_size(),
+            who + "rank " + std::to_string(d->rank()) + " of world_size " + std::to_string(d->world_size()) +
+                " is invalid; expected world_size >= 1 and 0 <= rank < world_size");
+    require(d->master_port() >= 1 && d->master_port() <= 65535,
+            who + "master_port " + std::to_string(d->master_port()) + " is outside [1, 65535]");
+    require(d->timeout().count() > 0, who + "timeout must be positive");
+    require(std::isfinite(d->bucket_mb()) && d->bucket_mb() > 0, who + "bucket_mb must be positive");
+  }
 }
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const DistillOptions& o,
@@ -200,28 +159,10 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const DistillOptions& o,
                                               torch::optim::AdamOptions(o.lr()).weight_decay(o.weight_decay()));
 }
 
-// `who` names the caller and the model, e.g. "Distill: the teacher".
-torch::Tensor logits_of(torch::jit::Module& module, const torch::Tensor& input, const std::string& who) {
-  require(input.defined(), who + " got a batch with an undefined input tensor");
-  c10::IValue output;
-  try {
-    output = module.forward({input});
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw Error(who + " failed on a batch of shape " + shape_of(input) + " (" + dtype_of(input) +
-                    "): " + detail::torch_message(e) + "; expected batches the model accepts",
-                Error::Kind::InvalidArgument);
-  }
-  require(output.isTensor(), who + " returned " + output.tagKind() + "; expected a tensor of logits");
-  return output.toTensor();
-}
-
-// One optimizer step; returns the batch loss. The loss is checked before the
-// step so a NaN never reaches the weights.
-double train_step(torch::jit::Module& student, torch::jit::Module& teacher, torch::optim::Optimizer& optimizer,
-                  const Batch& batch, const DistillLossOptions& loss_options,
-                  const std::vector<MaskedParameter>& masked, int64_t epoch, int64_t step) {
+// The loss is checked before any update, so a NaN never reaches the weights.
+double backward_step(torch::jit::Module& student, torch::jit::Module& teacher, torch::optim::Optimizer& optimizer,
+                     const Batch& batch, const DistillLossOptions& loss_options,
+                     const std::vector<MaskedParameter>& masked, int64_t epoch, int64_t step) {
   const auto student_logits = logits_of(student, batch.first, "Distill: the student");
   torch::Tensor teacher_logits;
   if (loss_options.alpha() > 0) {
@@ -240,26 +181,15 @@ double train_step(torch::jit::Module& student, torch::jit::Module& teacher, torc
   loss.backward();
   for (const auto& m : masked)  // pruned weights get no update, nor optimizer state
     if (m.parameter.grad().defined()) m.parameter.mutable_grad().masked_fill_(m.pruned, 0.0);
-  optimizer.step();
-  zero_pruned(masked);  // and stay exactly zero whatever the optimizer does (weight decay, momentum)
   return value;
 }
 
-void for_each_batch(const DistillOptions& o, int64_t epoch, std::mt19937_64& rng,
-                    const std::function<void(const Batch&)>& step) {
-  if (!o.data().in_memory()) {
-    const auto next = o.data().open(epoch);
-    while (auto batch = next()) step(*batch);
-    return;
-  }
-  const auto& batches = o.data().batches();
-  std::vector<size_t> order(batches.size());
-  std::iota(order.begin(), order.end(), size_t(0));
-  if (o.shuffle()) std::shuffle(order.begin(), order.end(), rng);
-  for (const size_t i : order) step(batches[i]);
+void update_step(torch::optim::Optimizer& optimizer, const std::vector<MaskedParameter>& masked) {
+  optimizer.step();
+  zero_pruned(masked);  // and stay exactly zero whatever the optimizer does (weight decay, momentum)
 }
 
-}  // namespace
+}  // namespace detail
 
 torch::Tensor distillation_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
                                 const torch::Tensor& targets, const DistillLossOptions& options) {
@@ -287,7 +217,9 @@ torch::Tensor distillation_loss(const torch::Tensor& student_logits, const torch
   return loss;
 }
 
-void apply_masks(torch::jit::Module& module, const Masks& masks) { zero_pruned(resolve_masks(module, masks)); }
+void apply_masks(torch::jit::Module& module, const Masks& masks) {
+  detail::zero_pruned(detail::resolve_masks(module, masks));
+}
 
 double top1_accuracy(torch::jit::Module& module, const std::vector<Batch>& batches) {
   require(!batches.empty(), "top1_accuracy: no batches; expected at least one (input, target) batch");
@@ -306,72 +238,15 @@ double top1_accuracy(torch::jit::Module& module, const std::vector<Batch>& batch
   return total == 0 ? 0.0 : 100.0 * double(correct) / double(total);
 }
 
-namespace {
-
-DistillResult train_student(torch::jit::Module& student, const DistillOptions& options, const Masks& masks) {
-  check_options(options);
-  require(student._ivalue().get() != options.teacher()._ivalue().get(),
-          "Distill: the student is the teacher; expected a separate copy (module.clone()) to train");
-  // The caller's teacher keeps its mode: one in training mode is copied.
-  torch::jit::Module teacher = detail::eval_module(options.teacher());
-  auto masked = resolve_masks(student, masks);
-  DistillResult summary;
-  if (!options.evaluate_on().empty())
-    summary.accuracy_before = top1_accuracy(student, options.evaluate_on());
-
-  {
-    auto device = options.device().value_or(device_of(student));
-    if (device.is_cuda() && !device.has_index()) device = c10::Device(c10::kCUDA, 0);
-    Placement placement(student, teacher, device);
-    summary.device = device.str();
-    for (auto& m : masked) m.pruned = m.pruned.to(device);
-    TrainingScope scope(student);
-    require(!scope.parameters().empty(),
-            "Distill: the module has no parameters (frozen?); run Distill before ExportTorchScript(freeze)");
-    auto optimizer = make_optimizer(options, scope.parameters());
-    zero_pruned(masked);
-    std::mt19937_64 rng(options.seed());
-    const int64_t per_epoch = options.data().size();
-    const int64_t steps = per_epoch < 0 ? -1 : per_epoch * options.epochs();
-    double running = 0;
-    int64_t trained = 0;
-    const auto started = std::chrono::steady_clock::now();
-    for (int64_t epoch = 0; epoch < options.epochs(); ++epoch) {
-      double sum = 0;
-      int64_t samples = 0, step = 0;
-      for_each_batch(options, epoch, rng, [&](const Batch& host_batch) {
-        const auto batch = placement.batch(host_batch);
-        const double loss = train_step(student, placement.teacher(), *optimizer, batch, options.loss_options(), masked,
-                                       epoch, step++);
-        sum += loss * double(batch.first.size(0));
-        samples += batch.first.size(0);
-        running = summary.steps++ == 0 ? loss : 0.98 * running + 0.02 * loss;
-        if (options.progress()) options.progress()(summary.steps, steps, running);
-      });
-      require(samples > 0, "Distill: the data produced no batches in epoch " + std::to_string(epoch + 1) +
-                               "; streamed data must yield batches every epoch (a one-shot reader runs dry after the first)");
-      summary.epoch_loss.push_back(sum / double(samples));
-      trained += samples;
-    }
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    summary.samples_per_second = seconds > 0 ? double(trained) / seconds : 0.0;  // each step's loss.item() syncs
-  }
-  if (!options.evaluate_on().empty())
-    summary.accuracy_after = top1_accuracy(student, options.evaluate_on());
-  return summary;
-}
-
-}  // namespace
-
 DistillResult distill(torch::jit::Module& student, const DistillOptions& options, const Masks& masks) {
   try {  // LibTorch's errors only: the user's stream, optimizer factory and progress callback throw through
-    return train_student(student, options, masks);
+    return detail::train_student(student, options, masks);
   } catch (const c10::Error& e) {
     throw Error("Distill: " + detail::torch_message(e), Error::Kind::Runtime);
   }
 }
 
-Distill::Distill(DistillOptions options) : options_(std::move(options)) { check_options(options_); }
+Distill::Distill(DistillOptions options) : options_(std::move(options)) { detail::check_options(options_); }
 
 void Distill::run(Result& state, PassReport& entry) const {
   const auto summary = distill(state.module, options_, state.masks);
@@ -387,6 +262,7 @@ void Distill::run(Result& state, PassReport& entry) const {
   if (summary.accuracy_after) entry.metrics["accuracy_after"] = *summary.accuracy_after;
   entry.metrics["samples_per_second"] = summary.samples_per_second;
   entry.labels["device"] = summary.device;
+  if (summary.world_size > 1) entry.metrics["world_size"] = double(summary.world_size);
 }
 
 namespace {

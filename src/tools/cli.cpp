@@ -15,6 +15,7 @@
 #include <torch/serialize.h>
 
 #include "pare/tools/bench.hpp"
+#include "tools/cli_distill.hpp"
 #include "pare/convert/export.hpp"
 #include "pare/prune/prune.hpp"
 #include "pare/prune/prune_channels.hpp"
@@ -304,10 +305,14 @@ int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostre
   inspect_cmd->add_option("model", inspect_path, "TorchScript file")->required();
   inspect_cmd->add_option("--html", inspect_html, "also write the report as a self-contained HTML page here");
 
-  const std::vector<std::string> commands{"compress", "bench", "inspect"};
+  DistillArgs d;
+  add_distill_command(app, d);
+
+  const std::vector<std::string> commands{"compress", "bench", "inspect", "distill"};
   if (args.size() > 1 && args[1].rfind('-', 0) != 0 &&
       std::find(commands.begin(), commands.end(), args[1]) == commands.end()) {
-    err << "pare: unknown command '" << args[1] << "'; expected compress, bench or inspect (see pare --help)\n";
+    err << "pare: unknown command '" << args[1]
+        << "'; expected compress, bench, inspect or distill (see pare --help)\n";
     return 2;
   }
   std::vector<std::string> reversed(args.rbegin(), args.rend() - (args.empty() ? 0 : 1));
@@ -324,6 +329,7 @@ int cli_main(const std::vector<std::string>& args, std::ostream& out, std::ostre
   try {
     if (compress_cmd->parsed()) return compress(c, out, err);
     if (bench_cmd->parsed()) return bench(b, out);
+    if (d.command->parsed()) return distill_command(d, out, err);
     out << inspect_model(inspect_path);
     if (!inspect_html.empty())
       detail::write_file_atomically(inspect_html, inspect_report(inspect_path).to_html("pare inspect: " + inspect_path), "--html");

@@ -15,6 +15,7 @@
 #include "pare/core/arg.hpp"
 #include "pare/core/batches.hpp"
 #include "pare/core/pipeline.hpp"
+#include "pare/distill/distributed.hpp"
 
 namespace torch::optim {
 class Optimizer;
@@ -100,6 +101,15 @@ class DistillOptions {
   /// there for training and back to its own device afterwards; the teacher runs
   /// there as a copy; masks and batches follow (listed batches are copied once).
   PARE_ARG(std::optional<c10::Device>, device);
+  /// Train as one rank of a data-parallel job (docs/scaling.md): each rank
+  /// trains on every world_size()-th batch, gradients are averaged across ranks
+  /// before each step (the global batch is world_size() batches), parameters
+  /// start as rank 0's, and every rank ends with the same model.
+  PARE_ARG(std::optional<DistributedOptions>, distributed);
+  /// Save the student, the optimizer's state and the epochs done to this file
+  /// after every epoch (atomically; rank 0 writes it); a run that finds it
+  /// resumes after its last epoch. Every rank must read the same file.
+  PARE_ARG(std::string, checkpoint);
 
  public:
   /// temperature() and alpha() as the loss's options.
@@ -120,8 +130,9 @@ struct DistillResult {
   int64_t steps = 0;                       ///< optimizer steps taken
   std::optional<double> accuracy_before;  ///< top-1 % on evaluate_on() batches, if given
   std::optional<double> accuracy_after;
-  double samples_per_second = 0;           ///< training samples over the training loop's wall time
+  double samples_per_second = 0;           ///< training samples (all ranks') over the training loop's wall time
   std::string device;                      ///< where training ran
+  int64_t rank = 0, world_size = 1;        ///< this process in a distributed run
 };
 using DistillSummary [[deprecated("renamed DistillResult")]] = DistillResult;
 
