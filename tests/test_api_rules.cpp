@@ -176,21 +176,21 @@ static_assert(has_prometheus<RedisTierStats>());
 static_assert(std::is_same_v<decltype(std::declval<const Runner&>().to_prometheus(prometheus::Labels{})), std::string>);
 
 // Every public header under include/pare.
-std::vector<std::string>* g_headers = nullptr;
-int collect_header(const char* path, const struct stat*, int type, struct FTW*) {
+std::vector<std::string>* g_api_headers = nullptr;
+int collect_api_header(const char* path, const struct stat*, int type, struct FTW*) {
   const std::string p = path;
-  if (type == FTW_F && p.size() > 4 && p.substr(p.size() - 4) == ".hpp") g_headers->push_back(p);
+  if (type == FTW_F && p.size() > 4 && p.substr(p.size() - 4) == ".hpp") g_api_headers->push_back(p);
   return 0;
 }
-std::vector<std::string> public_headers() {
+std::vector<std::string> api_public_headers() {
   std::vector<std::string> headers;
-  g_headers = &headers;
-  nftw(PARE_SOURCE_DIR "/include/pare", collect_header, 16, FTW_PHYS);
-  g_headers = nullptr;
+  g_api_headers = &headers;
+  nftw(PARE_SOURCE_DIR "/include/pare", collect_api_header, 16, FTW_PHYS);
+  g_api_headers = nullptr;
   return headers;
 }
 
-std::string read_text(const std::string& path) {
+std::string api_header_text(const std::string& path) {
   std::ifstream in(path);
   std::stringstream text;
   text << in.rdbuf();
@@ -198,7 +198,7 @@ std::string read_text(const std::string& path) {
 }
 
 // name -> body of every `class XOptions {` ... `};` (the class closes at column 0).
-std::map<std::string, std::string> options_classes(const std::string& text) {
+std::map<std::string, std::string> api_options_classes(const std::string& text) {
   std::map<std::string, std::string> classes;
   static const std::regex head(R"(\nclass (\w+Options) \{)");
   for (std::sregex_iterator it(text.begin(), text.end(), head), end; it != end; ++it) {
@@ -212,12 +212,12 @@ std::map<std::string, std::string> options_classes(const std::string& text) {
 }  // namespace
 
 TEST_CASE("every options class declares its options with PARE_ARG, and the static checks cover it") {
-  const auto headers = public_headers();
+  const auto headers = api_public_headers();
   REQUIRE(headers.size() > 10);
   std::set<std::string> found;
   static const std::regex hand_setter(R"(^\s*(\w+Options)&\s+(\w+)\()");
   for (const auto& path : headers) {
-    for (const auto& [name, body] : options_classes(read_text(path))) {
+    for (const auto& [name, body] : api_options_classes(api_header_text(path))) {
       found.insert(name);
       std::istringstream lines(body);
       for (std::string line; std::getline(lines, line);) {

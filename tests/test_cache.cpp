@@ -45,7 +45,7 @@ TEST_CASE("a repeated input is computed once and returned from the cache") {
   CHECK(stats.hits == 1);
   CHECK(stats.misses == 1);
   CHECK(stats.entries == 1);
-  CHECK(stats.bytes > size_t(x.numel() * 4));
+  CHECK(stats.bytes > int64_t(x.numel() * 4));
   CHECK(stats.hit_ratio() == Approx(0.5));
 }
 
@@ -169,7 +169,7 @@ TEST_CASE("capacity counts the bytes of everything held") {
   InferenceCache cache(InferenceCacheOptions().shards(2).capacity_bytes(capacity));
   for (int i = 0; i < 40; ++i) {
     cache.put({input(100 + i)}, at::full({1}, double(i)));
-    REQUIRE(cache.stats().bytes <= capacity);
+    REQUIRE(cache.stats().bytes <= int64_t(capacity));
   }
   const auto stats = cache.stats();
   CHECK(stats.entries < 10);  // bookkeeping counts too
@@ -197,7 +197,7 @@ TEST_CASE("entries up to a quarter of the capacity are cached whatever the shard
   CHECK(stats.misses == 64);
   CHECK(stats.rejected == 0);
   CHECK(stats.entries >= 6);  // 1 MiB / (128 KiB + bookkeeping): 7 fit
-  CHECK(stats.bytes <= size_t(1 << 20));
+  CHECK(stats.bytes <= int64_t(1 << 20));
   CHECK(stats.evictions == 64 - stats.entries);
   CHECK(cache.get({xs.back()}).has_value());  // the newest survives
 

@@ -170,5 +170,5 @@ TEST_CASE("many threads over many keys keep the cache consistent") {
     }
   });
   CHECK(wrong == 0);
-  CHECK(cache.stats().bytes <= size_t(64 << 10));
+  CHECK(cache.stats().bytes <= int64_t(64 << 10));
 }

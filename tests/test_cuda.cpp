@@ -151,7 +151,7 @@ TEST_CASE("pinned and CUDA pools reuse, poison, trim and count their own memory 
     const auto stats = pool.stats();
     CHECK(stats.hits == 1);
     CHECK(stats.misses == 1);
-    CHECK(stats.bytes_in_use == pool.size_class(256 * 64 * 4));
+    CHECK(stats.bytes_in_use == int64_t(pool.size_class(256 * 64 * 4)));
     again.release();
     CHECK(pool.trim() == pool.size_class(256 * 64 * 4));
     CHECK(pool.stats().bytes_idle == 0);

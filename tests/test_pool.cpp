@@ -49,7 +49,7 @@ TEST_CASE("released storage is handed back to the next request") {
   CHECK(stats.acquires == 2);
   CHECK(stats.misses == 1);
   CHECK(stats.hits == 1);
-  CHECK(stats.bytes_in_use == pool.size_class(64 * 1024 * 4));
+  CHECK(stats.bytes_in_use == int64_t(pool.size_class(64 * 1024 * 4)));
 }
 
 TEST_CASE("a storage serves any shape and dtype of its size class") {
@@ -92,7 +92,7 @@ TEST_CASE("idle bytes stay under max_bytes, least recently used freed first") {
   }
   for (auto& lease : leases) CHECK(lease.release());  // released in order 0..4
   auto stats = pool.stats();
-  CHECK(stats.bytes_idle == 3 * 64 * kKiB);
+  CHECK(stats.bytes_idle == int64_t(3 * 64 * kKiB));
   CHECK(stats.blocks_idle == 3);
   CHECK(stats.evictions == 2);
   // Idle now: 2, 3, 4; the most recently released comes back first.
@@ -111,11 +111,11 @@ TEST_CASE("trim frees all idle storage") {
   auto held = pool.acquire({1000}, torch::kDouble);
   { auto a = pool.acquire({4096}, torch::kFloat), b = pool.acquire({100}, torch::kLong); }
   const auto idle = pool.stats().bytes_idle;
-  CHECK(idle == pool.size_class(4096 * 4) + pool.size_class(800));
-  CHECK(pool.trim() == idle);
+  CHECK(idle == int64_t(pool.size_class(4096 * 4) + pool.size_class(800)));
+  CHECK(int64_t(pool.trim()) == idle);
   CHECK(pool.stats().bytes_idle == 0);
   CHECK(pool.stats().blocks_idle == 0);
-  CHECK(pool.stats().bytes_in_use == pool.size_class(8000));  // leases in use are untouched
+  CHECK(pool.stats().bytes_in_use == int64_t(pool.size_class(8000)));  // leases in use are untouched
   CHECK(held.tensor().fill_(1).sum().item<double>() == 1000);
 }
 
@@ -204,7 +204,7 @@ TEST_CASE("many threads acquire and release concurrently", "[tsan]") {
   CHECK(stats.hits + stats.misses == stats.acquires);
   CHECK(stats.releases == stats.acquires);
   CHECK(stats.bytes_in_use == 0);
-  CHECK(stats.bytes_idle <= 512 * kKiB);
+  CHECK(stats.bytes_idle <= int64_t(512 * kKiB));
   CHECK(stats.hits > 0);
 }
 
@@ -254,7 +254,7 @@ TEST_CASE("tensors allocated under a guard may outlive the guard and the pool") 
       survivor = torch::ones({300, 300});
       auto scratch = torch::zeros({1000});
     }
-    CHECK(pool.stats().bytes_in_use == pool.size_class(300 * 300 * 4));
+    CHECK(pool.stats().bytes_in_use == int64_t(pool.size_class(300 * 300 * 4)));
   }
   CHECK(survivor.sum().item<float>() == 90000);
   survivor = torch::Tensor();  // returns to the pool's state, which then frees everything
