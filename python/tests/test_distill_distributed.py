@@ -50,6 +50,8 @@ def run_ranks(tmp_path, route):
         procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path / f"params{rank}.pt")], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=300)[0] for p in procs]
+    if any("needs Gloo" in out for out in outputs):
+        pytest.skip("this build of pare has no Gloo (a LibTorch without its headers)")
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out
     return [torch.load(tmp_path / f"params{rank}.pt") for rank in range(2)]
@@ -89,6 +91,8 @@ def test_cli_nproc_2_writes_one_model_and_report(tmp_path):
                            str(tmp_path / "student.pt"), "-o", str(out), "--data", str(tmp_path / "train.pt"),
                            "--batch", "16", "--epochs", "2", "--nproc", "2", "--timeout", "30", "--report", str(report)],
                           capture_output=True, text=True, timeout=300)
+    if "needs Gloo" in done.stderr:
+        pytest.skip("this build of pare has no Gloo (a LibTorch without its headers)")
     assert done.returncode == 0, done.stdout + done.stderr
     trained = torch.jit.load(str(out))
     weight = dict(trained.named_parameters())["0.weight"]
