@@ -25,6 +25,8 @@ out, report = pare.Pipeline([pare.L1Prune(amount=0.5, scope="global"), pare.Quan
 assert report["l1_prune"].total_sparsity == 0.5
 assert out(torch.randn(2, 16)).shape == (2, 4)
 assert "<svg" in report.to_html()
+import pathlib  # the type stubs and the PEP 561 marker come along
+assert all((pathlib.Path(pare.__file__).parent / f).exists() for f in ("__init__.pyi", "py.typed"))
 print("pare", pare.__version__, "from", pare.__file__)
 """
 

@@ -24,17 +24,21 @@ std::vector<std::pair<std::string, torch::jit::Module>> named_models(const py::h
 }  // namespace
 
 void bind_bench(py::module_& m) {
-  py::class_<BenchRow>(m, "BenchRow")
-      .def_readonly("model", &BenchRow::model)
-      .def_readonly("batch", &BenchRow::batch)
-      .def_readonly("threads", &BenchRow::threads)
-      .def_readonly("calls", &BenchRow::calls)
-      .def_readonly("p50_ms", &BenchRow::p50_ms)
-      .def_readonly("p95_ms", &BenchRow::p95_ms)
-      .def_readonly("p99_ms", &BenchRow::p99_ms)
-      .def_readonly("samples_per_second", &BenchRow::samples_per_second)
-      .def_readonly("p50_ratio", &BenchRow::p50_ratio)
-      .def_readonly("throughput_ratio", &BenchRow::throughput_ratio)
+  py::class_<BenchRow>(m, "BenchRow", "One cell of benchmark_models: a model at a batch size and thread count.")
+      .def_readonly("model", &BenchRow::model, "The model's name.")
+      .def_readonly("batch", &BenchRow::batch, "Batch size.")
+      .def_readonly("threads", &BenchRow::threads, "Intra-op threads.")
+      .def_readonly("calls", &BenchRow::calls, "Forward passes measured.")
+      .def_property_readonly("p50_seconds", [](const BenchRow& r) { return r.p50_ms / 1e3; }, "Median latency, seconds.")
+      .def_property_readonly("p95_seconds", [](const BenchRow& r) { return r.p95_ms / 1e3; }, "95th percentile latency, seconds.")
+      .def_property_readonly("p99_seconds", [](const BenchRow& r) { return r.p99_ms / 1e3; }, "99th percentile latency, seconds.")
+      .def_readonly("p50_ms", &BenchRow::p50_ms, "p50_seconds in milliseconds (deprecated: use p50_seconds).")
+      .def_readonly("p95_ms", &BenchRow::p95_ms, "p95_seconds in milliseconds (deprecated: use p95_seconds).")
+      .def_readonly("p99_ms", &BenchRow::p99_ms, "p99_seconds in milliseconds (deprecated: use p99_seconds).")
+      .def_readonly("samples_per_second", &BenchRow::samples_per_second, "Throughput, rows per second.")
+      .def_readonly("p50_ratio", &BenchRow::p50_ratio, "p50 against the first model's at the same cell.")
+      .def_readonly("throughput_ratio", &BenchRow::throughput_ratio,
+                    "Throughput against the first model's at the same cell.")
       .def("__repr__", [](const BenchRow& r) {
         return "<BenchRow " + r.model + " batch " + std::to_string(r.batch) + " threads " + std::to_string(r.threads) +
                " p50 " + std::to_string(r.p50_ms) + " ms>";
@@ -56,7 +60,7 @@ void bind_bench(py::module_& m) {
         py::gil_scoped_release release;
         return benchmark_models(std::move(named), options);
       },
-      py::arg("models"), py::arg("inputs") = defaults.inputs(), py::arg("batches") = defaults.batches(),
+      py::arg("models"), py::kw_only(), py::arg("inputs") = defaults.inputs(), py::arg("batches") = defaults.batches(),
       py::arg("threads") = defaults.threads(),
       py::arg("duration") = std::chrono::duration<double>(defaults.duration()).count(),
       py::arg("warmup") = defaults.warmup(), py::arg("rounds") = defaults.rounds(),

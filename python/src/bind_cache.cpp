@@ -54,8 +54,8 @@ c10::IValue call_python(const py::function& fn, const py::object& x) {
   }
 }
 
-std::shared_ptr<InferenceCache> make_cache(size_t capacity_bytes, const py::object& ttl, size_t max_entries,
-                                           size_t shards, std::string key_namespace, bool verify,
+std::shared_ptr<InferenceCache> make_cache(int64_t capacity_bytes, const py::object& ttl, int64_t max_entries,
+                                           int64_t shards, std::string key_namespace, bool verify,
                                            const py::object& remote) {
   auto options = InferenceCacheOptions()
                      .capacity_bytes(capacity_bytes)
@@ -76,31 +76,53 @@ std::shared_ptr<InferenceCache> make_cache(size_t capacity_bytes, const py::obje
 }
 
 void bind_stats(py::module_& m) {
-  py::class_<CacheStats>(m, "CacheStats", "A snapshot of an InferenceCache's counters.")
-      .def_readonly("hits", &CacheStats::hits)
-      .def_readonly("misses", &CacheStats::misses)
-      .def_readonly("evictions", &CacheStats::evictions)
-      .def_readonly("rejected", &CacheStats::rejected)
-      .def_readonly("expirations", &CacheStats::expirations)
-      .def_readonly("collisions", &CacheStats::collisions)
-      .def_readonly("coalesced", &CacheStats::coalesced)
-      .def_readonly("remote_hits", &CacheStats::remote_hits)
-      .def_readonly("remote_errors", &CacheStats::remote_errors)
-      .def_readonly("bytes", &CacheStats::bytes)
-      .def_readonly("entries", &CacheStats::entries)
-      .def_readonly("seconds_saved", &CacheStats::seconds_saved)
-      .def_property_readonly("hit_ratio", &CacheStats::hit_ratio)
-      .def("to_prometheus", [](const CacheStats& s, const std::map<std::string, std::string>& labels) {
+  using S = CacheStats;
+  py::class_<S>(m, "CacheStats", "A snapshot of an InferenceCache's counters (InferenceCache.stats()).")
+      .def_readonly("hits", &S::hits, "Lookups answered from memory or the remote tier.")
+      .def_readonly("misses", &S::misses, "Lookups that found nothing usable.")
+      .def_readonly("evictions", &S::evictions, "Entries dropped to respect capacity_bytes or max_entries.")
+      .def_readonly("rejected", &S::rejected, "Results not stored: larger than a quarter of capacity_bytes.")
+      .def_readonly("expirations", &S::expirations, "Entries dropped because their ttl passed.")
+      .def_readonly("collisions", &S::collisions, "Same key, different inputs (seen only with verify on).")
+      .def_readonly("coalesced", &S::coalesced, "Callers that waited for another caller's computation.")
+      .def_readonly("remote_hits", &S::remote_hits, "Hits served by the remote tier.")
+      .def_readonly("remote_errors", &S::remote_errors, "Remote failures: unreachable, timeout, corrupt value.")
+      .def_readonly("bytes", &S::bytes, "Bytes held now.")
+      .def_readonly("entries", &S::entries, "Entries held now.")
+      .def_readonly("seconds_saved", &S::seconds_saved, "Sum over hits of the compute seconds of the entry hit.")
+      .def_property_readonly("hit_ratio", &S::hit_ratio, "hits / (hits + misses); 0 before any lookup.")
+      .def("to_prometheus", [](const S& s, const std::map<std::string, std::string>& labels) {
         return s.to_prometheus(prometheus::Labels(labels.begin(), labels.end()));
-      }, py::arg("labels") = std::map<std::string, std::string>{})
-      .def("__repr__", [](const CacheStats& s) {
+      }, py::arg("labels") = std::map<std::string, std::string>{},
+         "Prometheus text exposition (metric names pare_cache_*), with these labels on every sample.")
+      .def("__repr__", [](const S& s) {
         return "<CacheStats hits=" + std::to_string(s.hits) + " misses=" + std::to_string(s.misses) +
                " entries=" + std::to_string(s.entries) + " bytes=" + std::to_string(s.bytes) + ">";
       });
 }
 
 #ifdef PARE_WITH_REDIS
+void bind_redis_stats(py::module_& m) {
+  using S = RedisTierStats;
+  py::class_<S>(m, "RedisTierStats", "A snapshot of a RedisTier's counters (RedisTier.stats()).")
+      .def_readonly("gets", &S::gets, "Lookups sent to the server.")
+      .def_readonly("puts", &S::puts, "Stores sent to the server.")
+      .def_readonly("errors", &S::errors, "Failed commands or connections.")
+      .def_readonly("skipped", &S::skipped, "Calls not sent because the server failed less than retry_after ago.")
+      .def("to_prometheus", [](const S& s, const std::map<std::string, std::string>& labels) {
+        return s.to_prometheus(prometheus::Labels(labels.begin(), labels.end()));
+      }, py::arg("labels") = std::map<std::string, std::string>{},
+         "Prometheus text exposition (pare_redis_tier_* families), with these labels on every sample.")
+      .def("__repr__", [](const S& s) {
+        return "<RedisTierStats gets=" + std::to_string(s.gets) + " puts=" + std::to_string(s.puts) +
+               " errors=" + std::to_string(s.errors) + ">";
+      });
+}
+
 void bind_redis(py::module_& m) {
+  bind_redis_stats(m);
+  const RedisTierOptions defaults;
+  const auto seconds = [](std::chrono::milliseconds d) { return std::chrono::duration<double>(d).count(); };
   py::class_<RedisTier, std::shared_ptr<RedisTier>>(m, "RedisTier", "A Redis server shared by caches and processes.")
       .def(py::init([](const std::string& host, int port, const std::string& key_prefix, double timeout,
                        const py::object& ttl, const py::object& password, const py::object& user) {
@@ -116,11 +138,22 @@ void bind_redis(py::module_& m) {
              py::gil_scoped_release release;  // construction connects to check the credentials
              return std::make_shared<RedisTier>(options);
            }),
-           py::arg("host") = "127.0.0.1", py::arg("port") = 6379, py::arg("key_prefix") = "pare:cache:",
-           py::arg("timeout") = 0.1, py::arg("ttl") = py::none(), py::arg("password") = py::none(),
-           py::arg("user") = py::none())
-      .def("ping", &RedisTier::ping, py::call_guard<py::gil_scoped_release>())
-      .def("clear", &RedisTier::clear, py::call_guard<py::gil_scoped_release>());
+           py::arg("host") = defaults.host(), py::arg("port") = defaults.port(), py::kw_only(),
+           py::arg("key_prefix") = defaults.key_prefix(), py::arg("timeout") = seconds(defaults.timeout()),
+           py::arg("ttl") = py::none(), py::arg("password") = py::none(), py::arg("user") = py::none(),
+           "A Redis server at host:port as the second tier of InferenceCache(remote=...). timeout: seconds per "
+           "command; ttl: seconds an entry lives there (None: no expiry). Construction checks the credentials "
+           "(pare.InvalidArgument when refused); an unreachable server is tried again later.")
+      .def("ping", &RedisTier::ping, py::call_guard<py::gil_scoped_release>(), "Whether the server answers now.")
+      .def("stats", &RedisTier::stats, py::call_guard<py::gil_scoped_release>(),
+           "A snapshot of the counters (pare.RedisTierStats).")
+      .def("to_prometheus", [](const RedisTier& tier, const std::map<std::string, std::string>& labels) {
+             py::gil_scoped_release release;
+             return tier.to_prometheus(prometheus::Labels(labels.begin(), labels.end()));
+           }, py::arg("labels") = std::map<std::string, std::string>{},
+           "Prometheus text exposition of stats(), with these labels on every sample.")
+      .def("clear", &RedisTier::clear, py::call_guard<py::gil_scoped_release>(),
+           "Deletes every key under key_prefix on the server; returns how many.");
 }
 #endif
 
@@ -136,11 +169,17 @@ void bind_cache(py::module_& m) {
 #ifdef PARE_WITH_REDIS
   bind_redis(m);
 #endif
+  const InferenceCacheOptions defaults;
   py::class_<InferenceCache, std::shared_ptr<InferenceCache>>(
-      m, "InferenceCache", "Exact LRU cache of model outputs keyed by the content of the inputs.")
-      .def(py::init(&make_cache), py::arg("capacity_bytes") = size_t(256) << 20, py::arg("ttl") = py::none(),
-           py::arg("max_entries") = 0, py::arg("shards") = 8, py::arg("key_namespace") = "", py::arg("verify") = true,
-           py::arg("remote") = py::none())
+      m, "InferenceCache", "Exact LRU cache of model outputs keyed by the content of the inputs; thread-safe.")
+      .def(py::init(&make_cache), py::kw_only(), py::arg("capacity_bytes") = defaults.capacity_bytes(),
+           py::arg("ttl") = py::none(), py::arg("max_entries") = defaults.max_entries(),
+           py::arg("shards") = defaults.shards(), py::arg("key_namespace") = defaults.key_namespace(),
+           py::arg("verify") = defaults.verify(), py::arg("remote") = py::none(),
+           "capacity_bytes: bytes the cache may hold (an entry over a quarter of it is not stored). ttl: seconds "
+           "an entry lives (None: no expiry). max_entries: 0 for no limit besides bytes. shards: independent LRU "
+           "lists. key_namespace: mixed into every key. verify: compare stored inputs byte for byte on a hit. "
+           "remote: a pare.RedisTier shared between processes.")
       .def("get_or_compute", [](InferenceCache& cache, const py::object& x, const py::function& fn,
                                 const std::string& key_namespace) {
              const auto inputs = to_inputs(x, "InferenceCache.get_or_compute");
@@ -153,7 +192,7 @@ void bind_cache(py::module_& m) {
                throw py::error_already_set();
              }
              return torch::jit::toPyObject(out);
-           }, py::arg("x"), py::arg("fn"), py::arg("key_namespace") = "",
+           }, py::arg("x"), py::arg("fn"), py::kw_only(), py::arg("key_namespace") = "",
            "The cached result for x, or fn(x) (fn(*x) for a tuple) computed once, stored and returned.\n"
            "Entries of one key_namespace (e.g. pare.model_fingerprint(model)) never answer another's.")
       .def("get", [](InferenceCache& cache, const py::object& x, const std::string& key_namespace) -> py::object {
@@ -164,31 +203,36 @@ void bind_cache(py::module_& m) {
                out = cache.get(inputs, key_namespace);
              }
              return out ? torch::jit::toPyObject(*out) : py::none();
-           }, py::arg("x"), py::arg("key_namespace") = "")
+           }, py::arg("x"), py::kw_only(), py::arg("key_namespace") = "",
+           "The cached result for x, or None.")
       .def("put", [](InferenceCache& cache, const py::object& x, const py::object& output, double seconds,
                      const std::string& key_namespace) {
              const auto inputs = to_inputs(x, "InferenceCache.put");
              const auto value = unlinked(torch::jit::toTypeInferredIValue(output));
              py::gil_scoped_release release;
              cache.put(inputs, value, std::chrono::duration<double>(seconds), key_namespace);
-           }, py::arg("x"), py::arg("output"), py::arg("compute_seconds") = 0.0, py::arg("key_namespace") = "")
+           }, py::arg("x"), py::arg("output"), py::kw_only(), py::arg("compute_seconds") = 0.0,
+           py::arg("key_namespace") = "",
+           "Stores output for x. compute_seconds: what computing it cost (counted in seconds_saved on hits).")
       .def("erase", [](InferenceCache& cache, const py::object& x, const std::string& key_namespace) {
              const auto inputs = to_inputs(x, "InferenceCache.erase");
              py::gil_scoped_release release;
              return cache.erase(inputs, key_namespace);
-           }, py::arg("x"), py::arg("key_namespace") = "")
+           }, py::arg("x"), py::kw_only(), py::arg("key_namespace") = "", "Drops x's entry; True if there was one.")
       // Everything that takes the shard locks runs without the GIL: a thread
       // holding a shard lock may need the GIL to drop a Python-linked tensor.
-      .def("clear", &InferenceCache::clear, py::call_guard<py::gil_scoped_release>())
-      .def("stats", &InferenceCache::stats, py::call_guard<py::gil_scoped_release>())
+      .def("clear", &InferenceCache::clear, py::call_guard<py::gil_scoped_release>(), "Drops every entry.")
+      .def("stats", &InferenceCache::stats, py::call_guard<py::gil_scoped_release>(),
+           "A snapshot of the counters (pare.CacheStats).")
       .def("to_prometheus", [](const InferenceCache& cache, const std::map<std::string, std::string>& labels) {
              py::gil_scoped_release release;
              return cache.to_prometheus(prometheus::Labels(labels.begin(), labels.end()));
-           }, py::arg("labels") = std::map<std::string, std::string>{})
+           }, py::arg("labels") = std::map<std::string, std::string>{},
+           "Prometheus text exposition of stats(), with these labels on every sample.")
       .def("__len__", [](const InferenceCache& cache) {
              py::gil_scoped_release release;
              return cache.stats().entries;
-           });
+           }, "Entries held now.");
 }
 
 }  // namespace pare::python

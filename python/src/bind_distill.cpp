@@ -94,6 +94,8 @@ std::shared_ptr<Distill> make_distill(const py::object& teacher, const py::objec
 }  // namespace
 
 void bind_distill(py::module_& m) {
+  const DistillLossOptions loss_defaults;
+  const DistillOptions defaults(torch::jit::Module("default"), TrainingData(std::vector<Batch>{}));
   m.def(
       "distillation_loss",
       [](const torch::Tensor& student, const torch::Tensor& teacher, const std::optional<torch::Tensor>& targets,
@@ -101,22 +103,26 @@ void bind_distill(py::module_& m) {
         return distillation_loss(student, teacher, targets ? *targets : torch::Tensor(),
                                  DistillLossOptions().temperature(temperature).alpha(alpha));
       },
-      py::arg("student_logits"), py::arg("teacher_logits"), py::arg("targets") = py::none(),
-      py::arg("temperature") = 4.0, py::arg("alpha") = 0.7,
+      py::arg("student_logits"), py::arg("teacher_logits"), py::arg("targets") = py::none(), py::kw_only(),
+      py::arg("temperature") = loss_defaults.temperature(), py::arg("alpha") = loss_defaults.alpha(),
       "alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) (batchmean) + (1 - alpha) * "
       "cross_entropy(student, targets). Differentiable w.r.t. the student; the teacher is detached.");
 
   py::class_<Distill, Pass, std::shared_ptr<Distill>>(m, "Distill")
-      .def(py::init(&make_distill), py::arg("teacher"), py::arg("data"), py::arg("epochs") = 1, py::arg("lr") = 1e-3,
-           py::arg("optimizer") = "adam", py::arg("momentum") = 0.9, py::arg("weight_decay") = 0.0,
-           py::arg("temperature") = 4.0, py::arg("alpha") = 0.7, py::arg("eval_data") = py::none(),
-           py::arg("shuffle") = true, py::arg("seed") = 0, py::arg("progress") = py::none(),
-           py::arg("device") = py::none(), py::arg("distributed") = py::none(), py::arg("checkpoint") = py::none(),
+      .def(py::init(&make_distill), py::arg("teacher"), py::arg("data"), py::kw_only(),
+           py::arg("epochs") = defaults.epochs(), py::arg("lr") = defaults.lr(), py::arg("optimizer") = to_string(defaults.optimizer()),
+           py::arg("momentum") = defaults.momentum(), py::arg("weight_decay") = defaults.weight_decay(),
+           py::arg("temperature") = loss_defaults.temperature(), py::arg("alpha") = loss_defaults.alpha(),
+           py::arg("eval_data") = py::none(), py::arg("shuffle") = defaults.shuffle(),
+           py::arg("seed") = defaults.seed(), py::arg("progress") = py::none(), py::arg("device") = py::none(),
+           py::arg("distributed") = py::none(), py::arg("checkpoint") = py::none(),
            "Fine-tunes the pipeline's module against `teacher`, keeping pruning masks. `data`: a list of "
            "(input, target) pairs (shuffled every epoch unless shuffle=False), an iterable such as a DataLoader "
            "(iterated every epoch), or a callable epoch -> iterable. "
-           "device: where training runs (\"cuda\"; default: where the module is). distributed: \"env\" "
-           "(torchrun's RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) or a dict {rank, world_size, master_addr, "
+           "optimizer: \"adam\" or \"sgd\" (with momentum) at lr and weight_decay. temperature and alpha: as "
+           "distillation_loss. eval_data: (input, target) pairs scored after each epoch. progress: callable "
+           "(step, steps, loss). device: where training runs (\"cuda\"; default: where the module is). distributed: "
+           "\"env\" (torchrun's RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) or a dict {rank, world_size, master_addr, "
            "master_port, timeout, store_file}: train as one rank of a data-parallel job (docs/scaling.md). "
            "checkpoint: a path saved after every epoch and resumed from.");
 

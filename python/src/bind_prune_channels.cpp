@@ -32,34 +32,47 @@ PruneChannelsOptions make_options(double amount, const std::string& scope, const
       .input_shape(std::move(input_shape));
 }
 
-// The keyword arguments every entry point shares, after `amount`.
-#define PARE_CHANNEL_ARGS                                                                         \
-  py::arg("amount"), py::arg("scope") = "local", py::arg("norm") = "l1", py::arg("min_channels") = 1, \
-      py::arg("round_to") = 1, py::arg("include") = std::vector<std::string>{},                   \
-      py::arg("exclude") = std::vector<std::string>{}, py::arg("input_shape") = std::vector<int64_t>{}
+std::string norm_name(Norm norm) { return to_string(norm); }
+
+// The keyword arguments every entry point shares, after `amount`; defaults from
+// PruneChannelsOptions (`channel_defaults` in scope).
+#define PARE_CHANNEL_ARGS                                                                                  \
+  py::arg("amount"), py::kw_only(), py::arg("scope") = to_string(channel_defaults.scope()),              \
+      py::arg("norm") = norm_name(channel_defaults.norm()), py::arg("min_channels") = channel_defaults.min_channels(), \
+      py::arg("round_to") = channel_defaults.round_to(), py::arg("include") = channel_defaults.include(), \
+      py::arg("exclude") = channel_defaults.exclude(), py::arg("input_shape") = channel_defaults.input_shape()
+
+#define PARE_CHANNEL_DOC                                                                                     \
+  "amount: fraction of channels to remove, in [0, 1]. scope: \"local\" (each group loses amount) or "      \
+  "\"global\" (one ranking across groups). norm: \"l1\" or \"l2\", ranks channels. min_channels: no group " \
+  "keeps fewer. round_to: kept counts rounded up to a multiple of it. include/exclude: glob patterns on "   \
+  "producer weight names. input_shape: example input shape (batch first) for MACs and the check run; "     \
+  "empty: inferred."
 
 }  // namespace
 
 void bind_prune_channels(py::module_& m) {
-  py::class_<ChannelGroupReport>(m, "ChannelGroupReport")
-      .def_readonly("name", &ChannelGroupReport::name)
-      .def_readonly("members", &ChannelGroupReport::members)
-      .def_readonly("channels_before", &ChannelGroupReport::channels_before)
-      .def_readonly("channels_after", &ChannelGroupReport::channels_after)
-      .def_readonly("blocked_by", &ChannelGroupReport::blocked_by)
+  const PruneChannelsOptions channel_defaults(0.5);
+  py::class_<ChannelGroupReport>(m, "ChannelGroupReport", "One dependency group: channels removed together.")
+      .def_readonly("name", &ChannelGroupReport::name, "The group's name (its first producer).")
+      .def_readonly("members", &ChannelGroupReport::members, "The weights whose channels are coupled.")
+      .def_readonly("channels_before", &ChannelGroupReport::channels_before, "Channels before pruning.")
+      .def_readonly("channels_after", &ChannelGroupReport::channels_after, "Channels after pruning.")
+      .def_readonly("blocked_by", &ChannelGroupReport::blocked_by,
+                    "Why the group was left whole (\"\" when it was pruned or could be).")
       .def("__repr__", [](const ChannelGroupReport& g) {
         return "<ChannelGroupReport " + g.name + " " + std::to_string(g.channels_before) + " -> " +
                std::to_string(g.channels_after) + (g.blocked_by.empty() ? "" : " blocked by " + g.blocked_by) + ">";
       });
-  py::class_<ChannelPruneResult>(m, "ChannelPruneStats")
-      .def_readonly("groups", &ChannelPruneResult::groups)
-      .def_readonly("input_shape", &ChannelPruneResult::input_shape)
-      .def_readonly("params_before", &ChannelPruneResult::params_before)
-      .def_readonly("params_after", &ChannelPruneResult::params_after)
-      .def_readonly("macs_before", &ChannelPruneResult::macs_before)
-      .def_readonly("macs_after", &ChannelPruneResult::macs_after)
-      .def_readonly("file_bytes_before", &ChannelPruneResult::file_bytes_before)
-      .def_readonly("file_bytes_after", &ChannelPruneResult::file_bytes_after);
+  py::class_<ChannelPruneResult>(m, "ChannelPruneStats", "What prune_channels did: groups, parameters, MACs, file size.")
+      .def_readonly("groups", &ChannelPruneResult::groups, "Every dependency group (list of ChannelGroupReport).")
+      .def_readonly("input_shape", &ChannelPruneResult::input_shape, "The example input shape used.")
+      .def_readonly("params_before", &ChannelPruneResult::params_before, "Parameters before.")
+      .def_readonly("params_after", &ChannelPruneResult::params_after, "Parameters after.")
+      .def_readonly("macs_before", &ChannelPruneResult::macs_before, "Multiply-accumulates per forward before.")
+      .def_readonly("macs_after", &ChannelPruneResult::macs_after, "Multiply-accumulates per forward after.")
+      .def_readonly("file_bytes_before", &ChannelPruneResult::file_bytes_before, "Saved file size before.")
+      .def_readonly("file_bytes_after", &ChannelPruneResult::file_bytes_after, "Saved file size after.");
   py::class_<PruneChannels, Pass, std::shared_ptr<PruneChannels>>(m, "PruneChannels")
       .def(py::init([](double amount, const std::string& scope, const std::string& norm, int64_t min_channels,
                        int64_t round_to, std::vector<std::string> include, std::vector<std::string> exclude,
@@ -69,7 +82,8 @@ void bind_prune_channels(py::module_& m) {
                                                                  std::move(input_shape)));
            }),
            PARE_CHANNEL_ARGS,
-           "Structured pruning that removes channels: every coupled tensor shrinks, the model gets smaller and faster.");
+           "Structured pruning that removes channels: every coupled tensor shrinks, the model gets smaller and "
+           "faster. " PARE_CHANNEL_DOC);
   py::class_<RecalibrateBatchNorm, Pass, std::shared_ptr<RecalibrateBatchNorm>>(m, "RecalibrateBatchNorm")
       .def(py::init([](const py::object& batches, int64_t max_batches) {
              return std::make_shared<RecalibrateBatchNorm>(
@@ -95,7 +109,8 @@ void bind_prune_channels(py::module_& m) {
         return py::make_tuple(wrap_module(pruned.module), pruned.stats);
       },
       py::arg("module"), PARE_CHANNEL_ARGS,
-      "Returns (smaller torch.jit.ScriptModule, ChannelPruneStats); the input module is not modified.");
+      "Returns (smaller torch.jit.ScriptModule, ChannelPruneStats); the input module is not modified. "
+      PARE_CHANNEL_DOC);
   m.def(
       "count_macs",
       [](const py::object& scripted, std::vector<int64_t> input_shape) {

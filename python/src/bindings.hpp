@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <initializer_list>
 #include <string>
 
 #include "pare/core/error.hpp"
@@ -26,6 +27,15 @@ void bind_cache(py::module_& m);
 void bind_prune_channels(py::module_& m);
 void bind_precision(py::module_& m);
 void bind_bench(py::module_& m);
+
+/// A new exception class `pare.<name>` with these bases, set as m.<name>.
+py::object new_exception(py::module_& m, const char* name, std::initializer_list<py::handle> bases, const char* doc);
+/// Records the classes error_class() answers (module.cpp, bind_runner.cpp).
+void set_error_classes(py::handle invalid_argument, py::handle runtime_failure);
+void set_runner_error_classes(py::handle overloaded, py::handle timeout);
+/// The Python class of a pare::Error kind: InvalidArgument -> pare.InvalidArgument,
+/// Runtime -> pare.RuntimeFailure, Overloaded -> pare.Overloaded, Timeout -> pare.Timeout.
+py::handle error_class(Error::Kind kind);
 
 /// A C++ module as a Python torch.jit.ScriptModule.
 py::object wrap_module(const torch::jit::Module& module);

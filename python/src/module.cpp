@@ -52,6 +52,43 @@ std::vector<std::vector<torch::jit::IValue>> to_input_batches(const py::handle& 
   return batches;
 }
 
+namespace {
+// The Python classes by error kind; references held for the interpreter's life.
+py::handle g_invalid_argument, g_runtime_failure, g_overloaded, g_timeout;
+}  // namespace
+
+py::object new_exception(py::module_& m, const char* name, std::initializer_list<py::handle> bases, const char* doc) {
+  py::tuple base_tuple(bases.size());
+  size_t i = 0;
+  for (const auto& base : bases) base_tuple[i++] = py::reinterpret_borrow<py::object>(base);
+  const std::string qualified = "pare." + std::string(name);
+  auto type = py::reinterpret_steal<py::object>(
+      PyErr_NewExceptionWithDoc(qualified.c_str(), doc, base_tuple.ptr(), nullptr));
+  if (!type) throw py::error_already_set();
+  m.attr(name) = type;
+  return type;
+}
+
+void set_error_classes(py::handle invalid_argument, py::handle runtime_failure) {
+  g_invalid_argument = invalid_argument;
+  g_runtime_failure = runtime_failure;
+}
+
+void set_runner_error_classes(py::handle overloaded, py::handle timeout) {
+  g_overloaded = overloaded;
+  g_timeout = timeout;
+}
+
+py::handle error_class(Error::Kind kind) {
+  switch (kind) {
+    case Error::Kind::InvalidArgument: return g_invalid_argument;
+    case Error::Kind::Overloaded: return g_overloaded ? g_overloaded : g_runtime_failure;
+    case Error::Kind::Timeout: return g_timeout ? g_timeout : g_runtime_failure;
+    case Error::Kind::Runtime: break;
+  }
+  return g_runtime_failure;
+}
+
 }  // namespace pare::python
 
 PYBIND11_MODULE(_pare, m) {
@@ -60,32 +97,35 @@ PYBIND11_MODULE(_pare, m) {
   m.doc() = "pare: compress and serve TorchScript models (C++ core)";
   m.attr("__version__") = pare::version;
 
-  // pare.Error derives from RuntimeError; pare.InvalidArgument from both
-  // pare.Error and ValueError, so `except ValueError` catches bad arguments.
-  static py::exception<pare::Error> error(m, "Error", PyExc_RuntimeError);
-  static py::object invalid_argument = [&] {
-    py::object bases = py::make_tuple(error, py::handle(PyExc_ValueError));
-    return py::reinterpret_steal<py::object>(
-        PyErr_NewException("pare._pare.InvalidArgument", bases.ptr(), nullptr));
-  }();
-  m.attr("InvalidArgument") = invalid_argument;
+  // One tree: pare.Error (an Exception) is the base; pare.InvalidArgument adds
+  // ValueError and pare.RuntimeFailure adds RuntimeError, and no class is both,
+  // so `except RuntimeError` never swallows a bad argument. bind_runner adds
+  // pare.Overloaded and pare.Timeout under pare.RuntimeFailure.
+  static py::exception<pare::Error> error(m, "Error", PyExc_Exception);
+  error.attr("__doc__") = "Base of every exception pare raises; catch it to catch them all.";
+  error.attr("__module__") = "pare";
+  static py::object invalid_argument = new_exception(m, "InvalidArgument", {error, PyExc_ValueError},
+      "A bad argument: the message says what was wrong and what is expected (a pare.Error and a ValueError).");
+  static py::object runtime_failure = new_exception(m, "RuntimeFailure", {error, PyExc_RuntimeError},
+      "A failure while running valid arguments: a model that fails, an unwritable file (a pare.Error and a "
+      "RuntimeError).");
+  set_error_classes(invalid_argument, runtime_failure);
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const pare::Error& e) {
-      PyErr_SetString(e.kind() == pare::Error::Kind::InvalidArgument ? invalid_argument.ptr() : error.ptr(),
-                      e.what());
+      PyErr_SetString(error_class(e.kind()).ptr(), e.what());
     }
   });
 
-  // A LibTorch error that some path still lets through surfaces as pare.Error
-  // (a RuntimeError) with LibTorch's message minus its C++ backtrace. Local to
-  // this extension: torch's own functions keep their translation.
+  // A LibTorch error that some path still lets through surfaces as
+  // pare.RuntimeFailure with LibTorch's message minus its C++ backtrace. Local
+  // to this extension: torch's own functions keep their translation.
   py::register_local_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const c10::Error& e) {
-      PyErr_SetString(error.ptr(), e.what_without_backtrace());
+      PyErr_SetString(runtime_failure.ptr(), e.what_without_backtrace());
     }
   });
 

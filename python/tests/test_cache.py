@@ -192,11 +192,11 @@ def test_redis_password_is_sent_and_a_wrong_one_fails_at_construction(redis_port
     other = pare.InferenceCache(remote=tier)
     assert torch.equal(other.get(x), x * 2)
     assert other.stats().remote_hits == 1
-    with pytest.raises(ValueError, match="refused AUTH"):
+    with pytest.raises(pare.InvalidArgument, match="refused AUTH"):
         pare.RedisTier(port=port, password="wrong")
     with pytest.raises(pare.InvalidArgument, match="requires a password"):
         pare.RedisTier(port=port)
-    with pytest.raises(ValueError, match="needs a password"):
+    with pytest.raises(pare.InvalidArgument, match="needs a password"):
         pare.RedisTier(port=port, user="cache")
 
 
@@ -216,6 +216,12 @@ def test_two_processes_share_results_through_redis(redis_port):
     first, second = run(), run()
     assert first[0] == "computed" and second[0] == "reused"
     assert first[1] == second[1]
-    cache = pare.InferenceCache(remote=pare.RedisTier(port=redis_port, key_prefix="py:"))
+    tier = pare.RedisTier(port=redis_port, key_prefix="py:")
+    cache = pare.InferenceCache(remote=tier)
     assert torch.equal(cache.get(torch.arange(12.0).reshape(3, 4)), torch.arange(12.0).reshape(3, 4).sum(0))
     assert cache.stats().remote_hits == 1
+    stats = tier.stats()
+    assert isinstance(stats, pare.RedisTierStats)
+    assert (stats.gets, stats.puts, stats.errors, stats.skipped) == (1, 0, 0, 0)
+    assert 'pare_redis_tier_gets_total{tier="py"} 1' in stats.to_prometheus({"tier": "py"})
+    assert tier.to_prometheus({"tier": "py"}) == stats.to_prometheus({"tier": "py"})

@@ -50,6 +50,7 @@ def test_release_and_stats():
     assert pool.stats().bytes_idle == 0
     text = pool.to_prometheus({"pool": "py"})
     assert 'pare_pool_misses_total{pool="py"} 1\n' in text
+    assert pool.stats().to_prometheus({"pool": "py"}) == text
 
 
 def test_byte_bound():

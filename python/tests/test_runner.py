@@ -44,10 +44,61 @@ def test_runner_errors_and_metrics(doubling):
         runner.run(-torch.ones(1, 2))
     text = runner.to_prometheus()
     assert "pare_runner_requests_total 2" in text and "pare_runner_failures_total 1" in text
-    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+    stats = runner.stats()
+    labelled = stats.to_prometheus({"model": "doubling"})
+    assert 'pare_runner_requests_total{model="doubling"} 2' in labelled
+    assert 'pare_runner_requests_total{model="doubling"} 2' in runner.to_prometheus({"model": "doubling"})
+    assert stats.p50_seconds == pytest.approx(stats.p50_ms / 1e3) and stats.max_seconds >= stats.p50_seconds > 0
+    with pytest.raises(pare.InvalidArgument, match="max_batch must be >= 1"):
         pare.Runner(doubling, max_batch=0)
-    with pytest.raises(ValueError, match="expected a torch.jit.ScriptModule"):
+    with pytest.raises(pare.InvalidArgument, match="expected a torch.jit.ScriptModule"):
         pare.Runner(torch.nn.Linear(2, 2))
+
+
+def test_close_and_with_stop_the_runner(doubling):
+    with pare.Runner(doubling, max_batch=4, threads=2) as runner:
+        assert not runner.closed
+        assert torch.equal(runner(torch.ones(1, 2)), torch.full((1, 2), 3.0))
+    assert runner.closed
+    for call in (lambda: runner.run(torch.ones(1, 2)), lambda: runner(torch.ones(1, 2)), runner.stats,
+                 runner.to_prometheus, lambda: runner.swap(doubling)):
+        with pytest.raises(pare.RuntimeFailure, match="the runner is closed"):
+            call()
+    runner.close()  # closing twice is allowed
+
+    async def after_close():
+        return await runner.run_async(torch.ones(1, 2))
+    with pytest.raises(pare.RuntimeFailure, match="Runner.run_async: the runner is closed"):
+        asyncio.run(after_close())
+
+    # A with block closes the runner when its body raises, too, and lets the exception through.
+    with pytest.raises(KeyError):
+        with pare.Runner(doubling) as failing:
+            raise KeyError("body")
+    assert failing.closed
+
+
+def test_close_while_calls_run_lets_them_finish(doubling):
+    runner = pare.Runner(doubling, max_batch=8, max_delay=0.001, threads=2)
+    answers, errors = [], []
+    started = threading.Barrier(5)
+
+    def client():
+        started.wait()
+        for i in range(50):
+            try:
+                answers.append(torch.equal(runner(torch.full((1, 2), float(i))), torch.full((1, 2), 2.0 * i + 1)))
+            except pare.RuntimeFailure as e:
+                errors.append(str(e))
+                return
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    [t.start() for t in threads]
+    started.wait()
+    runner.close()
+    [t.join() for t in threads]
+    assert all(answers)  # every call that ran answered right; the others were told the runner is closed
+    assert all("the runner is closed" in e for e in errors)
 
 
 def test_runner_torn_down_right_after_its_requests(doubling):
@@ -70,9 +121,9 @@ def test_runner_torn_down_right_after_its_requests(doubling):
         assert all(torch.equal(y, torch.full((1, 2), v * 2 + 1)) for v, y in outputs.values())
 
 
-def test_overloaded_and_timeout_are_pare_errors():
-    assert issubclass(pare.Overloaded, pare.Error) and issubclass(pare.Timeout, pare.Error)
-    assert issubclass(pare.Timeout, TimeoutError) and issubclass(pare.Error, RuntimeError)
+def test_overloaded_and_timeout_are_runtime_failures():
+    assert issubclass(pare.Overloaded, pare.RuntimeFailure) and issubclass(pare.Timeout, pare.RuntimeFailure)
+    assert issubclass(pare.Timeout, TimeoutError) and not issubclass(pare.Timeout, ValueError)
 
 
 def test_deadline_already_past_times_out_without_running(doubling):
@@ -83,9 +134,9 @@ def test_deadline_already_past_times_out_without_running(doubling):
         assert torch.equal(runner.run(torch.ones(1, 2), timeout=60.0), torch.full((1, 2), 3.0))
         stats = runner.stats()
         assert stats.timeouts == 1 and stats.batches == 1
-    with pytest.raises(ValueError, match="unexpected keyword argument 'deadline'"):
+    with pytest.raises(TypeError, match="timeout"):  # the signature names the one keyword run takes
         runner.run(torch.ones(1, 2), deadline=1.0)
-    with pytest.raises(ValueError, match="timeout must be in"):
+    with pytest.raises(pare.InvalidArgument, match="timeout must be in"):
         pare.Runner(doubling, timeout=-1.0)
 
 
