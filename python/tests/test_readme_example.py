@@ -34,7 +34,8 @@ def mypy_command():
 def test_readme_example_runs(tmp_path):
     script = tmp_path / "example.py"
     script.write_text(readme_example())
-    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(pare.__file__).parents[1]))
+    package_root = str(pathlib.Path(pare.__file__).parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
