@@ -17,7 +17,7 @@
 //     max_queue set: latency from the scheduled send time, rejections, RSS;
 //  3. hot swap (first model only): clients while the model is swapped `--swaps` times.
 //
-//   bench_runner [--seconds 1] [--clients 1,8,32,128] [--models int8,fp32,resnet18] [--swaps 100] [--only closed]
+//   bench_runner [--seconds 1] [--clients 1,8,32,128] [--models int8,fp32,resnet18] [--swaps 100] [--rounds 3] [--only closed]
 
 #include <sys/resource.h>
 #include <unistd.h>
@@ -51,6 +51,7 @@ struct Config {
   std::vector<int> clients{1, 8, 32, 128};
   std::vector<std::string> models{"int8", "fp32", "resnet18"};
   int swaps = 100;
+  int rounds = 3;  // each cell: plain, hint and fixed taken in turn this often; medians reported
   std::string only;  // "closed": the closed-loop tables alone
 };
 
@@ -103,6 +104,17 @@ Loop closed_loop(const Served& m, int clients, double seconds, Call&& call) {
           all.empty() ? 0.0 : 1e6 * cpu / double(all.size())};
 }
 
+// Each field's median over rounds.
+Loop median_loop(std::vector<Loop> loops) {
+  auto median = [&](double Loop::*field) {
+    std::vector<double> values;
+    for (const auto& l : loops) values.push_back(l.*field);
+    std::sort(values.begin(), values.end());
+    return pare::nearest_rank(values, 0.5);
+  };
+  return {median(&Loop::throughput), median(&Loop::p50_ms), median(&Loop::p99_ms), median(&Loop::cpu_us)};
+}
+
 pare::RunnerOptions warmed(pare::RunnerOptions options, const Served& m) {
   return options.warmup(5).example_inputs(m.requests.front());
 }
@@ -127,15 +139,21 @@ double closed_loop_table(const Served& m, const Config& config) {
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
   double capacity = 0;
   for (int clients : config.clients) {
-    const auto plain = closed_loop(m, clients, config.seconds, [&](const std::vector<c10::IValue>& in) {
-      torch::NoGradGuard no_grad;
-      return m.module.get_method("forward")(in);
-    });
     pare::Runner hint(m.module, warmed(pare::RunnerOptions().hint(pare::RunnerHint::Throughput), m));
-    const auto tuned = closed_loop(m, clients, config.seconds, [&](auto in) { return hint.run(std::move(in)); });
-    const auto s = hint.stats();
     pare::Runner fixed(m.module, warmed(pare::RunnerOptions().max_batch(32), m));
-    const auto before = closed_loop(m, clients, config.seconds, [&](auto in) { return fixed.run(std::move(in)); });
+    // A shared host drifts by tens of percent within seconds: the three are
+    // taken in turn, `rounds` times, and each column is the median of its rounds.
+    std::vector<Loop> plains, tuneds, befores;
+    for (int round = 0; round < config.rounds; ++round) {
+      plains.push_back(closed_loop(m, clients, config.seconds, [&](const std::vector<c10::IValue>& in) {
+        torch::NoGradGuard no_grad;
+        return m.module.get_method("forward")(in);
+      }));
+      tuneds.push_back(closed_loop(m, clients, config.seconds, [&](auto in) { return hint.run(std::move(in)); }));
+      befores.push_back(closed_loop(m, clients, config.seconds, [&](auto in) { return fixed.run(std::move(in)); }));
+    }
+    const auto plain = median_loop(plains), tuned = median_loop(tuneds), before = median_loop(befores);
+    const auto s = hint.stats();
     const double queued = double(s.requests);
     const double busy = s.forward_seconds + s.assemble_seconds;
     std::printf("| %d | %.0f | %.3f | %.0f | %.3f | **%.2fx** | %.0f | %.2fx | %.0f%% | %.2f | %.3f | %.1f%% | %.0f / %.0f | %.2f | "
@@ -257,6 +275,7 @@ int main(int argc, char** argv) {
       for (const auto& c : split(argv[i + 1])) config.clients.push_back(std::max(1, std::atoi(c.c_str())));
     }
     if (!std::strcmp(argv[i], "--models")) config.models = split(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--rounds")) config.rounds = std::max(1, std::atoi(argv[i + 1]));
     if (!std::strcmp(argv[i], "--swaps")) config.swaps = std::max(1, std::atoi(argv[i + 1]));
     if (!std::strcmp(argv[i], "--only")) config.only = argv[i + 1];
   }
