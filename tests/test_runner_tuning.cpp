@@ -55,7 +55,8 @@ TEST_CASE("the hint measures the model, chooses, reports, and keeps explicit set
   pare::Runner tuned(row_model(), pare::RunnerOptions().hint(pare::RunnerHint::Throughput).example_inputs(example));
   auto stats = tuned.stats();
   CHECK(stats.hint == "throughput");
-  const auto candidates = pare::detail::pass_candidates(std::thread::hardware_concurrency(), at::get_num_threads());
+  const auto candidates = pare::detail::pass_candidates(std::thread::hardware_concurrency(), at::get_num_threads(),
+                                                        stats.batch_saving >= pare::detail::kBatchingPays);
   CHECK(std::find(candidates.begin(), candidates.end(), stats.concurrency) != candidates.end());
   CHECK(stats.threads == stats.concurrency);
   CHECK(stats.batch_saving < 1);
@@ -92,9 +93,11 @@ TEST_CASE("the hint's choice: measured passes, batches only where they save time
   CHECK(tuned(pare::RunnerOptions().max_batch(2), 0.9, 16).concurrency() == 0);  // no hint: nothing chosen
 
   using pare::detail::pass_candidates;
-  CHECK(pass_candidates(16, 1) == std::vector<int>{1, 16, 32});
-  CHECK(pass_candidates(16, 4) == std::vector<int>{1, 4, 8});
-  CHECK(pass_candidates(1, 1) == std::vector<int>{1, 2});
+  CHECK(pass_candidates(16, 1, false) == std::vector<int>{1, 16, 32});
+  CHECK(pass_candidates(16, 4, false) == std::vector<int>{1, 4, 8});
+  CHECK(pass_candidates(1, 1, false) == std::vector<int>{1, 2});
+  CHECK(pass_candidates(16, 1, true) == std::vector<int>{1, 16});  // batching pays: no more passes than cores
+  CHECK(pass_candidates(1, 1, true) == std::vector<int>{1});
   using pare::detail::choose_passes;
   CHECK(choose_passes({{1, 100}, {16, 1000}, {32, 950}}) == 32);  // within 10% of the best: the most passes
   CHECK(choose_passes({{1, 100}, {16, 1000}, {32, 800}}) == 16);

@@ -38,8 +38,9 @@ c10::IValue Runner::run(std::vector<c10::IValue> inputs, Deadline deadline) {
     auto served = impl_->current_model();  // one model answers, and its namespace keys the cache
     const auto& cache = impl_->options.cache();
     c10::IValue output =
-        cache ? cache->get_or_compute(inputs, [&] { return impl_->execute(served, inputs, deadline); }, served->cache_namespace)
-              : impl_->execute(served, std::move(inputs), deadline);
+        cache ? cache->get_or_compute(inputs, [&] { return impl_->execute_padded(served, inputs, deadline); },
+                                     served->cache_namespace)
+              : impl_->execute_padded(served, std::move(inputs), deadline);
     impl_->latencies.record(seconds_since(start), false);
     return output;
   } catch (const Error& e) {
@@ -69,6 +70,19 @@ void Runner::run_async(std::vector<c10::IValue> inputs, Done done, Deadline dead
     if (auto hit = cache->get(inputs, served->cache_namespace)) return finish(success(*hit));
     finish = [cache, inputs, start, ns = served->cache_namespace, recorded = std::move(finish)](RunOutcome outcome) {
       if (outcome.ok()) cache->put(inputs, outcome.output, std::chrono::duration<double>(seconds_since(start)), ns);
+      recorded(std::move(outcome));
+    };
+  }
+  if (const auto& padding = impl_->options.padding()) {  // padded for the model; answers cut back before the cache keeps them
+    detail::PaddedRequest padded;
+    try {
+      padded = detail::pad_request(inputs, *padding);
+    } catch (const Error& e) {
+      return finish(failure(e.what(), e.kind()));
+    }
+    inputs = std::exchange(padded.inputs, {});
+    finish = [padded, padding = *padding, recorded = std::move(finish)](RunOutcome outcome) {
+      if (outcome.ok()) outcome.output = detail::cut_to_length(outcome.output, padded, padding);
       recorded(std::move(outcome));
     };
   }

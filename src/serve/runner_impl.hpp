@@ -18,6 +18,7 @@
 #include "serve/batch_queue.hpp"
 #include "core/eval_module.hpp"
 #include "core/torch_errors.hpp"
+#include "serve/padding.hpp"
 #include "serve/runner_device.hpp"
 #include "serve/runner_metrics.hpp"
 #include "serve/runner_tuning.hpp"
@@ -154,21 +155,23 @@ struct Runner::Impl {
   }
 
   void warm_up(ServedModel& served) {
-    for (int i = 0; i < options.warmup(); ++i) forward_one(served, options.example_inputs(), std::nullopt);
+    const auto inputs = model_inputs(options.example_inputs());
+    for (int i = 0; i < options.warmup(); ++i) forward_one(served, inputs, std::nullopt);
   }
 
   // RunnerOptions::hint: measure whether a batch saves time per row, then let
   // tuned() choose every setting not given. On a GPU the hint changes nothing.
   void tune(ServedModel& served) {
     if (!options.hint() || io->on_accelerator()) return;
-    batch_saving = detail::measure_batch_saving(options.example_inputs(), [&](const Inputs& inputs) {
+    batch_saving = detail::measure_batch_saving(model_inputs(options.example_inputs()), [&](const Inputs& inputs) {
       forward_one(served, inputs, std::nullopt);
     });
     int passes = options.concurrency();
     if (!options.explicitly_set(RunnerSetting::Concurrency)) {
-      const auto candidates = detail::pass_candidates(std::thread::hardware_concurrency(), at::get_num_threads());
+      const auto candidates = detail::pass_candidates(std::thread::hardware_concurrency(), at::get_num_threads(),
+                                                      batch_saving >= detail::kBatchingPays);
       passes = detail::choose_passes(detail::measure_passes(
-          candidates, options.example_inputs(), [&](const Inputs& inputs) { forward_one(served, inputs, std::nullopt); }));
+          candidates, model_inputs(options.example_inputs()), [&](const Inputs& inputs) { forward_one(served, inputs, std::nullopt); }));
     }
     options = detail::tuned(options, batch_saving, passes);
     warm_sizes(served);
@@ -180,7 +183,7 @@ struct Runner::Impl {
   void warm_sizes(ServedModel& served) {
     if (!options.hint() || io->on_accelerator()) return;
     for (int64_t rows : options.preferred_batch_sizes())
-      for (int i = 0; i < 2; ++i) forward_one(served, detail::example_rows(options.example_inputs(), rows), std::nullopt);
+      for (int i = 0; i < 2; ++i) forward_one(served, detail::example_rows(model_inputs(options.example_inputs()), rows), std::nullopt);
   }
 
   // Runs one blocking request on its caller's thread, as one pass of its own.
@@ -229,6 +232,20 @@ struct Runner::Impl {
     if (queue->push(request)) return id;
     latencies.record_rejection();
     return 0;
+  }
+
+  // A blocking request padded to its bucket (RunnerOptions::padding) and its answer cut back.
+  c10::IValue execute_padded(std::shared_ptr<ServedModel> served, Inputs inputs, Clock::time_point deadline) {
+    const auto& padding = options.padding();
+    if (!padding) return execute(std::move(served), std::move(inputs), deadline);
+    auto padded = detail::pad_request(inputs, *padding);
+    auto output = execute(std::move(served), std::exchange(padded.inputs, {}), deadline);
+    return detail::cut_to_length(output, padded, *padding);
+  }
+
+  // The inputs the model itself runs on for an unpadded request `inputs`.
+  Inputs model_inputs(const Inputs& inputs) const {
+    return options.padding() && !inputs.empty() ? detail::pad_request(inputs, *options.padding()).inputs : inputs;
   }
 
   // A blocking request: on this thread without batching; else queued, and run

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "core/enum_names.hpp"
+#include "serve/padding.hpp"
 
 namespace pare {
 
@@ -22,6 +23,7 @@ std::vector<std::string> runner_hint_names() { return detail::names_of(kHintName
 namespace detail {
 
 void validate(const RunnerOptions& options) {
+  if (options.padding()) validate(*options.padding());
   require(options.max_batch() >= 1, "RunnerOptions: max_batch must be >= 1, got " + std::to_string(options.max_batch()));
   require(options.threads() >= 1 && options.threads() <= 256,
           "RunnerOptions: threads must be in [1, 256], got " + std::to_string(options.threads()));
@@ -88,9 +90,10 @@ RunnerOptions tuned(RunnerOptions options, double batch_saving, int passes) {
   return options;
 }
 
-std::vector<int> pass_candidates(unsigned cores, int intra_op_threads) {
+std::vector<int> pass_candidates(unsigned cores, int intra_op_threads, bool batching_pays) {
   const int per_core = std::max(1, int(std::max(cores, 1u)) / std::max(intra_op_threads, 1));
-  std::vector<int> candidates{1, per_core, 2 * per_core};
+  std::vector<int> candidates{1, per_core};
+  if (!batching_pays) candidates.push_back(2 * per_core);
   candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
   return candidates;
 }

@@ -26,6 +26,7 @@
 #include "pare/core/error.hpp"
 #include "pare/core/metrics.hpp"
 #include "pare/pool/pool.hpp"
+#include "pare/serve/padding.hpp"
 
 namespace pare {
 
@@ -103,6 +104,10 @@ class RunnerOptions {
   /// and the measurement are in stats() and the Prometheus exposition. CPU
   /// only: on a GPU the hint changes nothing.
   PARE_ARG(std::optional<RunnerHint>, hint);
+  /// Requests of different lengths share batches: each is padded to a bucket
+  /// length and its answer cut back (pare/serve/padding.hpp). example_inputs
+  /// are then unpadded requests too.
+  PARE_ARG(std::optional<PaddingOptions>, padding);
   /// Where the model runs: cpu (default) or cuda[:index]. On a GPU the runner
   /// serves a copy of the module moved there; host inputs of a batch are stacked
   /// in pinned memory (from pool() when it holds PoolMemory::Pinned) and cross in
