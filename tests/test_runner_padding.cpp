@@ -18,8 +18,8 @@ namespace {
 torch::jit::Module text_encoder() {
   static const auto path = [] {
     const auto p = std::filesystem::temp_directory_path() / ("pare_text_encoder_" + std::to_string(getpid()) + ".pt");
-    const std::string command = std::string(PARE_PYTHON) + " " + PARE_TESTS_DIR + "/support/text_models.py " + p.string() +
-                                " --hidden 32 --layers 2 --heads 4 --ffn 64 --max-length 64";
+    const std::string command = std::string(PARE_PYTHON) + " " + PARE_TESTS_DIR + "/support/text_models.py " +
+                                p.string() + " --hidden 32 --layers 2 --heads 4 --ffn 64 --max-length 64";
     REQUIRE(std::system(command.c_str()) == 0);
     return p;
   }();
@@ -52,8 +52,13 @@ c10::IValue reference(torch::jit::Module& model, const std::vector<c10::IValue>&
 
 TEST_CASE("concurrent requests of many lengths get the unpadded model's answers, in shared batches") {
   auto model = text_encoder();
-  pare::Runner runner(model, pare::RunnerOptions().max_batch(8).threads(2).max_delay(std::chrono::milliseconds(20))
-                                 .padding(pare::PaddingOptions({16, 32, 64})).warmup(1).example_inputs(text_request(5, 0)));
+  pare::Runner runner(model, pare::RunnerOptions()
+                                 .max_batch(8)
+                                 .threads(2)
+                                 .max_delay(std::chrono::milliseconds(20))
+                                 .padding(pare::PaddingOptions({16, 32, 64}))
+                                 .warmup(1)
+                                 .example_inputs(text_request(5, 0)));
   constexpr int kClients = 6, kEach = 8;
   std::atomic<int> answered{0};
   std::vector<std::thread> clients;

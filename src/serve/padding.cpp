@@ -11,9 +11,7 @@ namespace pare::detail {
 
 namespace {
 
-bool has_length(const c10::IValue& input, int64_t dim) {
-  return input.isTensor() && input.toTensor().dim() > dim;
-}
+bool has_length(const c10::IValue& input, int64_t dim) { return input.isTensor() && input.toTensor().dim() > dim; }
 
 // The one length every input with a length dimension shares.
 int64_t request_length(const std::vector<c10::IValue>& inputs, int64_t dim) {
@@ -21,10 +19,10 @@ int64_t request_length(const std::vector<c10::IValue>& inputs, int64_t dim) {
   for (size_t i = 0; i < inputs.size(); ++i) {
     if (!has_length(inputs[i], dim)) continue;
     const int64_t own = inputs[i].toTensor().size(dim);
-    require(length < 0 || own == length,
-            "Runner padding: input " + std::to_string(i) + " has length " + std::to_string(own) + " along dim " +
-                std::to_string(dim) + " where an earlier input has " + std::to_string(length) +
-                "; every input with a length dimension must share one length");
+    require(length < 0 || own == length, "Runner padding: input " + std::to_string(i) + " has length " +
+                                             std::to_string(own) + " along dim " + std::to_string(dim) +
+                                             " where an earlier input has " + std::to_string(length) +
+                                             "; every input with a length dimension must share one length");
     length = own;
   }
   require(length >= 0, "Runner padding: no input has a length dimension (dim " + std::to_string(dim) +
@@ -46,11 +44,10 @@ void validate(const PaddingOptions& options) {
   const auto& b = options.buckets();
   require(!b.empty(), "PaddingOptions: buckets must name at least one length");
   for (size_t i = 0; i < b.size(); ++i)
-    require(b[i] >= 1 && (i == 0 || b[i] > b[i - 1]),
-            "PaddingOptions: buckets must be ascending lengths >= 1, got " + std::to_string(b[i]) + " at position " +
-                std::to_string(i));
-  require(options.dim() >= 1, "PaddingOptions: dim must be >= 1 (dim 0 holds the batch), got " +
-                                  std::to_string(options.dim()));
+    require(b[i] >= 1 && (i == 0 || b[i] > b[i - 1]), "PaddingOptions: buckets must be ascending lengths >= 1, got " +
+                                                          std::to_string(b[i]) + " at position " + std::to_string(i));
+  require(options.dim() >= 1,
+          "PaddingOptions: dim must be >= 1 (dim 0 holds the batch), got " + std::to_string(options.dim()));
   require(options.output_dim() >= 1, "PaddingOptions: output_dim must be >= 1 (dim 0 holds the batch), got " +
                                          std::to_string(options.output_dim()));
   require(!options.mask_input() || *options.mask_input() >= 0,
@@ -76,9 +73,9 @@ PaddedRequest pad_request(const std::vector<c10::IValue>& inputs, const PaddingO
     padded.inputs.emplace_back(pad_to(inputs[i].toTensor(), options.dim(), padded.bucket, value));
   }
   if (const auto& at_position = options.mask_input()) {
-    require(*at_position <= int64_t(inputs.size()),
-            "Runner padding: mask_input " + std::to_string(*at_position) + " is past the request's " +
-                std::to_string(inputs.size()) + " inputs");
+    require(*at_position <= int64_t(inputs.size()), "Runner padding: mask_input " + std::to_string(*at_position) +
+                                                        " is past the request's " + std::to_string(inputs.size()) +
+                                                        " inputs");
     const auto& first = padded.inputs.at(0);
     const int64_t rows = first.isTensor() && first.toTensor().dim() > 0 ? first.toTensor().size(0) : 1;
     auto mask = at::zeros({rows, padded.bucket}, at::TensorOptions().dtype(options.mask_dtype()));

@@ -38,8 +38,8 @@ c10::IValue Runner::run(std::vector<c10::IValue> inputs, Deadline deadline) {
     auto served = impl_->current_model();  // one model answers, and its namespace keys the cache
     const auto& cache = impl_->options.cache();
     c10::IValue output =
-        cache ? cache->get_or_compute(inputs, [&] { return impl_->execute_padded(served, inputs, deadline); },
-                                     served->cache_namespace)
+        cache ? cache->get_or_compute(
+                    inputs, [&] { return impl_->execute_padded(served, inputs, deadline); }, served->cache_namespace)
               : impl_->execute_padded(served, std::move(inputs), deadline);
     impl_->latencies.record(seconds_since(start), false);
     return output;
@@ -73,7 +73,8 @@ void Runner::run_async(std::vector<c10::IValue> inputs, Done done, Deadline dead
       recorded(std::move(outcome));
     };
   }
-  if (const auto& padding = impl_->options.padding()) {  // padded for the model; answers cut back before the cache keeps them
+  if (const auto& padding =
+          impl_->options.padding()) {  // padded for the model; answers cut back before the cache keeps them
     detail::PaddedRequest padded;
     try {
       padded = detail::pad_request(inputs, *padding);

@@ -170,8 +170,9 @@ struct Runner::Impl {
     if (!options.explicitly_set(RunnerSetting::Concurrency)) {
       const auto candidates = detail::pass_candidates(std::thread::hardware_concurrency(), at::get_num_threads(),
                                                       batch_saving >= detail::kBatchingPays);
-      passes = detail::choose_passes(detail::measure_passes(
-          candidates, model_inputs(options.example_inputs()), [&](const Inputs& inputs) { forward_one(served, inputs, std::nullopt); }));
+      passes = detail::choose_passes(
+          detail::measure_passes(candidates, model_inputs(options.example_inputs()),
+                                 [&](const Inputs& inputs) { forward_one(served, inputs, std::nullopt); }));
     }
     options = detail::tuned(options, batch_saving, passes);
     warm_sizes(served);
@@ -183,7 +184,8 @@ struct Runner::Impl {
   void warm_sizes(ServedModel& served) {
     if (!options.hint() || io->on_accelerator()) return;
     for (int64_t rows : options.preferred_batch_sizes())
-      for (int i = 0; i < 2; ++i) forward_one(served, detail::example_rows(model_inputs(options.example_inputs()), rows), std::nullopt);
+      for (int i = 0; i < 2; ++i)
+        forward_one(served, detail::example_rows(model_inputs(options.example_inputs()), rows), std::nullopt);
   }
 
   // Runs one blocking request on its caller's thread, as one pass of its own.

@@ -17,7 +17,8 @@
 //     max_queue set: latency from the scheduled send time, rejections, RSS;
 //  3. hot swap (first model only): clients while the model is swapped `--swaps` times.
 //
-//   bench_runner [--seconds 1] [--clients 1,8,32,128] [--models int8,fp32,resnet18] [--swaps 100] [--rounds 3] [--only closed]
+//   bench_runner [--seconds 1] [--clients 1,8,32,128] [--models int8,fp32,resnet18] [--swaps 100] [--rounds 3] [--only
+//   closed]
 
 #include <sys/resource.h>
 #include <unistd.h>
@@ -51,7 +52,7 @@ struct Config {
   std::vector<int> clients{1, 8, 32, 128};
   std::vector<std::string> models{"int8", "fp32", "resnet18"};
   int swaps = 100;
-  int rounds = 3;  // each cell: plain, hint and fixed taken in turn this often; medians reported
+  int rounds = 3;    // each cell: plain, hint and fixed taken in turn this often; medians reported
   std::string only;  // "closed": the closed-loop tables alone
 };
 

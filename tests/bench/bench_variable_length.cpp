@@ -42,10 +42,12 @@ struct Request {
 };
 
 torch::jit::Module encoder(const Config& config) {
-  const auto path = std::filesystem::temp_directory_path() / ("bench_variable_length_" + std::to_string(getpid()) + ".pt");
+  const auto path =
+      std::filesystem::temp_directory_path() / ("bench_variable_length_" + std::to_string(getpid()) + ".pt");
   const std::string command = std::string(PARE_PYTHON) + " " + PARE_SUPPORT_DIR + "/text_models.py " + path.string() +
-                              " --hidden " + std::to_string(config.hidden) + " --layers " + std::to_string(config.layers) +
-                              " --ffn " + std::to_string(4 * config.hidden) + " --max-length " + std::to_string(config.max_length);
+                              " --hidden " + std::to_string(config.hidden) + " --layers " +
+                              std::to_string(config.layers) + " --ffn " + std::to_string(4 * config.hidden) +
+                              " --max-length " + std::to_string(config.max_length);
   if (std::system(command.c_str()) != 0) throw std::runtime_error("failed: " + command);
   auto module = torch::jit::load(path.string());
   std::filesystem::remove(path);
@@ -93,7 +95,8 @@ Loop closed_loop(const std::vector<Request>& reqs, const Config& config, Call&& 
         const at::Tensor logits = answer->elements()[1].toTensor();
         double error = 1e30;  // a wrong shape counts as an unbounded error
         if (hidden.sizes() == r.hidden.sizes())
-          error = std::max((hidden - r.hidden).abs().max().item<double>(), (logits - r.logits).abs().max().item<double>());
+          error =
+              std::max((hidden - r.hidden).abs().max().item<double>(), (logits - r.logits).abs().max().item<double>());
         errors[size_t(c)] = std::max(errors[size_t(c)], error);
       }
     });
@@ -145,8 +148,13 @@ int main(int argc, char** argv) {
   const auto reqs = requests(model, config);
   const auto example = reqs.front().inputs;
   auto options = [&] {
-    return pare::RunnerOptions().max_batch(16).threads(config.threads).concurrency(config.threads)
-        .max_delay(std::chrono::milliseconds(5)).warmup(3).example_inputs(example);
+    return pare::RunnerOptions()
+        .max_batch(16)
+        .threads(config.threads)
+        .concurrency(config.threads)
+        .max_delay(std::chrono::milliseconds(5))
+        .warmup(3)
+        .example_inputs(example);
   };
   std::vector<int64_t> buckets;
   for (int64_t b = 32; b <= config.max_length; b += 32) buckets.push_back(b);
@@ -161,18 +169,24 @@ int main(int argc, char** argv) {
       return model.get_method("forward")(r.inputs);
     }));
     one.push_back(closed_loop(reqs, config, [&](const Request& r) { return one_length.run(r.inputs); }));
-    max.push_back(closed_loop(reqs, config, [&](const Request& r) { return padded_by_client(pad_to_max, r, config.max_length); }));
+    max.push_back(closed_loop(reqs, config,
+                              [&](const Request& r) { return padded_by_client(pad_to_max, r, config.max_length); }));
     bucket.push_back(closed_loop(reqs, config, [&](const Request& r) { return bucketed.run(r.inputs); }));
   }
   const Loop p = median(plain), o = median(one), m = median(max), b = median(bucket);
-  std::printf("BERT-style encoder, hidden %d, %d layers; %d clients, lengths %lld-%lld; buckets every 32; "
-              "%d worker(s) x 1 LibTorch thread; medians of %d rounds of %.1f s\n\n",
-              config.hidden, config.layers, config.clients, (long long)config.min_length, (long long)config.max_length,
-              config.threads, config.rounds, config.seconds);
-  std::printf("| serving | req/s | p99 ms | max abs error vs unpadded | buckets / this |\n| --- | --- | --- | --- | --- |\n");
-  for (const auto& [name, l] : {std::pair{"plain (no Runner)", p}, {"Runner, one length per batch", o},
-                                {"Runner, clients pad to 128", m}, {"Runner, PaddingOptions buckets", b}})
-    std::printf("| %s | %.1f | %.1f | %.2g | %.2fx |\n", name, l.throughput, l.p99_ms, l.max_error, b.throughput / l.throughput);
+  std::printf(
+      "BERT-style encoder, hidden %d, %d layers; %d clients, lengths %lld-%lld; buckets every 32; "
+      "%d worker(s) x 1 LibTorch thread; medians of %d rounds of %.1f s\n\n",
+      config.hidden, config.layers, config.clients, (long long)config.min_length, (long long)config.max_length,
+      config.threads, config.rounds, config.seconds);
+  std::printf(
+      "| serving | req/s | p99 ms | max abs error vs unpadded | buckets / this |\n| --- | --- | --- | --- | --- |\n");
+  for (const auto& [name, l] : {std::pair{"plain (no Runner)", p},
+                                {"Runner, one length per batch", o},
+                                {"Runner, clients pad to 128", m},
+                                {"Runner, PaddingOptions buckets", b}})
+    std::printf("| %s | %.1f | %.1f | %.2g | %.2fx |\n", name, l.throughput, l.p99_ms, l.max_error,
+                b.throughput / l.throughput);
   const auto s = bucketed.stats();
   std::printf("\nbuckets runner: %.2f requests per batch\n", s.batches ? double(s.requests) / double(s.batches) : 0.0);
   return 0;
