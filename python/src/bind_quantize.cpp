@@ -23,6 +23,29 @@ CalibrationProgress wrap_progress(const py::object& progress) {
   };
 }
 
+// evaluate=: a list of (inputs, labels) pairs, or a callable module -> accuracy in percent.
+Evaluation to_evaluation(const py::object& evaluate) {
+  if (evaluate.is_none()) return {};
+  if (PyCallable_Check(evaluate.ptr())) {
+    auto held = hold(evaluate);
+    return Evaluation([held](torch::jit::Module& module) {
+      py::gil_scoped_acquire gil;
+      return (*held)(wrap_module(module)).cast<double>();
+    });
+  }
+  if (!py::isinstance<py::list>(evaluate) && !py::isinstance<py::tuple>(evaluate))
+    throw Error("QuantizeInt8(evaluate=...): expected a list of (inputs, labels) pairs or a callable module -> "
+                "accuracy in percent; got " + type_name(evaluate));
+  std::vector<LabelledBatch> batches;
+  for (const auto& item : evaluate) {
+    if (!py::isinstance<py::tuple>(item) || py::len(item) != 2)
+      throw Error("QuantizeInt8(evaluate=...): each item must be an (inputs, labels) pair; got " + type_name(item));
+    const auto pair = item.cast<py::tuple>();
+    batches.emplace_back(to_inputs(pair[0], "QuantizeInt8(evaluate=...)"), pair[1].cast<torch::Tensor>());
+  }
+  return Evaluation(std::move(batches));
+}
+
 py::dict info_dict(const QuantizationInfo& info) {
   py::dict out;
   out["engine"] = info.engine;
@@ -37,7 +60,8 @@ void bind_quantize(py::module_& m) {
   py::class_<QuantizeInt8, Pass, std::shared_ptr<QuantizeInt8>>(m, "QuantizeInt8")
       .def(py::init([](const py::object& calibration, const std::string& observer, bool per_channel,
                        std::vector<std::string> skip, const std::string& engine, double percentile, int64_t bins,
-                       const py::object& progress, bool never_slower, bool fold_residual_adds) {
+                       const py::object& progress, bool never_slower, bool fold_residual_adds,
+                       std::vector<int64_t> batch_sizes, std::optional<double> max_drop, const py::object& evaluate) {
              auto options = QuantizeInt8Options(to_batch_source<std::vector<torch::jit::IValue>>(
                                                     calibration, to_inputs, "QuantizeInt8(calibration=...)"))
                                 .observer(observer_options(observer, percentile, bins))
@@ -46,19 +70,26 @@ void bind_quantize(py::module_& m) {
                                 .engine(engine)
                                 .progress(wrap_progress(progress))
                                 .never_slower(never_slower)
-                                .fold_residual_adds(fold_residual_adds);
+                                .fold_residual_adds(fold_residual_adds)
+                                .batch_sizes(std::move(batch_sizes))
+                                .max_drop(max_drop)
+                                .evaluate(to_evaluation(evaluate));
              return std::make_shared<QuantizeInt8>(std::move(options));
            }),
            py::arg("calibration"), py::arg("observer") = to_string(ObserverOptions().kind()), py::arg("per_channel") = true,
            py::arg("skip") = std::vector<std::string>{}, py::arg("engine") = "", py::arg("percentile") = 99.99,
            py::arg("bins") = 2048, py::arg("progress") = py::none(), py::arg("never_slower") = true,
-           py::arg("fold_residual_adds") = false,
+           py::arg("fold_residual_adds") = false, py::arg("batch_sizes") = std::vector<int64_t>{},
+           py::arg("max_drop") = py::none(), py::arg("evaluate") = py::none(),
            "Static int8 post-training quantization. calibration: a list of tensors or tuples (one model "
            "input each), an iterable of them (a DataLoader, a generator: read once) or a callable epoch -> "
            "iterable; with two or more batches the last is held out for SQNR. observer: minmax, moving_average_minmax, percentile, histogram, entropy. "
            "never_slower: time each island of int8 ops against float on the held-out batch and keep float "
            "where int8 loses. fold_residual_adds: fold residual adds into their conv (onednn, LibTorch 2.x; the "
-           "file then needs torch.backends.quantized.engine = 'onednn').");
+           "file then needs torch.backends.quantized.engine = 'onednn'). batch_sizes: the batch sizes never_slower "
+           "times at (default: the held-out batch's). max_drop: accuracy budget in points; evaluate: a list of "
+           "(inputs, labels) pairs (top-1) or a callable module -> accuracy in percent; the most sensitive "
+           "layers go back to float until the drop is within max_drop.");
   py::class_<QuantizeInt8Dynamic, Pass, std::shared_ptr<QuantizeInt8Dynamic>>(m, "QuantizeInt8Dynamic")
       .def(py::init([](bool per_channel, std::vector<std::string> skip, const std::string& engine) {
              return std::make_shared<QuantizeInt8Dynamic>(

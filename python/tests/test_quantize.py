@@ -1,5 +1,6 @@
 """pare.QuantizeInt8 / QuantizeInt8Dynamic from Python, on a CNN trained on a Fashion-MNIST subset."""
 
+import copy
 import gzip
 import os
 import subprocess
@@ -182,3 +183,54 @@ def test_calibration_files_from_torch_save_and_one_table_of_names(trained, tmp_p
     for name in pare.observer_names():
         pare.QuantizeInt8(calibration=calibration, observer=name)
     assert "moving_average_minmax" in pare.observer_names() and pare.scope_names() == ["local", "global"]
+
+
+def with_outlier_channels(scripted, scale=300.0):
+    """bn1's channels 0-3 scaled by `scale` (conv1's output after folding), conv2's weights reading
+    them by 1/scale: ReLU and max-pooling commute with a positive scale, so the float model is unchanged
+    while plain int8 sees one activation range dominated by four channels."""
+    model = copy.deepcopy(scripted)
+    with torch.no_grad():
+        for c in (0, 1, 2, 3):
+            model.bn1.weight[c] *= scale
+            model.bn1.bias[c] *= scale
+            model.conv2.weight[:, c] /= scale
+    return model
+
+
+def test_max_drop_sends_the_outlier_layers_back_to_float(trained):
+    scripted, calibration, test_x, test_y = trained
+    model = with_outlier_channels(scripted)
+    assert abs(accuracy(model, test_x, test_y) - accuracy(scripted, test_x, test_y)) <= 0.11
+    evaluate = [(test_x[i : i + 250], test_y[i : i + 250]) for i in range(0, 1000, 250)]
+    _, plain = pare.Pipeline([pare.QuantizeInt8(calibration, never_slower=False, evaluate=evaluate)]).run(model)
+    plain = plain["quantize_int8"]
+    assert plain.metrics["plain_int8_drop"] > 1.0, plain.metrics  # plain int8 breaks a 1-point budget
+    assert plain.metrics["layers_float_for_accuracy"] == 0  # evaluate alone measures and changes nothing
+
+    module, report = pare.Pipeline([pare.QuantizeInt8(calibration, never_slower=False, evaluate=evaluate,
+                                                      max_drop=1.0)]).run(model)
+    entry = report["quantize_int8"]
+    assert entry.metrics["accuracy_drop"] <= 1.0, entry.metrics
+    assert entry.metrics["layers_int8"] >= 1 and entry.metrics["layers_float_for_accuracy"] >= 1
+    assert abs(accuracy(module, test_x, test_y) - entry.metrics["accuracy_int8"]) < 1e-9
+    assert entry.labels["accuracy_fallback"].split(", ")[0] in ("conv1", "conv2")
+
+    # A callable gives the same decision as the labelled batches it computes from.
+    _, by_callable = pare.Pipeline([pare.QuantizeInt8(calibration, never_slower=False, max_drop=1.0,
+                                                      evaluate=lambda m: accuracy(m, test_x, test_y))]).run(model)
+    assert by_callable["quantize_int8"].labels["accuracy_fallback"] == entry.labels["accuracy_fallback"]
+
+
+def test_max_drop_and_batch_sizes_reject_bad_arguments(trained):
+    scripted, calibration, test_x, test_y = trained
+    with pytest.raises(ValueError, match="max_drop needs evaluate"):
+        pare.QuantizeInt8(calibration, max_drop=1.0)
+    with pytest.raises(ValueError, match="max_drop must be a finite number"):
+        pare.QuantizeInt8(calibration, max_drop=float("nan"), evaluate=[(test_x[:8], test_y[:8])])
+    with pytest.raises(ValueError, match="expected a list of"):
+        pare.QuantizeInt8(calibration, max_drop=1.0, evaluate="test set")
+    with pytest.raises(ValueError, match="1-D int64"):
+        pare.QuantizeInt8(calibration, evaluate=[(test_x[:8], test_y[:8].float())])
+    with pytest.raises(ValueError, match="batch_sizes must be positive"):
+        pare.QuantizeInt8(calibration, batch_sizes=[8, 0])

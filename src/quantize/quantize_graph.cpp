@@ -352,11 +352,19 @@ std::vector<std::string> rewrite_dynamic(Graph& graph, const std::vector<std::st
   return done;
 }
 
+namespace {
+bool is_tensor_value(const Value* v) { return v->type()->isSubtypeOf(*c10::TensorType::get()); }
+}  // namespace
+
 std::shared_ptr<Graph> graph_returning(Graph& graph, const std::vector<Value*>& extra) {
   // Functions return one value, so the copy returns one tuple of everything.
   std::vector<Value*> all(graph.outputs().begin(), graph.outputs().end());
   std::vector<Node*> snapshots;
   for (Value* v : extra) {
+    if (!is_tensor_value(v)) {  // ints, lists: nothing later changes them
+      all.push_back(v);
+      continue;
+    }
     WithInsertPoint guard(v->node()->kind() == c10::prim::Param ? graph.block()->nodes().front() : v->node()->next());
     all.push_back(graph.insert(aten::clone, {v}));
     snapshots.push_back(all.back()->node());

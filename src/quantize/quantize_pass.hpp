@@ -12,6 +12,10 @@
 #include "quantize/quantize_graph.hpp"
 #include "core/text.hpp"
 
+namespace pare {
+class QuantizeInt8Options;
+}  // namespace pare
+
 namespace pare::detail {
 
 /// Freezes a private copy: eval mode, weights inlined, BatchNorm folded into
@@ -27,27 +31,83 @@ void check_engine(const std::string& engine);
 
 namespace pare::detail {
 
-/// How one island of int8 ops fared against float on the calibration batch.
+/// How one island of int8 ops fared against float, timed alone (with the
+/// quantize/dequantize at its borders), summed over the batch sizes.
 struct IslandTiming {
   size_t steps = 0;     ///< int8 ops in it
   std::string first;    ///< its first layer or op
-  double with_int8_ms = 0, with_float_ms = 0;  ///< the whole model's median with the island int8 / float
-  bool kept_float = false;
+  double with_int8_ms = 0, with_float_ms = 0;
+  bool kept_float = false;     ///< slower in int8 at some batch size, or sent back by the file check
+  bool file_fallback = false;  ///< sent back to float because the whole file was not faster
+};
+
+/// The whole model, int8 per the final plan against float, at one batch size (medians).
+struct FileTiming {
+  int64_t batch = 0;
+  double fp32_ms = 0, int8_ms = 0;
 };
 
 struct SpeedCheck {
-  QuantPlan plan;  ///< the plan without the islands that were slower in int8
+  QuantPlan plan;  ///< the plan without the islands kept float
   std::vector<IslandTiming> islands;
-  double fp32_ms = 0, int8_ms = 0;  ///< the float model and the final plan, medians
+  std::vector<FileTiming> file;  ///< the last file check
+  int64_t fallbacks = 0;         ///< rounds of the file check that sent islands back
+  bool int8_faster = false;      ///< the final plan's file was faster at every batch size
 };
 
-/// Times the model with every island in int8, then with each island in turn
-/// back in float (the largest islands first, at most `max_islands`), on
-/// `inputs`, and drops the islands whose float version is faster.
+/// Times each island alone, float against int8, on the values it reads when
+/// the model runs `batches` (one input list per batch size); islands slower in
+/// int8 at any size stay float. Then times the whole model against float at
+/// each size; while it is not faster, the kept islands with the least gain go
+/// back to float, half of them each round, down to the float model.
 SpeedCheck drop_slower_islands(const torch::jit::Module& frozen, Graph& graph, const QuantPlan& plan,
                                const std::map<Value*, QuantParams>& activations,
-                               const std::vector<torch::jit::IValue>& inputs, bool per_channel,
-                               size_t max_islands = 12);
+                               const std::vector<std::vector<torch::jit::IValue>>& batches, bool per_channel);
+/// The frozen float model rewritten per `plan`, as a fresh module.
+torch::jit::Module variant(const torch::jit::Module& frozen, Graph& graph, const QuantPlan& plan,
+                           const std::map<Value*, QuantParams>& activations, bool per_channel);
+
+/// One island as a graph of its own (src/quantize_islands.cpp): its inputs are
+/// the values it reads from the model (`inputs`, in the model's graph), its
+/// outputs those read outside it; with `int8`, rewritten per the plan.
+struct IslandGraph {
+  std::shared_ptr<Graph> graph;
+  std::vector<Value*> inputs;
+};
+IslandGraph island_graph(Graph& graph, const QuantPlan& plan, const std::vector<size_t>& island, size_t which,
+                         const std::map<Value*, QuantParams>& activations, bool int8, bool per_channel);
+/// Medians of `runs` calls of two graphs (no self) on `inputs`, taking turns.
+std::pair<double, double> time_side_by_side(const std::shared_ptr<Graph>& a, const std::shared_ptr<Graph>& b,
+                                            const std::vector<torch::jit::IValue>& inputs, int runs);
+/// Medians of `runs` forward calls of fresh copies of two modules on `inputs`, taking turns.
+std::pair<double, double> time_modules(const torch::jit::Module& a, const torch::jit::Module& b,
+                                       const std::vector<torch::jit::IValue>& inputs, int runs);
+/// `inputs` with each tensor's rows repeated or cut to `rows`.
+std::vector<torch::jit::IValue> with_batch_size(const std::vector<torch::jit::IValue>& inputs, int64_t rows);
+
+/// What max_drop decided (src/quantize/int8_accuracy.cpp).
+struct AccuracyCheck {
+  QuantPlan plan;                             ///< without the layers sent back to float
+  double fp32 = 0, plain_int8 = 0;            ///< accuracy (percent) of the float model and of plain int8
+  std::map<std::string, double> sensitivity;  ///< per layer: output SQNR (dB) with that layer alone in int8
+  std::vector<std::string> fallen_back;       ///< layers sent back to float, most sensitive first
+  std::map<size_t, double> tried;             ///< accuracy with the k most sensitive layers in float
+  int64_t evaluations = 0;                    ///< int8 candidates evaluated
+};
+
+/// Evaluates the float model and `plan`; when int8 loses more than
+/// options.max_drop() points, ranks the layers by sensitivity on `held_out`
+/// and sends the fewest most sensitive back to float that meet the budget.
+AccuracyCheck meet_accuracy_budget(const torch::jit::Module& frozen, Graph& graph, const QuantPlan& plan,
+                                   const std::map<Value*, QuantParams>& activations,
+                                   const std::vector<torch::jit::IValue>& held_out, const QuantizeInt8Options& options);
+/// `plan` with the named layers in float, and the ops that can no longer run in int8 without them.
+QuantPlan without_layers(const QuantPlan& plan, const std::set<std::string>& layers,
+                         const std::map<Value*, QuantParams>& activations, const std::string& reason);
+/// Writes the accuracies, the layers sent back and each layer's sensitivity into the report and the record.
+void report_accuracy(const AccuracyCheck& check, double final_accuracy, std::optional<double> max_drop,
+                     PassReport& entry, nlohmann::json& record);
+
 /// Writes the timings into the report and the export's record.
 void report_speed(const SpeedCheck& speed, PassReport& entry, nlohmann::json& record);
 

@@ -224,6 +224,30 @@ void report_float_ops(const QuantPlan& plan, PassReport& entry, json& record) {
   entry.metrics["float_ops"] = double(plan.float_ops.size());
 }
 
+// The plan's last changes, before the rewrite: layers back to float for the
+// accuracy budget (max_drop), then islands back to float where int8 is slower
+// (never_slower). Returns the accuracy check when there is an evaluation.
+std::optional<detail::AccuracyCheck> choose_plan(Planned& p, const Calibrated& c, const QuantizeInt8Options& options,
+                                                 PassReport& entry, json& record) {
+  std::optional<detail::AccuracyCheck> accuracy;
+  if (!options.evaluate().empty()) {
+    auto budget = options;
+    if (!budget.max_drop()) budget.max_drop(INFINITY);  // evaluate alone: measure, change nothing
+    accuracy = detail::meet_accuracy_budget(p.module, *p.graph, p.plan, c.activations, c.sqnr_inputs, budget);
+    p.plan = accuracy->plan;
+  }
+  if (options.never_slower() && !c.sqnr_inputs.empty()) {
+    std::vector<std::vector<IValue>> batches;
+    for (int64_t rows : options.batch_sizes()) batches.push_back(detail::with_batch_size(c.sqnr_inputs, rows));
+    if (batches.empty()) batches.push_back(c.sqnr_inputs);
+    const auto speed = detail::drop_slower_islands(p.module, *p.graph, p.plan, c.activations, batches,
+                                                   options.per_channel());
+    p.plan = speed.plan;
+    detail::report_speed(speed, entry, record);
+  }
+  return accuracy;
+}
+
 }  // namespace
 
 QuantizeInt8::QuantizeInt8(QuantizeInt8Options options) : options_(std::move(options)) {
@@ -232,6 +256,14 @@ QuantizeInt8::QuantizeInt8(QuantizeInt8Options options) : options_(std::move(opt
           "QuantizeInt8Options(calibration)");
   options_.observer().validate();
   detail::check_engine(options_.engine());  // validates early, switches nothing
+  for (int64_t rows : options_.batch_sizes())
+    require(rows > 0, "QuantizeInt8: batch_sizes must be positive; got " + std::to_string(rows));
+  if (const auto& budget = options_.max_drop()) {
+    require(std::isfinite(*budget) && *budget >= 0,
+            "QuantizeInt8: max_drop must be a finite number of points >= 0; got " + std::to_string(*budget));
+    require(!options_.evaluate().empty(),
+            "QuantizeInt8: max_drop needs evaluate(labelled batches or an accuracy callback) to measure accuracy");
+  }
 }
 
 void QuantizeInt8::run(Result& state, PassReport& entry) const {
@@ -243,16 +275,14 @@ void QuantizeInt8::run(Result& state, PassReport& entry) const {
   json record{{"format", "pare.quantization/1"}, {"engine", engine}, {"mode", "static"},
               {"observer", to_string(options_.observer().kind())}, {"per_channel", options_.per_channel()},
               {"layers", json::array()}, {"float_layers", json::array()}, {"float_ops", json::array()}};
-  if (options_.never_slower() && !calibrated.sqnr_inputs.empty()) {
-    const auto speed = detail::drop_slower_islands(planned.module, *planned.graph, planned.plan,
-                                                   calibrated.activations, calibrated.sqnr_inputs,
-                                                   options_.per_channel());
-    planned.plan = speed.plan;
-    detail::report_speed(speed, entry, record);
-  }
+  const auto accuracy = choose_plan(planned, calibrated, options_, entry, record);
   const auto rewritten = rewrite(planned, calibrated, options_);
   report_layers(rewritten, options_, entry, record);
   detail::add_float_layers(planned.plan.float_layers, entry, record);
+  if (accuracy) {
+    auto evaluated = detail::reloaded(planned.module, "QuantizeInt8");  // a copy: the result stays unspecialised
+    detail::report_accuracy(*accuracy, options_.evaluate()(evaluated), options_.max_drop(), entry, record);
+  }
   report_float_ops(planned.plan, entry, record);
   entry.labels["engine"] = engine;
   entry.labels["observer"] = to_string(options_.observer().kind());

@@ -6,10 +6,13 @@
 //
 // Then the model table (bench_quantize_models.cpp): torchvision resnet18,
 // mobilenet_v2, densenet121 and a small trained ResNet, pare int8 beside
-// PyTorch's FX graph-mode PTQ, on 1 thread unless --model-threads says otherwise.
+// PyTorch's FX graph-mode PTQ, on 1 thread unless --model-threads says otherwise
+// (also efficientnet_b0, squeezenet1_1 and mnasnet0_5: squeeze-excite with
+// SiLU, fire modules, a depthwise search-space network). And the max_drop
+// table: a trained CNN with an outlier layer, plain int8 beside max_drop.
 //
 //   bench_quantize [--epochs 3] [--cache DIR] [--threads 2] [--rounds 20]
-//                  [--only mnist|models] [--models resnet18,mobilenet_v2,...]
+//                  [--only mnist|max_drop|models] [--models resnet18,mobilenet_v2,...]
 //                  [--model-threads 1] [--model-engine onednn]
 // Trained weights are cached in DIR (default: the working directory).
 
@@ -157,7 +160,9 @@ std::vector<std::string> split_commas(const std::string& text) {
 
 int main(int argc, char** argv) try {
   int epochs = 3, threads = 2, rounds = 20, model_threads = 1;
-  std::string cache = ".", only, models = "resnet18,mobilenet_v2,densenet121,small_resnet", model_engine = "onednn";
+  std::string cache = ".", only,
+              models = "resnet18,mobilenet_v2,densenet121,small_resnet,efficientnet_b0,squeezenet1_1,mnasnet0_5",
+              model_engine = "onednn";
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
     else if (!std::strcmp(argv[i], "--models")) models = argv[i + 1];
@@ -168,8 +173,12 @@ int main(int argc, char** argv) try {
     else if (!std::strcmp(argv[i], "--threads")) threads = std::stoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--rounds")) rounds = std::stoi(argv[i + 1]);
   }
-  if (only != "models") mnist_tables(epochs, threads, rounds, cache);
-  if (only != "mnist") {
+  if (only.empty() || only == "mnist") mnist_tables(epochs, threads, rounds, cache);
+  if (only.empty() || only == "max_drop") {
+    torch::set_num_threads(threads);
+    print_max_drop_table(cache, epochs);
+  }
+  if (only.empty() || only == "models") {
     torch::set_num_threads(model_threads);
     set_blas_threads(model_threads);
     print_model_table(cache, split_commas(models), model_engine, model_threads, rounds);

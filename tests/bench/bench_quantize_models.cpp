@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <stdexcept>
 
 #include <nlohmann/json.hpp>
@@ -45,9 +46,14 @@ c10::Dict<std::string, torch::Tensor> make_data() {
 }
 
 struct PareRun {
-  double seconds = 0, sqnr = NAN, layers_int8 = 0, conv_add_fused = 0;
-  std::string float_ops, islands_kept_float;
+  double seconds = 0, sqnr = NAN, layers_int8 = 0, conv_add_fused = 0, islands = 0, fallbacks = 0;
+  std::string float_ops, islands_kept_float, file_check;
 };
+
+double metric_or_nan(const pare::PassReport& entry, const std::string& key) {
+  const auto it = entry.metrics.find(key);
+  return it == entry.metrics.end() ? NAN : it->second;
+}
 
 PareRun quantize_with_pare(const std::string& dir, const std::string& name, const std::string& engine,
                            const c10::Dict<std::string, torch::Tensor>& data) {
@@ -58,7 +64,8 @@ PareRun quantize_with_pare(const std::string& dir, const std::string& name, cons
   batches.push_back({data.at(key + "_held_out")});  // the last batch is held out for pare's own SQNR
   const auto start = std::chrono::steady_clock::now();
   const auto result = pare::Pipeline()
-                          .add(pare::QuantizeInt8(pare::QuantizeInt8Options(batches).engine(engine).fold_residual_adds(true)))
+                          .add(pare::QuantizeInt8(pare::QuantizeInt8Options(batches).engine(engine).fold_residual_adds(true)
+                                                      .batch_sizes({1, 8})))  // the sizes the table times
                           .add(pare::ExportTorchScript(pare::ExportTorchScriptOptions(dir + "/" + name + "_pare.pt")))
                           .run(torch::jit::load(dir + "/" + name + "_fp32.pt"));
   PareRun run;
@@ -69,6 +76,13 @@ PareRun quantize_with_pare(const std::string& dir, const std::string& name, cons
   run.conv_add_fused = entry.metrics.at("conv_add_fused");
   run.float_ops = entry.labels.count("float_ops") ? entry.labels.at("float_ops") : "";
   run.islands_kept_float = entry.labels.count("islands_kept_float") ? entry.labels.at("islands_kept_float") : "";
+  run.islands = metric_or_nan(entry, "islands_timed");
+  run.fallbacks = metric_or_nan(entry, "file_fallbacks");
+  char check[160];
+  std::snprintf(check, sizeof check, "pass's file check fp32/int8: b1 %.2f / %.2f ms, b8 %.2f / %.2f ms",
+                metric_or_nan(entry, "file_fp32_ms_b1"), metric_or_nan(entry, "file_int8_ms_b1"),
+                metric_or_nan(entry, "file_fp32_ms_b8"), metric_or_nan(entry, "file_int8_ms_b8"));
+  run.file_check = check;
   return run;
 }
 
@@ -138,7 +152,69 @@ void print_model_table(const std::string& dir, const std::vector<std::string>& m
               "timing and export), float ops left:\n");
   for (const auto& name : models) {
     const auto& r = pare_runs[name];
-    std::printf("%-13s %4.0f layers %3.0f folded %6.1f s  float ops: %s; islands kept float: %s\n", name.c_str(),
-                r.layers_int8, r.conv_add_fused, r.seconds, r.float_ops.c_str(), r.islands_kept_float.c_str());
+    std::printf("%-13s %4.0f layers %3.0f folded %6.1f s  float ops: %s; islands kept float (of %.0f, %.0f file "
+                "fallback rounds): %s; %s\n", name.c_str(), r.layers_int8, r.conv_add_fused, r.seconds,
+                r.float_ops.c_str(), r.islands, r.fallbacks, r.islands_kept_float.c_str(), r.file_check.c_str());
   }
 }
+
+namespace {
+
+// The Fashion-MNIST CNN with outlier channels in its first layer (x300,
+// compensated in the second: the float model is unchanged), as in
+// tests/test_quantize_accuracy.cpp.
+torch::jit::Module with_outlier_channels(const torch::jit::Module& model, double scale) {
+  auto copy = model.clone();
+  torch::NoGradGuard no_grad;
+  auto conv1 = copy.attr("conv1").toModule(), conv2 = copy.attr("conv2").toModule();
+  for (int64_t c : {0, 1, 2, 3}) {
+    conv1.attr("weight").toTensor()[c].mul_(scale);
+    conv1.attr("bias").toTensor()[c].mul_(scale);
+    conv2.attr("weight").toTensor().select(1, c).div_(scale);
+  }
+  return copy;
+}
+
+}  // namespace
+
+void print_max_drop_table(const std::string& dir, int epochs) {
+  const auto all = ex::load_fashion_mnist(true, 12000);
+  const auto train = all.slice(0, 10000), validation = all.slice(10000, 12000);
+  auto test = ex::load_fashion_mnist(false);
+  const std::string path = dir + "/bq_outlier_cnn_e" + std::to_string(epochs) + ".pt";
+  torch::jit::Module trained;
+  try {
+    trained = torch::jit::load(path);
+  } catch (const std::exception&) {
+    trained = ex::make_fashion_cnn({16, 32, 64}, 0);
+    ex::train(trained, train, epochs, 1e-3, 0, ex::progress_bar("training the CNN"));
+    trained.save(path);
+  }
+  auto model = with_outlier_channels(trained, 300.0);
+  pare::InputBatches calibration;
+  for (int64_t b = 0; b < kCalibrationBatches + 1; ++b) calibration.push_back({train.images.slice(0, b * 64, (b + 1) * 64)});
+  std::vector<pare::LabelledBatch> evaluation;  // held-out training images: the test split stays unseen
+  for (const auto& [images, labels] : validation.batches(500)) evaluation.push_back({{images}, labels});
+  const double fp32 = ex::accuracy(model, test), trained_fp32 = ex::accuracy(trained, test);
+  std::printf("
+max_drop: the Fashion-MNIST CNN (%d epochs on 10k images) with conv1's channels 0-3 scaled x300 "
+              "and conv2 compensating; evaluate() on 2000 held-out training images, top-1 on the 10k test split "
+              "(fp32 %.2f%%; %.2f%% before the rescaling)\n", epochs, fp32, trained_fp32);
+  std::printf("%-22s %9s %9s %9s %9s %6s %8s  %s\n", "pare int8", "val fp32", "val int8", "test top1", "vs fp32",
+              "int8 L", "time s", "layers in float (most sensitive first)");
+  for (const std::optional<double>& budget : {std::optional<double>(), std::optional<double>(1.0),
+                                              std::optional<double>(0.3)}) {
+    auto options = pare::QuantizeInt8Options(calibration).evaluate(evaluation).never_slower(false);
+    if (budget) options.max_drop(*budget);
+    const auto start = std::chrono::steady_clock::now();
+    auto result = pare::Pipeline().add(pare::QuantizeInt8(options)).run(model);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const auto& entry = result.report.at("quantize_int8");
+    const double top1 = ex::accuracy(result.module, test);
+    const std::string label = budget ? "max_drop(" + std::to_string(*budget).substr(0, 3) + ")" : "plain (no budget)";
+    std::printf("%-22s %8.2f%% %8.2f%% %8.2f%% %+8.2f %6.0f %8.1f  %s\n", label.c_str(),
+                entry.metrics.at("accuracy_fp32"), entry.metrics.at("accuracy_int8"), top1, top1 - fp32,
+                entry.metrics.at("layers_int8"), seconds, entry.labels.at("accuracy_fallback").c_str());
+  }
+}
+

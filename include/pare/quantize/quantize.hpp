@@ -6,6 +6,8 @@
 
 #include <functional>
 #include <optional>
+#include <type_traits>
+#include <utility>
 
 #include "pare/core/arg.hpp"
 #include "pare/core/batches.hpp"
@@ -21,6 +23,32 @@ using InputBatches = std::vector<std::vector<torch::jit::IValue>>;
 using CalibrationData = BatchSource<std::vector<torch::jit::IValue>>;
 /// Called after each calibration batch with (batches done, batches in all or -1 if unknown).
 using CalibrationProgress = std::function<void(int64_t, int64_t)>;
+
+/// One labelled batch for QuantizeInt8Options::evaluate: the model's inputs
+/// and the class index of each row (a 1-D int64 tensor).
+using LabelledBatch = std::pair<std::vector<torch::jit::IValue>, torch::Tensor>;
+
+/// How QuantizeInt8 measures accuracy for max_drop, in percent (higher is
+/// better): top-1 of the model's output (rows of class scores) on labelled
+/// batches, or a callback given the candidate module.
+class Evaluation {
+ public:
+  Evaluation() = default;
+  /// Top-1 on these batches. pare::Error at use for an empty list or labels that are not 1-D int64.
+  Evaluation(std::vector<LabelledBatch> batches);  // NOLINT: implicit, so evaluate(batches) reads as it says
+  /// `accuracy(module)` returns the module's accuracy in percent.
+  template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, Evaluation> &&
+                                              std::is_invocable_r_v<double, F&, torch::jit::Module&>>>
+  Evaluation(F accuracy)  // NOLINT: implicit, so evaluate([](torch::jit::Module& m) { ... }) reads as it says
+      : accuracy_(std::function<double(torch::jit::Module&)>(std::move(accuracy))) {}
+  /// True when neither batches nor a callback were given.
+  bool empty() const { return !accuracy_; }
+  /// The module's accuracy in percent.
+  double operator()(torch::jit::Module& module) const;
+
+ private:
+  std::function<double(torch::jit::Module&)> accuracy_;
+};
 
 class QuantizeInt8Options {
  public:
@@ -52,6 +80,16 @@ class QuantizeInt8Options {
   /// process's quantized engine is onednn (torch.backends.quantized.engine =
   /// "onednn"; LibTorch's default on x86 is "x86"). Default off.
   PARE_ARG(bool, fold_residual_adds) = false;
+  /// Batch sizes never_slower times at (the held-out batch's rows, repeated
+  /// or cut to each size); empty: the held-out batch's own size. The file is
+  /// kept int8 only where it is faster than float at every one of them.
+  PARE_ARG(std::vector<int64_t>, batch_sizes);
+  /// Accuracy budget in points (percent): with evaluate(), the layers whose
+  /// int8 hurts the output most go back to float until the int8 model is at
+  /// most this much less accurate than the float one. Unset: no budget.
+  PARE_ARG(std::optional<double>, max_drop);
+  /// How max_drop measures accuracy: labelled batches or a callback.
+  PARE_ARG(Evaluation, evaluate);
 };
 
 /// Static int8: freezes the module (folding BatchNorm), calibrates activation
