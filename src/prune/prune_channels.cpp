@@ -8,15 +8,19 @@
 #include <set>
 #include <sstream>
 
+#include "prune/channel_cut.hpp"
 #include "prune/channel_groups.hpp"
 #include "prune/channel_ops.hpp"
+#include "prune/latency_internal.hpp"
 
 namespace pare {
 namespace {
 
 using detail::ChannelAnalysis;
 using detail::TensorCut;
-using Kept = std::vector<std::vector<bool>>;  // per group, per channel
+using detail::cut_tensors;
+using detail::follow_depthwise;
+using Kept = detail::ChannelKept;  // per group, per channel
 
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string out;
@@ -213,32 +217,21 @@ Kept choose_global(const ChannelAnalysis& analysis, const ChannelScores& s, cons
   return kept;
 }
 
-// Shrinks every cut tensor to its kept entries; returns the kept indices per tensor and dim.
-std::map<std::string, std::vector<std::pair<int64_t, torch::Tensor>>> cut_tensors(
-    const torch::jit::Module& module, const ChannelAnalysis& analysis, const Kept& kept) {
-  std::map<std::string, std::vector<std::pair<int64_t, torch::Tensor>>> indices;
-  std::map<std::string, torch::Tensor> resized;
-  for (const auto& cut : analysis.cuts) {
-    std::vector<int64_t> keep;
-    for (int64_t p = 0; p < int64_t(cut.slots.size()) * cut.block; ++p) {
-      const auto& slot = cut.slots[p / cut.block];
-      if (kept[slot.group][slot.index]) keep.push_back(p);
-    }
-    if (int64_t(keep.size()) == int64_t(cut.slots.size()) * cut.block) continue;
-    const auto owner = detail::submodule_at(module, cut.module_path);
-    auto& tensor = resized.emplace(cut.name(), owner.attr(cut.attr).toTensor()).first->second;
-    const auto index = torch::tensor(keep, torch::kLong);
-    tensor = tensor.detach().index_select(cut.dim, index);
-    indices[cut.name()].emplace_back(cut.dim, index);
+// With a latency target: the widths the allocation measured and kept (stats.latency says how).
+Kept choose_for_latency(const torch::jit::Module& module, const ChannelAnalysis& analysis, const ChannelScores& s,
+                        const PruneChannelsOptions& o, ChannelPruneResult& stats) {
+  detail::TargetGroups groups;
+  groups.min_channels = o.min_channels();
+  for (int g = 0; g < int(analysis.groups.size()); ++g) {
+    groups.prunable.push_back(analysis.groups[g].blocked_by.empty());
+    groups.scores.emplace_back();
+    for (int64_t i = 0; i < analysis.groups[g].channels; ++i)
+      groups.scores.back().push_back(channel_score(s, g, i, o.norm(), false));
   }
-  for (auto& [name, tensor] : resized) {
-    const auto dot = name.rfind('.');
-    auto owner = detail::submodule_at(module, dot == std::string::npos ? "" : name.substr(0, dot));
-    const std::string attr = dot == std::string::npos ? name : name.substr(dot + 1);
-    tensor.set_requires_grad(owner.attr(attr).toTensor().requires_grad());
-    owner.setattr(attr, tensor);
-  }
-  return indices;
+  stats.latency = detail::allocate_for_latency(module, stats.input_shape, groups, *o.target(), [&](const auto& widths) {
+    return detail::pruned_copy(module, analysis, detail::kept_for_widths(groups.scores, widths));
+  });
+  return detail::kept_for_widths(groups.scores, stats.latency->attempts.back().widths);
 }
 
 std::vector<ChannelGroupReport> group_reports(const ChannelAnalysis& analysis, const Kept& kept) {
@@ -256,25 +249,6 @@ std::vector<ChannelGroupReport> group_reports(const ChannelAnalysis& analysis, c
   return out;
 }
 
-// Depthwise convs carry `groups` as a constant of their type; those that lost
-// channels read it from their weight instead.
-// Returns whether any method changed.
-bool follow_depthwise(const torch::jit::Module& module, const ChannelAnalysis& analysis,
-                      const std::map<std::string, std::vector<std::pair<int64_t, torch::Tensor>>>& kept) {
-  bool changed = false;
-  for (const auto& name : analysis.depthwise) {
-    if (!kept.count(name)) continue;
-    changed = true;
-    int64_t before = 0;
-    for (const auto& cut : analysis.cuts)
-      if (cut.name() == name && cut.dim == 0) before = int64_t(cut.slots.size());
-    const auto dot = name.rfind('.');
-    detail::make_groups_follow_weight(detail::submodule_at(module, dot == std::string::npos ? "" : name.substr(0, dot)),
-                                      before);
-  }
-  return changed;
-}
-
 void validate(const PruneChannelsOptions& o) {
   require(std::isfinite(o.amount()) && o.amount() >= 0.0 && o.amount() <= 1.0,
           "PruneChannels: amount " + std::to_string(o.amount()) + " is outside [0, 1]; expected a fraction such as 0.5");
@@ -282,6 +256,7 @@ void validate(const PruneChannelsOptions& o) {
                                      " is below 1; every group keeps at least one channel");
   require(o.round_to() >= 1, "PruneChannels: round_to " + std::to_string(o.round_to()) + " is below 1; expected e.g. 1 or 8");
   if (!o.input_shape().empty()) check_shape(o.input_shape(), "PruneChannels");
+  if (o.target()) detail::validate_latency(*o.target(), "PruneChannels");
 }
 
 }  // namespace
@@ -334,8 +309,9 @@ PrunedChannels prune_channels(const torch::jit::Module& module, const PruneChann
   apply_selection(analysis, LayerSelection{options.include(), options.exclude()});
   require_prunable(analysis);
   const auto scores = score_channels(out.module, analysis, options.norm());
-  const auto kept = options.scope() == Scope::Global ? choose_global(analysis, scores, options)
-                                                     : choose_local(analysis, scores, options);
+  const auto kept = options.target()                   ? choose_for_latency(out.module, analysis, scores, options, stats)
+                    : options.scope() == Scope::Global ? choose_global(analysis, scores, options)
+                                                       : choose_local(analysis, scores, options);
   out.kept = cut_tensors(out.module, analysis, kept);
   // Methods cache their optimized graphs (inlining during the analysis filled
   // them); a clone starts from the rewritten graphs.
@@ -382,6 +358,7 @@ void PruneChannels::run(Result& state, PassReport& entry) const {
   entry.labels = {{"scope", to_string(options_.scope())},
                   {"norm", to_string(options_.norm())},
                   {"input_shape", shape_text(s.input_shape)}};
+  if (s.latency) detail::report_latency(*s.latency, *options_.target(), entry);
 }
 
 }  // namespace pare

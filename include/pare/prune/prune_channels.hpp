@@ -6,12 +6,14 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "pare/core/arg.hpp"
 #include "pare/core/pipeline.hpp"
+#include "pare/prune/latency.hpp"
 #include "pare/prune/prune.hpp"
 
 namespace pare {
@@ -50,6 +52,11 @@ class PruneChannelsOptions {
   /// count MACs and to check that the pruned model runs. Empty: inferred from
   /// the first conv/linear (spatial size 64), pare::Error if the model rejects it.
   PARE_ARG(std::vector<int64_t>, input_shape);
+  /// A latency target (Latency::speedup(3.0), Latency::at_most(5ms, 8)): each group's width is
+  /// chosen from a latency table measured on this host, removing the least importance per
+  /// second saved; the result is measured against the input and returned only if it meets the
+  /// target and runs faster (pare::Error otherwise). amount, scope and round_to are then unused.
+  PARE_ARG(std::optional<Latency>, target);
 
  public:
   /// include() and exclude() as one LayerSelection.
@@ -72,6 +79,7 @@ struct ChannelPruneResult {
   int64_t params_before = 0, params_after = 0;
   int64_t macs_before = 0, macs_after = 0;  ///< multiply-accumulates of conv and linear layers
   int64_t file_bytes_before = 0, file_bytes_after = 0;  ///< serialized TorchScript size
+  std::optional<LatencyResult> latency;  ///< with a target: the table, the allocations measured, the result's latency
 };
 using ChannelPruneStats [[deprecated("renamed ChannelPruneResult")]] = ChannelPruneResult;
 
