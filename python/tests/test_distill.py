@@ -205,7 +205,8 @@ def test_a_batch_the_model_rejects_is_a_pare_error(data):
     wrong = [(torch.randn(8, 3, 28, 28), train_y[:8])]  # three channels for a one-channel CNN
     with pytest.raises(pare.Error, match=r"the student failed on a batch of shape \[8, 3, 28, 28\]") as caught:
         pare.Pipeline([pare.Distill(teacher=teacher, data=wrong, epochs=1)]).run(student)
-    assert type(caught.value) is pare.RuntimeFailure and not isinstance(caught.value, ValueError)
+    # Batches the model rejects are the caller's data: a bad argument, never a RuntimeError.
+    assert type(caught.value) is pare.InvalidArgument and not isinstance(caught.value, RuntimeError)
     assert "Traceback" not in str(caught.value)  # LibTorch's line, not its whole traceback
 
 
