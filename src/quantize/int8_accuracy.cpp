@@ -72,20 +72,13 @@ double output_sqnr(const torch::Tensor& reference, torch::jit::Module module, co
   return sqnr_db(a.data_ptr<float>(), b.data_ptr<float>(), a.numel());
 }
 
-// The steps that layer `i` needs to run in int8 alone: itself, and the ops that
-// carry its input from the nearest observed value. Empty if there is none.
+// The steps that run layer `i` in int8 alone: itself, when its input's range
+// was observed (it then quantizes its float input). Empty otherwise: an input
+// carried in int8 from another op (a max-pool of a conv's output) has no range
+// of its own, and the layer is ranked after the measured ones.
 std::vector<size_t> alone(const QuantPlan& plan, size_t i, const std::map<Value*, QuantParams>& activations) {
-  std::vector<size_t> steps{i};
-  Value* v = plan.steps[i].node->input(0);
-  while (!activations.count(v)) {
-    size_t producer = plan.steps.size();
-    for (size_t j = 0; j < i; ++j)
-      if (plan.steps[j].output() == v && plan.steps[j].kind == QuantStep::Kind::Carry) producer = j;
-    if (producer == plan.steps.size()) return {};
-    steps.insert(steps.begin(), producer);
-    v = plan.steps[producer].node->input(0);
-  }
-  return steps;
+  if (!activations.count(plan.steps[i].node->input(0))) return {};
+  return {i};
 }
 
 // Per layer: the model's output SQNR on `inputs` with that layer alone in int8.
