@@ -196,8 +196,7 @@ void print_max_drop_table(const std::string& dir, int epochs) {
   std::vector<pare::LabelledBatch> evaluation;  // held-out training images: the test split stays unseen
   for (const auto& [images, labels] : validation.batches(500)) evaluation.push_back({{images}, labels});
   const double fp32 = ex::accuracy(model, test), trained_fp32 = ex::accuracy(trained, test);
-  std::printf("
-max_drop: the Fashion-MNIST CNN (%d epochs on 10k images) with conv1's channels 0-3 scaled x300 "
+  std::printf("\nmax_drop: the Fashion-MNIST CNN (%d epochs on 10k images) with conv1's channels 0-3 scaled x300 "
               "and conv2 compensating; evaluate() on 2000 held-out training images, top-1 on the 10k test split "
               "(fp32 %.2f%%; %.2f%% before the rescaling)\n", epochs, fp32, trained_fp32);
   std::printf("%-22s %9s %9s %9s %9s %6s %8s  %s\n", "pare int8", "val fp32", "val int8", "test top1", "vs fp32",
