@@ -26,9 +26,13 @@
 #define PARE_HAS_DISTRIBUTED 1
 #endif
 
-namespace {
+// A named namespace: the using-directive must not reach the files that share
+// this file's unity batch.
+namespace pare_api_rules {
 
 using namespace pare;
+
+namespace {
 
 // Option `name` of `X` was declared by PARE_ARG: its marker type T exists, the
 // setter takes T and returns X& (chainable), the getter of the same name returns const T&.
@@ -310,3 +314,5 @@ TEST_CASE("every user-facing enum has one name table") {
   CHECK(norm_names() == std::vector<std::string>{"l1", "l2"});
   CHECK_THROWS_WITH(parse_norm("l3"), Catch::Contains("l1") && Catch::Contains("l2"));
 }
+
+}  // namespace pare_api_rules
