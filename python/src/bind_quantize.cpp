@@ -57,6 +57,9 @@ py::dict info_dict(const QuantizationInfo& info) {
 }  // namespace
 
 void bind_quantize(py::module_& m) {
+  const QuantizeInt8Options defaults{CalibrationData(std::vector<std::vector<torch::jit::IValue>>{})};
+  const ObserverOptions observer_defaults;
+  const QuantizeInt8DynamicOptions dynamic_defaults;
   py::class_<QuantizeInt8, Pass, std::shared_ptr<QuantizeInt8>>(m, "QuantizeInt8")
       .def(py::init([](const py::object& calibration, const std::string& observer, bool per_channel,
                        std::vector<std::string> skip, const std::string& engine, double percentile, int64_t bins,
@@ -76,14 +79,20 @@ void bind_quantize(py::module_& m) {
                                 .evaluate(to_evaluation(evaluate));
              return std::make_shared<QuantizeInt8>(std::move(options));
            }),
-           py::arg("calibration"), py::arg("observer") = to_string(ObserverOptions().kind()), py::arg("per_channel") = true,
-           py::arg("skip") = std::vector<std::string>{}, py::arg("engine") = "", py::arg("percentile") = 99.99,
-           py::arg("bins") = 2048, py::arg("progress") = py::none(), py::arg("never_slower") = true,
-           py::arg("fold_residual_adds") = false, py::arg("batch_sizes") = std::vector<int64_t>{},
-           py::arg("max_drop") = py::none(), py::arg("evaluate") = py::none(),
+           py::arg("calibration"), py::kw_only(), py::arg("observer") = to_string(observer_defaults.kind()),
+           py::arg("per_channel") = defaults.per_channel(), py::arg("skip") = defaults.skip(),
+           py::arg("engine") = defaults.engine(), py::arg("percentile") = observer_defaults.percentile(),
+           py::arg("bins") = observer_defaults.bins(), py::arg("progress") = py::none(),
+           py::arg("never_slower") = defaults.never_slower(),
+           py::arg("fold_residual_adds") = defaults.fold_residual_adds(),
+           py::arg("batch_sizes") = defaults.batch_sizes(), py::arg("max_drop") = py::none(),
+           py::arg("evaluate") = py::none(),
            "Static int8 post-training quantization. calibration: a list of tensors or tuples (one model "
            "input each), an iterable of them (a DataLoader, a generator: read once) or a callable epoch -> "
-           "iterable; with two or more batches the last is held out for SQNR. observer: minmax, moving_average_minmax, percentile, histogram, entropy. "
+           "iterable; with two or more batches the last is held out for SQNR. observer: one of observer_names() "
+           "(percentile and bins tune the percentile and histogram observers). per_channel: one weight scale per "
+           "output channel. skip: layers left in float (names or glob patterns). engine: quantized engine (\"\": "
+           "the best available). progress: callable (done, total) after each calibration batch. "
            "never_slower: time each island of int8 ops against float on the held-out batch and keep float "
            "where int8 loses. fold_residual_adds: fold residual adds into their conv (onednn, LibTorch 2.x; the "
            "file then needs torch.backends.quantized.engine = 'onednn'). batch_sizes: the batch sizes never_slower "
@@ -95,30 +104,40 @@ void bind_quantize(py::module_& m) {
              return std::make_shared<QuantizeInt8Dynamic>(
                  QuantizeInt8DynamicOptions().per_channel(per_channel).skip(std::move(skip)).engine(engine));
            }),
-           py::arg("per_channel") = true, py::arg("skip") = std::vector<std::string>{}, py::arg("engine") = "",
-           "Dynamic int8: Linear weights int8, activations quantized on the fly; no calibration.");
+           py::kw_only(), py::arg("per_channel") = dynamic_defaults.per_channel(),
+           py::arg("skip") = dynamic_defaults.skip(), py::arg("engine") = dynamic_defaults.engine(),
+           "Dynamic int8: Linear weights int8, activations quantized on the fly; no calibration. per_channel, skip "
+           "and engine as for QuantizeInt8.");
   m.def("observer_names", &observer_kind_names, "The observers QuantizeInt8 and `pare compress --observer` accept.");
-  m.def("load_calibration_file", [](const std::string& path, int64_t batch_size) {
-    py::list batches;
-    for (const auto& batch : load_calibration_file(path, batch_size)) {
-      py::list inputs;
-      for (const auto& input : batch) inputs.append(torch::jit::toPyObject(input));
-      batches.append(py::tuple(inputs));
-    }
-    return batches;
-  }, py::arg("path"), py::arg("batch_size") = 32,
-     "Calibration batches (tuples of tensors) from a torch.save file, as `pare compress --calib` reads it.");
-  m.def("available_quantized_engines", &available_quantized_engines);
-  m.def("current_quantized_engine", &current_quantized_engine);
-  m.def("set_quantized_engine", &set_quantized_engine, py::arg("engine"));
+  m.def(
+      "load_calibration_file",
+      [](const std::string& path, int64_t batch_size) {
+        py::list batches;
+        for (const auto& batch : load_calibration_file(path, batch_size)) {
+          py::list inputs;
+          for (const auto& input : batch) inputs.append(torch::jit::toPyObject(input));
+          batches.append(py::tuple(inputs));
+        }
+        return batches;
+      },
+      py::arg("path"), py::kw_only(), py::arg("batch_size") = 32,
+      "Calibration batches (tuples of tensors) from a torch.save file, as `pare compress --calib` reads it.");
+  m.def("available_quantized_engines", &available_quantized_engines,
+        "The quantized engines this LibTorch supports (\"onednn\", \"qnnpack\", \"fbgemm\", \"x86\").");
+  m.def("current_quantized_engine", &current_quantized_engine, "The process's quantized engine now.");
+  m.def("set_quantized_engine", &set_quantized_engine, py::arg("engine"),
+        "Sets the process's quantized engine (as torch.backends.quantized.engine = engine).");
   m.def("quantization_info", [](const std::string& path) -> py::object {
     const auto info = read_quantization_info(path);
     return info ? py::object(info_dict(*info)) : py::object(py::none());
   }, py::arg("path"), "The engine and mode a pare int8 export recorded; None for other files.");
-  m.def("_engine_mismatch_warning", [](const std::string& path) {
-    const auto info = read_quantization_info(path);
-    return info ? engine_mismatch_warning(*info) : std::string();
-  });
+  m.def(
+      "_engine_mismatch_warning",
+      [](const std::string& path) {
+        const auto info = read_quantization_info(path);
+        return info ? engine_mismatch_warning(*info) : std::string();
+      },
+      py::arg("path"), "The warning pare.load_quantized gives for the file at path; \"\" if none.");
 }
 
 }  // namespace pare::python

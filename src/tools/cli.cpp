@@ -58,7 +58,7 @@ std::string one_line(const std::string& message) {
 }
 
 struct CompressArgs {
-  std::string in, out, scope = to_string(L1PruneOptions().scope()), calib, observer, report;
+  std::string in, out, scope = to_string(L1PruneOptions(0.5).scope()), calib, observer, report;
   double prune = -1;
   bool structured = false, int8 = false, dynamic = false, per_tensor = false, channels_last = false;
   bool never_slower = QuantizeInt8Options(InputBatches{}).never_slower();
@@ -82,12 +82,12 @@ int compress(const CompressArgs& a, std::ostream& out, std::ostream& err) {
   auto model = load_model(a.in);
   Pipeline pipeline;
   if (a.channels >= 0) {
-    auto options = PruneChannelsOptions(a.channels).scope(a.scope == "local" ? Scope::Local : Scope::Global);
+    auto options = PruneChannelsOptions(a.channels).scope(parse_scope(a.scope));
     if (!a.channels_input.empty()) options.input_shape(parse_shape(a.channels_input));
     pipeline.add(PruneChannels(options));
   }
   if (a.prune >= 0) {
-    auto options = L1PruneOptions().amount(a.prune).scope(parse_scope(a.scope));
+    auto options = L1PruneOptions(a.prune).scope(parse_scope(a.scope));
     if (a.structured) options.structured(0);
     pipeline.add(L1Prune(options));
   }
@@ -112,9 +112,9 @@ int compress(const CompressArgs& a, std::ostream& out, std::ostream& err) {
 struct BenchArgs {
   std::vector<std::string> models, inputs{"1x1x28x28"};
   std::vector<int64_t> batches{1};
-  std::vector<int> threads{1};
+  std::vector<int64_t> threads{1};
   double seconds = 1.0;
-  int rounds = BenchOptions().rounds();
+  int64_t rounds = BenchOptions().rounds();
   bool json = false;
   std::string html;
   double rate = 0;  // > 0: open loop through a Runner
