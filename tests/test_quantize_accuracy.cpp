@@ -55,7 +55,7 @@ const Fixture& fixture() {
   return f;
 }
 
-pare::QuantizeInt8Options options() {
+pare::QuantizeInt8Options budget_options() {
   return pare::QuantizeInt8Options(fixture().calibration);
 }
 
@@ -69,7 +69,7 @@ pare::PassReport quantize(pare::QuantizeInt8Options options, torch::jit::Module*
 
 TEST_CASE("max_drop sends the outlier layers back to float; plain int8 breaks the budget") {
   const auto& f = fixture();
-  const auto plain = quantize(options().evaluate(f.test));
+  const auto plain = quantize(budget_options().evaluate(f.test));
   INFO("fp32 " << f.fp32 << "%, plain int8 " << plain.metrics.at("accuracy_int8") << "%");
   CHECK(plain.metrics.at("accuracy_fp32") == Approx(f.fp32).margin(0.11));
   REQUIRE(plain.metrics.at("plain_int8_drop") > 1.0);             // what makes this model a test of max_drop
@@ -77,7 +77,7 @@ TEST_CASE("max_drop sends the outlier layers back to float; plain int8 breaks th
   CHECK(plain.metrics.at("layers_int8") == 4);
 
   torch::jit::Module module;
-  const auto budgeted = quantize(options().evaluate(f.test).max_drop(1.0), &module);
+  const auto budgeted = quantize(budget_options().evaluate(f.test).max_drop(1.0), &module);
   const double drop = budgeted.metrics.at("accuracy_drop");
   INFO("max_drop(1): " << budgeted.metrics.at("accuracy_int8") << "% (" << drop << " pt), float: "
                        << budgeted.labels.at("accuracy_fallback"));
@@ -97,7 +97,7 @@ TEST_CASE("max_drop sends the outlier layers back to float; plain int8 breaks th
 
 TEST_CASE("a budget plain int8 meets changes nothing") {
   const auto& f = fixture();
-  const auto entry = quantize(options().evaluate(f.test).max_drop(100.0));
+  const auto entry = quantize(budget_options().evaluate(f.test).max_drop(100.0));
   CHECK(entry.metrics.at("layers_int8") == 4);
   CHECK(entry.metrics.at("accuracy_evaluations") == 1);
   CHECK(entry.metrics.at("accuracy_drop") == Approx(entry.metrics.at("plain_int8_drop")));
@@ -105,7 +105,7 @@ TEST_CASE("a budget plain int8 meets changes nothing") {
 
 TEST_CASE("an accuracy callback works like labelled batches") {
   int calls = 0;
-  const auto entry = quantize(options().max_drop(1.0).evaluate([&](torch::jit::Module& m) {
+  const auto entry = quantize(budget_options().max_drop(1.0).evaluate([&](torch::jit::Module& m) {
     ++calls;
     return ex::accuracy(m, test_subset());
   }));

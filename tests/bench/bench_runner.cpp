@@ -164,7 +164,7 @@ double closed_loop_table(const Served& m, const Config& config) {
                 s.batches ? 100.0 * double(s.caller_batches) / double(s.batches) : 0.0,
                 s.batches ? double(s.requests) / double(s.batches) : 0.0, queued > 0 ? 1e3 * s.queue_seconds / queued : 0.0,
                 busy > 0 ? 100 * s.assemble_seconds / busy : 0.0, plain.cpu_us, tuned.cpu_us, tuned.throughput / ceiling, (long long)s.max_batch,
-                s.threads, s.concurrency, s.batch_saving);
+                int(s.threads), int(s.concurrency), s.batch_saving);
     std::fflush(stdout);
     capacity = std::max(capacity, tuned.throughput);
   }
@@ -191,7 +191,7 @@ void open_loop(const Served& m, double capacity, const Config& config) {
   const double rss_after = rss_mib();
   std::printf("\nopen loop, hint throughput, max_queue %zu, capacity %.0f requests/s (closed loop):\n\n%s", max_queue,
               capacity, pare::open_loop_table({{"10% of capacity", unloaded}, {"2x capacity", overloaded}}).c_str());
-  const uint64_t ended = overloaded.succeeded + overloaded.rejected + overloaded.timeouts + overloaded.failed;
+  const int64_t ended = overloaded.succeeded + overloaded.rejected + overloaded.timeouts + overloaded.failed;
   std::printf("\n2x capacity: accepted p99 %.2fx the unloaded p99 (goal <= 5x); %.1f%% rejected; %llu sent, %llu "
               "answered or refused (nothing lost: %s); RSS %.1f MiB before, %.1f MiB after (%+.1f MiB)\n",
               overloaded.p99_ms / unloaded.p99_ms, 100.0 * double(overloaded.rejected) / double(overloaded.sent),
