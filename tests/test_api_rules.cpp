@@ -95,8 +95,9 @@ PARE_CHECK_EACH(RedisTierOptions, host, port, key_prefix, timeout, ttl, retry_af
                 user)
 PARE_CHECK_EACH(TensorPoolOptions, max_bytes, size_classes, poison, small_bytes, memory, device_index)
 PARE_CHECK_EACH(RunnerOptions, cache, cache_namespace, pool, warmup, example_inputs, max_batch, max_delay, batch_gap,
-                preferred_batch_sizes, max_queue, timeout, threads, concurrency, hint, device, outputs_on_device,
-                model_copies)
+                preferred_batch_sizes, max_queue, timeout, threads, concurrency, hint, padding, device,
+                outputs_on_device, model_copies)
+PARE_CHECK_EACH(PaddingOptions, buckets, dim, pad_values, mask_input, mask_dtype, output_dim)
 PARE_CHECK_EACH(BenchOptions, inputs, batches, threads, duration, warmup, rounds)
 PARE_CHECK_EACH(OpenLoopOptions, rate, duration, seed, inputs)
 #ifdef PARE_HAS_DISTRIBUTED
@@ -119,6 +120,7 @@ const std::set<std::string> kCheckedOptionClasses = {
     "RedisTierOptions",
     "TensorPoolOptions",
     "RunnerOptions",
+    "PaddingOptions",
     "BenchOptions",
     "OpenLoopOptions",
 #ifdef PARE_HAS_DISTRIBUTED

@@ -213,7 +213,7 @@ def test_max_drop_sends_the_outlier_layers_back_to_float(trained):
     entry = report["quantize_int8"]
     assert entry.metrics["accuracy_drop"] <= 1.0, entry.metrics
     assert entry.metrics["layers_int8"] >= 1 and entry.metrics["layers_float_for_accuracy"] >= 1
-    assert abs(accuracy(module, test_x, test_y) - entry.metrics["accuracy_int8"]) < 1e-9
+    assert abs(accuracy(module, test_x, test_y) - entry.metrics["accuracy_int8"]) < 1e-4  # float32 counts
     assert entry.labels["accuracy_fallback"].split(", ")[0] in ("conv1", "conv2")
 
     # A callable gives the same decision as the labelled batches it computes from.
