@@ -82,8 +82,9 @@ void Runner::run_async(std::vector<c10::IValue> inputs, Done done, Deadline dead
       return finish(failure(e.what(), e.kind()));
     }
     inputs = std::exchange(padded.inputs, {});
-    finish = [padded, padding = *padding, recorded = std::move(finish)](RunOutcome outcome) {
-      if (outcome.ok()) outcome.output = detail::cut_to_length(outcome.output, padded, padding);
+    // The runner's options outlive its requests: no copy of the padding per request.
+    finish = [padded, impl = impl_.get(), recorded = std::move(finish)](RunOutcome outcome) {
+      if (outcome.ok()) outcome.output = detail::cut_to_length(outcome.output, padded, *impl->options.padding());
       recorded(std::move(outcome));
     };
   }

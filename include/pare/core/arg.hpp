@@ -32,11 +32,13 @@
 
 // The macros keep their hand-aligned line continuations.
 // clang-format off
-#define PARE_ARG(T, name)                                             \
+// PARE_ARG and PARE_ARG_NOTED differ only in what the setter does after storing.
+#define PARE_ARG_WITH(T, name, after_store)                           \
  public:                                                              \
   using name##_arg_type = T;                                          \
   auto name(T new_##name)->decltype(*this) { /* NOLINT */             \
     this->name##_ = std::move(new_##name);                            \
+    after_store;                                                      \
     return *this;                                                     \
   }                                                                   \
   const T& name() const noexcept { /* NOLINT */                       \
@@ -46,17 +48,5 @@
  private:                                                             \
   T name##_ /* NOLINT */
 
-#define PARE_ARG_NOTED(T, name, key)                                  \
- public:                                                              \
-  using name##_arg_type = T;                                          \
-  auto name(T new_##name)->decltype(*this) { /* NOLINT */             \
-    this->name##_ = std::move(new_##name);                            \
-    this->note_set(key);                                              \
-    return *this;                                                     \
-  }                                                                   \
-  const T& name() const noexcept { /* NOLINT */                       \
-    return this->name##_;                                             \
-  }                                                                   \
-                                                                      \
- private:                                                             \
-  T name##_ /* NOLINT */
+#define PARE_ARG(T, name) PARE_ARG_WITH(T, name, (void)0)
+#define PARE_ARG_NOTED(T, name, key) PARE_ARG_WITH(T, name, this->note_set(key))
