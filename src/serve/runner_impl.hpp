@@ -12,6 +12,7 @@
 #include <optional>
 #include <thread>
 
+#include <ATen/Parallel.h>
 #include <c10/core/StreamGuard.h>
 
 #include "pare/cache/fingerprint.hpp"
