@@ -49,14 +49,16 @@ double percentile(std::vector<double> values, double q) {
 Served drive(const std::function<torch::Tensor(const torch::Tensor&)>& serve, const torch::Tensor& images, int clients,
              double seconds) {
   for (int i = 0; i < 20; ++i) serve(images.slice(0, i, i + 1));  // warm-up
-  std::atomic<bool> stop{false};
+  std::atomic<bool> stop{false}, go{false};
+  std::atomic<int> ready{0};
   std::mutex mutex;
   std::vector<double> latencies;
   std::vector<std::thread> threads;
-  const auto start = Clock::now();
   for (int c = 0; c < clients; ++c) {
     threads.emplace_back([&, c] {
       std::vector<double> mine;
+      ++ready;  // the clock starts once every client exists
+      while (!go) std::this_thread::yield();
       for (int64_t i = c; !stop; i += clients) {
         const auto t0 = Clock::now();
         const auto row = i % images.size(0);
@@ -67,6 +69,9 @@ Served drive(const std::function<torch::Tensor(const torch::Tensor&)>& serve, co
       latencies.insert(latencies.end(), mine.begin(), mine.end());
     });
   }
+  while (ready < clients) std::this_thread::yield();
+  const auto start = Clock::now();
+  go = true;
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
   stop = true;
   for (auto& t : threads) t.join();
@@ -91,8 +96,10 @@ void serving(const torch::jit::Module& cnn, const torch::Tensor& images, const t
   // The most the card can do with this model: batches of 64 already on the device, back to back.
   const auto offline_ms = median_forward_ms(plain, images.slice(0, 0, 64).to(torch::kCUDA));
   const double offline = 64 / offline_ms * 1e3;
-  std::printf("\n1. serving the Fashion-MNIST CNN, single-image requests, %.1f s per cell; offline batch 64 on the "
-              "GPU: %.0f images/s\n", seconds, offline);
+  std::printf(
+      "\n1. serving the Fashion-MNIST CNN, single-image requests, %.1f s per cell; offline batch 64 on the "
+      "GPU: %.0f images/s\n",
+      seconds, offline);
   std::printf("%-8s %-34s %12s %9s %9s %12s %12s %12s\n", "clients", "server", "requests/s", "p50 ms", "p99 ms",
               "vs plain GPU", "p99 vs plain", "vs offline");
   for (int clients : {1, 8, 64}) {
@@ -104,22 +111,42 @@ void serving(const torch::jit::Module& cnn, const torch::Tensor& images, const t
     row("plain LibTorch GPU (no batching)", base);
     {
       auto pinned = std::make_shared<pare::TensorPool>(pare::TensorPoolOptions().memory(pare::PoolMemory::Pinned));
-      pare::Runner gpu(cnn, pare::RunnerOptions().device(torch::kCUDA).pool(pinned).max_batch(64).threads(2)
+      pare::Runner gpu(cnn, pare::RunnerOptions()
+                                .device(torch::kCUDA)
+                                .pool(pinned)
+                                .max_batch(64)
+                                .threads(2)
                                 .max_delay(std::chrono::microseconds(200)));
-      row("pare Runner GPU (batching)", drive([&](const torch::Tensor& x) { return gpu.run({x}).toTensor(); },
-                                              images, clients, seconds));
+      row("pare Runner GPU (batching)",
+          drive([&](const torch::Tensor& x) { return gpu.run({x}).toTensor(); }, images, clients, seconds));
     }
     {
       auto pinned = std::make_shared<pare::TensorPool>(pare::TensorPoolOptions().memory(pare::PoolMemory::Pinned));
-      pare::Runner gpu(cnn, pare::RunnerOptions().device(torch::kCUDA).pool(pinned).max_batch(64).threads(4)
+      pare::Runner gpu(cnn, pare::RunnerOptions()
+                                .device(torch::kCUDA)
+                                .pool(pinned)
+                                .max_batch(64)
+                                .threads(4)
                                 .max_delay(std::chrono::microseconds(200)));
-      row("pare Runner GPU, 4 workers", drive([&](const torch::Tensor& x) { return gpu.run({x}).toTensor(); },
-                                               images, clients, seconds));
+      row("pare Runner GPU, 4 workers",
+          drive([&](const torch::Tensor& x) { return gpu.run({x}).toTensor(); }, images, clients, seconds));
+    }
+    {
+      auto pinned = std::make_shared<pare::TensorPool>(pare::TensorPoolOptions().memory(pare::PoolMemory::Pinned));
+      pare::Runner gpu(cnn, pare::RunnerOptions()
+                                .device(torch::kCUDA)
+                                .pool(pinned)
+                                .max_batch(64)
+                                .threads(8)
+                                .batch_gap(std::chrono::microseconds(0))
+                                .max_delay(std::chrono::microseconds(200)));
+      row("pare Runner GPU, 8 workers, gap 0",
+          drive([&](const torch::Tensor& x) { return gpu.run({x}).toTensor(); }, images, clients, seconds));
     }
     {
       pare::Runner cpu(int8, pare::RunnerOptions().max_batch(64).threads(2).max_delay(std::chrono::microseconds(500)));
-      row("pare Runner CPU int8 (batching)", drive([&](const torch::Tensor& x) { return cpu.run({x}).toTensor(); },
-                                                   images, clients, seconds));
+      row("pare Runner CPU int8 (batching)",
+          drive([&](const torch::Tensor& x) { return cpu.run({x}).toTensor(); }, images, clients, seconds));
     }
   }
 }
@@ -140,8 +167,8 @@ double median_forward_ms(torch::jit::Module& module, const torch::Tensor& input,
 
 void precision(const std::vector<std::tuple<std::string, torch::jit::Module, std::vector<int64_t>>>& models) {
   std::printf("\n2. forward at batch 256 on the GPU, fp32 vs ConvertPrecision (last layer kept fp32), median of 30\n");
-  std::printf("%-14s %9s %9s %9s %9s %9s %9s %9s\n", "model", "fp32 ms", "bf16 ms", "fp16 ms", "bf16 NHWC",
-              "fp16 NHWC", "bf16 gain", "best gain");
+  std::printf("%-14s %9s %9s %9s %9s %9s %9s %9s\n", "model", "fp32 ms", "bf16 ms", "fp16 ms", "bf16 NHWC", "fp16 NHWC",
+              "bf16 gain", "best gain");
   for (const auto& [name, module, shape] : models) {
     auto sizes = shape;
     sizes.insert(sizes.begin(), 256);
@@ -169,7 +196,8 @@ void precision(const std::vector<std::tuple<std::string, torch::jit::Module, std
 void distillation(const ex::Dataset& train, int64_t cpu_images) {
   auto teacher = ex::make_fashion_cnn({32, 64, 128}, 1);
   const std::vector<pare::Batch> batches = train.batches(256);
-  std::vector<pare::Batch> cpu_batches(batches.begin(), batches.begin() + std::min<int64_t>(batches.size(), cpu_images / 256));
+  std::vector<pare::Batch> cpu_batches(batches.begin(),
+                                       batches.begin() + std::min<int64_t>(batches.size(), cpu_images / 256));
   auto run = [&](c10::Device device, const std::vector<pare::Batch>& data) {
     auto student = ex::make_fashion_cnn({16, 32, 64}, 2);
     return pare::distill(student, pare::DistillOptions(teacher, data).epochs(1).device(device));
@@ -179,8 +207,8 @@ void distillation(const ex::Dataset& train, int64_t cpu_images) {
   const auto cpu = run(torch::kCPU, cpu_batches);
   std::printf("\n3. Distill, one epoch of Fashion-MNIST (teacher 32/64/128, student 16/32/64, batches of 256)\n");
   std::printf("%-6s %10s %14s %16s %10s\n", "device", "images", "samples/s", "epoch (60k) s", "speed-up");
-  std::printf("%-6s %10lld %14.0f %16.2f %9.2fx\n", "cpu", (long long)(cpu_batches.size() * 256), cpu.samples_per_second,
-              60000 / cpu.samples_per_second, 1.0);
+  std::printf("%-6s %10lld %14.0f %16.2f %9.2fx\n", "cpu", (long long)(cpu_batches.size() * 256),
+              cpu.samples_per_second, 60000 / cpu.samples_per_second, 1.0);
   std::printf("%-6s %10lld %14.0f %16.2f %9.2fx\n", "cuda", (long long)train.size(), gpu.samples_per_second,
               60000 / gpu.samples_per_second, gpu.samples_per_second / cpu.samples_per_second);
 }

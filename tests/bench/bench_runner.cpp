@@ -79,11 +79,16 @@ double cpu_seconds() {
 // came, for `seconds`; latencies measured by the clients themselves.
 template <class Call>
 Loop closed_loop(const Served& m, int clients, double seconds, Call&& call) {
-  std::atomic<bool> stop{false};
+  std::atomic<bool> stop{false}, go{false};
+  std::atomic<int> ready{0};
   std::vector<std::vector<double>> latencies(static_cast<size_t>(clients));
   std::vector<std::thread> threads;
   for (int c = 0; c < clients; ++c) {
     threads.emplace_back([&, c] {
+      // The clock starts once every client exists: creating 128 threads takes
+      // long enough that early clients would otherwise run alone, uncounted in time.
+      ++ready;
+      while (!go) std::this_thread::yield();
       for (size_t i = size_t(c); !stop; i += size_t(clients)) {
         const auto start = Clock::now();
         if (call(m.requests[i % m.requests.size()]).toTensor().size(0) != 1) std::abort();
@@ -91,8 +96,10 @@ Loop closed_loop(const Served& m, int clients, double seconds, Call&& call) {
       }
     });
   }
+  while (ready < clients) std::this_thread::yield();
   const auto start = Clock::now();
   const double cpu_start = cpu_seconds();
+  go = true;
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
   stop = true;
   for (auto& t : threads) t.join();
@@ -123,7 +130,9 @@ pare::RunnerOptions warmed(pare::RunnerOptions options, const Served& m) {
 // The forward passes alone on one LibTorch thread: batch 1 and batch 8.
 std::pair<double, double> forward_ms(const Served& m) {
   const auto shape = m.requests.front().front().toTensor().sizes().vec();
-  const auto rows = pare::benchmark_models({{"m", m.module}}, pare::BenchOptions().inputs({shape}).batches({1, 8}).threads({1}).duration(std::chrono::milliseconds(400)));
+  const auto rows = pare::benchmark_models(
+      {{"m", m.module}},
+      pare::BenchOptions().inputs({shape}).batches({1, 8}).threads({1}).duration(std::chrono::milliseconds(400)));
   return {rows.at(0).p50_ms, rows.at(1).p50_ms};
 }
 
@@ -132,12 +141,15 @@ double closed_loop_table(const Served& m, const Config& config) {
   const auto [one, eight] = forward_ms(m);
   const double cores = std::thread::hardware_concurrency();
   const double ceiling = cores * std::max(1 / one, 8 / eight) * 1e3;
-  std::printf("\n## %s\n\nforward alone, 1 thread: batch 1 %.3f ms, batch 8 %.3f ms (%.0f%% less per image); "
-              "ceiling %.0f images/s (%.0f cores, each running its best batch)\n\n", m.name.c_str(), one, eight,
-              100 * (1 - eight / (8 * one)), ceiling, cores);
-  std::printf("| clients | plain req/s | plain p99 ms | hint req/s | hint p99 ms | hint / plain | fixed req/s | fixed / plain "
-              "| passes on callers | mean batch | queue ms/req | assemble %% | CPU us/req plain / hint | hint / ceiling | hint choice |\n"
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  std::printf(
+      "\n## %s\n\nforward alone, 1 thread: batch 1 %.3f ms, batch 8 %.3f ms (%.0f%% less per image); "
+      "ceiling %.0f images/s (%.0f cores, each running its best batch)\n\n",
+      m.name.c_str(), one, eight, 100 * (1 - eight / (8 * one)), ceiling, cores);
+  std::printf(
+      "| clients | plain req/s | plain p99 ms | hint req/s | hint p99 ms | hint / plain | fixed req/s | fixed / plain "
+      "| passes on callers | mean batch | queue ms/req | assemble %% | CPU us/req plain / hint | hint / ceiling | hint "
+      "choice |\n"
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
   double capacity = 0;
   for (int clients : config.clients) {
     pare::Runner hint(m.module, warmed(pare::RunnerOptions().hint(pare::RunnerHint::Throughput), m));
@@ -157,14 +169,16 @@ double closed_loop_table(const Served& m, const Config& config) {
     const auto s = hint.stats();
     const double queued = double(s.requests);
     const double busy = s.forward_seconds + s.assemble_seconds;
-    std::printf("| %d | %.0f | %.3f | %.0f | %.3f | **%.2fx** | %.0f | %.2fx | %.0f%% | %.2f | %.3f | %.1f%% | %.0f / %.0f | %.2f | "
-                "max_batch %lld, %d workers, %d passes, saving %.2f |\n",
-                clients, plain.throughput, plain.p99_ms, tuned.throughput, tuned.p99_ms,
-                tuned.throughput / plain.throughput, before.throughput, before.throughput / plain.throughput,
-                s.batches ? 100.0 * double(s.caller_batches) / double(s.batches) : 0.0,
-                s.batches ? double(s.requests) / double(s.batches) : 0.0, queued > 0 ? 1e3 * s.queue_seconds / queued : 0.0,
-                busy > 0 ? 100 * s.assemble_seconds / busy : 0.0, plain.cpu_us, tuned.cpu_us, tuned.throughput / ceiling, (long long)s.max_batch,
-                int(s.threads), int(s.concurrency), s.batch_saving);
+    std::printf(
+        "| %d | %.0f | %.3f | %.0f | %.3f | **%.2fx** | %.0f | %.2fx | %.0f%% | %.2f | %.3f | %.1f%% | %.0f / %.0f | "
+        "%.2f | "
+        "max_batch %lld, %d workers, %d passes, saving %.2f |\n",
+        clients, plain.throughput, plain.p99_ms, tuned.throughput, tuned.p99_ms, tuned.throughput / plain.throughput,
+        before.throughput, before.throughput / plain.throughput,
+        s.batches ? 100.0 * double(s.caller_batches) / double(s.batches) : 0.0,
+        s.batches ? double(s.requests) / double(s.batches) : 0.0, queued > 0 ? 1e3 * s.queue_seconds / queued : 0.0,
+        busy > 0 ? 100 * s.assemble_seconds / busy : 0.0, plain.cpu_us, tuned.cpu_us, tuned.throughput / ceiling,
+        (long long)s.max_batch, int(s.threads), int(s.concurrency), s.batch_saving);
     std::fflush(stdout);
     capacity = std::max(capacity, tuned.throughput);
   }
@@ -180,9 +194,13 @@ double rss_mib() {
 
 void open_loop(const Served& m, double capacity, const Config& config) {
   const size_t max_queue = 16;
-  pare::Runner runner(m.module, warmed(pare::RunnerOptions().hint(pare::RunnerHint::Throughput).max_queue(max_queue), m));
+  pare::Runner runner(m.module,
+                      warmed(pare::RunnerOptions().hint(pare::RunnerHint::Throughput).max_queue(max_queue), m));
   auto load = [&](double rate, uint64_t seed) {
-    return pare::run_open_loop(runner, pare::OpenLoopOptions(rate).duration(std::chrono::milliseconds(std::llround(config.seconds * 1000))).seed(seed).inputs(m.requests));
+    return pare::run_open_loop(runner, pare::OpenLoopOptions(rate)
+                                           .duration(std::chrono::milliseconds(std::llround(config.seconds * 1000)))
+                                           .seed(seed)
+                                           .inputs(m.requests));
   };
   const auto unloaded = load(0.1 * capacity, 1);
   load(2 * capacity, 2);  // a first overload run grows the allocator's arenas to their working size
@@ -192,11 +210,12 @@ void open_loop(const Served& m, double capacity, const Config& config) {
   std::printf("\nopen loop, hint throughput, max_queue %zu, capacity %.0f requests/s (closed loop):\n\n%s", max_queue,
               capacity, pare::open_loop_table({{"10% of capacity", unloaded}, {"2x capacity", overloaded}}).c_str());
   const int64_t ended = overloaded.succeeded + overloaded.rejected + overloaded.timeouts + overloaded.failed;
-  std::printf("\n2x capacity: accepted p99 %.2fx the unloaded p99 (goal <= 5x); %.1f%% rejected; %llu sent, %llu "
-              "answered or refused (nothing lost: %s); RSS %.1f MiB before, %.1f MiB after (%+.1f MiB)\n",
-              overloaded.p99_ms / unloaded.p99_ms, 100.0 * double(overloaded.rejected) / double(overloaded.sent),
-              (unsigned long long)overloaded.sent, (unsigned long long)ended, ended == overloaded.sent ? "yes" : "NO",
-              rss_before, rss_after, rss_after - rss_before);
+  std::printf(
+      "\n2x capacity: accepted p99 %.2fx the unloaded p99 (goal <= 5x); %.1f%% rejected; %llu sent, %llu "
+      "answered or refused (nothing lost: %s); RSS %.1f MiB before, %.1f MiB after (%+.1f MiB)\n",
+      overloaded.p99_ms / unloaded.p99_ms, 100.0 * double(overloaded.rejected) / double(overloaded.sent),
+      (unsigned long long)overloaded.sent, (unsigned long long)ended, ended == overloaded.sent ? "yes" : "NO",
+      rss_before, rss_after, rss_after - rss_before);
 }
 
 void hot_swap(const Served& m, const Config& config) {
@@ -232,9 +251,12 @@ torch::jit::Module int8_cnn(const torch::jit::Module& fp32, const ex::Dataset& c
 
 // torchvision's resnet18, random weights, scripted and frozen by stock PyTorch.
 torch::jit::Module resnet18() {
-  const auto path = std::filesystem::temp_directory_path() / ("bench_runner_resnet18_" + std::to_string(getpid()) + ".pt");
-  const std::string command = std::string(PARE_PYTHON) + " -c \"import torch, torchvision; m = torchvision.models.resnet18().eval(); "
-                              "torch.jit.save(torch.jit.freeze(torch.jit.script(m)), '" + path.string() + "')\"";
+  const auto path =
+      std::filesystem::temp_directory_path() / ("bench_runner_resnet18_" + std::to_string(getpid()) + ".pt");
+  const std::string command = std::string(PARE_PYTHON) +
+                              " -c \"import torch, torchvision; m = torchvision.models.resnet18().eval(); "
+                              "torch.jit.save(torch.jit.freeze(torch.jit.script(m)), '" +
+                              path.string() + "')\"";
   if (std::system(command.c_str()) != 0) throw std::runtime_error("failed: " + command);
   auto module = torch::jit::load(path.string());
   std::filesystem::remove(path);
