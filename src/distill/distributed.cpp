@@ -23,8 +23,11 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <pthread.h>
+
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <condition_variable>
 #include <mutex>
 #include <optional>
@@ -244,6 +247,28 @@ void rendezvous(c10d::Store& store, const DistributedOptions& o) {
               Error::Kind::Runtime);
 }
 
+// Gloo writes to its peers with plain writev: once a peer has died, a write
+// raises SIGPIPE, which ends a C++ host (Python ignores the signal, so Python
+// users never see this). Threads inherit their creator's signal mask: the
+// group's threads, started while this is in scope, get EPIPE instead, and the
+// collective fails with a pare::Error that names the lost rank. The calling
+// thread's own mask is restored.
+class SigpipeBlockedInNewThreads {
+ public:
+  SigpipeBlockedInNewThreads() {
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, &saved_);
+  }
+  ~SigpipeBlockedInNewThreads() { pthread_sigmask(SIG_SETMASK, &saved_, nullptr); }
+  SigpipeBlockedInNewThreads(const SigpipeBlockedInNewThreads&) = delete;
+  SigpipeBlockedInNewThreads& operator=(const SigpipeBlockedInNewThreads&) = delete;
+
+ private:
+  sigset_t saved_{};
+};
+
 std::unique_ptr<Group> make_gloo(const c10::intrusive_ptr<c10d::Store>& store, const DistributedOptions& o) {
 #ifdef PARE_WITH_GLOO
   auto gloo_options = c10d::ProcessGroupGloo::Options::create(o.timeout());
@@ -294,6 +319,7 @@ std::unique_ptr<Group> join_group(const DistributedOptions& o, const c10::Device
   auto store = make_store(o);
   rendezvous(*store, o);
   const bool nccl = o.backend() == CommBackend::NCCL || (o.backend() == CommBackend::Auto && device.is_cuda());
+  const SigpipeBlockedInNewThreads sigpipe_blocked;  // for the group's threads and the heartbeat's
   try {
     return nccl ? make_nccl(store, o) : make_gloo(store, o);
   } catch (const Error&) {
