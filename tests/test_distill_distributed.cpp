@@ -259,9 +259,9 @@ TEST_CASE("a job killed in its second epoch resumes from the checkpoint and ends
   clear(dir, "crash");
   clear(dir, "resume");
   const auto crashed = run_ranks(dir, {{"PARE_WORKER_TAG", "crash"},
-                                        {"PARE_WORKER_CHECKPOINT", "1"},
-                                        {"PARE_WORKER_KILL", "1:20"},
-                                        {"PARE_DIST_TIMEOUT", std::to_string(kTimeoutSeconds)}});
+                                       {"PARE_WORKER_CHECKPOINT", "1"},
+                                       {"PARE_WORKER_KILL", "1:20"},
+                                       {"PARE_DIST_TIMEOUT", std::to_string(kTimeoutSeconds)}});
   {
     INFO("rank 0 exit status " << crashed[0].status << "; its log:\n" << read_text(dir + "/log.0"));
     CHECK(crashed[0].status == 0);  // it ended with a pare::Error, not a signal
