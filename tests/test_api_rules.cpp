@@ -88,7 +88,8 @@ PARE_CHECK_EACH(ConvertPrecisionOptions, dtype, keep_fp32, channels_last)
 PARE_CHECK_EACH(TraceOptions, training, check_inputs, tolerance, dynamic_batch)
 PARE_CHECK_EACH(DistillLossOptions, temperature, alpha)
 PARE_CHECK_EACH(DistillOptions, teacher, data, epochs, optimizer, optimizer_factory, lr, momentum, weight_decay,
-                temperature, alpha, evaluate_on, shuffle, seed, progress, device)
+                temperature, alpha, evaluate_on, shuffle, seed, progress, device, match)
+PARE_CHECK_EACH(DistillMatch, teacher, student, loss, weight)
 PARE_CHECK_EACH(InferenceCacheOptions, capacity_bytes, max_entries, ttl, shards, key_namespace, verify, remote,
                 key_bits)
 PARE_CHECK_EACH(RedisTierOptions, host, port, key_prefix, timeout, ttl, retry_after, max_idle_connections, password,

@@ -59,6 +59,7 @@ from ._pare import Runner, RunnerStats, inspect_model  # noqa: F401
 from ._pare import inspect_report  # noqa: F401
 from ._pare import Overloaded, Timeout  # noqa: F401
 from ._pare import Distill, apply_masks, distillation_loss  # noqa: F401
+from ._pare import DistillMatch, match_loss, submodule_outputs  # noqa: F401
 from ._pare import (  # noqa: F401
     PooledTensor,
     PoolStats,
@@ -124,5 +125,6 @@ __all__ = [
     "model_fingerprint", "observer_names", "prune_channels", "prune_count", "quantization_info",
     "read_embedded_report", "scope_names", "set_quantized_engine", "unpooled_cpu_allocations",
 ]
+__all__ += ["DistillMatch", "match_loss", "submodule_outputs"]
 if _has_redis:
     __all__ += ["RedisTier", "RedisTierStats"]

@@ -81,12 +81,16 @@ void check_device(const std::optional<c10::Device>& requested) {
               std::to_string(torch::cuda::device_count()) + " CUDA device(s)");
 }
 
-// `who` names the caller and the model, e.g. "Distill: the teacher".
-torch::Tensor logits_of(torch::jit::Module& module, const torch::Tensor& input, const std::string& who) {
+// (matched submodules' outputs, logits) of `module` on `input`; `outputs`
+// null runs plain forward. `who` names the caller and the model, e.g. "Distill: the teacher".
+std::pair<std::vector<torch::Tensor>, torch::Tensor> outputs_of(torch::jit::Module& module,
+                                                                const SubmoduleOutputs* outputs,
+                                                                const torch::Tensor& input, const std::string& who) {
   require(input.defined(), who + " got a batch with an undefined input tensor");
-  c10::IValue output;
+  std::pair<std::vector<torch::Tensor>, c10::IValue> result;
   try {
-    output = module.forward({input});
+    if (outputs) result = outputs->run({input});
+    else result.second = module.forward({input});
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
@@ -94,8 +98,37 @@ torch::Tensor logits_of(torch::jit::Module& module, const torch::Tensor& input, 
                     "): " + detail::torch_message(e) + "; expected batches the model accepts",
                 Error::Kind::InvalidArgument);
   }
-  require(output.isTensor(), who + " returned " + output.tagKind() + "; expected a tensor of logits");
-  return output.toTensor();
+  require(result.second.isTensor(), who + " returned " + result.second.tagKind() + "; expected a tensor of logits");
+  return {std::move(result.first), result.second.toTensor()};
+}
+
+torch::Tensor logits_of(torch::jit::Module& module, const torch::Tensor& input, const std::string& who) {
+  return outputs_of(module, nullptr, input, who).second;
+}
+
+// One match() pair's unweighted term; shapes that differ name both outputs.
+torch::Tensor matched_term(const DistillMatch& match, const torch::Tensor& student, const torch::Tensor& teacher) {
+  require(student.sizes() == teacher.sizes(),
+          "Distill: match '" + match.teacher() + "' -> '" + match.student() + "': the teacher's output is " +
+              shape_of(teacher) + " but the student's " + shape_of(student) +
+              "; expected one shape. A pruned layer is narrower than the teacher's: match outputs whose width "
+              "pruning keeps (block outputs, the residual stream), not FFN intermediates");
+  require(student.scalar_type() == teacher.scalar_type() && student.is_floating_point(),
+          "Distill: match '" + match.teacher() + "' -> '" + match.student() + "': outputs of dtypes " +
+              dtype_of(teacher) + " (teacher) and " + dtype_of(student) +
+              " (student); expected one floating-point dtype");
+  return match_loss(student, teacher, match.loss());
+}
+
+void check_match(const DistillOptions& o) {
+  std::vector<std::string> teacher_paths;
+  for (const auto& m : o.match()) {
+    require(std::isfinite(m.weight()) && m.weight() >= 0, "Distill: match '" + m.teacher() + "' -> '" + m.student() +
+                                                              "' has weight " + std::to_string(m.weight()) +
+                                                              "; expected a finite weight >= 0");
+    teacher_paths.push_back(m.teacher());
+  }
+  if (!teacher_paths.empty()) SubmoduleOutputs(o.teacher(), teacher_paths, "Distill: the teacher");
 }
 
 }  // namespace
@@ -133,6 +166,7 @@ void check_options(const DistillOptions& o) {
   require(o.weight_decay() >= 0, "Distill: weight_decay " + std::to_string(o.weight_decay()) + " is negative");
   check_loss_options(o.loss_options(), "Distill");
   check_device(o.device());
+  check_match(o);
   if (const auto& d = o.distributed()) {
     const std::string who = "Distill: DistributedOptions ";
     require(d->world_size() >= 1 && d->rank() >= 0 && d->rank() < d->world_size(),
@@ -159,29 +193,51 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const DistillOptions& o,
                                               torch::optim::AdamOptions(o.lr()).weight_decay(o.weight_decay()));
 }
 
-// The loss is checked before any update, so a NaN never reaches the weights.
-double backward_step(torch::jit::Module& student, torch::jit::Module& teacher, torch::optim::Optimizer& optimizer,
-                     const Batch& batch, const DistillLossOptions& loss_options,
-                     const std::vector<MaskedParameter>& masked, int64_t epoch, int64_t step) {
-  const auto student_logits = logits_of(student, batch.first, "Distill: the student");
-  torch::Tensor teacher_logits;
-  if (loss_options.alpha() > 0) {
-    torch::NoGradGuard no_grad;
-    teacher_logits = logits_of(teacher, batch.first, "Distill: the teacher");
-  } else {
-    teacher_logits = student_logits.detach();  // alpha 0 is plain cross-entropy: the teacher need not run
+StepModels step_models(torch::jit::Module& student, torch::jit::Module& teacher, const DistillOptions& options) {
+  StepModels models{student, teacher, nullptr, nullptr};
+  if (options.match().empty()) return models;
+  std::vector<std::string> student_paths, teacher_paths;
+  for (const auto& m : options.match()) {
+    teacher_paths.push_back(m.teacher());
+    student_paths.push_back(m.student());
   }
-  const auto loss = distillation_loss(student_logits, teacher_logits, batch.second, loss_options);
-  const double value = loss.item<double>();
-  require(std::isfinite(value),
-          "Distill: the loss became " + std::to_string(value) + " at epoch " + std::to_string(epoch + 1) + ", step " +
-              std::to_string(step + 1) + "; lower the learning rate or check the data",
+  models.teacher_outputs = std::make_shared<const SubmoduleOutputs>(teacher, teacher_paths, "Distill: the teacher");
+  models.student_outputs = std::make_shared<const SubmoduleOutputs>(student, student_paths, "Distill: the student");
+  return models;
+}
+
+// The loss is checked before any update, so a NaN never reaches the weights.
+StepLoss backward_step(const StepModels& models, torch::optim::Optimizer& optimizer, const Batch& batch,
+                       const DistillOptions& options, const std::vector<MaskedParameter>& masked, int64_t epoch,
+                       int64_t step) {
+  const auto loss_options = options.loss_options();
+  const auto [student_matched, student_logits] =
+      outputs_of(models.student, models.student_outputs.get(), batch.first, "Distill: the student");
+  std::pair<std::vector<torch::Tensor>, torch::Tensor> teacher;
+  if (loss_options.alpha() > 0 || models.teacher_outputs) {
+    torch::NoGradGuard no_grad;
+    teacher = outputs_of(models.teacher, models.teacher_outputs.get(), batch.first, "Distill: the teacher");
+  }
+  // alpha 0 is plain cross-entropy on the logits: the teacher's are not needed
+  const auto teacher_logits = loss_options.alpha() > 0 ? teacher.second : student_logits.detach();
+  auto loss = distillation_loss(student_logits, teacher_logits, batch.second, loss_options);
+  StepLoss result;
+  for (size_t i = 0; i < student_matched.size(); ++i) {
+    const auto& match = options.match()[i];
+    const auto term = matched_term(match, student_matched[i], teacher.first[i]);
+    result.matched.push_back(term.item<double>());
+    loss = loss + term * match.weight();
+  }
+  result.total = loss.item<double>();
+  require(std::isfinite(result.total),
+          "Distill: the loss became " + std::to_string(result.total) + " at epoch " + std::to_string(epoch + 1) +
+              ", step " + std::to_string(step + 1) + "; lower the learning rate or check the data",
           Error::Kind::Runtime);
   optimizer.zero_grad();
   loss.backward();
   for (const auto& m : masked)  // pruned weights get no update, nor optimizer state
     if (m.parameter.grad().defined()) m.parameter.mutable_grad().masked_fill_(m.pruned, 0.0);
-  return value;
+  return result;
 }
 
 void update_step(torch::optim::Optimizer& optimizer, const std::vector<MaskedParameter>& masked) {
@@ -261,6 +317,13 @@ void Distill::run(Result& state, PassReport& entry) const {
   if (summary.accuracy_before) entry.metrics["accuracy_before"] = *summary.accuracy_before;
   if (summary.accuracy_after) entry.metrics["accuracy_after"] = *summary.accuracy_after;
   entry.metrics["samples_per_second"] = summary.samples_per_second;
+  for (size_t i = 0; i < options_.match().size(); ++i) {
+    const auto& m = options_.match()[i];
+    entry.labels["match_" + std::to_string(i)] =
+        m.teacher() + " -> " + m.student() + " (" + to_string(m.loss()) + ", " + std::to_string(m.weight()) + ")";
+    if (i < summary.match_loss.size() && !summary.match_loss[i].empty())
+      entry.metrics["match_" + std::to_string(i) + "_loss"] = summary.match_loss[i].back();
+  }
   entry.labels["device"] = summary.device;
   if (summary.world_size > 1) entry.metrics["world_size"] = double(summary.world_size);
 }

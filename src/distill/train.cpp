@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <numeric>
 #include <random>
@@ -112,6 +113,7 @@ struct Loop {
   const DistillOptions& options;
   torch::jit::Module& student;
   Placement& placement;
+  const StepModels& models;
   torch::optim::Optimizer& optimizer;
   const std::vector<MaskedParameter>& masked;
   Group* group;        // null in one process
@@ -119,6 +121,8 @@ struct Loop {
   DistillResult& summary;
   int64_t total_steps;  // -1 if unknown
   double running = 0;
+  std::vector<double> matched_sums;  // this epoch's match() terms times batch sizes, this rank's
+  int64_t matched_samples = 0;
 };
 
 // One epoch on this rank's batches; returns (loss sum, samples) over every rank.
@@ -133,9 +137,12 @@ std::pair<double, int64_t> run_epoch(Loop& loop, int64_t epoch, std::mt19937_64&
     GradientSync::Step totals{0, 0.0, 0};
     if (host_batch) {
       const auto batch = loop.placement.batch(*host_batch);
-      const double loss = backward_step(loop.student, loop.placement.teacher(), loop.optimizer, batch,
-                                        loop.options.loss_options(), loop.masked, epoch, step);
-      totals = {1, loss * double(batch.first.size(0)), batch.first.size(0)};
+      const auto loss = backward_step(loop.models, loop.optimizer, batch, loop.options, loop.masked, epoch, step);
+      const auto n = batch.first.size(0);
+      totals = {1, loss.total * double(n), n};
+      loop.matched_sums.resize(loss.matched.size());
+      for (size_t i = 0; i < loss.matched.size(); ++i) loop.matched_sums[i] += loss.matched[i] * double(n);
+      loop.matched_samples += n;
     }
     if (loop.sync)  // a rank out of batches still takes part, contributing nothing
       totals = loop.sync->average(
@@ -188,6 +195,11 @@ void run_epochs(Loop& loop, int64_t start, std::mt19937_64& rng, int64_t& traine
             "Distill: the data produced no batches in epoch " + std::to_string(epoch + 1) +
                 "; streamed data must yield batches every epoch (a one-shot reader runs dry after the first)");
     loop.summary.epoch_loss.push_back(sum / double(samples));
+    loop.summary.match_loss.resize(loop.matched_sums.size());
+    for (size_t i = 0; i < loop.matched_sums.size(); ++i)
+      loop.summary.match_loss[i].push_back(loop.matched_sums[i] / double(std::max<int64_t>(loop.matched_samples, 1)));
+    loop.matched_sums.assign(loop.matched_sums.size(), 0.0);
+    loop.matched_samples = 0;
     trained += samples;
     if (!options.checkpoint().empty() && (!loop.group || loop.group->rank() == 0))
       save_checkpoint(options.checkpoint(), loop.student, loop.optimizer,
@@ -238,7 +250,8 @@ void train_on_device(torch::jit::Module& student, torch::jit::Module& teacher, c
   const int64_t world = group ? group->size() : 1;
   const int64_t per_epoch = options.data().size();
   const int64_t steps = per_epoch < 0 ? -1 : (per_epoch + world - 1) / world * options.epochs();
-  Loop loop{options, student, placement, *optimizer, masked, group.get(), sync.get(), summary, steps};
+  const auto models = step_models(student, placement.teacher(), options);
+  Loop loop{options, student, placement, models, *optimizer, masked, group.get(), sync.get(), summary, steps, 0, {}, 0};
   int64_t trained = 0;
   const auto started = std::chrono::steady_clock::now();
   run_epochs(loop, start, rng, trained);

@@ -16,6 +16,7 @@
 #include "pare/core/batches.hpp"
 #include "pare/core/pipeline.hpp"
 #include "pare/distill/distributed.hpp"
+#include "pare/distill/match.hpp"
 
 namespace torch::optim {
 class Optimizer;
@@ -89,6 +90,11 @@ class DistillOptions {
   PARE_ARG(double, temperature) = DistillLossOptions().temperature();
   /// The loss's distillation weight (DistillLossOptions::alpha).
   PARE_ARG(double, alpha) = DistillLossOptions().alpha();
+  /// Intermediate outputs to distill besides the logits: (teacher submodule,
+  /// student submodule) pairs, each an MSE or cosine term of its weight added
+  /// to the loss. `.match({"layers.3", {"layers.5", "layers.2"}})`; for depths
+  /// that differ, DistillMatch::layers maps them uniformly (docs/distill.md).
+  PARE_ARG(std::vector<DistillMatch>, match);
   /// Batches on which to report top-1 accuracy before and after training.
   PARE_ARG(std::vector<Batch>, evaluate_on);
   /// Shuffle a listed data set's batches every epoch (default on; streamed data comes in its own order).
@@ -131,6 +137,8 @@ struct DistillResult {
   std::optional<double> accuracy_before;  ///< top-1 % on evaluate_on() batches, if given
   std::optional<double> accuracy_after;
   double samples_per_second = 0;           ///< training samples (all ranks') over the training loop's wall time
+  /// Per match() pair, its mean unweighted loss per epoch (this rank's batches in a distributed run).
+  std::vector<std::vector<double>> match_loss;
   std::string device;                      ///< where training ran
   int64_t rank = 0, world_size = 1;        ///< this process in a distributed run
 };
@@ -157,7 +165,9 @@ double top1_accuracy(torch::jit::Module& module, const std::vector<Batch>& batch
 /// The pass: distill() on the pipeline's module with the masks earlier passes
 /// left. Report: series "loss" per epoch; metrics epochs, steps, temperature,
 /// alpha, lr, samples_per_second, and accuracy_before/accuracy_after when
-/// evaluate_on() is set; label device.
+/// evaluate_on() is set; per match() pair i, metric match_i_loss (its last
+/// epoch's mean) and label match_i ("teacher -> student (loss, weight)");
+/// label device.
 class Distill : public Pass {
  public:
   explicit Distill(DistillOptions options);

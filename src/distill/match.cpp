@@ -1,0 +1,217 @@
+// pare::SubmoduleOutputs and the match losses. TorchScript in LibTorch 1.13
+// has no forward hooks that can be added to a compiled module (hooks are
+// compiled into the callers when a model is scripted), so the outputs are read
+// by graph rewriting instead: a copy of forward's graph has the method calls
+// on each path inlined level by level until the submodule's own forward call
+// shows, and that call's output (cloned, so later in-place ops cannot change
+// it) becomes an extra output. The copy runs as a free function on the
+// module's object: its own parameters, no new type, nothing changed.
+
+#include "pare/distill/match.hpp"
+
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/ir/ir.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <set>
+#include <sstream>
+
+#include "core/enum_names.hpp"
+#include "core/torch_errors.hpp"
+#include "pare/core/error.hpp"
+
+namespace pare {
+namespace {
+
+using torch::jit::Graph;
+using torch::jit::Node;
+using torch::jit::Value;
+
+constexpr std::pair<MatchLoss, const char*> kMatchLossNames[] = {{MatchLoss::MSE, "mse"},
+                                                                 {MatchLoss::Cosine, "cosine"}};
+
+std::vector<std::string> path_parts(const std::string& path) {
+  std::vector<std::string> parts;
+  std::stringstream in(path);
+  for (std::string part; std::getline(in, part, '.');) parts.push_back(part);
+  return parts;
+}
+
+std::string sizes_text(const torch::Tensor& t) {
+  std::ostringstream out;
+  out << t.sizes();
+  return out.str();
+}
+
+// pare::Error unless `path` names a submodule; the message lists the children
+// of the deepest module the path reaches.
+void check_submodule_path(const torch::jit::Module& module, const std::string& path, const std::string& who) {
+  const auto parts = path_parts(path);
+  require(!path.empty() && std::none_of(parts.begin(), parts.end(), [](const auto& p) { return p.empty(); }),
+          who + ": submodule path '" + path + "' is malformed; expected a dotted name such as 'layers.3'");
+  auto current = module;
+  std::string walked;
+  for (const auto& part : parts) {
+    std::vector<std::string> children;
+    std::optional<torch::jit::Module> next;
+    for (const auto& child : current.named_children()) {
+      if (child.name == part) next = child.value;
+      if (children.size() < 40) children.push_back(child.name);
+    }
+    if (!next)
+      throw Error(who + " has no submodule '" + path + "': " + (walked.empty() ? "the model" : "'" + walked + "'") +
+                  " has the submodules [" + detail::join(children) +
+                  "]; expected a name as named_modules() gives it, such as 'layers.3'");
+    walked += (walked.empty() ? "" : ".") + part;
+    current = *next;
+  }
+}
+
+void collect_graph_nodes(torch::jit::Block* block, std::vector<Node*>& out) {
+  for (Node* node : block->nodes()) {
+    out.push_back(node);
+    for (auto* inner : node->blocks()) collect_graph_nodes(inner, out);
+  }
+}
+
+// Every node of the graph, those in loops and branches included.
+std::vector<Node*> every_node(Graph& graph) {
+  std::vector<Node*> out;
+  collect_graph_nodes(graph.block(), out);
+  return out;
+}
+
+// The values `owner.name` for every value in `owners`.
+std::set<Value*> attributes_named(Graph& graph, const std::set<Value*>& owners, const std::string& name) {
+  std::set<Value*> out;
+  for (Node* node : every_node(graph))
+    if (node->kind() == c10::prim::GetAttr && owners.count(node->input(0)) && node->s(c10::attr::name) == name)
+      out.insert(node->output());
+  return out;
+}
+
+// Inlines every method call on `owners` until none is left, so what those
+// methods do (the calls on their own submodules) shows in the graph.
+void inline_calls_on(Graph& graph, const std::set<Value*>& owners) {
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (Node* node : every_node(graph)) {
+      if (node->kind() != c10::prim::CallMethod || !owners.count(node->input(0))) continue;
+      const auto type = node->input(0)->type()->expect<c10::ClassType>();
+      auto& method = torch::jit::toGraphFunction(type->getMethod(node->s(c10::attr::name)));
+      // The method's own graph, whose calls are still calls: its optimized graph has them inlined away.
+      torch::jit::inlineCallTo(node, &method, method.graph().get());
+      changed = true;
+      break;  // the node list changed
+    }
+  }
+}
+
+// The value forward computes at submodule `path`: a clone right after the call.
+Value* capture(Graph& graph, const std::string& path, const std::string& who) {
+  std::set<Value*> owners{graph.inputs()[0]};
+  const auto parts = path_parts(path);
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (i > 0) inline_calls_on(graph, owners);
+    owners = attributes_named(graph, owners, parts[i]);
+  }
+  std::vector<Node*> calls;
+  for (Node* node : every_node(graph))
+    if (node->kind() == c10::prim::CallMethod && owners.count(node->input(0)) && node->s(c10::attr::name) == "forward")
+      calls.push_back(node);
+  require(!calls.empty(), who + ": forward never calls submodule '" + path +
+                              "' (unused, or inlined away by freezing); expected a submodule forward runs");
+  require(calls.size() == 1, who + ": forward calls submodule '" + path + "' " + std::to_string(calls.size()) +
+                                 " times (shared weights?); expected one call, whose output is one tensor");
+  Node* call = calls.front();
+  require(call->owningBlock() == graph.block(),
+          who + ": submodule '" + path +
+              "' is called inside a loop or branch of forward; expected a call that runs once on every input");
+  require(call->outputs().size() == 1 && call->output()->type()->isSubtypeOf(*c10::TensorType::get()),
+          who + ": submodule '" + path + "' returns " + call->output()->type()->repr_str() +
+              "; expected a submodule that returns one tensor (match the submodule inside it that does)");
+  torch::jit::WithInsertPoint after(call->next());
+  return graph.insert(c10::aten::clone, {call->output()});
+}
+
+}  // namespace
+
+std::string to_string(MatchLoss kind) { return detail::name_of(kMatchLossNames, kind); }
+MatchLoss parse_match_loss(const std::string& name) { return detail::parse_name(kMatchLossNames, name, "match loss"); }
+std::vector<std::string> match_loss_names() { return detail::names_of(kMatchLossNames); }
+
+std::vector<DistillMatch> DistillMatch::layers(const std::string& teacher_prefix, int64_t teacher_layers,
+                                               const std::string& student_prefix, int64_t student_layers,
+                                               MatchLoss loss, double weight) {
+  require(student_layers >= 1 && student_layers <= teacher_layers,
+          "DistillMatch::layers: " + std::to_string(student_layers) + " student layers onto " +
+              std::to_string(teacher_layers) + " teacher layers; expected 1 <= student_layers <= teacher_layers");
+  std::vector<DistillMatch> out;
+  for (int64_t j = 0; j < student_layers; ++j) {
+    const int64_t t = (j + 1) * teacher_layers / student_layers - 1;
+    out.push_back(DistillMatch(teacher_prefix + "." + std::to_string(t), student_prefix + "." + std::to_string(j))
+                      .loss(loss)
+                      .weight(weight));
+  }
+  return out;
+}
+
+torch::Tensor match_loss(const torch::Tensor& student, const torch::Tensor& teacher, MatchLoss kind) {
+  require(student.defined() && teacher.defined(), "match_loss: student and teacher outputs must be defined tensors");
+  require(student.is_floating_point() && teacher.scalar_type() == student.scalar_type(),
+          "match_loss: outputs of dtypes " + std::string(c10::toString(student.scalar_type())) + " and " +
+              c10::toString(teacher.scalar_type()) + "; expected one floating-point dtype");
+  require(student.sizes() == teacher.sizes(), "match_loss: student output " + sizes_text(student) +
+                                                  " but teacher output " + sizes_text(teacher) +
+                                                  "; expected one shape");
+  const auto target = teacher.detach();
+  if (kind == MatchLoss::Cosine)
+    return (1.0 - torch::cosine_similarity(student, target, /*dim=*/-1, /*eps=*/1e-8)).mean();
+  return torch::mse_loss(student, target);
+}
+
+SubmoduleOutputs::SubmoduleOutputs(const torch::jit::Module& module, const std::vector<std::string>& paths,
+                                   const std::string& who)
+    : module_(module), paths_(paths), who_(who) {
+  require(module.find_method("forward").has_value(), who + ": the model has no forward method");
+  for (const auto& path : paths) check_submodule_path(module, path, who);
+  auto graph = torch::jit::toGraphFunction(module.get_method("forward").function()).graph()->copy();
+  // Shallower paths first: capturing "layers.1.fc" inlines the call of
+  // "layers.1", whose capture then reads the inlined result.
+  std::vector<size_t> order(paths.size());
+  std::iota(order.begin(), order.end(), size_t(0));
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return path_parts(paths[a]).size() < path_parts(paths[b]).size(); });
+  std::vector<Value*> outputs(paths.size());
+  detail::translate_torch_errors(who + ": reading the outputs of " + detail::join(paths), [&] {
+    for (const size_t i : order) outputs[i] = capture(*graph, paths[i], who);
+  });
+  for (Value* output : graph->outputs()) outputs.push_back(output);
+  torch::jit::WithInsertPoint at_return(graph->return_node());
+  Value* tuple = graph->insertNode(graph->createTuple(outputs))->output();
+  while (!graph->outputs().empty()) graph->eraseOutput(0);
+  graph->registerOutput(tuple);
+  function_ = std::make_shared<torch::jit::GraphFunction>("pare_submodule_outputs", graph, nullptr);
+}
+
+std::pair<std::vector<torch::Tensor>, c10::IValue> SubmoduleOutputs::run(std::vector<c10::IValue> inputs) const {
+  inputs.insert(inputs.begin(), module_._ivalue());
+  const auto result = (*function_)(std::move(inputs)).toTuple();
+  const auto& items = result->elements();
+  std::vector<torch::Tensor> captured;
+  for (size_t i = 0; i < paths_.size(); ++i) captured.push_back(items[i].toTensor());
+  return {std::move(captured), items[paths_.size()]};
+}
+
+std::vector<torch::Tensor> submodule_outputs(const torch::jit::Module& module, std::vector<c10::IValue> inputs,
+                                             const std::vector<std::string>& paths) {
+  const SubmoduleOutputs outputs(module, paths);
+  return detail::translate_torch_errors(
+      "submodule_outputs: forward failed", [&] { return outputs.run(std::move(inputs)).first; },
+      Error::Kind::InvalidArgument);
+}
+
+}  // namespace pare
