@@ -2,9 +2,36 @@
 
 #include "prune/channel_cut.hpp"
 
+#include <torch/csrc/jit/passes/inliner.h>
+
+#include <algorithm>
+
+#include "pare/core/error.hpp"
 #include "prune/channel_ops.hpp"
 
 namespace pare::detail {
+namespace {
+
+// The view's size list, element `index` replaced by the constant `value`.
+void set_size_element(Node* view, size_t index, int64_t value) {
+  Graph* graph = view->owningGraph();
+  torch::jit::WithInsertPoint guard(view);
+  Value* list = view->input(1);
+  std::vector<Value*> elements;
+  if (list->node()->kind() == c10::prim::ListConstruct) {
+    elements = list->node()->inputs().vec();
+  } else {
+    for (int64_t size : torch::jit::toIValue(list)->toIntVector()) elements.push_back(graph->insertConstant(size));
+  }
+  require(index < elements.size(), "PruneChannels: a head count's place in a size list moved; this is a bug in pare",
+          Error::Kind::Runtime);
+  elements[index] = graph->insertConstant(value);
+  view->replaceInput(1, graph->insertNode(graph->createList(c10::IntType::get(), elements))->output());
+}
+
+int64_t kept_count(const std::vector<bool>& kept) { return std::count(kept.begin(), kept.end(), true); }
+
+}  // namespace
 
 // Shrinks every cut tensor to its kept entries; returns the kept indices per tensor and dim.
 KeptIndices cut_tensors(const torch::jit::Module& module, const ChannelAnalysis& analysis, const ChannelKept& kept) {
@@ -52,11 +79,40 @@ bool follow_depthwise(const torch::jit::Module& module, const ChannelAnalysis& a
   return changed;
 }
 
+bool rewrite_head_counts(const torch::jit::Module& module, const ChannelAnalysis& analysis, const ChannelKept& kept) {
+  const auto lost_heads = [&](const HeadCountSite& site) {
+    return kept_count(kept[site.slot.group]) < analysis.groups[site.slot.group].channels;
+  };
+  if (std::none_of(analysis.head_sites.begin(), analysis.head_sites.end(), lost_heads)) return false;
+  // Inlined, every layer has views of its own: each reads its own head count.
+  auto graph = module.get_method("forward").graph();
+  torch::jit::Inline(*graph);
+  const auto views = view_nodes(graph->block());
+  for (const auto& site : analysis.head_sites) {
+    if (!lost_heads(site)) continue;
+    require(site.site >= 0 && size_t(site.site) < views.size(),
+            "PruneChannels: the forward graph has fewer views than analysed; this is a bug in pare",
+            Error::Kind::Runtime);
+    const auto& group = analysis.groups[site.slot.group];
+    const int64_t channels = kept_count(kept[site.slot.group]);
+    const int64_t count = site.merged ? channels : channels / group.head_size;
+    set_size_element(views[size_t(site.site)], site.element, count);
+    if (!site.attribute.empty()) {
+      const auto dot = site.attribute.rfind('.');
+      auto owner = submodule_at(module, dot == std::string::npos ? "" : site.attribute.substr(0, dot));
+      owner.setattr(dot == std::string::npos ? site.attribute : site.attribute.substr(dot + 1), c10::IValue(count));
+    }
+  }
+  return true;
+}
+
 torch::jit::Module pruned_copy(const torch::jit::Module& module, const ChannelAnalysis& analysis, const ChannelKept& kept) {
   auto copy = module.clone();
   const auto indices = cut_tensors(copy, analysis, kept);
   // Methods cache their optimized graphs; a clone starts from the rewritten ones.
-  return follow_depthwise(copy, analysis, indices) ? copy.clone() : copy;
+  // Depthwise convs first: inlining copies their rewritten calls.
+  const bool depthwise = follow_depthwise(copy, analysis, indices);
+  return rewrite_head_counts(copy, analysis, kept) || depthwise ? copy.clone() : copy;
 }
 
 }  // namespace pare::detail

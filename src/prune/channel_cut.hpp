@@ -22,6 +22,12 @@ KeptIndices cut_tensors(const torch::jit::Module& module, const ChannelAnalysis&
 /// Depthwise convs that lost channels read `groups` from their weight; whether any method changed.
 bool follow_depthwise(const torch::jit::Module& module, const ChannelAnalysis& analysis, const KeptIndices& kept);
 
+/// Where attention groups lost heads: the root's forward is inlined and every
+/// view/reshape that spelled their head count (or merged width) reads the kept
+/// one; int attributes the count came from ("heads", "num_heads") are set to
+/// it. Whether the graph changed.
+bool rewrite_head_counts(const torch::jit::Module& module, const ChannelAnalysis& analysis, const ChannelKept& kept);
+
 /// A pruned copy of `module` (which the analysis was made on), ready to run.
 torch::jit::Module pruned_copy(const torch::jit::Module& module, const ChannelAnalysis& analysis, const ChannelKept& kept);
 

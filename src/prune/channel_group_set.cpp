@@ -62,6 +62,26 @@ void ChannelGroupSet::add_depthwise(const std::string& weight) {
   if (std::find(depthwise_.begin(), depthwise_.end(), weight) == depthwise_.end()) depthwise_.push_back(weight);
 }
 
+bool ChannelGroupSet::set_head_size(const ChannelMap& slots, int64_t head_size) {
+  bool whole = !slots.empty() && head_size > 0 && int64_t(slots.size()) % head_size == 0 &&
+               groups_[slots[0].group].channels == int64_t(slots.size());
+  for (size_t i = 0; whole && i < slots.size(); ++i)
+    whole = slots[i].group == slots[0].group && slots[i].index == int64_t(i);
+  if (!whole) {
+    block(slots, "attention heads over a part of a channel group");
+    return false;
+  }
+  auto& group = groups_[slots[0].group];
+  if (group.head_size != 0 && group.head_size != head_size) {
+    block(slots, "attention heads of different sizes");
+    return false;
+  }
+  group.head_size = head_size;
+  return true;
+}
+
+void ChannelGroupSet::add_head_site(HeadCountSite site) { head_sites_.push_back(std::move(site)); }
+
 ChannelAnalysis ChannelGroupSet::finish() {
   ChannelAnalysis out;
   std::map<int, int> dense;
@@ -72,6 +92,9 @@ ChannelAnalysis ChannelGroupSet::finish() {
       out.groups.push_back({{}, groups_[root].channels, {}});
     }
     auto& group = out.groups[dense[root]];
+    if (groups_[g].head_size != 0 && group.head_size != 0 && group.head_size != groups_[g].head_size)
+      group.blocked_by.push_back("attention heads of different sizes");
+    if (groups_[g].head_size != 0) group.head_size = groups_[g].head_size;
     group.producers.insert(group.producers.end(), groups_[g].producers.begin(), groups_[g].producers.end());
     for (const auto& reason : groups_[g].blocked_by)
       if (std::find(group.blocked_by.begin(), group.blocked_by.end(), reason) == group.blocked_by.end())
@@ -82,6 +105,10 @@ ChannelAnalysis ChannelGroupSet::finish() {
     out.cuts.push_back(std::move(cut));
   }
   out.depthwise = depthwise_;
+  for (auto site : head_sites_) {
+    site.slot.group = dense.at(find(site.slot.group));
+    out.head_sites.push_back(std::move(site));
+  }
   return out;
 }
 

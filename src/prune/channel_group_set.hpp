@@ -32,6 +32,11 @@ class ChannelGroupSet {
   void add_cut(const std::string& name, int64_t dim, const ChannelMap& slots, int64_t block, bool producer);
   /// A depthwise conv's weight: its `groups` argument follows its channel count.
   void add_depthwise(const std::string& weight);
+  /// `slots` (a whole group, in order) are attention heads of `head_size` channels
+  /// each: the group loses whole heads. False (and the group blocked) otherwise.
+  bool set_head_size(const ChannelMap& slots, int64_t head_size);
+  /// A view/reshape spelling the head count of `site.slot`'s group.
+  void add_head_site(HeadCountSite site);
   /// The result, with merged groups numbered densely and their reasons and producers combined.
   ChannelAnalysis finish();
 
@@ -43,6 +48,7 @@ class ChannelGroupSet {
   std::vector<TensorCut> cuts_;
   std::map<std::pair<std::string, int64_t>, size_t> cut_at_;
   std::vector<std::string> depthwise_;
+  std::vector<HeadCountSite> head_sites_;
 };
 
 }  // namespace pare::detail

@@ -35,6 +35,19 @@ struct ChannelGroup {
   std::vector<std::string> producers;  ///< weights computing these channels, graph order
   int64_t channels = 0;
   std::vector<std::string> blocked_by;  ///< reasons the group must stay whole
+  /// Attention heads: channels per head (the group loses whole heads); 0 for other groups.
+  int64_t head_size = 0;
+};
+
+/// A view/reshape that splits a group's channels into heads or merges them
+/// back: after heads go, element `element` of its size list must read the
+/// kept count (heads when splitting, channels when merging).
+struct HeadCountSite {
+  int64_t site = 0;       ///< ordinal of the view/reshape in the inlined forward graph (see tag_view_sites)
+  size_t element = 0;     ///< index in the size list
+  Slot slot;              ///< any channel of the group
+  bool merged = false;    ///< true: the list holds channels (heads x head size); false: heads
+  std::string attribute;  ///< the int attribute the count came from ("layers.0.attention.heads"), if any
 };
 
 struct ChannelAnalysis {
@@ -43,10 +56,14 @@ struct ChannelAnalysis {
   /// Weights of depthwise convs ("features.1.conv.0.0.weight") whose `groups`
   /// argument must follow their channel count.
   std::vector<std::string> depthwise;
+  /// Where head counts are spelled in the graph (rewritten when heads go).
+  std::vector<HeadCountSite> head_sites;
 };
 
 /// Analyses `module` (its forward method) as it is now; its attribute values
-/// (training, flags) specialise the graph.
-ChannelAnalysis analyze_channels(const torch::jit::Module& module);
+/// (training, flags) specialise the graph. `inputs` (one per forward input) run
+/// it once so that every value's shape is known (attention is followed by shape).
+/// Without inputs, shapes are unknown and attention blocks the groups that reach it.
+ChannelAnalysis analyze_channels(const torch::jit::Module& module, const std::vector<c10::IValue>& inputs = {});
 
 }  // namespace pare::detail

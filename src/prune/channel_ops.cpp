@@ -123,33 +123,59 @@ using torch::jit::Module;
 // Replaces reads of bool/int/float/str module attributes (training, flags
 // such as use_res_connect or memory_efficient) with their current values, so
 // that constant propagation removes the branches this instance never takes.
-void fold_scalar_attributes(Graph& graph, const Module& root) {
+void fold_scalar_attributes(Graph& graph, const Module& root, AttributeConstants* attributes) {
   std::unordered_map<const Value*, Module> modules{{graph.inputs()[0], root}};
+  std::unordered_map<const Value*, std::string> paths{{graph.inputs()[0], ""}};
   std::function<void(Block*)> walk = [&](Block* block) {
     for (Node* node : block->nodes()) {
       for (Block* sub : node->blocks()) walk(sub);
       if (node->kind() != c10::prim::GetAttr) continue;
       const auto owner = modules.find(node->input(0));
       if (owner == modules.end()) continue;
-      const auto value = owner->second.attr(node->s(c10::attr::name));
+      const std::string name = node->s(c10::attr::name);
+      const auto value = owner->second.attr(name);
+      const std::string& base = paths.at(node->input(0));
+      const std::string path = base.empty() ? name : base + "." + name;
       if (value.isModule()) {
         modules.emplace(node->output(), value.toModule());
+        paths.emplace(node->output(), path);
       } else if (value.isBool() || value.isInt() || value.isDouble() || value.isString()) {
         torch::jit::WithInsertPoint guard(node);
-        node->output()->replaceAllUsesWith(graph.insertConstant(value));
+        Value* constant = graph.insertConstant(value);
+        node->output()->replaceAllUsesWith(constant);
+        if (attributes && value.isInt()) attributes->emplace(constant, path);
       }
     }
   };
   walk(graph.block());
 }
 
+const c10::Symbol& site_attribute() {
+  static const auto symbol = c10::Symbol::attr("pare_view_site");
+  return symbol;
+}
+
 }  // namespace
 
-std::shared_ptr<Graph> specialized_forward_graph(const Module& module) {
+std::vector<Node*> view_nodes(Block* block) {
+  std::vector<Node*> out;
+  for (Node* node : block->nodes()) {
+    for (Block* sub : node->blocks())
+      for (Node* inner : view_nodes(sub)) out.push_back(inner);
+    if (node->kind() == c10::aten::view || node->kind() == c10::aten::reshape) out.push_back(node);
+  }
+  return out;
+}
+
+int64_t view_site(const Node* node) { return node->hasAttribute(site_attribute()) ? node->i(site_attribute()) : -1; }
+
+std::shared_ptr<Graph> specialized_forward_graph(const Module& module, AttributeConstants* attributes) {
   require(module.find_method("forward").has_value(), "PruneChannels: the module has no forward method");
   auto graph = module.get_method("forward").graph()->copy();
   torch::jit::Inline(*graph);
-  fold_scalar_attributes(*graph, module);
+  const auto views = view_nodes(graph->block());
+  for (size_t i = 0; i < views.size(); ++i) views[i]->i_(site_attribute(), int64_t(i));
+  fold_scalar_attributes(*graph, module, attributes);
   torch::jit::ConstantPropagation(graph);
   torch::jit::EliminateDeadCode(graph);
   return graph;

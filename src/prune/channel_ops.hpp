@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <torch/csrc/jit/ir/ir.h>
@@ -38,9 +39,21 @@ bool reads_metadata_only(c10::Symbol kind);
 std::optional<int64_t> constant_int(const Value* value);
 std::optional<std::vector<int64_t>> constant_int_list(const Value* value);
 
+/// Constants that stand for a module's int attribute ("layers.0.attention.heads").
+using AttributeConstants = std::unordered_map<const torch::jit::Value*, std::string>;
+
 /// A copy of forward's graph, inlined, with the module's scalar attributes
-/// folded to constants and dead branches removed.
-std::shared_ptr<torch::jit::Graph> specialized_forward_graph(const torch::jit::Module& module);
+/// folded to constants and dead branches removed. Its view/reshape nodes carry
+/// their site number (view_site). `attributes`, if given, receives the constants
+/// that int attributes became.
+std::shared_ptr<torch::jit::Graph> specialized_forward_graph(const torch::jit::Module& module,
+                                                             AttributeConstants* attributes = nullptr);
+
+/// The aten::view/aten::reshape nodes of an inlined graph, in order (nested blocks
+/// included): their index is their site, the same in a copy inlined the same way.
+std::vector<Node*> view_nodes(torch::jit::Block* block);
+/// The site a node of specialized_forward_graph carries; -1 if none.
+int64_t view_site(const Node* node);
 
 /// The tensor a chain of prim::GetAttr from the graph's self input reads, if any.
 std::optional<torch::Tensor> attribute_tensor(const torch::jit::Module& root, const torch::jit::Value* value);

@@ -10,6 +10,7 @@
 
 #include "prune/channel_cut.hpp"
 #include "prune/channel_groups.hpp"
+#include "prune/channel_heads.hpp"
 #include "prune/channel_ops.hpp"
 #include "prune/latency_internal.hpp"
 
@@ -59,13 +60,22 @@ std::string output_shapes(const c10::IValue& value) {
   return out + ")";
 }
 
-std::string run_for_shapes(torch::jit::Module module, const std::vector<int64_t>& shape, const std::string& when) {
+// The inputs' shapes ("1x16, 1x16"), for messages.
+std::string inputs_text(const std::vector<c10::IValue>& inputs) {
+  std::string out;
+  for (const auto& input : inputs)
+    out +=
+        (out.empty() ? "" : ", ") + (input.isTensor() ? shape_text(input.toTensor().sizes().vec()) : input.tagKind());
+  return out;
+}
+
+std::string run_for_shapes(torch::jit::Module module, const std::vector<c10::IValue>& inputs, const std::string& when) {
   torch::NoGradGuard no_grad;
   try {
-    return output_shapes(module.forward({torch::zeros(shape)}));
+    return output_shapes(module.forward(inputs));
   } catch (const std::exception& e) {  // the interpreter's errors are not all c10::Error
-    throw Error("PruneChannels: the model " + when + " does not run on an input of shape " + shape_text(shape) +
-                    "; set input_shape(...) to a shape the model accepts. " + e.what(),
+    throw Error("PruneChannels: the model " + when + " does not run on inputs of shape " + inputs_text(inputs) +
+                    "; set input_shape(...) or example_inputs(...) to inputs the model accepts. " + e.what(),
                 Error::Kind::Runtime);
   }
 }
@@ -73,9 +83,6 @@ std::string run_for_shapes(torch::jit::Module module, const std::vector<int64_t>
 // First conv/linear reading the model input: its weight gives the channel count.
 std::vector<int64_t> inferred_input_shape(const torch::jit::Module& module) {
   auto graph = detail::specialized_forward_graph(module);
-  require(graph->inputs().size() == 2,
-          "PruneChannels: forward takes " + std::to_string(graph->inputs().size() - 1) +
-              " inputs; channel pruning supports models with one tensor input");
   for (const auto* node : graph->nodes()) {
     const bool conv = detail::is_conv(node->kind());
     if ((!conv && !detail::is_linear(node->kind())) || node->input(0) != graph->inputs()[1]) continue;
@@ -88,6 +95,22 @@ std::vector<int64_t> inferred_input_shape(const torch::jit::Module& module) {
   }
   throw Error("PruneChannels: cannot infer the input shape (no conv or linear reads the input directly); "
               "set input_shape(...), e.g. {1, 3, 224, 224}");
+}
+
+// The inputs the pass runs the model on: example_inputs, else zeros of input_shape (given or inferred).
+std::vector<c10::IValue> pass_inputs(const torch::jit::Module& module, const PruneChannelsOptions& o) {
+  require(module.find_method("forward").has_value(), "PruneChannels: the module has no forward method");
+  const int64_t expected = int64_t(module.get_method("forward").function().getSchema().arguments().size()) - 1;
+  if (o.example_inputs().empty()) {
+    require(expected == 1, "PruneChannels: forward takes " + std::to_string(expected) +
+                               " inputs; set example_inputs(...) with one value per input, batch first "
+                               "(e.g. token ids and an attention mask)");
+    return {torch::zeros(o.input_shape().empty() ? inferred_input_shape(module) : o.input_shape())};
+  }
+  require(int64_t(o.example_inputs().size()) == expected,
+          "PruneChannels: forward takes " + std::to_string(expected) + " inputs but example_inputs has " +
+              std::to_string(o.example_inputs().size()) + "; expected one value per input");
+  return o.example_inputs();
 }
 
 // Groups with an unselected producer stay whole; patterns must select something.
@@ -124,30 +147,8 @@ void require_prunable(const ChannelAnalysis& analysis) {
               "add/sub/mul/div, cat along channels, flatten -> linear");
 }
 
-// Per channel: its norm summed over every producing weight, and how many weights that is.
-struct ChannelScores {
-  std::vector<std::vector<double>> norm, weights;
-};
-
-ChannelScores score_channels(const torch::jit::Module& module, const ChannelAnalysis& analysis, Norm norm) {
-  ChannelScores scores;
-  for (const auto& group : analysis.groups) {
-    scores.norm.emplace_back(group.channels, 0.0);
-    scores.weights.emplace_back(group.channels, 0.0);
-  }
-  for (const auto& cut : analysis.cuts) {
-    if (!cut.producer) continue;
-    const auto rows = detail::submodule_at(module, cut.module_path).attr(cut.attr).toTensor().detach()
-                          .to(torch::kDouble).reshape({int64_t(cut.slots.size()), -1});
-    const auto per_row = (norm == Norm::L1 ? rows.abs() : rows.square()).sum(1).contiguous();
-    const double* values = per_row.data_ptr<double>();
-    for (size_t i = 0; i < cut.slots.size(); ++i) {
-      scores.norm[cut.slots[i].group][cut.slots[i].index] += values[i];
-      scores.weights[cut.slots[i].group][cut.slots[i].index] += double(rows.size(1));
-    }
-  }
-  return scores;
-}
+using detail::ChannelScores;
+using detail::score_channels;
 
 // Global ranking compares groups of different fan-in by the mean |w| (L1) or
 // the root mean square (L2) of each channel's weights.
@@ -178,7 +179,7 @@ Kept choose_local(const ChannelAnalysis& analysis, const ChannelScores& s, const
   for (int g = 0; g < int(analysis.groups.size()); ++g) {
     const int64_t n = analysis.groups[g].channels;
     kept.emplace_back(n, true);
-    if (!analysis.groups[g].blocked_by.empty()) continue;
+    if (!analysis.groups[g].blocked_by.empty() || analysis.groups[g].head_size > 0) continue;  // heads: choose_heads
     const int64_t drop = n - keep_target(n - prune_count(o.amount(), n), n, o);
     const auto order = ranked(s, g, o, false);
     for (int64_t k = 0; k < drop; ++k) kept[g][order[k]] = false;
@@ -192,7 +193,7 @@ Kept choose_global(const ChannelAnalysis& analysis, const ChannelScores& s, cons
   Kept kept;
   for (int g = 0; g < int(analysis.groups.size()); ++g) {
     kept.emplace_back(analysis.groups[g].channels, true);
-    if (!analysis.groups[g].blocked_by.empty()) continue;
+    if (!analysis.groups[g].blocked_by.empty() || analysis.groups[g].head_size > 0) continue;
     for (int64_t i = 0; i < analysis.groups[g].channels; ++i)
       all.push_back({channel_score(s, g, i, o.norm(), true), g, i});
   }
@@ -243,6 +244,7 @@ std::vector<ChannelGroupReport> group_reports(const ChannelAnalysis& analysis, c
     report.members = group.producers;
     report.channels_before = group.channels;
     report.channels_after = std::count(kept[g].begin(), kept[g].end(), true);
+    report.head_size = group.head_size;
     for (const auto& reason : group.blocked_by) report.blocked_by += (report.blocked_by.empty() ? "" : "; ") + reason;
     out.push_back(std::move(report));
   }
@@ -255,6 +257,16 @@ void validate(const PruneChannelsOptions& o) {
   require(o.min_channels() >= 1, "PruneChannels: min_channels " + std::to_string(o.min_channels()) +
                                      " is below 1; every group keeps at least one channel");
   require(o.round_to() >= 1, "PruneChannels: round_to " + std::to_string(o.round_to()) + " is below 1; expected e.g. 1 or 8");
+  require(std::isfinite(o.heads()) && o.heads() >= 0.0 && o.heads() <= 1.0,
+          "PruneChannels: heads " + std::to_string(o.heads()) + " is outside [0, 1]; expected a fraction such as 0.25");
+  require(o.input_shape().empty() || o.example_inputs().empty(),
+          "PruneChannels: both input_shape and example_inputs are set; set one (example_inputs for several inputs)");
+  for (const auto& input : o.example_inputs())
+    require(!input.isTensor() || input.toTensor().defined(),
+            "PruneChannels: an example input is an undefined tensor; expected one value per forward input");
+  require(!o.target() || o.example_inputs().size() <= 1,
+          "PruneChannels: a latency target supports models with one input; example_inputs has " +
+              std::to_string(o.example_inputs().size()));
   if (!o.input_shape().empty()) check_shape(o.input_shape(), "PruneChannels");
   if (o.target()) detail::validate_latency(*o.target(), "PruneChannels");
 }
@@ -263,6 +275,11 @@ void validate(const PruneChannelsOptions& o) {
 
 int64_t count_macs(const torch::jit::Module& module, const std::vector<int64_t>& input_shape) {
   check_shape(input_shape, "count_macs");
+  return count_macs(module, std::vector<c10::IValue>{torch::zeros(input_shape)});
+}
+
+int64_t count_macs(const torch::jit::Module& module, const std::vector<c10::IValue>& inputs) {
+  require(!inputs.empty(), "count_macs: no inputs; expected one value per forward input, batch first");
   auto target = module;
   if (module.is_training()) {  // batch norm in training mode would update its running statistics
     target = module.clone();
@@ -279,12 +296,13 @@ int64_t count_macs(const torch::jit::Module& module, const std::vector<int64_t>&
   graph->registerOutput(graph->insertNode(graph->createList(c10::TensorType::get(), taps))->output());
   torch::jit::GraphFunction count("pare_count_macs", graph, nullptr);
   torch::NoGradGuard no_grad;
-  std::vector<c10::IValue> stack{target._ivalue(), torch::zeros(input_shape)};
+  std::vector<c10::IValue> stack{target._ivalue()};
+  stack.insert(stack.end(), inputs.begin(), inputs.end());
   std::vector<torch::Tensor> values;
   try {
     values = count(stack).toTensorVector();
   } catch (const std::exception& e) {
-    throw Error("count_macs: the model does not run on an input of shape " + shape_text(input_shape) + ": " + e.what());
+    throw Error("count_macs: the model does not run on inputs of shape " + inputs_text(inputs) + ": " + e.what());
   }
   int64_t macs = 0;
   for (size_t i = 0; i + 1 < values.size(); i += 2) macs += values[i].numel() * values[i + 1][0].numel();
@@ -298,30 +316,37 @@ PrunedChannels prune_channels(const torch::jit::Module& module, const PruneChann
   const bool training = out.module.is_training();
   out.module.eval();
   auto& stats = out.stats;
-  stats.input_shape = options.input_shape().empty() ? inferred_input_shape(out.module) : options.input_shape();
+  const auto inputs = pass_inputs(out.module, options);
+  if (inputs.front().isTensor()) stats.input_shape = inputs.front().toTensor().sizes().vec();
   // A throwaway copy runs: the copy being pruned must not run before its methods are rewritten.
-  const auto expected = run_for_shapes(out.module.clone(), stats.input_shape, "before pruning");
+  const auto expected = run_for_shapes(out.module.clone(), inputs, "before pruning");
   stats.params_before = parameter_count(out.module);
-  stats.macs_before = count_macs(out.module, stats.input_shape);
+  stats.macs_before = count_macs(out.module, inputs);
   stats.file_bytes_before = serialized_bytes(out.module);
 
-  auto analysis = detail::analyze_channels(out.module);
+  // A latency target keeps the analysis its latency table was measured with (attention left whole).
+  auto analysis =
+      options.target() ? detail::analyze_channels(out.module) : detail::analyze_channels(out.module, inputs);
   apply_selection(analysis, LayerSelection{options.include(), options.exclude()});
   require_prunable(analysis);
-  const auto scores = score_channels(out.module, analysis, options.norm());
-  const auto kept = options.target()                   ? choose_for_latency(out.module, analysis, scores, options, stats)
-                    : options.scope() == Scope::Global ? choose_global(analysis, scores, options)
-                                                       : choose_local(analysis, scores, options);
+  const auto scores = score_channels(out.module, analysis, options.norm() == Norm::L2);
+  auto kept = options.target()                   ? choose_for_latency(out.module, analysis, scores, options, stats)
+              : options.scope() == Scope::Global ? choose_global(analysis, scores, options)
+                                                 : choose_local(analysis, scores, options);
+  detail::choose_heads(analysis, scores,
+                       {options.heads(), options.heads_scope() == Scope::Global, options.norm() == Norm::L2}, kept);
   out.kept = cut_tensors(out.module, analysis, kept);
   // Methods cache their optimized graphs (inlining during the analysis filled
-  // them); a clone starts from the rewritten graphs.
-  if (follow_depthwise(out.module, analysis, out.kept)) out.module = out.module.clone();
+  // them); a clone starts from the rewritten graphs. Depthwise convs first:
+  // rewriting head counts inlines forward, copying their calls.
+  const bool depthwise = follow_depthwise(out.module, analysis, out.kept);
+  if (detail::rewrite_head_counts(out.module, analysis, kept) || depthwise) out.module = out.module.clone();
 
-  const auto actual = run_for_shapes(out.module, stats.input_shape, "after pruning");
+  const auto actual = run_for_shapes(out.module, inputs, "after pruning");
   require(actual == expected, "PruneChannels: the pruned model's output shapes " + actual + " differ from " + expected +
                                   "; this is a bug in pare's channel analysis", Error::Kind::Runtime);
   stats.params_after = parameter_count(out.module);
-  stats.macs_after = count_macs(out.module, stats.input_shape);
+  stats.macs_after = count_macs(out.module, inputs);
   stats.file_bytes_after = serialized_bytes(out.module);
   stats.groups = group_reports(analysis, kept);
   out.module.train(training);
@@ -348,12 +373,17 @@ void PruneChannels::run(Result& state, PassReport& entry) const {
     row.channels_before = group.channels_before;
     row.channels_after = group.channels_after;
     row.metrics = {{"members", double(group.members.size())}};
+    if (group.head_size > 0) row.metrics["head_size"] = double(group.head_size);
     if (!group.blocked_by.empty()) row.labels["blocked_by"] = group.blocked_by;
     entry.layers.push_back(std::move(row));
   }
-  entry.metrics = {{"amount", options_.amount()},         {"params_before", double(s.params_before)},
-                   {"params_after", double(s.params_after)}, {"macs_before", double(s.macs_before)},
-                   {"macs_after", double(s.macs_after)},     {"file_bytes_before", double(s.file_bytes_before)},
+  entry.metrics = {{"amount", options_.amount()},
+                   {"heads", options_.heads()},
+                   {"params_before", double(s.params_before)},
+                   {"params_after", double(s.params_after)},
+                   {"macs_before", double(s.macs_before)},
+                   {"macs_after", double(s.macs_after)},
+                   {"file_bytes_before", double(s.file_bytes_before)},
                    {"file_bytes_after", double(s.file_bytes_after)}};
   entry.labels = {{"scope", to_string(options_.scope())},
                   {"norm", to_string(options_.norm())},

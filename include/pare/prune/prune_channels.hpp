@@ -57,6 +57,19 @@ class PruneChannelsOptions {
   /// second saved; the result is measured against the input and returned only if it meets the
   /// target and runs faster (pare::Error otherwise). amount, scope and round_to are then unused.
   PARE_ARG(std::optional<Latency>, target);
+  /// One value per forward input, batch first (e.g. token ids and an attention mask): the model
+  /// runs on them to count MACs, to follow channels through attention by shape, and to check the
+  /// pruned model. Required for models with several inputs; no input is pruned. Empty: zeros of
+  /// input_shape (set one or the other).
+  PARE_ARG(std::vector<c10::IValue>, example_inputs);
+  /// Fraction of attention heads to remove, in [0, 1] (0: heads stay). A head goes whole: its rows
+  /// of q, k and v and its columns of the output projection. `amount` applies to every other group
+  /// (FFN neurons, conv channels). Attention is followed through view/reshape, transpose, permute,
+  /// matmul and softmax, so it needs example_inputs (or input_shape) to run on.
+  PARE_ARG(double, heads) = 0.0;
+  /// Local: every attention layer loses `heads` of its heads. Global: one ranking across layers by
+  /// each head's mean |w| (L1) or RMS (L2) over its q/k/v rows. Every layer keeps at least one head.
+  PARE_ARG(Scope, heads_scope) = Scope::Local;
 
  public:
   /// include() and exclude() as one LayerSelection.
@@ -70,12 +83,13 @@ struct ChannelGroupReport {
   int64_t channels_before = 0;
   int64_t channels_after = 0;
   std::string blocked_by;  ///< why the group stays whole ("aten::view", "model output"); empty if prunable
+  int64_t head_size = 0;   ///< attention heads: channels per head (heads = channels / head_size); 0 otherwise
 };
 
 /// Model size before and after.
 struct ChannelPruneResult {
   std::vector<ChannelGroupReport> groups;
-  std::vector<int64_t> input_shape;  ///< the shape MACs were counted for
+  std::vector<int64_t> input_shape;  ///< the shape MACs were counted for (of the first input)
   int64_t params_before = 0, params_after = 0;
   int64_t macs_before = 0, macs_after = 0;  ///< multiply-accumulates of conv and linear layers
   int64_t file_bytes_before = 0, file_bytes_after = 0;  ///< serialized TorchScript size
@@ -99,6 +113,8 @@ PrunedChannels prune_channels(const torch::jit::Module& module, const PruneChann
 /// Multiply-accumulates of every conv and linear call in one forward pass on
 /// an input of `input_shape` (zeros), read from the real output shapes.
 int64_t count_macs(const torch::jit::Module& module, const std::vector<int64_t>& input_shape);
+/// The same on `inputs`, one value per forward input (models with several inputs).
+int64_t count_macs(const torch::jit::Module& module, const std::vector<c10::IValue>& inputs);
 
 /// The pass. Fills its report entry with one layer row per group (metrics
 /// channels_before/channels_after, label blocked_by) and the size figures
