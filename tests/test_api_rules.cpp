@@ -77,7 +77,8 @@ namespace {
 // Every options class and its options. The header scan below checks that no
 // options class declares a setter by hand and that this list names every class.
 PARE_CHECK_EACH(L1PruneOptions, amount, scope, structured, include, exclude)
-PARE_CHECK_EACH(PruneChannelsOptions, amount, scope, norm, min_channels, round_to, include, exclude, input_shape)
+PARE_CHECK_EACH(PruneChannelsOptions, amount, scope, norm, min_channels, round_to, include, exclude, input_shape,
+                example_inputs, heads, heads_scope)
 PARE_CHECK_EACH(RecalibrateBatchNormOptions, batches, max_batches)
 PARE_CHECK_EACH(ObserverOptions, kind, percentile, averaging_constant, bins)
 PARE_CHECK_EACH(QuantizeInt8Options, calibration, observer, per_channel, skip, engine, progress, never_slower,
