@@ -14,7 +14,7 @@ import re
 import sys
 
 LAYERS = {"core": 0, "prune": 1, "quantize": 1, "distill": 1, "cache": 1, "pool": 1,
-          "convert": 2, "serve": 2, "tools": 3}
+          "convert": 2, "serve": 2, "compress": 2, "tools": 3}
 TOP_LEVEL_HEADERS = {"pare.hpp"}  # the umbrella header; version.hpp is generated into the build tree
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.M)
 MAX_LINES = 400

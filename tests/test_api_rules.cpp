@@ -102,6 +102,8 @@ PARE_CHECK_EACH(RunnerOptions, cache, cache_namespace, pool, warmup, example_inp
 PARE_CHECK_EACH(PaddingOptions, buckets, dim, pad_values, mask_input, mask_dtype, output_dim)
 PARE_CHECK_EACH(BenchOptions, inputs, batches, threads, duration, warmup, rounds)
 PARE_CHECK_EACH(OpenLoopOptions, rate, duration, seed, inputs)
+PARE_CHECK_EACH(CompressToOptions, target, max_drop, train, eval, int8, epochs, max_candidates, calibration_batches, lr,
+                engine)
 #ifdef PARE_HAS_DISTRIBUTED
 PARE_CHECK_EACH(DistributedOptions, rank, world_size, master_addr, master_port, store_file, timeout, backend, bucket_mb)
 #endif
@@ -125,6 +127,7 @@ const std::set<std::string> kCheckedOptionClasses = {
     "PaddingOptions",
     "BenchOptions",
     "OpenLoopOptions",
+    "CompressToOptions",
 #ifdef PARE_HAS_DISTRIBUTED
     "DistributedOptions",
 #endif
@@ -147,6 +150,7 @@ static_assert(takes_options<Distill, DistillOptions>());
 static_assert(takes_options<InferenceCache, InferenceCacheOptions>());
 static_assert(takes_options<TensorPool, TensorPoolOptions>());
 static_assert(takes_options<RedisTier, RedisTierOptions>());
+static_assert(takes_options<CompressTo, CompressToOptions>());
 static_assert(std::is_same_v<decltype(std::declval<const Runner&>().options()), const RunnerOptions&>);
 
 // The one required argument: explicit in the options, and the short form of the pass.

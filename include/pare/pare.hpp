@@ -26,3 +26,5 @@
 #endif
 #include "pare/pool/pool.hpp"
 #include "pare/serve/runner.hpp"
+
+#include "pare/compress/compress_to.hpp"

@@ -72,6 +72,7 @@ from ._pare import (  # noqa: F401
 from ._pare import __version__  # noqa: F401  (pare/version.hpp, from the CMake project version)
 from ._pare import BenchRow, bench_html, bench_json, bench_table, benchmark_models  # noqa: F401
 from ._pare import ChannelGroupReport, ChannelPruneStats, PruneChannels, RecalibrateBatchNorm, count_macs, prune_channels  # noqa: F401
+from ._pare import CompressTo  # noqa: F401
 
 
 class Pipeline:
@@ -115,7 +116,7 @@ def load_quantized(path: str) -> torch.jit.ScriptModule:
 
 
 __all__ = [
-    "BenchRow", "CacheStats", "ChannelGroupReport", "ChannelPruneStats", "ConvertPrecision", "Distill", "Error",
+    "BenchRow", "CacheStats", "ChannelGroupReport", "ChannelPruneStats", "CompressTo", "ConvertPrecision", "Distill", "Error",
     "ExportTorchScript", "InferenceCache", "InvalidArgument", "L1Prune", "LayerReport", "Overloaded", "Pass",
     "PassReport", "Pipeline", "PoolAllocatorGuard", "PoolStats", "PooledTensor", "PruneChannels", "QuantizeInt8",
     "QuantizeInt8Dynamic", "RecalibrateBatchNorm", "Report", "Result", "Runner", "RunnerStats", "RuntimeFailure",

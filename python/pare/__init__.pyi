@@ -132,7 +132,16 @@ class Distill(Pass):
 class PruneChannels(Pass):
     def __init__(self, amount: float, *, scope: str = "local", norm: str = "l1", min_channels: int = 1,
                  round_to: int = 1, include: Sequence[str] = [], exclude: Sequence[str] = [],
-                 input_shape: Sequence[int] = []) -> None: ...
+                 input_shape: Sequence[int] = [], target_speedup: Optional[float] = None,
+                 target_seconds: Optional[float] = None, target_batch: int = 1) -> None: ...
+
+class CompressTo(Pass):
+    def __init__(self, train: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+                 eval: Iterable[Tuple[torch.Tensor, torch.Tensor]], *, max_drop: float,
+                 target_speedup: Optional[float] = None, target_seconds: Optional[float] = None, batch: int = 1,
+                 threads: int = 1, repeats: int = 7, cache_dir: str = "", int8: bool = False, epochs: int = 2,
+                 max_candidates: int = 4, calibration_batches: int = 16, lr: float = 0.001,
+                 engine: str = "") -> None: ...
 
 class RecalibrateBatchNorm(Pass):
     def __init__(self, batches: Iterable[_Inputs], *, max_batches: int = ...) -> None: ...
@@ -180,8 +189,9 @@ class ChannelPruneStats:
 
 def prune_channels(module: torch.jit.ScriptModule, amount: float, *, scope: str = "local", norm: str = "l1",
                    min_channels: int = 1, round_to: int = 1, include: Sequence[str] = [],
-                   exclude: Sequence[str] = [],
-                   input_shape: Sequence[int] = []) -> Tuple[torch.jit.ScriptModule, ChannelPruneStats]: ...
+                   exclude: Sequence[str] = [], input_shape: Sequence[int] = [],
+                   target_speedup: Optional[float] = None, target_seconds: Optional[float] = None,
+                   target_batch: int = 1) -> Tuple[torch.jit.ScriptModule, ChannelPruneStats]: ...
 def count_macs(module: torch.jit.ScriptModule, input_shape: Sequence[int]) -> int: ...
 
 # Quantization ----------------------------------------------------------------

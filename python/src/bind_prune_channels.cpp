@@ -1,6 +1,7 @@
 // Bindings for channel pruning: the PruneChannels pass, prune_channels, count_macs and RecalibrateBatchNorm.
 
 #include "bindings.hpp"
+#include "latency_args.hpp"
 
 #include "pare/prune/recalibrate_batchnorm.hpp"
 
@@ -21,8 +22,13 @@ auto with_context(const std::string& who, F parse) {
 
 PruneChannelsOptions make_options(double amount, const std::string& scope, const std::string& norm,
                                   int64_t min_channels, int64_t round_to, std::vector<std::string> include,
-                                  std::vector<std::string> exclude, std::vector<int64_t> input_shape) {
+                                  std::vector<std::string> exclude, std::vector<int64_t> input_shape,
+                                  std::optional<double> target_speedup, std::optional<double> target_seconds,
+                                  int64_t target_batch) {
+  const Latency defaults = Latency::speedup(2);
   return PruneChannelsOptions(amount)
+      .target(to_latency(target_speedup, target_seconds, target_batch, defaults.threads(), defaults.repeats(),
+                         defaults.cache_dir(), "PruneChannels"))
       .scope(with_context("PruneChannels", [&] { return parse_scope(scope); }))
       .norm(with_context("PruneChannels", [&] { return parse_norm(norm); }))
       .min_channels(min_channels)
@@ -40,14 +46,19 @@ std::string norm_name(Norm norm) { return to_string(norm); }
   py::arg("amount"), py::kw_only(), py::arg("scope") = to_string(channel_defaults.scope()),              \
       py::arg("norm") = norm_name(channel_defaults.norm()), py::arg("min_channels") = channel_defaults.min_channels(), \
       py::arg("round_to") = channel_defaults.round_to(), py::arg("include") = channel_defaults.include(), \
-      py::arg("exclude") = channel_defaults.exclude(), py::arg("input_shape") = channel_defaults.input_shape()
+      py::arg("exclude") = channel_defaults.exclude(), py::arg("input_shape") = channel_defaults.input_shape(), \
+      py::arg("target_speedup") = py::none(), py::arg("target_seconds") = py::none(),                        \
+      py::arg("target_batch") = Latency::speedup(2).batch()
 
 #define PARE_CHANNEL_DOC                                                                                     \
   "amount: fraction of channels to remove, in [0, 1]. scope: \"local\" (each group loses amount) or "      \
   "\"global\" (one ranking across groups). norm: \"l1\" or \"l2\", ranks channels. min_channels: no group " \
   "keeps fewer. round_to: kept counts rounded up to a multiple of it. include/exclude: glob patterns on "   \
   "producer weight names. input_shape: example input shape (batch first) for MACs and the check run; "     \
-  "empty: inferred."
+  "empty: inferred. target_speedup (times faster than the input) or target_seconds (per call at "            \
+  "target_batch rows): a latency target measured on this host; each group's width is then chosen from a "   \
+  "latency table, amount/scope/round_to are unused, and the result is returned only if measured to meet "  \
+  "it (pare.InvalidArgument/RuntimeFailure otherwise)."
 
 }  // namespace
 
@@ -76,10 +87,12 @@ void bind_prune_channels(py::module_& m) {
   py::class_<PruneChannels, Pass, std::shared_ptr<PruneChannels>>(m, "PruneChannels")
       .def(py::init([](double amount, const std::string& scope, const std::string& norm, int64_t min_channels,
                        int64_t round_to, std::vector<std::string> include, std::vector<std::string> exclude,
-                       std::vector<int64_t> input_shape) {
+                       std::vector<int64_t> input_shape, std::optional<double> target_speedup,
+                       std::optional<double> target_seconds, int64_t target_batch) {
              return std::make_shared<PruneChannels>(make_options(amount, scope, norm, min_channels, round_to,
                                                                  std::move(include), std::move(exclude),
-                                                                 std::move(input_shape)));
+                                                                 std::move(input_shape), target_speedup,
+                                                                 target_seconds, target_batch));
            }),
            PARE_CHANNEL_ARGS,
            "Structured pruning that removes channels: every coupled tensor shrinks, the model gets smaller and "
@@ -97,9 +110,11 @@ void bind_prune_channels(py::module_& m) {
       "prune_channels",
       [](const py::object& scripted, double amount, const std::string& scope, const std::string& norm,
          int64_t min_channels, int64_t round_to, std::vector<std::string> include, std::vector<std::string> exclude,
-         std::vector<int64_t> input_shape) {
+         std::vector<int64_t> input_shape, std::optional<double> target_speedup,
+         std::optional<double> target_seconds, int64_t target_batch) {
         const auto options = make_options(amount, scope, norm, min_channels, round_to, std::move(include),
-                                          std::move(exclude), std::move(input_shape));
+                                          std::move(exclude), std::move(input_shape), target_speedup,
+                                          target_seconds, target_batch);
         const auto module = unwrap_module(scripted, "prune_channels");
         PrunedChannels pruned;
         {

@@ -27,6 +27,7 @@ void bind_cache(py::module_& m);
 void bind_prune_channels(py::module_& m);
 void bind_precision(py::module_& m);
 void bind_bench(py::module_& m);
+void bind_compress_to(py::module_& m);
 
 /// A new exception class `pare.<name>` with these bases, set as m.<name>.
 py::object new_exception(py::module_& m, const char* name, std::initializer_list<py::handle> bases, const char* doc);

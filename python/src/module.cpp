@@ -138,4 +138,5 @@ PYBIND11_MODULE(_pare, m) {
   bind_prune_channels(m);
   bind_precision(m);
   bind_bench(m);
+  bind_compress_to(m);
 }

@@ -40,6 +40,9 @@ const char* const kStyle = R"(
 .pare-report svg .s3 { fill: #b279a2; }
 .pare-report svg .island { fill: #fff3e0; stroke: #f58518; stroke-dasharray: 4 2; }
 .pare-report svg text.island-note { fill: #b35c00; font-weight: bold; }
+.pare-report svg .point { fill: #4c78a8; fill-opacity: 0.8; }
+.pare-report svg .point.chosen { fill: #e45756; stroke: #1f2328; stroke-width: 1.5; fill-opacity: 1; }
+.pare-report svg .target { stroke: #54a24b; stroke-width: 1.5; stroke-dasharray: 6 3; }
 .pare-report details pre { font-size: 12px; overflow-x: auto; background: #f6f8fa; padding: 8px; }
 .pare-report .note { color: #57606a; font-size: 13px; }
 )";
@@ -155,6 +158,63 @@ std::string BarChart::to_svg() const {
 }
 
 std::string figure(const BarChart& chart) {
+  return "<figure>\n<figcaption>" + escape(chart.title) + "</figcaption>\n" + chart.to_svg() + "</figure>\n";
+}
+
+namespace {
+
+// [low, high] of the values and the target, padded by 8% (a lone value gets +-1).
+std::pair<double, double> axis_range(std::vector<double> values, double target) {
+  if (std::isfinite(target)) values.push_back(target);
+  double low = INFINITY, high = -INFINITY;
+  for (double v : values)
+    if (std::isfinite(v)) low = std::min(low, v), high = std::max(high, v);
+  if (!std::isfinite(low)) return {0.0, 1.0};
+  const double pad = high > low ? 0.08 * (high - low) : 1.0;
+  return {low - pad, high + pad};
+}
+
+}  // namespace
+
+std::string ScatterChart::to_svg() const {
+  const double left = 64, right = 16, top = 16, bottom = 44;
+  std::vector<double> xs, ys;
+  for (const auto& p : points) xs.push_back(p.x), ys.push_back(p.y);
+  const auto [x0, x1] = axis_range(xs, x_target);
+  const auto [y0, y1] = axis_range(ys, y_target);
+  const double plot_w = width - left - right, plot_h = height - top - bottom;
+  auto sx = [&, x0 = x0, x1 = x1](double x) { return left + (x - x0) / (x1 - x0) * plot_w; };
+  auto sy = [&, y0 = y0, y1 = y1](double y) { return top + (1 - (y - y0) / (y1 - y0)) * plot_h; };
+  std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" role=\"img\"" + attr("width", width) +
+                    attr("height", height) + " viewBox=\"0 0 " + std::to_string(width) + " " + std::to_string(height) +
+                    "\">\n<title>" + escape(title) + "</title>\n";
+  svg += "<line class=\"axis\"" + attr("x1", left) + attr("y1", top + plot_h) + attr("x2", left + plot_w) +
+         attr("y2", top + plot_h) + "/>\n<line class=\"axis\"" + attr("x1", left) + attr("y1", top) + attr("x2", left) +
+         attr("y2", top + plot_h) + "/>\n";
+  for (int tick = 0; tick <= 4; ++tick) {
+    const double xv = x0 + (x1 - x0) * tick / 4, yv = y0 + (y1 - y0) * tick / 4;
+    svg += text(sx(xv), top + plot_h + 16, compact(xv, 3), "text-anchor=\"middle\"");
+    svg += text(left - 6, sy(yv) + 4, compact(yv, 4), "text-anchor=\"end\"");
+  }
+  svg += text(left + plot_w / 2, height - 6.0, x_name, "text-anchor=\"middle\"");
+  svg += text(14, top + plot_h / 2, y_name,
+              ("text-anchor=\"middle\" transform=\"rotate(-90 14 " + number(top + plot_h / 2, 6) + ")\"").c_str());
+  if (std::isfinite(x_target))
+    svg += "<line class=\"target\"" + attr("x1", sx(x_target)) + attr("y1", top) + attr("x2", sx(x_target)) +
+           attr("y2", top + plot_h) + "><title>" + escape(x_target_label) + "</title></line>\n" +
+           text(sx(x_target) + 4, top + 12, x_target_label);
+  if (std::isfinite(y_target))
+    svg += "<line class=\"target\"" + attr("x1", left) + attr("y1", sy(y_target)) + attr("x2", left + plot_w) +
+           attr("y2", sy(y_target)) + "><title>" + escape(y_target_label) + "</title></line>\n" +
+           text(left + 4, sy(y_target) - 4, y_target_label);
+  for (const auto& p : points)
+    svg += "<circle class=\"point" + std::string(p.chosen ? " chosen" : "") + "\"" + attr("cx", sx(p.x)) +
+           attr("cy", sy(p.y)) + attr("r", p.chosen ? 7 : 5) + "><title>" + escape(p.label) + "</title></circle>\n" +
+           text(sx(p.x) + 9, sy(p.y) - 6, p.label.substr(0, p.label.find(':')));
+  return svg + "</svg>\n";
+}
+
+std::string figure(const ScatterChart& chart) {
   return "<figure>\n<figcaption>" + escape(chart.title) + "</figcaption>\n" + chart.to_svg() + "</figure>\n";
 }
 

@@ -3,6 +3,7 @@
 // (Report::to_html) and the benchmark (bench_html). No LibTorch, no JavaScript,
 // nothing fetched from the network: the page renders from the file alone.
 
+#include <cmath>
 #include <string>
 #include <utility>
 #include <vector>
@@ -46,6 +47,32 @@ struct BarChart {
 
 /// The chart with its title as a captioned `<figure>`.
 std::string figure(const BarChart& chart);
+
+/// One point of a scatter chart; `chosen` draws it larger, in another colour.
+struct Point {
+  double x = 0, y = 0;
+  std::string label;
+  bool chosen = false;
+};
+
+/// Points on two linear axes (e.g. each CompressTo candidate's speedup and
+/// accuracy), with optional target lines: a vertical one at `x_target` and a
+/// horizontal one at `y_target` (NaN: none). Points are `<circle class="point">`
+/// (`class="point chosen"` for the chosen one), each with a `<title>` tooltip.
+struct ScatterChart {
+  ScatterChart(std::string title, std::string x_name, std::string y_name)
+      : title(std::move(title)), x_name(std::move(x_name)), y_name(std::move(y_name)) {}
+  std::string title, x_name, y_name;
+  std::vector<Point> points;
+  double x_target = NAN, y_target = NAN;
+  std::string x_target_label, y_target_label;
+  int width = 720, height = 360;
+
+  std::string to_svg() const;
+};
+
+/// The scatter chart with its title as a captioned `<figure>`.
+std::string figure(const ScatterChart& chart);
 
 /// Summary figures drawn as cards above the charts.
 struct Card {

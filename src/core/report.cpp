@@ -168,10 +168,10 @@ std::string Report::to_string() const {
         details += "channels=" + std::to_string(*layer.channels_before) + "->" + std::to_string(*layer.channels_after) + " ";
       for (const auto& [key, value] : layer.labels) details += key + "=" + value + " ";
       for (const auto& [key, value] : layer.metrics) details += key + "=" + format("%.4g", value) + " ";
-      std::snprintf(line, sizeof line, "   %-32s %12lld %12lld %8.2f%%  %s\n", layer.name.c_str(),
-                    (long long)layer.parameters, (long long)layer.nonzeros,
-                    100.0 * layer.sparsity(), details.c_str());
-      out << line;
+      // The details after the buffer: a long list (a search's candidates) is never cut, nor its line break.
+      std::snprintf(line, sizeof line, "   %-32s %12lld %12lld %8.2f%%  ", layer.name.c_str(),
+                    (long long)layer.parameters, (long long)layer.nonzeros, 100.0 * layer.sparsity());
+      out << line << details << "\n";
     }
     std::snprintf(line, sizeof line, "   %-32s %12lld %12lld %8.2f%%\n", "total",
                   (long long)pass.total_parameters(), (long long)pass.total_nonzeros(),

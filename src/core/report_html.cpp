@@ -99,6 +99,37 @@ std::optional<html::BarChart> series_chart(const PassReport& pass) {
   return chart;
 }
 
+// Rows that are candidates of a search (CompressTo: metrics speedup and
+// accuracy, label chosen) as a latency–accuracy chart, the target marked: the
+// speedup asked (metric target_speedup) and the least accuracy allowed
+// (input_accuracy - max_drop).
+std::optional<html::ScatterChart> candidates_chart(const PassReport& pass) {
+  html::ScatterChart chart{"Latency and accuracy of every candidate (" + pass.pass + ")",
+                           "speedup over the input (measured, higher is faster)", "top-1 accuracy, %"};
+  for (const auto& row : pass.layers) {
+    const auto speedup = row.metrics.find("speedup"), accuracy = row.metrics.find("accuracy");
+    const auto chosen = row.labels.find("chosen");
+    if (speedup == row.metrics.end() || accuracy == row.metrics.end() || chosen == row.labels.end()) continue;
+    if (speedup->second <= 0) continue;  // not built (e.g. a width search refused)
+    const auto applied = row.labels.find("applied");
+    chart.points.push_back({speedup->second, accuracy->second,
+                            row.name + ": " + html::number(speedup->second, 3) + "x, " +
+                                html::number(accuracy->second, 4) + "%" +
+                                (applied == row.labels.end() ? "" : ", " + applied->second),
+                            chosen->second == "yes"});
+  }
+  if (chart.points.empty()) return std::nullopt;
+  const auto metric = [&](const char* key) {
+    const auto it = pass.metrics.find(key);
+    return it == pass.metrics.end() ? NAN : it->second;
+  };
+  chart.x_target = metric("target_speedup");
+  chart.x_target_label = "target " + html::number(chart.x_target, 3) + "x";
+  chart.y_target = metric("input_accuracy") - metric("max_drop");
+  chart.y_target_label = "budget: at least " + html::number(chart.y_target, 4) + "%";
+  return chart;
+}
+
 std::string joined(const std::map<std::string, double>& metrics, const std::map<std::string, std::string>& labels) {
   std::string out;
   for (const auto& [key, value] : labels) out += key + "=" + value + "  ";
@@ -171,6 +202,10 @@ std::string pass_section(const PassReport& pass, std::string& last_sparsity) {
   }
   for (const auto& chart : {sqnr_chart(pass), channels_chart(pass), series_chart(pass)}) {
     if (!chart) continue;
+    out += html::figure(*chart);
+    ++charts;
+  }
+  if (const auto chart = candidates_chart(pass)) {
     out += html::figure(*chart);
     ++charts;
   }

@@ -15,6 +15,7 @@
 #include <torch/serialize.h>
 
 #include "pare/tools/bench.hpp"
+#include "tools/cli_compress_to.hpp"
 #include "tools/cli_distill.hpp"
 #include "pare/convert/export.hpp"
 #include "pare/prune/prune.hpp"
@@ -64,9 +65,20 @@ struct CompressArgs {
   bool never_slower = QuantizeInt8Options(InputBatches{}).never_slower();
   double channels = -1;        // --channels: fraction of channels to remove
   std::string channels_input;  // --input: example input shape for --channels and --channels-last
+  CompressToArgs target;       // --target-speedup and its data: CompressTo instead of the passes above
 };
 
+// --target-speedup: the search decides what to apply; the flags that name passes would contradict it.
+int compress_to_target(const CompressArgs& a, std::ostream& out, std::ostream& err) {
+  require(a.prune < 0 && a.channels < 0 && !a.dynamic && !a.structured && !a.channels_last && a.calib.empty() &&
+              a.observer.empty() && !a.per_tensor,
+          "compress: --target-speedup searches the passes itself; it takes --int8 (allowed or not) but not "
+          "--prune, --channels, --dynamic, --calib (int8 calibrates on --train) or their options");
+  return compress_to_command(a.target, a.in, a.out, a.int8, a.report, out, err);
+}
+
 int compress(const CompressArgs& a, std::ostream& out, std::ostream& err) {
+  if (a.target.requested()) return compress_to_target(a, out, err);
   require(a.prune >= 0 || a.int8 || a.dynamic || a.channels >= 0,
           "nothing to do: give --channels, --prune, --int8 and/or --dynamic");
   require(a.channels >= 0 || a.channels_last || a.channels_input.empty(), "--input needs --channels AMOUNT or --channels-last");
@@ -270,6 +282,7 @@ CLI::App* add_compress_command(CLI::App& app, CompressArgs& c) {
                            "int8 is slower (false: keep every island int8, the same graph on every run)")
       ->capture_default_str();
   compress_cmd->add_option("--report", c.report, "write the report as JSON here");
+  add_compress_to_options(*compress_cmd, c.target);
   return compress_cmd;
 }
 

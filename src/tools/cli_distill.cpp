@@ -28,11 +28,8 @@
 extern char** environ;
 
 namespace pare {
-namespace {
 
-// (input, target) batches from a torch.save file: a tuple (inputs, targets),
-// cut into batches of `batch`, or a list of (input, target) tuples.
-std::vector<Batch> load_pairs(const std::string& path, int64_t batch, const std::string& flag) {
+std::vector<Batch> load_labelled_batches(const std::string& path, int64_t batch, const std::string& flag) {
   std::vector<Batch> out;
   for (const auto& item : load_calibration_file(path, batch)) {
     require(item.size() == 2 && item[0].isTensor() && item[1].isTensor(),
@@ -45,6 +42,8 @@ std::vector<Batch> load_pairs(const std::string& path, int64_t batch, const std:
   }
   return out;
 }
+
+namespace {
 
 // Every weight that is exactly zero in the student stays zero (a pruned model stays pruned).
 class KeepZeros : public Pass {
@@ -144,7 +143,7 @@ int train(const DistillArgs& a, std::ostream& out, std::ostream& err) {
     if (a.timeout > 0) distributed->timeout(std::chrono::milliseconds(std::llround(a.timeout * 1000)));
   }
   const bool main_rank = !distributed || distributed->rank() == 0;
-  auto options = DistillOptions(torch::jit::load(a.teacher), load_pairs(a.data, a.batch, "--data"))
+  auto options = DistillOptions(torch::jit::load(a.teacher), load_labelled_batches(a.data, a.batch, "--data"))
                      .epochs(a.epochs)
                      .lr(a.lr)
                      .optimizer(a.optimizer == "sgd" ? OptimizerKind::SGD : OptimizerKind::Adam)
@@ -154,7 +153,7 @@ int train(const DistillArgs& a, std::ostream& out, std::ostream& err) {
                      .shuffle(!a.no_shuffle)
                      .distributed(distributed)
                      .checkpoint(a.checkpoint);
-  if (!a.eval.empty()) options.evaluate_on(load_pairs(a.eval, 500, "--eval"));
+  if (!a.eval.empty()) options.evaluate_on(load_labelled_batches(a.eval, 500, "--eval"));
   if (main_rank)
     options.progress([&err](int64_t step, int64_t steps, double loss) {
       if (steps > 0)

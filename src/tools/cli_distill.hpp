@@ -8,7 +8,14 @@
 
 #include <CLI/CLI.hpp>
 
+#include "pare/distill/distill.hpp"
+
 namespace pare {
+
+/// (input, target) batches from a torch.save file: a tuple (inputs, targets),
+/// cut into batches of `batch`, or a list of (input, target) tuples (each cut
+/// the same way). pare::Error naming `flag` for anything else.
+std::vector<Batch> load_labelled_batches(const std::string& path, int64_t batch, const std::string& flag);
 
 struct DistillArgs {
   std::string teacher, student, output, data, eval, optimizer = "adam", checkpoint, report;
