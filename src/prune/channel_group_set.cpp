@@ -93,7 +93,7 @@ ChannelAnalysis ChannelGroupSet::finish() {
     }
     auto& group = out.groups[dense[root]];
     if (groups_[g].head_size != 0 && group.head_size != 0 && group.head_size != groups_[g].head_size)
-      group.blocked_by.push_back("attention heads of different sizes");
+      group.blocked_by.emplace_back("attention heads of different sizes");
     if (groups_[g].head_size != 0) group.head_size = groups_[g].head_size;
     group.producers.insert(group.producers.end(), groups_[g].producers.begin(), groups_[g].producers.end());
     for (const auto& reason : groups_[g].blocked_by)
