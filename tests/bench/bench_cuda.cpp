@@ -18,6 +18,7 @@
 #include <cstring>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include <torch/cuda.h>
@@ -109,39 +110,25 @@ void serving(const torch::jit::Module& cnn, const torch::Tensor& images, const t
                   s.p99_ms, s.throughput / base.throughput, s.p99_ms / base.p99_ms, s.throughput / offline);
     };
     row("plain LibTorch GPU (no batching)", base);
-    {
+    // The GPU Runner at a few worker counts; batch_gap 0 sends a batch as soon as a worker is free.
+    struct GpuConfig {
+      const char* name;
+      int workers;
+      std::optional<std::chrono::microseconds> gap;
+    };
+    for (const GpuConfig& c : {GpuConfig{"pare Runner GPU (batching)", 2, std::nullopt},
+                               GpuConfig{"pare Runner GPU, 4 workers", 4, std::nullopt},
+                               GpuConfig{"pare Runner GPU, 8 workers, gap 0", 8, std::chrono::microseconds(0)}}) {
       auto pinned = std::make_shared<pare::TensorPool>(pare::TensorPoolOptions().memory(pare::PoolMemory::Pinned));
-      pare::Runner gpu(cnn, pare::RunnerOptions()
-                                .device(torch::kCUDA)
-                                .pool(pinned)
-                                .max_batch(64)
-                                .threads(2)
-                                .max_delay(std::chrono::microseconds(200)));
-      row("pare Runner GPU (batching)",
-          drive([&](const torch::Tensor& x) { return gpu.run({x}).toTensor(); }, images, clients, seconds));
-    }
-    {
-      auto pinned = std::make_shared<pare::TensorPool>(pare::TensorPoolOptions().memory(pare::PoolMemory::Pinned));
-      pare::Runner gpu(cnn, pare::RunnerOptions()
-                                .device(torch::kCUDA)
-                                .pool(pinned)
-                                .max_batch(64)
-                                .threads(4)
-                                .max_delay(std::chrono::microseconds(200)));
-      row("pare Runner GPU, 4 workers",
-          drive([&](const torch::Tensor& x) { return gpu.run({x}).toTensor(); }, images, clients, seconds));
-    }
-    {
-      auto pinned = std::make_shared<pare::TensorPool>(pare::TensorPoolOptions().memory(pare::PoolMemory::Pinned));
-      pare::Runner gpu(cnn, pare::RunnerOptions()
-                                .device(torch::kCUDA)
-                                .pool(pinned)
-                                .max_batch(64)
-                                .threads(8)
-                                .batch_gap(std::chrono::microseconds(0))
-                                .max_delay(std::chrono::microseconds(200)));
-      row("pare Runner GPU, 8 workers, gap 0",
-          drive([&](const torch::Tensor& x) { return gpu.run({x}).toTensor(); }, images, clients, seconds));
+      auto options = pare::RunnerOptions()
+                         .device(torch::kCUDA)
+                         .pool(pinned)
+                         .max_batch(64)
+                         .threads(c.workers)
+                         .max_delay(std::chrono::microseconds(200));
+      if (c.gap) options.batch_gap(*c.gap);
+      pare::Runner gpu(cnn, options);
+      row(c.name, drive([&](const torch::Tensor& x) { return gpu.run({x}).toTensor(); }, images, clients, seconds));
     }
     {
       pare::Runner cpu(int8, pare::RunnerOptions().max_batch(64).threads(2).max_delay(std::chrono::microseconds(500)));
