@@ -8,6 +8,10 @@
 // Every answer is checked against the model run on the unpadded request (max abs difference).
 //
 //   bench_variable_length [--seconds 2] [--clients 8] [--rounds 3] [--hidden 256] [--layers 4] [--threads CORES]
+//                         [--device cpu|cuda]
+//
+// On a GPU (--device cuda) the model, every Runner and the clients' own calls run
+// there, and the reference answers are the model's on that device.
 
 #include <unistd.h>
 
@@ -34,7 +38,15 @@ struct Config {
   int clients = 8, rounds = 3, hidden = 256, layers = 4;
   int threads = int(std::max(1u, std::thread::hardware_concurrency()));  // passes at once: one per core
   int64_t min_length = 16, max_length = 128;
+  c10::Device device = c10::kCPU;
 };
+
+// Tensors moved to `device`; other values as they are.
+std::vector<c10::IValue> on(const std::vector<c10::IValue>& values, c10::Device device) {
+  std::vector<c10::IValue> out;
+  for (const auto& v : values) out.push_back(v.isTensor() ? c10::IValue(v.toTensor().to(device)) : v);
+  return out;
+}
 
 struct Request {
   std::vector<c10::IValue> inputs;  // ids, mask: (1, length)
@@ -52,6 +64,7 @@ torch::jit::Module encoder(const Config& config) {
   auto module = torch::jit::load(path.string());
   std::filesystem::remove(path);
   module.eval();
+  module.to(config.device);
   return module;
 }
 
@@ -64,9 +77,9 @@ std::vector<Request> requests(torch::jit::Module& model, const Config& config) {
     const int64_t t = length(rng);
     Request r;
     r.inputs = {torch::randint(1, 1000, {1, t}, torch::kLong), torch::ones({1, t}, torch::kLong)};
-    const auto answer = model.forward(r.inputs).toTuple();
-    r.hidden = answer->elements()[0].toTensor();
-    r.logits = answer->elements()[1].toTensor();
+    const auto answer = model.forward(on(r.inputs, config.device)).toTuple();
+    r.hidden = answer->elements()[0].toTensor().cpu();
+    r.logits = answer->elements()[1].toTensor().cpu();
     out.push_back(std::move(r));
   }
   return out;
@@ -142,6 +155,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--hidden")) config.hidden = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--layers")) config.layers = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--threads")) config.threads = std::max(1, std::atoi(argv[i + 1]));
+    if (!std::strcmp(argv[i], "--device")) config.device = c10::Device(argv[i + 1]);
   }
   at::set_num_threads(1);  // one LibTorch thread per pass, clients and workers alike
   auto model = encoder(config);
@@ -154,6 +168,7 @@ int main(int argc, char** argv) {
         .concurrency(config.threads)
         .max_delay(std::chrono::milliseconds(5))
         .warmup(3)
+        .device(config.device)
         .example_inputs(example);
   };
   std::vector<int64_t> buckets;
@@ -166,7 +181,9 @@ int main(int argc, char** argv) {
   for (int round = 0; round < config.rounds; ++round) {
     plain.push_back(closed_loop(reqs, config, [&](const Request& r) {
       torch::NoGradGuard no_grad;
-      return model.get_method("forward")(r.inputs);
+      const auto answer = model.get_method("forward")(on(r.inputs, config.device)).toTuple();
+      return c10::IValue(
+          c10::ivalue::Tuple::create({answer->elements()[0].toTensor().cpu(), answer->elements()[1].toTensor().cpu()}));
     }));
     one.push_back(closed_loop(reqs, config, [&](const Request& r) { return one_length.run(r.inputs); }));
     max.push_back(closed_loop(reqs, config,
@@ -176,9 +193,9 @@ int main(int argc, char** argv) {
   const Loop p = median(plain), o = median(one), m = median(max), b = median(bucket);
   std::printf(
       "BERT-style encoder, hidden %d, %d layers; %d clients, lengths %lld-%lld; buckets every 32; "
-      "%d worker(s) x 1 LibTorch thread; medians of %d rounds of %.1f s\n\n",
+      "%d worker(s) x 1 LibTorch thread on %s; medians of %d rounds of %.1f s\n\n",
       config.hidden, config.layers, config.clients, (long long)config.min_length, (long long)config.max_length,
-      config.threads, config.rounds, config.seconds);
+      config.threads, config.device.str().c_str(), config.rounds, config.seconds);
   std::printf(
       "| serving | req/s | p99 ms | max abs error vs unpadded | buckets / this |\n| --- | --- | --- | --- | --- |\n");
   for (const auto& [name, l] : {std::pair{"plain (no Runner)", p},
