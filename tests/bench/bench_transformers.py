@@ -29,6 +29,7 @@ import pare
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "support"))
 from vision_models import TinyViT  # noqa: E402
+import transformers_pipeline  # noqa: E402  (the pipeline section)
 
 DATA = os.environ.get("PARE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 
@@ -110,16 +111,19 @@ def distill_section(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("section", choices=["distill"])
+    parser.add_argument("section", choices=["distill", "pipeline"])
     parser.add_argument("--train", type=int, default=20000, help="training images (of 60000)")
     parser.add_argument("--test", type=int, default=10000, help="test images (of 10000)")
     parser.add_argument("--teacher-epochs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2, help="distillation epochs of each student")
     parser.add_argument("--threads", type=int, default=2, help="training threads")
+    transformers_pipeline.add_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.section == "distill":
         distill_section(args)
+    elif args.section == "pipeline":
+        transformers_pipeline.run(args)
 
 
 if __name__ == "__main__":
