@@ -82,7 +82,7 @@ PARE_CHECK_EACH(PruneChannelsOptions, amount, scope, norm, min_channels, round_t
 PARE_CHECK_EACH(RecalibrateBatchNormOptions, batches, max_batches)
 PARE_CHECK_EACH(ObserverOptions, kind, percentile, averaging_constant, bins)
 PARE_CHECK_EACH(QuantizeInt8Options, calibration, observer, per_channel, skip, engine, progress, never_slower,
-                fold_residual_adds)
+                try_dynamic, fold_residual_adds)
 PARE_CHECK_EACH(QuantizeInt8DynamicOptions, per_channel, skip, engine)
 PARE_CHECK_EACH(ExportTorchScriptOptions, path, freeze, verify_with, tolerance, channels_last)
 PARE_CHECK_EACH(ConvertPrecisionOptions, dtype, keep_fp32, channels_last)

@@ -1,11 +1,14 @@
 // QuantizeInt8 on the blocks of the architectures people deploy, written as
 // torchvision writes them: a ResNet basic block (in-place add and ReLU), a
 // MobileNetV2 inverted residual (ReLU6 = hardtanh), a DenseNet layer (cat,
-// standalone BatchNorm behind a shape check), a squeeze-excite gate (mul) and
-// the never-slower-than-float island timing. Small inputs: seconds in all.
+// standalone BatchNorm behind a shape check), a squeeze-excite gate (mul),
+// the never-slower-than-float island timing and, on a transformer-style
+// block, the per-Linear choice of static, dynamic or float int8. Small
+// inputs: seconds in all.
 
 #include "support/testing.hpp"
 
+#include <map>
 #include <string>
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -190,8 +193,8 @@ TEST_CASE("a squeeze-excite gate multiplies in int8; an op without int8 kernel i
   torch::jit::Module m("__torch__.SqueezeExcite");
   add_conv_bn(m, "body", 8, 8, 3);
   add_conv_bn(m, "gate", 8, 8, 1);
-  m.define("def forward(self, x):\n  h = torch.relu(" + conv_bn("body", "x", "1") +
-           ")\n  s = torch.sigmoid(" + conv_bn("gate", "torch.adaptive_avg_pool2d(h, [1, 1])", "0") +
+  m.define("def forward(self, x):\n  h = torch.relu(" + conv_bn("body", "x", "1") + ")\n  s = torch.sigmoid(" +
+           conv_bn("gate", "torch.adaptive_avg_pool2d(h, [1, 1])", "0") +
            ")\n  return torch.softmax(torch.flatten(h * s, 1), 1)\n");
   const auto calibration = batches({4, 8, 8, 8});
   auto result = quantize(m, calibration);
@@ -220,4 +223,76 @@ TEST_CASE("never slower: each island is timed, and the one kept is the faster") 
   CHECK(entry.metrics.at("layers_int8") == (kept_float ? 0 : 2));
   const auto x = torch::randn({2, 8, 12, 12});
   CHECK(sqnr(block.forward({x}).toTensor(), result.module.forward({x}).toTensor()) > 25.0);
+}
+
+// A transformer-style block: Linear+ReLU feeding a Linear (one island, read
+// in two places outside it), a float attention-like matmul and softmax, and
+// an output projection.
+torch::jit::Module linear_block() {
+  torch::manual_seed(3);
+  torch::jit::Module m("__torch__.LinearBlock");
+  const auto add_linear = [&](const std::string& name, int64_t in, int64_t out) {
+    m.register_parameter(name + "_w", torch::randn({out, in}) / std::sqrt(double(in)), false);
+    m.register_parameter(name + "_b", 0.1 * torch::randn({out}), false);
+  };
+  add_linear("up", 64, 128);
+  add_linear("down", 128, 64);
+  add_linear("proj", 128, 64);
+  m.define(R"(def forward(self, x):
+  h = torch.relu(torch.linear(x, self.up_w, self.up_b))
+  g = torch.linear(h, self.down_w, self.down_b)
+  s = torch.softmax(torch.matmul(g, g.transpose(-1, -2)), -1)
+  return torch.linear(torch.matmul(s, torch.tanh(h)), self.proj_w, self.proj_b)
+)");
+  return m;
+}
+
+pare::Result quantize_linears(const torch::jit::Module& m, bool never_slower, bool try_dynamic) {
+  return pare::Pipeline()
+      .add(pare::QuantizeInt8(
+          pare::QuantizeInt8Options(batches({4, 16, 64})).never_slower(never_slower).try_dynamic(try_dynamic)))
+      .run(m);
+}
+
+// Every Linear's form, from the report; checks each has one of the three and a reason.
+std::map<std::string, int64_t> linear_forms(const pare::PassReport& entry) {
+  std::map<std::string, int64_t> forms;
+  for (const auto& layer : entry.layers) {
+    if (layer.labels.at("kind") != "Linear") continue;
+    const auto& form = layer.labels.at("form");
+    CHECK((form == "static" || form == "dynamic" || form == "float"));
+    CHECK(!layer.labels.at("why").empty());
+    ++forms[form];
+  }
+  return forms;
+}
+
+TEST_CASE("per-layer choice: each Linear gets static, dynamic or float int8 by measured speed, and says why") {
+  auto block = linear_block();
+  const auto x = torch::randn({4, 16, 64});
+  for (const bool try_dynamic : {true, false}) {
+    auto result = quantize_linears(block, true, try_dynamic);
+    const auto& entry = result.report.at("quantize_int8");
+    auto forms = linear_forms(entry);
+    CHECK(forms["static"] + forms["dynamic"] + forms["float"] == 3);
+    CHECK(entry.metrics.at("linears_dynamic") == double(forms["dynamic"]));
+    const auto graph = graph_of(result.module);
+    CHECK(count(graph, "quantized::linear_dynamic") == size_t(forms["dynamic"]));
+    CHECK(count(graph, "quantized::linear(") + count(graph, "quantized::linear_relu(") == size_t(forms["static"]));
+    for (const auto& layer : entry.layers) {  // the timings that decided it
+      REQUIRE(layer.metrics.count("island_float_ms") == 1);
+      CHECK(layer.metrics.count("island_dynamic_ms") == (try_dynamic ? 1U : 0U));
+    }
+    if (!try_dynamic) CHECK(forms["dynamic"] == 0);
+    CHECK(sqnr(block.forward({x}).toTensor(), result.module.forward({x}).toTensor()) > 25.0);
+  }
+}
+
+TEST_CASE("per-layer choice: without never_slower every Linear is static int8, not timed") {
+  auto result = quantize_linears(linear_block(), false, true);
+  const auto& entry = result.report.at("quantize_int8");
+  auto forms = linear_forms(entry);
+  CHECK(forms["static"] == 3);
+  for (const auto& layer : entry.layers) CHECK(layer.labels.at("why") == "static int8: not timed");
+  CHECK(count(graph_of(result.module), "aten::quantize_per_tensor") == 2);  // up → down stays int8 between them
 }

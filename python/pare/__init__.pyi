@@ -111,7 +111,8 @@ class QuantizeInt8(Pass):
     def __init__(self, calibration: _Data, *, observer: str = "histogram", per_channel: bool = True,
                  skip: Sequence[str] = [], engine: str = "", percentile: float = 99.99, bins: int = 2048,
                  progress: Optional[Callable[[int, int], object]] = None, never_slower: bool = True,
-                 fold_residual_adds: bool = False, batch_sizes: Sequence[int] = [], max_drop: Optional[float] = None,
+                 try_dynamic: bool = True, fold_residual_adds: bool = False, batch_sizes: Sequence[int] = [],
+                 max_drop: Optional[float] = None,
                  evaluate: Union[Sequence[Tuple[Any, torch.Tensor]], Callable[[torch.jit.ScriptModule], float],
                                  None] = None) -> None: ...
 

@@ -63,7 +63,7 @@ void bind_quantize(py::module_& m) {
   py::class_<QuantizeInt8, Pass, std::shared_ptr<QuantizeInt8>>(m, "QuantizeInt8")
       .def(py::init([](const py::object& calibration, const std::string& observer, bool per_channel,
                        std::vector<std::string> skip, const std::string& engine, double percentile, int64_t bins,
-                       const py::object& progress, bool never_slower, bool fold_residual_adds,
+                       const py::object& progress, bool never_slower, bool try_dynamic, bool fold_residual_adds,
                        std::vector<int64_t> batch_sizes, std::optional<double> max_drop, const py::object& evaluate) {
              auto options = QuantizeInt8Options(to_batch_source<std::vector<torch::jit::IValue>>(
                                                     calibration, to_inputs, "QuantizeInt8(calibration=...)"))
@@ -73,6 +73,7 @@ void bind_quantize(py::module_& m) {
                                 .engine(engine)
                                 .progress(wrap_progress(progress))
                                 .never_slower(never_slower)
+                                .try_dynamic(try_dynamic)
                                 .fold_residual_adds(fold_residual_adds)
                                 .batch_sizes(std::move(batch_sizes))
                                 .max_drop(max_drop)
@@ -83,7 +84,7 @@ void bind_quantize(py::module_& m) {
            py::arg("per_channel") = defaults.per_channel(), py::arg("skip") = defaults.skip(),
            py::arg("engine") = defaults.engine(), py::arg("percentile") = observer_defaults.percentile(),
            py::arg("bins") = observer_defaults.bins(), py::arg("progress") = py::none(),
-           py::arg("never_slower") = defaults.never_slower(),
+           py::arg("never_slower") = defaults.never_slower(), py::arg("try_dynamic") = defaults.try_dynamic(),
            py::arg("fold_residual_adds") = defaults.fold_residual_adds(),
            py::arg("batch_sizes") = defaults.batch_sizes(), py::arg("max_drop") = py::none(),
            py::arg("evaluate") = py::none(),
@@ -94,7 +95,9 @@ void bind_quantize(py::module_& m) {
            "output channel. skip: layers left in float (names or glob patterns). engine: quantized engine (\"\": "
            "the best available). progress: callable (done, total) after each calibration batch. "
            "never_slower: time each island of int8 ops against float on the held-out batch and keep float "
-           "where int8 loses. fold_residual_adds: fold residual adds into their conv (onednn, LibTorch 2.x; the "
+           "where int8 loses. try_dynamic: with never_slower, also time each island's Linears as dynamic int8 "
+           "and keep the fastest of static, dynamic and float (report labels form and why per Linear). "
+           "fold_residual_adds: fold residual adds into their conv (onednn, LibTorch 2.x; the "
            "file then needs torch.backends.quantized.engine = 'onednn'). batch_sizes: the batch sizes never_slower "
            "times at (default: the held-out batch's). max_drop: accuracy budget in points; evaluate: a list of "
            "(inputs, labels) pairs (top-1) or a callable module -> accuracy in percent; the most sensitive "

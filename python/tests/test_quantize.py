@@ -234,3 +234,22 @@ def test_max_drop_and_batch_sizes_reject_bad_arguments(trained):
         pare.QuantizeInt8(calibration, evaluate=[(test_x[:8], test_y[:8].float())])
     with pytest.raises(ValueError, match="batch_sizes must be positive"):
         pare.QuantizeInt8(calibration, batch_sizes=[8, 0])
+
+
+@pytest.mark.parametrize("try_dynamic", [True, False])
+def test_each_linear_gets_the_fastest_form_and_says_why(trained, try_dynamic):
+    scripted, calibration, test_x, test_y = trained
+    module, report = pare.Pipeline([pare.QuantizeInt8(calibration, try_dynamic=try_dynamic)]).run(scripted)
+    entry = report["quantize_int8"]
+    linears = [layer for layer in entry.layers if layer.labels["kind"] == "Linear"]
+    assert sorted(layer.name for layer in linears) == ["fc1", "fc2"]
+    for layer in linears:
+        assert layer.labels["form"] in ("static", "dynamic", "float")
+        assert layer.labels["why"]
+        assert ("island_dynamic_ms" in layer.metrics) == try_dynamic
+    dynamic = sum(layer.labels["form"] == "dynamic" for layer in linears)
+    assert entry.metrics["linears_dynamic"] == dynamic
+    assert str(module.graph).count("quantized::linear_dynamic") == dynamic
+    if not try_dynamic:
+        assert dynamic == 0
+    assert accuracy(module, test_x, test_y) > accuracy(scripted, test_x, test_y) - 2.0

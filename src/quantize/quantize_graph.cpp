@@ -163,7 +163,8 @@ Value* insert_join(Graph& graph, const QuantStep& step, const std::function<Valu
     return graph.insert(op("batch_norm"), {to_int8(n->input(0)), n->input(1), n->input(2), n->input(3), n->input(4),
                                            n->input(7), out.scale, out.zero_point});
   // hardswish has no fused ReLU kernel: an absorbed activation acts through the output range alone.
-  return graph.insert(Symbol::fromQualString("quantized::hardswish"), {to_int8(n->input(0)), out.scale, out.zero_point});
+  return graph.insert(Symbol::fromQualString("quantized::hardswish"),
+                      {to_int8(n->input(0)), out.scale, out.zero_point});
 }
 
 Value* insert_layer(Graph& graph, const QuantStep& step, Value* input, const QuantParams& out, bool per_channel,
@@ -208,7 +209,10 @@ QuantPlan plan_static(Graph& graph, const std::vector<std::string>& skip) {
     if (const auto kind = layer_kind_of(n); !kind.empty()) {
       const auto name = layer_name(n, index++);
       const auto reason = skipped(name, skip) ? "skipped by option" : unsupported_reason(n, kind);
-      if (!reason.empty()) { plan.float_layers.push_back({name, kind, reason}); continue; }
+      if (!reason.empty()) {
+        plan.float_layers.push_back({name, kind, reason});
+        continue;
+      }
       add_step({QuantStep::Kind::Layer, n, absorbable_activation(n), name, kind}, name);
       continue;
     }
@@ -286,8 +290,8 @@ std::vector<Value*> rewrite_static(Graph& graph, const QuantPlan& plan,
     const auto& q = activations.at(x);
     Node* producer = x->node();
     WithInsertPoint guard(producer->kind() == c10::prim::Param ? graph.block()->nodes().front() : producer->next());
-    Value* quantized = graph.insert(aten::quantize_per_tensor,
-                                    {x, q.scale, q.zero_point, int64_t(c10::ScalarType::QUInt8)});
+    Value* quantized =
+        graph.insert(aten::quantize_per_tensor, {x, q.scale, q.zero_point, int64_t(c10::ScalarType::QUInt8)});
     return twin[x] = quantized;
   };
   std::vector<Value*> layer_outputs;
@@ -324,6 +328,17 @@ std::vector<Value*> rewrite_static(Graph& graph, const QuantPlan& plan,
   return layer_outputs;
 }
 
+void rewrite_linear_dynamic(Graph& graph, const std::vector<Node*>& linears, bool per_channel) {
+  for (Node* n : linears) {
+    WithInsertPoint guard(n);
+    std::pair<double, double> scales;
+    Value* packed = insert_object(graph, pack_weight(n, "Linear", per_channel, scales));
+    Value* out = graph.insert(Symbol::fromQualString("quantized::linear_dynamic"), {n->input(0), packed, false});
+    n->output()->replaceAllUsesWith(out);
+    n->destroy();
+  }
+}
+
 std::vector<std::string> rewrite_dynamic(Graph& graph, const std::vector<std::string>& skip, bool per_channel,
                                          std::vector<FloatLayer>& float_layers) {
   std::vector<std::string> done;
@@ -333,18 +348,17 @@ std::vector<std::string> rewrite_dynamic(Graph& graph, const std::vector<std::st
     const auto kind = layer_kind_of(n);
     if (kind.empty()) continue;
     const auto name = layer_name(n, index++);
-    auto reason = kind != "Linear" ? "dynamic int8 covers Linear only" : skipped(name, skip) ? "skipped by option"
-                                                                      : unsupported_reason(n, kind);
-    if (!reason.empty()) { float_layers.push_back({name, kind, reason}); continue; }
-    WithInsertPoint guard(n);
-    std::pair<double, double> scales;
-    Value* packed = insert_object(graph, pack_weight(n, kind, per_channel, scales));
-    Value* out = graph.insert(Symbol::fromQualString("quantized::linear_dynamic"), {n->input(0), packed, false});
-    n->output()->replaceAllUsesWith(out);
+    auto reason = kind != "Linear"      ? "dynamic int8 covers Linear only"
+                  : skipped(name, skip) ? "skipped by option"
+                                        : unsupported_reason(n, kind);
+    if (!reason.empty()) {
+      float_layers.push_back({name, kind, reason});
+      continue;
+    }
     linears.push_back(n);
     done.push_back(name);
   }
-  for (Node* n : linears) n->destroy();
+  rewrite_linear_dynamic(graph, linears, per_channel);
   for (Node* n : graph.nodes())
     if (n->kind() == aten::lstm) float_layers.push_back({"lstm", "LSTM", "dynamic int8 LSTM is not supported"});
   index = 0;

@@ -42,10 +42,10 @@ struct QuantStep {
   /// runs on int8 input and keeps (or fixes) the scale (pooling, reshapes, relu…).
   enum class Kind { Layer, Join, Carry } kind;
   Node* node = nullptr;
-  std::optional<Activation> activation;  ///< absorbed into the op (its only user)
-  std::string name;                      ///< layer name ("fc1"); for Join/Carry the op ("add")
-  std::string layer_kind;                ///< "Linear", "Conv1d", "Conv2d"; empty otherwise
-  Value* output() const;                 ///< the float value the step replaces (the activation's, when absorbed)
+  std::optional<Activation> activation;     ///< absorbed into the op (its only user)
+  std::string name;                         ///< layer name ("fc1"); for Join/Carry the op ("add")
+  std::string layer_kind;                   ///< "Linear", "Conv1d", "Conv2d"; empty otherwise
+  Value* output() const;                    ///< the float value the step replaces (the activation's, when absorbed)
   std::vector<Value*> int8_inputs() const;  ///< the float values it reads as int8
 };
 
@@ -93,6 +93,8 @@ std::vector<Value*> rewrite_static(Graph& graph, const QuantPlan& plan,
 /// operand may be overwritten. Returns how many it fused: none unless the current
 /// engine is onednn and this LibTorch has quantized::conv2d_add(_relu) (2.x).
 int64_t fuse_conv_add(Graph& graph);
+/// Rewrites these aten::linear nodes (constant weights) to quantized::linear_dynamic.
+void rewrite_linear_dynamic(Graph& graph, const std::vector<Node*>& linears, bool per_channel);
 /// Rewrites Linear layers to quantized::linear_dynamic; returns the names of
 /// the layers it quantized and fills `float_layers` with those it left.
 std::vector<std::string> rewrite_dynamic(Graph& graph, const std::vector<std::string>& skip, bool per_channel,
@@ -121,9 +123,9 @@ QuantPlan translated(const QuantPlan& plan, const GraphCorrespondence& map);
 
 // Helpers shared by the planning and the rewrite (src/quantize_ops.cpp).
 std::string layer_kind_of(const Node* n);
-std::string join_kind_of(Node* n);           ///< "add", "mul", "cat", "batch_norm", "hardswish" or ""
-bool carries_int8(const Node* n);            ///< runs on an int8 tensor, keeping or fixing its scale
-bool reads_only_shape(const Node* n);        ///< dim/size/numel: works on int8 tensors as is
+std::string join_kind_of(Node* n);     ///< "add", "mul", "cat", "batch_norm", "hardswish" or ""
+bool carries_int8(const Node* n);      ///< runs on an int8 tensor, keeping or fixing its scale
+bool reads_only_shape(const Node* n);  ///< dim/size/numel: works on int8 tensors as is
 std::optional<Activation> absorbable_activation(Node* producer);
 std::vector<Value*> tensor_inputs_of_join(Node* n);
 

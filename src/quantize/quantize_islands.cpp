@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
@@ -33,6 +34,14 @@ std::set<Node*> island_nodes(const QuantPlan& plan, const std::vector<size_t>& i
 bool read_outside(Value* v, const std::set<Node*>& nodes) {
   return std::any_of(v->uses().begin(), v->uses().end(),
                      [&](const torch::jit::Use& use) { return !nodes.count(use.user) && !reads_only_shape(use.user); });
+}
+
+// Functions return one value: an island read in several places returns them as one tuple.
+void return_one_value(Graph& graph) {
+  if (graph.outputs().size() == 1) return;
+  Node* tuple = graph.appendNode(graph.createTuple(graph.outputs()));
+  while (!graph.outputs().empty()) graph.eraseOutput(0);
+  graph.registerOutput(tuple->output());
 }
 
 double median(std::vector<double> times) {
@@ -69,7 +78,10 @@ IslandGraph island_graph(Graph& graph, const QuantPlan& plan, const std::vector<
     if (nodes.count(n))
       for (Value* o : n->outputs())
         if (read_outside(o, nodes)) sub.registerOutput(env.at(o));
-  if (!int8) return out;
+  if (!int8) {
+    return_one_value(sub);
+    return out;
+  }
   QuantPlan local = plan;
   local.steps.clear();
   for (size_t i = 0; i < plan.steps.size(); ++i) {
@@ -85,25 +97,34 @@ IslandGraph island_graph(Graph& graph, const QuantPlan& plan, const std::vector<
   std::vector<std::pair<double, double>> scales;
   rewrite_static(sub, local, local_activations, per_channel, scales);
   torch::jit::EliminateDeadCode(out.graph);
+  return_one_value(sub);
   return out;
 }
 
-std::pair<double, double> time_side_by_side(const std::shared_ptr<Graph>& a, const std::shared_ptr<Graph>& b,
-                                            const std::vector<IValue>& inputs, int runs) {
-  torch::jit::GraphFunction first("pare_island_a", a->copy(), nullptr), second("pare_island_b", b->copy(), nullptr);
+std::vector<double> time_graphs(const std::vector<std::shared_ptr<Graph>>& graphs, const std::vector<IValue>& inputs,
+                                int runs) {
+  std::vector<std::unique_ptr<torch::jit::GraphFunction>> functions;
+  for (size_t i = 0; i < graphs.size(); ++i)
+    functions.push_back(
+        std::make_unique<torch::jit::GraphFunction>("pare_island_" + std::to_string(i), graphs[i]->copy(), nullptr));
   const auto once = [&](torch::jit::GraphFunction& f) {
     torch::jit::Stack stack(inputs.begin(), inputs.end());
     const auto start = std::chrono::steady_clock::now();
     f.run(stack);
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   };
-  for (int i = 0; i < 3; ++i) once(first), once(second);  // the profiling executor settles on a plan
-  std::vector<double> ta, tb;
-  for (int i = 0; i < runs; ++i) {  // taking turns, each first half the time: load hits both alike
-    if (i % 2 == 0) ta.push_back(once(first)), tb.push_back(once(second));
-    else tb.push_back(once(second)), ta.push_back(once(first));
+  for (int i = 0; i < 3; ++i)
+    for (auto& f : functions) once(*f);  // the profiling executor settles on a plan
+  std::vector<std::vector<double>> times(functions.size());
+  for (int r = 0; r < runs; ++r) {  // taking turns, each first in its turn: load hits them alike
+    for (size_t j = 0; j < functions.size(); ++j) {
+      const size_t i = (j + size_t(r)) % functions.size();
+      times[i].push_back(once(*functions[i]));
+    }
   }
-  return {median(ta), median(tb)};
+  std::vector<double> medians;
+  for (auto& t : times) medians.push_back(median(std::move(t)));
+  return medians;
 }
 
 std::pair<double, double> time_modules(const torch::jit::Module& a, const torch::jit::Module& b,

@@ -32,13 +32,19 @@ void check_engine(const std::string& engine);
 namespace pare::detail {
 
 /// How one island of int8 ops fared against float, timed alone (with the
-/// quantize/dequantize at its borders), summed over the batch sizes.
+/// quantize/dequantize at its borders), summed over the batch sizes. An
+/// island with Linear layers is also timed with them as dynamic int8
+/// (quantized::linear_dynamic, the rest of it float) when try_dynamic is on.
 struct IslandTiming {
-  size_t steps = 0;     ///< int8 ops in it
-  std::string first;    ///< its first layer or op
+  size_t steps = 0;   ///< int8 ops in it
+  std::string first;  ///< its first layer or op
   double with_int8_ms = 0, with_float_ms = 0;
-  bool kept_float = false;     ///< slower in int8 at some batch size, or sent back by the file check
-  bool file_fallback = false;  ///< sent back to float because the whole file was not faster
+  double with_dynamic_ms = -1;       ///< -1: not timed (no Linear, or try_dynamic off)
+  std::vector<std::string> linears;  ///< its Linear layers
+  std::vector<Node*> linear_nodes;   ///< their aten::linear nodes in the planned graph
+  bool kept_float = false;           ///< no int8 form won at every batch size, or sent back by the file check
+  bool dynamic = false;              ///< its Linears run as dynamic int8: faster than float and than static
+  bool file_fallback = false;        ///< sent back to float because the whole file was not faster
 };
 
 /// The whole model, int8 per the final plan against float, at one batch size (medians).
@@ -48,7 +54,8 @@ struct FileTiming {
 };
 
 struct SpeedCheck {
-  QuantPlan plan;  ///< the plan without the islands kept float
+  QuantPlan plan;              ///< the plan without the islands kept float or made dynamic
+  std::vector<Node*> dynamic;  ///< the Linear nodes to rewrite as dynamic int8 (float in `plan`)
   std::vector<IslandTiming> islands;
   std::vector<FileTiming> file;  ///< the last file check
   int64_t fallbacks = 0;         ///< rounds of the file check that sent islands back
@@ -59,13 +66,18 @@ struct SpeedCheck {
 /// the model runs `batches` (one input list per batch size); islands slower in
 /// int8 at any size stay float. Then times the whole model against float at
 /// each size; while it is not faster, the kept islands with the least gain go
-/// back to float, half of them each round, down to the float model.
+/// back to float, half of them each round, down to the float model. With
+/// `try_dynamic`, an island whose Linears time faster as dynamic int8 than
+/// float and than static int8 gets them as dynamic int8 instead.
 SpeedCheck drop_slower_islands(const torch::jit::Module& frozen, Graph& graph, const QuantPlan& plan,
                                const std::map<Value*, QuantParams>& activations,
-                               const std::vector<std::vector<torch::jit::IValue>>& batches, bool per_channel);
-/// The frozen float model rewritten per `plan`, as a fresh module.
+                               const std::vector<std::vector<torch::jit::IValue>>& batches, bool per_channel,
+                               bool try_dynamic);
+/// The frozen float model rewritten per `plan` (and `dynamic`, Linear nodes
+/// of `graph` outside the plan, as dynamic int8), as a fresh module.
 torch::jit::Module variant(const torch::jit::Module& frozen, Graph& graph, const QuantPlan& plan,
-                           const std::map<Value*, QuantParams>& activations, bool per_channel);
+                           const std::map<Value*, QuantParams>& activations, bool per_channel,
+                           const std::vector<Node*>& dynamic = {});
 
 /// One island as a graph of its own (src/quantize_islands.cpp): its inputs are
 /// the values it reads from the model (`inputs`, in the model's graph), its
@@ -76,9 +88,10 @@ struct IslandGraph {
 };
 IslandGraph island_graph(Graph& graph, const QuantPlan& plan, const std::vector<size_t>& island, size_t which,
                          const std::map<Value*, QuantParams>& activations, bool int8, bool per_channel);
-/// Medians of `runs` calls of two graphs (no self) on `inputs`, taking turns.
-std::pair<double, double> time_side_by_side(const std::shared_ptr<Graph>& a, const std::shared_ptr<Graph>& b,
-                                            const std::vector<torch::jit::IValue>& inputs, int runs);
+/// Medians of `runs` calls of each graph (no self) on `inputs`, taking turns
+/// (each goes first in turn, so that load on the host hits them alike).
+std::vector<double> time_graphs(const std::vector<std::shared_ptr<Graph>>& graphs,
+                                const std::vector<torch::jit::IValue>& inputs, int runs);
 /// Medians of `runs` forward calls of fresh copies of two modules on `inputs`, taking turns.
 std::pair<double, double> time_modules(const torch::jit::Module& a, const torch::jit::Module& b,
                                        const std::vector<torch::jit::IValue>& inputs, int runs);
@@ -110,5 +123,9 @@ void report_accuracy(const AccuracyCheck& check, double final_accuracy, std::opt
 
 /// Writes the timings into the report and the export's record.
 void report_speed(const SpeedCheck& speed, PassReport& entry, nlohmann::json& record);
+/// Labels every Linear in the report with the form it got ("form": static,
+/// dynamic or float) and why ("why", with its island's timings as metrics),
+/// adding an entry for each dynamic one; `speed` is null without never_slower.
+void report_forms(const SpeedCheck* speed, PassReport& entry, nlohmann::json& record);
 
 }  // namespace pare::detail

@@ -7,6 +7,7 @@
 // least go back to float, down to the float model itself.
 
 #include <algorithm>
+#include <cstdio>
 #include <numeric>
 
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
@@ -48,43 +49,103 @@ std::vector<std::map<Value*, IValue>> island_inputs(const torch::jit::Module& fr
   return out;
 }
 
-// Each island alone, float and int8, at every batch size.
+// The island's float graph with its Linears as dynamic int8; null when it has none.
+std::shared_ptr<Graph> dynamic_form(const IslandGraph& floats, bool per_channel) {
+  auto graph = floats.graph->copy();
+  std::vector<Node*> linears;
+  for (Node* n : graph->nodes())
+    if (layer_kind_of(n) == "Linear") linears.push_back(n);
+  if (linears.empty()) return nullptr;
+  rewrite_linear_dynamic(*graph, linears, per_channel);
+  torch::jit::EliminateDeadCode(graph);
+  return graph;
+}
+
+// What the island is and holds, before timing.
+IslandTiming describe(const QuantPlan& plan, const std::vector<size_t>& island, size_t which) {
+  IslandTiming t;
+  t.first = first_of(plan, island, which);
+  t.steps = size_t(std::count(island.begin(), island.end(), which));
+  for (size_t i = 0; i < plan.steps.size(); ++i) {
+    const auto& step = plan.steps[i];
+    if (island[i] != which || step.layer_kind != "Linear") continue;
+    t.linears.push_back(step.name);
+    t.linear_nodes.push_back(step.node);
+  }
+  return t;
+}
+
+// The fastest form: an int8 one must beat float at every batch size (`*_loses`
+// says where it did not); between static and dynamic, the lower total wins.
+void choose_form(IslandTiming& t, bool static_loses, bool dynamic_loses) {
+  const bool dynamic_wins = t.with_dynamic_ms >= 0 && !dynamic_loses;
+  t.dynamic = dynamic_wins && (static_loses || t.with_dynamic_ms < t.with_int8_ms);
+  t.kept_float = static_loses && !t.dynamic;
+}
+
+// Each island alone, float, static int8 and (with `try_dynamic`) dynamic int8, at every batch size.
 std::vector<IslandTiming> time_islands(const torch::jit::Module& frozen, Graph& graph, const QuantPlan& plan,
                                        const std::map<Value*, QuantParams>& activations,
-                                       const std::vector<std::vector<IValue>>& batches, bool per_channel) {
+                                       const std::vector<std::vector<IValue>>& batches, bool per_channel,
+                                       bool try_dynamic) {
   const auto island = island_of_steps(plan);
   const size_t count = island.empty() ? 0 : *std::max_element(island.begin(), island.end()) + 1;
-  std::vector<IslandGraph> floats, int8s;
+  std::vector<IslandGraph> floats;
+  std::vector<std::vector<std::shared_ptr<Graph>>> forms;  // float, static int8[, dynamic int8]
   std::vector<std::vector<Value*>> reads;
   for (size_t k = 0; k < count; ++k) {
     floats.push_back(island_graph(graph, plan, island, k, activations, false, per_channel));
-    int8s.push_back(island_graph(graph, plan, island, k, activations, true, per_channel));
+    forms.push_back({floats.back().graph, island_graph(graph, plan, island, k, activations, true, per_channel).graph});
+    if (auto dynamic = try_dynamic ? dynamic_form(floats.back(), per_channel) : nullptr)
+      forms.back().push_back(dynamic);
     reads.push_back(floats.back().inputs);
   }
   const auto values = island_inputs(frozen, graph, reads, batches);
   std::vector<IslandTiming> timings;
   for (size_t k = 0; k < count; ++k) {
-    IslandTiming t;
-    t.first = first_of(plan, island, k);
-    t.steps = size_t(std::count(island.begin(), island.end(), k));
+    IslandTiming t = describe(plan, island, k);
+    bool static_loses = false, dynamic_loses = false;
+    if (forms[k].size() > 2) t.with_dynamic_ms = 0;
     for (const auto& at_size : values) {
       std::vector<IValue> inputs;
       for (Value* v : floats[k].inputs) inputs.push_back(at_size.at(v));
-      const auto [f, q] = time_side_by_side(floats[k].graph, int8s[k].graph, inputs, kIslandRuns);
-      t.with_float_ms += f;
-      t.with_int8_ms += q;
-      t.kept_float = t.kept_float || q >= f;  // int8 must win at every batch size
+      const auto ms = time_graphs(forms[k], inputs, kIslandRuns);
+      t.with_float_ms += ms[0];
+      t.with_int8_ms += ms[1];
+      static_loses = static_loses || ms[1] >= ms[0];  // int8 must win at every batch size
+      if (ms.size() > 2) t.with_dynamic_ms += ms[2], dynamic_loses = dynamic_loses || ms[2] >= ms[0];
     }
+    choose_form(t, static_loses, dynamic_loses);
     timings.push_back(t);
   }
   return timings;
 }
 
+// `plan` without the islands not kept static, and the Linear nodes of the dynamic ones.
+QuantPlan chosen_plan(const QuantPlan& plan, const std::vector<IslandTiming>& islands, std::vector<Node*>& dynamic) {
+  std::set<size_t> dropped;
+  std::set<std::string> dynamic_names;
+  dynamic.clear();
+  for (size_t k = 0; k < islands.size(); ++k) {
+    if (!islands[k].kept_float && !islands[k].dynamic) continue;
+    dropped.insert(k);
+    if (!islands[k].dynamic) continue;
+    dynamic.insert(dynamic.end(), islands[k].linear_nodes.begin(), islands[k].linear_nodes.end());
+    dynamic_names.insert(islands[k].linears.begin(), islands[k].linears.end());
+  }
+  auto out = without_islands(plan, dropped, "kept float: int8 was slower here");
+  auto& floats = out.float_layers;  // the dynamic Linears are reported as such, not as float
+  floats.erase(std::remove_if(floats.begin(), floats.end(),
+                              [&](const FloatLayer& f) { return dynamic_names.count(f.name) > 0; }),
+               floats.end());
+  return out;
+}
+
 // Whether the model per `plan` is faster than float at every batch size; fills `file`.
-bool faster_as_file(const torch::jit::Module& frozen, Graph& graph, const QuantPlan& plan,
+bool faster_as_file(const torch::jit::Module& frozen, Graph& graph, const SpeedCheck& check,
                     const std::map<Value*, QuantParams>& activations, const std::vector<std::vector<IValue>>& batches,
                     bool per_channel, std::vector<FileTiming>& file) {
-  const auto int8 = variant(frozen, graph, plan, activations, per_channel);
+  const auto int8 = variant(frozen, graph, check.plan, activations, per_channel, check.dynamic);
   file.clear();
   bool faster = true;
   for (const auto& inputs : batches) {
@@ -97,10 +158,41 @@ bool faster_as_file(const torch::jit::Module& frozen, Graph& graph, const QuantP
   return faster;
 }
 
+std::string ms(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.3f ms", value);
+  return text;
+}
+
+// Why a Linear of island `t` got `form`, with the times that decided it.
+std::string why(const IslandTiming& t, const std::string& form) {
+  std::string times = "float " + ms(t.with_float_ms) + ", static " + ms(t.with_int8_ms) +
+                      (t.with_dynamic_ms >= 0 ? ", dynamic " + ms(t.with_dynamic_ms) : ", dynamic not timed");
+  const std::string island = " (island of " + std::to_string(t.steps) + " ops from " + t.first + ": " + times + ")";
+  if (t.file_fallback) return "the whole int8 file was not faster than float; this island gained least" + island;
+  if (form == "float") return "no int8 form was faster than float at every batch size" + island;
+  return form + " int8 fastest" + island;
+}
+
+// Adds a report entry for every Linear made dynamic.
+void add_dynamic_layers(const SpeedCheck& speed, PassReport& entry, nlohmann::json& record) {
+  for (const auto& t : speed.islands) {
+    if (!t.dynamic) continue;
+    for (const auto& name : t.linears) {
+      LayerReport layer;
+      layer.name = name;
+      layer.labels = {{"status", "int8 dynamic"}, {"kind", "Linear"}};
+      entry.layers.push_back(layer);
+      record["dynamic_layers"].push_back({{"name", name}});
+    }
+  }
+}
+
 }  // namespace
 
 torch::jit::Module variant(const torch::jit::Module& frozen, Graph& graph, const QuantPlan& plan,
-                           const std::map<Value*, QuantParams>& activations, bool per_channel) {
+                           const std::map<Value*, QuantParams>& activations, bool per_channel,
+                           const std::vector<Node*>& dynamic) {
   auto copy = frozen.clone();
   auto copied = copy.get_method("forward").graph();
   const auto map = correspond(graph, *copied);
@@ -108,53 +200,62 @@ torch::jit::Module variant(const torch::jit::Module& frozen, Graph& graph, const
   for (const auto& [value, q] : activations) copied_activations[map.values.at(value)] = q;
   std::vector<std::pair<double, double>> scales;
   rewrite_static(*copied, translated(plan, map), copied_activations, per_channel, scales);
+  std::vector<Node*> copied_dynamic;
+  for (Node* n : dynamic) copied_dynamic.push_back(map.nodes.at(n));
+  rewrite_linear_dynamic(*copied, copied_dynamic, per_channel);
   torch::jit::EliminateDeadCode(copied);
   return reloaded(copy, "QuantizeInt8");
 }
 
 SpeedCheck drop_slower_islands(const torch::jit::Module& frozen, Graph& graph, const QuantPlan& plan,
                                const std::map<Value*, QuantParams>& activations,
-                               const std::vector<std::vector<IValue>>& batches, bool per_channel) {
+                               const std::vector<std::vector<IValue>>& batches, bool per_channel, bool try_dynamic) {
   SpeedCheck check;
-  check.islands = time_islands(frozen, graph, plan, activations, batches, per_channel);
-  std::set<size_t> dropped;
-  std::vector<size_t> kept;
+  check.islands = time_islands(frozen, graph, plan, activations, batches, per_channel, try_dynamic);
+  std::vector<size_t> kept;  // islands in an int8 form, static or dynamic
   for (size_t k = 0; k < check.islands.size(); ++k)
-    (check.islands[k].kept_float ? dropped.insert(k), void() : kept.push_back(k));
-  // The weakest gain (float time / int8 time) first: those go back first when the file loses.
-  std::stable_sort(kept.begin(), kept.end(), [&](size_t a, size_t b) {
-    return check.islands[a].with_float_ms / check.islands[a].with_int8_ms <
-           check.islands[b].with_float_ms / check.islands[b].with_int8_ms;
-  });
-  const std::string slower = "kept float: int8 was slower here";
+    if (!check.islands[k].kept_float) kept.push_back(k);
+  const auto gain = [&](size_t k) {  // float time / time of the chosen int8 form
+    const auto& t = check.islands[k];
+    return t.with_float_ms / (t.dynamic ? t.with_dynamic_ms : t.with_int8_ms);
+  };
+  // The weakest gain first: those go back first when the file loses.
+  std::stable_sort(kept.begin(), kept.end(), [&](size_t a, size_t b) { return gain(a) < gain(b); });
   while (!kept.empty()) {
-    check.plan = without_islands(plan, dropped, slower);
-    if (faster_as_file(frozen, graph, check.plan, activations, batches, per_channel, check.file)) break;
+    check.plan = chosen_plan(plan, check.islands, check.dynamic);
+    if (faster_as_file(frozen, graph, check, activations, batches, per_channel, check.file)) break;
     const size_t half = std::max<size_t>(1, (kept.size() + 1) / 2);  // the weaker half goes back to float
     for (size_t i = 0; i < half; ++i) {
-      dropped.insert(kept[i]);
-      check.islands[kept[i]].kept_float = true;
-      check.islands[kept[i]].file_fallback = true;
+      auto& t = check.islands[kept[i]];
+      t.kept_float = t.file_fallback = true;
+      t.dynamic = false;
     }
     kept.erase(kept.begin(), kept.begin() + long(half));
     ++check.fallbacks;
   }
   check.int8_faster = !kept.empty();
-  if (!check.int8_faster) check.plan = without_islands(plan, dropped, slower);
+  if (!check.int8_faster) check.plan = chosen_plan(plan, check.islands, check.dynamic);
   return check;
 }
 
 void report_speed(const SpeedCheck& speed, PassReport& entry, nlohmann::json& record) {
   std::vector<std::string> kept;
   for (const auto& island : speed.islands) {
-    record["islands"].push_back({{"first", island.first}, {"steps", island.steps},
-                                 {"with_int8_ms", island.with_int8_ms}, {"with_float_ms", island.with_float_ms},
-                                 {"kept_float", island.kept_float}, {"file_fallback", island.file_fallback}});
+    record["islands"].push_back({{"first", island.first},
+                                 {"steps", island.steps},
+                                 {"with_int8_ms", island.with_int8_ms},
+                                 {"with_float_ms", island.with_float_ms},
+                                 {"with_dynamic_ms", island.with_dynamic_ms},
+                                 {"dynamic", island.dynamic},
+                                 {"kept_float", island.kept_float},
+                                 {"file_fallback", island.file_fallback}});
     if (island.kept_float) kept.push_back(island.first + " (" + std::to_string(island.steps) + " ops)");
   }
   entry.labels["islands_kept_float"] = join(kept);
   entry.metrics["islands_timed"] = double(speed.islands.size());
   entry.metrics["islands_kept_float"] = double(kept.size());
+  entry.metrics["islands_dynamic"] = double(
+      std::count_if(speed.islands.begin(), speed.islands.end(), [](const IslandTiming& t) { return t.dynamic; }));
   entry.metrics["file_fallbacks"] = double(speed.fallbacks);
   for (const auto& f : speed.file) {
     const std::string suffix = "_b" + std::to_string(f.batch);
@@ -168,6 +269,39 @@ void report_speed(const SpeedCheck& speed, PassReport& entry, nlohmann::json& re
   }
   entry.labels["never_slower"] = speed.int8_faster ? "int8 faster than float as a file at every batch size timed"
                                                    : "int8 was not faster than float: the model stays float";
+}
+
+}  // namespace pare::detail
+
+namespace pare::detail {
+
+void report_forms(const SpeedCheck* speed, PassReport& entry, nlohmann::json& record) {
+  std::map<std::string, const IslandTiming*> island_of;
+  if (speed) {
+    add_dynamic_layers(*speed, entry, record);
+    for (const auto& t : speed->islands)
+      for (const auto& name : t.linears) island_of[name] = &t;
+  }
+  std::map<std::string, int64_t> count{{"static", 0}, {"dynamic", 0}, {"float", 0}};
+  for (auto& layer : entry.layers) {
+    auto& labels = layer.labels;
+    if (labels["kind"] != "Linear") continue;
+    const auto& status = labels["status"];
+    const std::string form = status == "int8" ? "static" : status == "int8 dynamic" ? "dynamic" : "float";
+    labels["form"] = form;
+    ++count[form];
+    const auto it = island_of.find(layer.name);
+    if (it == island_of.end()) {
+      labels["why"] = form == "float" ? "not planned for int8: " + labels["reason"] : "static int8: not timed";
+      continue;
+    }
+    const auto& t = *it->second;
+    labels["why"] = why(t, form);
+    layer.metrics["island_float_ms"] = t.with_float_ms;
+    layer.metrics["island_static_ms"] = t.with_int8_ms;
+    if (t.with_dynamic_ms >= 0) layer.metrics["island_dynamic_ms"] = t.with_dynamic_ms;
+  }
+  for (const auto& [form, n] : count) entry.metrics["linears_" + form] = double(n);
 }
 
 }  // namespace pare::detail

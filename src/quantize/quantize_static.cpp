@@ -118,7 +118,10 @@ Calibrated calibrate(const Planned& p, const QuantizeInt8Options& options) {
   require(pending.has_value(), "QuantizeInt8: the calibration data yielded no batches; expected at least one");
   while (pending) {
     auto following = next();
-    if (!following && c.batches > 0) { held_out = std::move(pending); break; }
+    if (!following && c.batches > 0) {
+      held_out = std::move(pending);
+      break;
+    }
     observe_batch(runner.run(*pending, c.batches, "float"), outputs, p.plan, observers, c.batches);
     if (!pending->empty() && (*pending)[0].isTensor()) c.samples += (*pending)[0].toTensor().size(0);
     ++c.batches;
@@ -158,7 +161,8 @@ struct Rewritten {
 
 // Rewrites the graph to int8 and measures each layer's and the output's SQNR
 // against the float reference on the same batch.
-Rewritten rewrite(Planned& p, const Calibrated& c, const QuantizeInt8Options& options) {
+Rewritten rewrite(Planned& p, const Calibrated& c, const QuantizeInt8Options& options,
+                  const std::vector<torch::jit::Node*>& dynamic) {
   Rewritten r;
   std::vector<Value*> float_outputs;
   for (const auto& step : p.plan.steps) {
@@ -171,6 +175,8 @@ Rewritten rewrite(Planned& p, const Calibrated& c, const QuantizeInt8Options& op
   }
   const auto layer_outputs =
       detail::rewrite_static(*p.graph, p.plan, c.activations, options.per_channel(), r.weight_scales);
+  detail::rewrite_linear_dynamic(*p.graph, dynamic,
+                                 options.per_channel());  // before measuring: the output SQNR covers them
   GraphRunner measure(detail::graph_returning(*p.graph, layer_outputs), p.module._ivalue());
   torch::jit::EliminateDeadCode(p.graph);  // the layer outputs' dequantize nodes, kept for `measure` alone
   // After the copy: a layer output read for its SQNR has a second reader, which no fused conv may have.
@@ -185,7 +191,8 @@ Rewritten rewrite(Planned& p, const Calibrated& c, const QuantizeInt8Options& op
     r.layer_sqnr[i] = sqnr_of(c.reference[outputs + at], quantized[outputs + i]);
   }
   // The output's SQNR is the final graph's own: a fused add skips the conv's int8 rounding.
-  r.output_sqnr = sqnr_of(c.reference[0], r.conv_add_fused == 0 ? quantized[0]
+  r.output_sqnr = sqnr_of(c.reference[0], r.conv_add_fused == 0
+                                              ? quantized[0]
                                               : GraphRunner(detail::graph_returning(*p.graph, {}), p.module._ivalue())
                                                     .run(c.sqnr_inputs, c.batches, "fused")[0]);
   return r;
@@ -199,13 +206,18 @@ void report_layers(const Rewritten& r, const QuantizeInt8Options& options, PassR
     layer.name = facts.name;
     layer.parameters = facts.parameters;
     layer.nonzeros = facts.nonzeros;
-    layer.labels = {{"status", "int8"}, {"kind", facts.kind}, {"observer", observer},
-                    {"relu", facts.activation == "relu" ? "fused" : "none"}, {"activation", facts.activation}};
-    layer.metrics = {{"scale", facts.output.scale}, {"zero_point", double(facts.output.zero_point)},
-                     {"weight_scale_min", r.weight_scales[i].first}, {"weight_scale_max", r.weight_scales[i].second}};
+    layer.labels = {{"status", "int8"},
+                    {"kind", facts.kind},
+                    {"observer", observer},
+                    {"relu", facts.activation == "relu" ? "fused" : "none"},
+                    {"activation", facts.activation}};
+    layer.metrics = {{"scale", facts.output.scale},
+                     {"zero_point", double(facts.output.zero_point)},
+                     {"weight_scale_min", r.weight_scales[i].first},
+                     {"weight_scale_max", r.weight_scales[i].second}};
     if (!std::isnan(r.layer_sqnr[i])) layer.metrics["sqnr_db"] = r.layer_sqnr[i];
-    record["layers"].push_back({{"name", layer.name}, {"scale", facts.output.scale},
-                                {"zero_point", facts.output.zero_point}});
+    record["layers"].push_back(
+        {{"name", layer.name}, {"scale", facts.output.scale}, {"zero_point", facts.output.zero_point}});
     entry.layers.push_back(std::move(layer));
   }
   entry.metrics["layers_int8"] = double(r.layers.size());
@@ -226,10 +238,16 @@ void report_float_ops(const QuantPlan& plan, PassReport& entry, json& record) {
 
 // The plan's last changes, before the rewrite: layers back to float for the
 // accuracy budget (max_drop), then islands back to float where int8 is slower
-// (never_slower). Returns the accuracy check when there is an evaluation.
-std::optional<detail::AccuracyCheck> choose_plan(Planned& p, const Calibrated& c, const QuantizeInt8Options& options,
-                                                 PassReport& entry, json& record) {
-  std::optional<detail::AccuracyCheck> accuracy;
+// (never_slower), or to dynamic int8 where that is faster (try_dynamic).
+struct Choice {
+  std::optional<detail::AccuracyCheck> accuracy;  ///< when there is an evaluation
+  std::optional<detail::SpeedCheck> speed;        ///< with never_slower
+};
+
+Choice choose_plan(Planned& p, const Calibrated& c, const QuantizeInt8Options& options, PassReport& entry,
+                   json& record) {
+  Choice choice;
+  auto& accuracy = choice.accuracy;
   if (!options.evaluate().empty()) {
     auto budget = options;
     if (!budget.max_drop()) budget.max_drop(INFINITY);  // evaluate alone: measure, change nothing
@@ -240,12 +258,12 @@ std::optional<detail::AccuracyCheck> choose_plan(Planned& p, const Calibrated& c
     std::vector<std::vector<IValue>> batches;
     for (int64_t rows : options.batch_sizes()) batches.push_back(detail::with_batch_size(c.sqnr_inputs, rows));
     if (batches.empty()) batches.push_back(c.sqnr_inputs);
-    const auto speed = detail::drop_slower_islands(p.module, *p.graph, p.plan, c.activations, batches,
-                                                   options.per_channel());
-    p.plan = speed.plan;
-    detail::report_speed(speed, entry, record);
+    choice.speed = detail::drop_slower_islands(p.module, *p.graph, p.plan, c.activations, batches,
+                                               options.per_channel(), options.try_dynamic());
+    p.plan = choice.speed->plan;
+    detail::report_speed(*choice.speed, entry, record);
   }
-  return accuracy;
+  return choice;
 }
 
 }  // namespace
@@ -272,13 +290,20 @@ void QuantizeInt8::run(Result& state, PassReport& entry) const {
   torch::NoGradGuard no_grad;
   auto planned = plan_model(state.module, options_);
   const auto calibrated = calibrate(planned, options_);
-  json record{{"format", "pare.quantization/1"}, {"engine", engine}, {"mode", "static"},
-              {"observer", to_string(options_.observer().kind())}, {"per_channel", options_.per_channel()},
-              {"layers", json::array()}, {"float_layers", json::array()}, {"float_ops", json::array()}};
-  const auto accuracy = choose_plan(planned, calibrated, options_, entry, record);
-  const auto rewritten = rewrite(planned, calibrated, options_);
+  json record{{"format", "pare.quantization/1"},
+              {"engine", engine},
+              {"mode", "static"},
+              {"observer", to_string(options_.observer().kind())},
+              {"per_channel", options_.per_channel()},
+              {"layers", json::array()},
+              {"float_layers", json::array()},
+              {"float_ops", json::array()}};
+  const auto [accuracy, speed] = choose_plan(planned, calibrated, options_, entry, record);
+  const auto rewritten =
+      rewrite(planned, calibrated, options_, speed ? speed->dynamic : std::vector<torch::jit::Node*>{});
   report_layers(rewritten, options_, entry, record);
   detail::add_float_layers(planned.plan.float_layers, entry, record);
+  detail::report_forms(speed ? &*speed : nullptr, entry, record);
   if (accuracy) {
     auto evaluated = detail::reloaded(planned.module, "QuantizeInt8");  // a copy: the result stays unspecialised
     detail::report_accuracy(*accuracy, options_.evaluate()(evaluated), options_.max_drop(), entry, record);

@@ -73,6 +73,13 @@ class QuantizeInt8Options {
   /// tensors) in int8 and in float, and keeps float where int8 loses. The
   /// report lists each island's timings.
   PARE_ARG(bool, never_slower) = true;
+  /// With never_slower, each island holding Linear layers is also timed with
+  /// them as dynamic int8 (quantized::linear_dynamic, activations quantized
+  /// on the fly, the island's other ops float), and the island keeps the
+  /// fastest of static int8, dynamic int8 and float (default on). The report
+  /// gives every Linear a "form" label (static, dynamic, float), a "why"
+  /// label and its island's timings; metrics linears_static/_dynamic/_float.
+  PARE_ARG(bool, try_dynamic) = true;
   /// Fold each residual add (+ReLU) into the convolution that feeds it, as
   /// quantized::conv2d_add(_relu): one pass over memory instead of two. Needs
   /// the onednn engine and LibTorch 2.x (elsewhere nothing is folded; metric
