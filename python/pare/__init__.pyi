@@ -134,7 +134,9 @@ class PruneChannels(Pass):
     def __init__(self, amount: float, *, scope: str = "local", norm: str = "l1", min_channels: int = 1,
                  round_to: int = 1, include: Sequence[str] = [], exclude: Sequence[str] = [],
                  input_shape: Sequence[int] = [], target_speedup: Optional[float] = None,
-                 target_seconds: Optional[float] = None, target_batch: int = 1) -> None: ...
+                 target_seconds: Optional[float] = None, target_batch: int = 1,
+                 example_inputs: Optional[_Inputs] = None, heads: float = 0.0,
+                 heads_scope: str = "local") -> None: ...
 
 class CompressTo(Pass):
     def __init__(self, train: Iterable[Tuple[torch.Tensor, torch.Tensor]],
@@ -169,6 +171,8 @@ class ChannelGroupReport:
     def channels_after(self) -> int: ...
     @property
     def blocked_by(self) -> str: ...
+    @property
+    def head_size(self) -> int: ...
 
 class ChannelPruneStats:
     @property
@@ -192,7 +196,8 @@ def prune_channels(module: torch.jit.ScriptModule, amount: float, *, scope: str 
                    min_channels: int = 1, round_to: int = 1, include: Sequence[str] = [],
                    exclude: Sequence[str] = [], input_shape: Sequence[int] = [],
                    target_speedup: Optional[float] = None, target_seconds: Optional[float] = None,
-                   target_batch: int = 1) -> Tuple[torch.jit.ScriptModule, ChannelPruneStats]: ...
+                   target_batch: int = 1, example_inputs: Optional[_Inputs] = None, heads: float = 0.0,
+                   heads_scope: str = "local") -> Tuple[torch.jit.ScriptModule, ChannelPruneStats]: ...
 def count_macs(module: torch.jit.ScriptModule, input_shape: Sequence[int]) -> int: ...
 
 # Quantization ----------------------------------------------------------------

@@ -1,0 +1,152 @@
+"""prune_channels on transformers: models with several inputs, attention heads and FFN neurons removed.
+
+The reference for every pruned encoder is tests/support/text_reference.py: the eager BERT-style encoder
+of text_models.py built with the pruned widths and head counts, the kept weights copied in."""
+
+import argparse
+import io
+import pathlib
+import sys
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import pare
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tests" / "support"))
+import text_models  # noqa: E402
+import text_reference  # noqa: E402
+
+SIZES = dict(vocab=100, hidden=64, layers=2, heads=4, ffn=128, max_length=32)
+
+
+def text_inputs(batch, length):
+    generator = torch.Generator().manual_seed(batch * 100 + length)
+    ids = torch.randint(0, SIZES["vocab"], (batch, length), generator=generator)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, length // 2:] = 0  # one padded row: the mask must still broadcast along the heads
+    return ids, mask
+
+
+@pytest.fixture
+def encoder():
+    torch.manual_seed(0)
+    return text_models.Encoder(**SIZES).eval()
+
+
+def reference(pruned):
+    return text_reference.reference(pruned, argparse.Namespace(**SIZES))
+
+
+def heads_per_layer(pruned):
+    return [pruned.state_dict()[f"layers.{i}.attention.query.weight"].shape[0] // 16 for i in range(SIZES["layers"])]
+
+
+def heads_attribute(module):
+    return [getattr(module.layers, str(i)).attention.heads for i in range(SIZES["layers"])]
+
+
+def assert_matches(actual, expected):
+    for a, e in zip(actual, expected):
+        assert a.shape == e.shape
+        assert (a - e).abs().max().item() <= 1e-4
+
+
+def reloaded(module):
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    buffer.seek(0)
+    return torch.jit.load(buffer)
+
+
+@pytest.mark.parametrize("convert", ["script", "trace"])
+def test_heads_and_ffn_removed_match_a_reference_with_the_pruned_shapes(encoder, convert):
+    example = text_inputs(1, 16)
+    model = torch.jit.script(encoder) if convert == "script" else torch.jit.trace(encoder, example)
+    pruned, stats = pare.prune_channels(model, 0.5, heads=0.5, example_inputs=example)
+    attention = [g for g in stats.groups if g.head_size]
+    assert [(g.channels_before, g.channels_after, g.head_size) for g in attention] == [(64, 32, 16)] * 2
+    assert all(len(g.members) == 3 for g in attention)  # query, key, value
+    ffn = [g for g in stats.groups if g.name.endswith("intermediate")]
+    assert [(g.channels_before, g.channels_after) for g in ffn] == [(128, 64)] * 2
+    assert heads_per_layer(pruned) == [2, 2]
+    if convert == "script":  # the attribute the head count came from follows it
+        assert heads_attribute(pruned) == [2, 2]
+        assert heads_attribute(model) == [4, 4]  # the input is untouched
+    ref = reference(pruned)
+    with torch.no_grad():
+        for batch, length in [(1, 16), (3, 9), (2, 32)]:  # other lengths and batch sizes than the example's
+            inputs = text_inputs(batch, length)
+            assert_matches(pruned(*inputs), ref(*inputs))
+            assert_matches(reloaded(pruned)(*inputs), ref(*inputs))
+
+
+def test_ffn_only_keeps_every_head(encoder):
+    example = text_inputs(2, 8)
+    pruned, stats = pare.prune_channels(torch.jit.script(encoder), 0.5, example_inputs=example)
+    assert heads_per_layer(pruned) == [4, 4]
+    assert [g.channels_after for g in stats.groups if g.name.endswith("intermediate")] == [64, 64]
+    with torch.no_grad():
+        assert_matches(pruned(*example), reference(pruned)(*example))
+
+
+def test_global_head_ranking_removes_the_weakest_heads_across_layers(encoder):
+    with torch.no_grad():  # layer 1's heads 1-3 are weak: a global ranking takes them all
+        for name in ("query", "key", "value"):
+            getattr(encoder.layers[1].attention, name).weight[16:] *= 0.01
+    example = text_inputs(1, 16)
+    local, _ = pare.prune_channels(torch.jit.script(encoder), 0.0, heads=0.375, example_inputs=example)
+    assert heads_per_layer(local) == [2, 2]  # 0.375 of 4 heads rounds to 2 in every layer
+    pruned, _ = pare.prune_channels(torch.jit.script(encoder), 0.0, heads=0.375, heads_scope="global",
+                                    example_inputs=list(example))
+    assert heads_per_layer(pruned) == [4, 1]  # 3 of the 8 heads, all from layer 1
+    kept = pruned.state_dict()["layers.1.attention.query.weight"]
+    assert torch.equal(kept, encoder.layers[1].attention.query.weight[:16])
+    with torch.no_grad():
+        assert_matches(pruned(*example), reference(pruned)(*example))
+
+
+def test_pass_in_a_pipeline(encoder):
+    example = text_inputs(1, 16)
+    module, report = pare.Pipeline([pare.PruneChannels(0.5, heads=0.25, example_inputs=example)]).run(
+        torch.jit.script(encoder))
+    assert heads_attribute(module) == [3, 3]
+    entry = report["prune_channels"]
+    assert entry.metrics["heads"] == 0.25
+    with torch.no_grad():
+        assert_matches(module(*example), reference(module)(*example))
+
+
+def test_vision_transformer_mlp_neurons_removed():
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
+                                               hidden_dim=64, mlp_dim=128, num_classes=10).eval()
+    images = torch.randn(2, 3, 32, 32)
+    pruned, stats = pare.prune_channels(torch.jit.script(vit), 0.5, example_inputs=images[:1])
+    widths = {g.name: (g.channels_before, g.channels_after) for g in stats.groups}
+    assert widths["encoder.layers.encoder_layer_0.mlp.0"] == (128, 64)
+    for block in vit.encoder.layers:  # the reference: torchvision's ViT with the pruned MLP widths
+        block.mlp[0], block.mlp[3] = nn.Linear(64, 64), nn.Linear(64, 64)
+    vit.load_state_dict(pruned.state_dict())
+    with torch.no_grad():
+        assert (pruned(images) - vit(images)).abs().max().item() <= 1e-4
+        assert (reloaded(pruned)(images) - vit(images)).abs().max().item() <= 1e-4
+
+
+def test_bad_inputs_are_clear_errors(encoder):
+    scripted = torch.jit.script(encoder)
+    example = text_inputs(1, 8)
+    with pytest.raises(pare.InvalidArgument, match="forward takes 2 inputs; set example_inputs"):
+        pare.prune_channels(scripted, 0.5)
+    with pytest.raises(pare.InvalidArgument, match="forward takes 2 inputs but example_inputs has 1"):
+        pare.prune_channels(scripted, 0.5, example_inputs=example[0])
+    with pytest.raises(pare.InvalidArgument, match=r"heads 1\.5.* outside \[0, 1\]"):
+        pare.prune_channels(scripted, 0.5, heads=1.5, example_inputs=example)
+    with pytest.raises(pare.InvalidArgument, match="both input_shape and example_inputs"):
+        pare.prune_channels(scripted, 0.5, input_shape=[1, 8], example_inputs=example)
+    with pytest.raises(pare.InvalidArgument, match="heads_scope"):
+        pare.PruneChannels(0.5, heads=0.5, heads_scope="everywhere", example_inputs=example)
+    with pytest.raises(pare.Error, match="does not run on inputs of shape 1x8, 1x8x3"):
+        pare.prune_channels(scripted, 0.5, example_inputs=(example[0], torch.ones(1, 8, 3, dtype=torch.long)))
