@@ -29,7 +29,9 @@ import pare
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "support"))
 from vision_models import TinyViT  # noqa: E402
+import transformers_int8  # noqa: E402  (the int8 section)
 import transformers_pipeline  # noqa: E402  (the pipeline section)
+import transformers_prune  # noqa: E402  (the prune section)
 
 DATA = os.environ.get("PARE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 
@@ -111,19 +113,25 @@ def distill_section(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("section", choices=["distill", "pipeline"])
+    parser.add_argument("section", choices=["distill", "int8", "pipeline", "prune"])
     parser.add_argument("--train", type=int, default=20000, help="training images (of 60000)")
     parser.add_argument("--test", type=int, default=10000, help="test images (of 10000)")
     parser.add_argument("--teacher-epochs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2, help="distillation epochs of each student")
     parser.add_argument("--threads", type=int, default=2, help="training threads")
+    transformers_int8.add_arguments(parser)
     transformers_pipeline.add_arguments(parser)
+    transformers_prune.add_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.section == "distill":
         distill_section(args)
+    elif args.section == "int8":
+        transformers_int8.run(args)
     elif args.section == "pipeline":
         transformers_pipeline.run(args)
+    elif args.section == "prune":
+        transformers_prune.run(args)
 
 
 if __name__ == "__main__":
