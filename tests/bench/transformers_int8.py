@@ -17,6 +17,9 @@ repeated on 3 channels, for the ViT; the last calibration batch is held out
 and measures SQNR. Times are medians of --int8-repeats forward calls at
 --int8-batch rows on --int8-threads threads, each model taking turns with the others;
 SQNR (dB) of the first output against fp32 on a batch none was calibrated on.
+Then each op of one static int8 Linear island (quantize, quantized::linear,
+dequantize) and quantized::linear_dynamic alone, on the encoder's activations:
+what decides between static and dynamic where a float op sits on each side.
 """
 
 import gzip
@@ -137,9 +140,31 @@ def run_case(name, model, calibration, test, args):
         print(f"{label:<15} {ms:>8.1f} {times[0] / ms:>7.2f} {times[1] / ms:>10.2f} {sqnr:>8.1f}  {where}")
 
 
+def kernel_times(args):
+    """What one static int8 Linear island costs beside dynamic: each op alone on the encoder's activations."""
+    torch.backends.quantized.engine = pare.available_quantized_engines()[0]
+    torch.manual_seed(0)
+    x, w, bias = torch.randn(args.int8_batch, 128, 384), torch.randn(384, 384) / 20, torch.zeros(384)
+    qw = torch.quantize_per_channel(w, w.abs().amax(1) / 127.5, torch.zeros(384, dtype=torch.long), 0, torch.qint8)
+    packed = torch.ops.quantized.linear_prepack(qw, bias)
+    qx = torch.quantize_per_tensor(x, 0.05, 128, torch.quint8)
+    qy = torch.ops.quantized.linear(qx, packed, 0.05, 128)
+    ops = [("fp32 linear", lambda: torch.nn.functional.linear(x, w, bias)),
+           ("quantize_per_tensor", lambda: torch.quantize_per_tensor(x, 0.05, 128, torch.quint8)),
+           ("quantized::linear", lambda: torch.ops.quantized.linear(qx, packed, 0.05, 128)),
+           ("dequantize", lambda: qy.dequantize()),
+           ("quantized::linear_dynamic", lambda: torch.ops.quantized.linear_dynamic(x, packed, False))]
+    times = time_side_by_side([op for _, op in ops], (), 4 * args.int8_repeats)
+    print(f"### One 384x384 Linear on ({args.int8_batch}, 128, 384), {args.int8_threads} thread(s): ms per op")
+    for (label, _), ms in zip(ops, times):
+        print(f"{label:<28} {ms:>7.3f}")
+
+
 def run(args):
-    threads = torch.get_num_threads()
+    threads, engine = torch.get_num_threads(), torch.backends.quantized.engine
     print(f"## Static against dynamic int8 on transformers (engine {pare.available_quantized_engines()[0]})")
     for case in (encoder_case, vit_case):
         run_case(*case(args), args)
+    kernel_times(args)
     torch.set_num_threads(threads)
+    torch.backends.quantized.engine = engine
