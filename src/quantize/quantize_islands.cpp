@@ -123,6 +123,7 @@ std::vector<double> time_graphs(const std::vector<std::shared_ptr<Graph>>& graph
     }
   }
   std::vector<double> medians;
+  medians.reserve(times.size());
   for (auto& t : times) medians.push_back(median(std::move(t)));
   return medians;
 }

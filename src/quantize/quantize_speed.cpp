@@ -201,6 +201,7 @@ torch::jit::Module variant(const torch::jit::Module& frozen, Graph& graph, const
   std::vector<std::pair<double, double>> scales;
   rewrite_static(*copied, translated(plan, map), copied_activations, per_channel, scales);
   std::vector<Node*> copied_dynamic;
+  copied_dynamic.reserve(dynamic.size());
   for (Node* n : dynamic) copied_dynamic.push_back(map.nodes.at(n));
   rewrite_linear_dynamic(*copied, copied_dynamic, per_channel);
   torch::jit::EliminateDeadCode(copied);
@@ -285,14 +286,18 @@ void report_forms(const SpeedCheck* speed, PassReport& entry, nlohmann::json& re
   std::map<std::string, int64_t> count{{"static", 0}, {"dynamic", 0}, {"float", 0}};
   for (auto& layer : entry.layers) {
     auto& labels = layer.labels;
-    if (labels["kind"] != "Linear") continue;
-    const auto& status = labels["status"];
+    const auto label = [&](const char* key) {
+      const auto it = labels.find(key);
+      return it == labels.end() ? std::string() : it->second;
+    };
+    if (label("kind") != "Linear") continue;
+    const auto status = label("status");
     const std::string form = status == "int8" ? "static" : status == "int8 dynamic" ? "dynamic" : "float";
     labels["form"] = form;
     ++count[form];
     const auto it = island_of.find(layer.name);
     if (it == island_of.end()) {
-      labels["why"] = form == "float" ? "not planned for int8: " + labels["reason"] : "static int8: not timed";
+      labels["why"] = form == "float" ? "not planned for int8: " + label("reason") : "static int8: not timed";
       continue;
     }
     const auto& t = *it->second;
