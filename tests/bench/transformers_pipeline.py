@@ -55,7 +55,7 @@ def add_arguments(parser):
     parser.add_argument("--out", default="vit_compressed", help="pipeline: folder for the exported models")
     parser.add_argument("--time-only", metavar="DIR", help="pipeline: only measure the models saved in DIR")
     parser.add_argument("--quick", action="store_true", help="pipeline: a smoke run (small data, 1 epoch)")
-    parser.add_argument("--ffn-prune", type=float, default=0.5, help="pipeline: fraction of FFN neurons removed")
+    parser.add_argument("--ffn-prune", type=float, default=0.75, help="pipeline: fraction of FFN neurons removed")
     parser.add_argument("--rounds", type=int, default=40,
                         help="pipeline: timing rounds; each model runs 2 calls per round, in turn")
 
