@@ -3,6 +3,8 @@
 #include "support/fashion_testing.hpp"
 #include "pare/distill/distill.hpp"
 
+#include <torch/csrc/jit/passes/inliner.h>
+
 // A named namespace: helpers such as teacher() also exist in test_distill.cpp,
 // which may share this file's unity batch.
 namespace distill_match_test {
@@ -101,6 +103,25 @@ TEST_CASE("submodule_outputs returns what the submodules compute, and leaves the
   pare::submodule_outputs(net, {x}, {"blocks.b0"}).front().sum().backward();
   CHECK(embed.attr("weight").toTensor().grad().defined());
   CHECK_FALSE(net.attr("head").toModule().attr("weight").toTensor().grad().defined());
+}
+
+TEST_CASE("submodule_outputs finds submodules whose calls a pass inlined into forward (PruneChannels heads does)") {
+  auto net = residual_mlp(16, 3, 1);
+  auto inlined = net.clone();
+  torch::jit::Inline(*inlined.get_method("forward").graph());
+  inlined = inlined.clone();  // a fresh method: the edited graph, no cached plan
+  REQUIRE(count(graph_of(inlined), "prim::CallMethod") == 0);
+  const auto x = torch::randn({5, 1, 28, 28});
+  const std::vector<std::string> paths{"blocks.b1.fc", "embed", "blocks.b1", "blocks.b0"};
+  const auto expected = pare::SubmoduleOutputs(net, paths).run({x}).first;
+  const auto [captured, output] = pare::SubmoduleOutputs(inlined, paths).run({x});
+  REQUIRE(captured.size() == paths.size());
+  for (size_t i = 0; i < paths.size(); ++i) {
+    INFO(paths[i]);
+    CHECK(torch::allclose(captured[i], expected[i]));
+  }
+  CHECK(torch::allclose(output.toTensor(), net.forward({x}).toTensor()));
+  CHECK_THROWS_WITH(pare::submodule_outputs(inlined, {x}, {"blocks.b3"}), Catch::Contains("no submodule"));
 }
 
 TEST_CASE(

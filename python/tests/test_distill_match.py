@@ -110,3 +110,16 @@ def test_matching_hidden_states_and_attention_moves_the_student_towards_the_teac
     t_attention, = pare.submodule_outputs(teacher, test_x, ["blocks.3.attention.attend"])
     mse = torch.nn.functional.mse_loss
     assert mse(s_attention, t_attention) < mse(p_attention, t_attention)
+
+
+def test_head_pruned_student_is_matched_on_hidden_states(teacher, data):
+    """Removing heads inlines the blocks into forward; their outputs are still found, and Distill matches them."""
+    (x, y), _ = data
+    pruned, _ = pare.prune_channels(student(), 0.5, example_inputs=x[:8], heads=0.25)
+    assert "prim::CallMethod" not in str(pruned.graph)
+    with torch.no_grad():
+        last = pare.submodule_outputs(pruned, [x[:8]], ["blocks.1"])[0]
+        assert torch.equal(pruned.head(pruned.norm(last)[:, 0]), pruned(x[:8]))
+    match = pare.DistillMatch.layers("blocks", 4, "blocks", 2)
+    result = pare.Pipeline([pare.Distill(teacher, list(batches(x[:512], y[:512])), epochs=1, match=match)]).run(pruned)
+    assert {"match_0_loss", "match_1_loss"} <= set(result.report["distill"].metrics)

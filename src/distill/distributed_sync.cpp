@@ -5,8 +5,10 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <optional>
 
 #include "distill/distributed.hpp"
+#include "pare/core/error.hpp"
 
 namespace pare {
 namespace {

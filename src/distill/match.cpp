@@ -4,7 +4,8 @@
 // by graph rewriting instead: a copy of forward's graph has the method calls
 // on each path inlined level by level until the submodule's own forward call
 // shows, and that call's output (cloned, so later in-place ops cannot change
-// it) becomes an extra output. The copy runs as a free function on the
+// it) becomes an extra output. Where a pass already inlined the call, the
+// inliner's call stacks on the nodes tell which of them came from it. The copy runs as a free function on the
 // module's object: its own parameters, no new type, nothing changed.
 
 #include "pare/distill/match.hpp"
@@ -16,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -46,9 +48,10 @@ std::string sizes_text(const torch::Tensor& t) {
   return out.str();
 }
 
-// pare::Error unless `path` names a submodule; the message lists the children
-// of the deepest module the path reaches.
-void check_submodule_path(const torch::jit::Module& module, const std::string& path, const std::string& who) {
+// The submodule at `path`; pare::Error unless there is one, listing the
+// children of the deepest module the path reaches.
+torch::jit::Module checked_submodule(const torch::jit::Module& module, const std::string& path,
+                                     const std::string& who) {
   const auto parts = path_parts(path);
   require(!path.empty() && std::none_of(parts.begin(), parts.end(), [](const auto& p) { return p.empty(); }),
           who + ": submodule path '" + path + "' is malformed; expected a dotted name such as 'layers.3'");
@@ -68,6 +71,7 @@ void check_submodule_path(const torch::jit::Module& module, const std::string& p
     walked += (walked.empty() ? "" : ".") + part;
     current = *next;
   }
+  return current;
 }
 
 void collect_graph_nodes(torch::jit::Block* block, std::vector<Node*>& out) {
@@ -110,8 +114,69 @@ void inline_calls_on(Graph& graph, const std::set<Value*>& owners) {
   }
 }
 
+// Module classes by their names: clone() gives the copy new types of the same
+// name, and a pass may clone after inlining (mangled prefixes aside).
+bool same_class(const c10::ClassTypePtr& a, const c10::ClassTypePtr& b) {
+  return a && b && a->name() && b->name() && a->name()->name() == b->name()->name();
+}
+
+// Whether the inliner moved `node` out of a call of the submodule at `parts`
+// (of class `type`). Its call stack names each module called on the way, by
+// the attribute it was read from; containers that are iterated, not called
+// (ModuleList), have no entry, so the names need only appear in path order.
+bool inlined_from(Node* node, const c10::ClassTypePtr& type, const std::vector<std::string>& parts) {
+  const auto stack = node->callstack();
+  if (!stack) return false;
+  size_t part = 0;
+  for (const auto& entry : (*stack)->vec()) {
+    const auto& module = std::get<torch::jit::kModuleInstanceInfo>(entry);
+    if (!module || module->instance_name() == "SELF") continue;  // a method of the module the last entry named
+    while (part < parts.size() && parts[part] != module->instance_name()) ++part;
+    if (part == parts.size()) return false;
+    if (part + 1 == parts.size()) return same_class(module->class_type(), type);
+    ++part;
+  }
+  return false;
+}
+
+// The top-level node that holds `node` (itself, or the loop or branch it sits in).
+Node* top_level(Node* node, const Graph& graph) {
+  while (node->owningBlock() != graph.block()) node = node->owningBlock()->owningNode();
+  return node;
+}
+
+// A submodule whose call a pass has inlined into forward (PruneChannels
+// removing heads does, so each layer's views read its own head count): its
+// output is the one value its inlined nodes compute that later nodes read.
+Value* capture_inlined(Graph& graph, const torch::jit::Module& submodule, const std::string& path,
+                       const std::string& who) {
+  const auto parts = path_parts(path);
+  std::vector<Node*> order;
+  for (Node* node : graph.block()->nodes()) order.push_back(node);
+  const auto is_inside = [&](Node* n) { return inlined_from(n, submodule.type(), parts); };
+  const auto first = std::find_if(order.begin(), order.end(), is_inside);
+  require(first != order.end(), who + ": forward never calls submodule '" + path +
+                                    "' (unused, or inlined away by freezing); expected a submodule forward runs");
+  // The inlined call is one stretch of nodes; nodes a pass added inside it (constants, size lists) belong to it.
+  const auto last = std::find_if(order.rbegin(), order.rend(), is_inside).base();
+  const std::set<Node*> inside(first, last);
+  std::vector<Value*> leaving;
+  for (Node* node : inside)
+    for (Value* value : node->outputs())
+      for (const auto& use : value->uses())
+        if (!inside.count(top_level(use.user, graph))) {
+          leaving.push_back(value);
+          break;
+        }
+  require(leaving.size() == 1 && leaving.front()->type()->isSubtypeOf(*c10::TensorType::get()),
+          who + ": submodule '" + path + "' was inlined into forward, and " + std::to_string(leaving.size()) +
+              " of the values it computes are read after it; expected one tensor (match the submodule inside it)");
+  torch::jit::WithInsertPoint after(leaving.front()->node()->next());
+  return graph.insert(c10::aten::clone, {leaving.front()});
+}
+
 // The value forward computes at submodule `path`: a clone right after the call.
-Value* capture(Graph& graph, const std::string& path, const std::string& who) {
+Value* capture(Graph& graph, const torch::jit::Module& submodule, const std::string& path, const std::string& who) {
   std::set<Value*> owners{graph.inputs()[0]};
   const auto parts = path_parts(path);
   for (size_t i = 0; i < parts.size(); ++i) {
@@ -122,8 +187,7 @@ Value* capture(Graph& graph, const std::string& path, const std::string& who) {
   for (Node* node : every_node(graph))
     if (node->kind() == c10::prim::CallMethod && owners.count(node->input(0)) && node->s(c10::attr::name) == "forward")
       calls.push_back(node);
-  require(!calls.empty(), who + ": forward never calls submodule '" + path +
-                              "' (unused, or inlined away by freezing); expected a submodule forward runs");
+  if (calls.empty()) return capture_inlined(graph, submodule, path, who);
   require(calls.size() == 1, who + ": forward calls submodule '" + path + "' " + std::to_string(calls.size()) +
                                  " times (shared weights?); expected one call, whose output is one tensor");
   Node* call = calls.front();
@@ -177,7 +241,8 @@ SubmoduleOutputs::SubmoduleOutputs(const torch::jit::Module& module, const std::
                                    const std::string& who)
     : module_(module), paths_(paths), who_(who) {
   require(module.find_method("forward").has_value(), who + ": the model has no forward method");
-  for (const auto& path : paths) check_submodule_path(module, path, who);
+  std::vector<torch::jit::Module> submodules;
+  for (const auto& path : paths) submodules.push_back(checked_submodule(module, path, who));
   auto graph = torch::jit::toGraphFunction(module.get_method("forward").function()).graph()->copy();
   // Shallower paths first: capturing "layers.1.fc" inlines the call of
   // "layers.1", whose capture then reads the inlined result.
@@ -187,7 +252,7 @@ SubmoduleOutputs::SubmoduleOutputs(const torch::jit::Module& module, const std::
                    [&](size_t a, size_t b) { return path_parts(paths[a]).size() < path_parts(paths[b]).size(); });
   std::vector<Value*> outputs(paths.size());
   detail::translate_torch_errors(who + ": reading the outputs of " + detail::join(paths), [&] {
-    for (const size_t i : order) outputs[i] = capture(*graph, paths[i], who);
+    for (const size_t i : order) outputs[i] = capture(*graph, submodules[i], paths[i], who);
   });
   for (Value* output : graph->outputs()) outputs.push_back(output);
   torch::jit::WithInsertPoint at_return(graph->return_node());
