@@ -1,13 +1,14 @@
 """A ViT compressed end to end on Fashion-MNIST: prune, distill, int8, export; then accuracy, speed and size.
 
     PYTHONPATH=<build>/python python3 tests/bench/bench_transformers.py pipeline [--out DIR] [--quick]
-        [--train N] [--test N] [--teacher-epochs E] [--epochs E] [--ffn-prune F] [--rounds R]
+        [--train N] [--test N] [--teacher-epochs E] [--epochs E] [--ffn-prune F] [--heads H] [--rounds R]
     PYTHONPATH=<build>/python python3 tests/bench/bench_transformers.py pipeline --time-only DIR
 
 The teacher is tests/support/vision_models.py's TinyViT (image rows as tokens,
 6 pre-LayerNorm blocks), trained in plain PyTorch. The compressed model starts
 from it: blocks 1, 3 and 5 kept (layer dropping, DistilBERT's initialisation)
-and --ffn-prune of every block's FFN neurons removed by pare.prune_channels.
+and --ffn-prune of every block's FFN neurons (and --heads of its attention
+heads) removed by pare.prune_channels.
 From that one pruned start, pare.Distill runs twice for the same epochs on
 the same batches: logits only, and logits + hidden states
 (DistillMatch.layers("blocks", 6, "blocks", 3)). Each student is then made
@@ -56,6 +57,7 @@ def add_arguments(parser):
     parser.add_argument("--time-only", metavar="DIR", help="pipeline: only measure the models saved in DIR")
     parser.add_argument("--quick", action="store_true", help="pipeline: a smoke run (small data, 1 epoch)")
     parser.add_argument("--ffn-prune", type=float, default=0.75, help="pipeline: fraction of FFN neurons removed")
+    parser.add_argument("--heads", type=float, default=0.0, help="pipeline: fraction of attention heads removed")
     parser.add_argument("--rounds", type=int, default=40,
                         help="pipeline: timing rounds; each model runs 2 calls per round, in turn")
 
@@ -101,7 +103,8 @@ def compress(args, data, out):
     teacher = train_teacher(train, args.teacher_epochs)
     seconds["teacher training"] = time.perf_counter() - started
     export(teacher, out / "teacher_fp32.pt", freeze=True)
-    pruned, stats = pare.prune_channels(shallow_copy(teacher), args.ffn_prune, input_shape=[1, 1, 28, 28])
+    pruned, stats = pare.prune_channels(shallow_copy(teacher), args.ffn_prune, heads=args.heads,
+                                        example_inputs=torch.zeros(1, 1, 28, 28))
     print("pruned groups: " + ", ".join(f"{g.name} {g.channels_before}->{g.channels_after}"
                                         for g in stats.groups if g.channels_after < g.channels_before))
     export(pruned, out / "pruned.pt", freeze=True)
