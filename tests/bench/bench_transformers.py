@@ -67,9 +67,11 @@ def train_teacher(train, epochs, args):
     return model.eval()
 
 
-def student_from(teacher, blocks):
-    """A shallower TinyViT holding the teacher's blocks `blocks`, embedding, positions, norm and head."""
-    student = TinyViT(dim=64, depth=len(blocks), heads=4, ffn=128)
+def student_from(teacher, blocks, shape=None):
+    """A shallower TinyViT of the teacher's `shape` (dim, heads, ffn) holding its blocks `blocks`, embedding,
+    positions, norm and head."""
+    shape = dict(shape or dict(dim=64, heads=4, ffn=128), depth=len(blocks))
+    student = TinyViT(**shape)
     state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("blocks.")}
     for j, i in enumerate(blocks):
         state.update({f"blocks.{j}.{k}": v for k, v in teacher.blocks[i].state_dict().items()})

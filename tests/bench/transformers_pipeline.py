@@ -83,12 +83,9 @@ def train_teacher(train, epochs):
 
 def shallow_copy(teacher):
     """A 3-block TinyViT holding the teacher's blocks KEPT_BLOCKS, embedding, positions, norm and head."""
-    student = TinyViT(**dict(TEACHER, depth=len(KEPT_BLOCKS)))
-    state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("blocks.")}
-    for j, i in enumerate(KEPT_BLOCKS):
-        state.update({f"blocks.{j}.{k}": v for k, v in teacher.blocks[i].state_dict().items()})
-    student.load_state_dict(state)
-    return torch.jit.script(student.eval())
+    from bench_transformers import student_from
+
+    return student_from(teacher, KEPT_BLOCKS, TEACHER)
 
 
 def export(module, path, freeze):
