@@ -180,7 +180,7 @@ Value* capture(Graph& graph, const torch::jit::Module& submodule, const std::str
   std::set<Value*> owners{graph.inputs()[0]};
   const auto parts = path_parts(path);
   for (size_t i = 0; i < parts.size(); ++i) {
-    if (i > 0) inline_calls_on(graph, owners);
+    inline_calls_on(graph, owners);  // the root too: forward may reach its submodules through helpers (_forward_impl)
     owners = attributes_named(graph, owners, parts[i]);
   }
   std::vector<Node*> calls;

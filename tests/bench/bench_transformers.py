@@ -53,18 +53,25 @@ def top1(model, x, y):
         return 100.0 * sum((model(xb).argmax(1) == yb).sum().item() for xb, yb in batches(x, y, 500)) / len(y)
 
 
-def train_teacher(train, epochs, args):
-    torch.manual_seed(0)
-    model = TinyViT(dim=64, depth=6, heads=4, ffn=128)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+def train_classifier(model, train, epochs, optimizer, schedule=None):
+    """Cross-entropy training on the (images, labels) batches, shuffled with a fixed seed; returns model.eval()."""
     generator = torch.Generator().manual_seed(0)
-    for epoch in range(epochs):
+    model.train()
+    for _ in range(epochs):
         for i in torch.randperm(len(train), generator=generator).tolist():
             images, labels = train[i]
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(images), labels).backward()
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
     return model.eval()
+
+
+def train_teacher(train, epochs, args):
+    torch.manual_seed(0)
+    model = TinyViT(dim=64, depth=6, heads=4, ffn=128)
+    return train_classifier(model, train, epochs, torch.optim.Adam(model.parameters(), lr=1e-3))
 
 
 def student_from(teacher, blocks, shape=None):

@@ -69,16 +69,9 @@ def train_teacher(train, epochs):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     steps = epochs * len(train)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)
-    generator = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(epochs):
-        for i in torch.randperm(len(train), generator=generator).tolist():
-            images, labels = train[i]
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(images), labels).backward()
-            optimizer.step()
-            schedule.step()
-    return torch.jit.script(model.eval())
+    from bench_transformers import train_classifier
+
+    return torch.jit.script(train_classifier(model, train, epochs, optimizer, schedule))
 
 
 def shallow_copy(teacher):
