@@ -2,7 +2,6 @@
 // nearly every source includes. Parsing them is most of a source's compile
 // time, so they are parsed once per build.
 #pragma once
-#include <torch/torch.h>
 #include <torch/script.h>
 #include <torch/csrc/jit/ir/ir.h>
 #include <nlohmann/json.hpp>

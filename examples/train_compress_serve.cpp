@@ -17,6 +17,7 @@
 #include <vector>
 
 #include <pare/pare.hpp>
+#include <ATen/Parallel.h>
 
 #include "fashion_mnist.hpp"
 #include "frontend_models.hpp"

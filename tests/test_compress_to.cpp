@@ -5,6 +5,7 @@
 #include "support/testing.hpp"
 
 #include <sstream>
+#include <ATen/Parallel.h>
 
 #include "support/fashion_testing.hpp"
 #include "pare/compress/compress_to.hpp"

@@ -18,6 +18,7 @@
 #include <map>
 #include <sstream>
 #include <thread>
+#include <ATen/Parallel.h>
 
 #include "support/fashion_testing.hpp"
 #include "pare/distill/distill.hpp"

@@ -12,6 +12,7 @@
 #include "fashion_mnist.hpp"
 #include "pare/pool/pool.hpp"
 
+#include <ATen/Parallel.h>
 #include <c10/core/CPUAllocator.h>
 
 namespace {

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <string>
+#include <ATen/Parallel.h>
 
 #include "fashion_mnist.hpp"
 #include "pare/convert/export.hpp"

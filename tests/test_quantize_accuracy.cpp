@@ -6,6 +6,7 @@
 #include "support/testing.hpp"
 
 #include <cmath>
+#include <ATen/Parallel.h>
 
 #include "support/fashion_testing.hpp"
 #include "pare/quantize/quantize.hpp"

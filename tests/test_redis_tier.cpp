@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <iostream>
 #include <thread>
+#include <ATen/Parallel.h>
 
 #include "pare/cache/redis_tier.hpp"
 #include "pare/serve/runner.hpp"

@@ -1,6 +1,7 @@
 #include "support/runner_testing.hpp"
 
 #include <array>
+#include <ATen/Parallel.h>
 #include <torch/csrc/jit/frontend/resolver.h>
 #include <torch/library.h>
 

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <thread>
+#include <ATen/Parallel.h>
 
 #include "pare/serve/runner.hpp"
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <thread>
+#include <ATen/Parallel.h>
 
 #include "pare/serve/runner.hpp"
 #include "serve/runner_tuning.hpp"  // the hint's choice, a pure function

@@ -4,7 +4,8 @@
 // and read back by a restarted run.
 
 #include <torch/script.h>
-#include <torch/torch.h>
+#include <torch/nn/functional/loss.h>
+#include <torch/optim.h>
 
 #include <cstdint>
 #include <optional>

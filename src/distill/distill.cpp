@@ -1,7 +1,8 @@
 #include "pare/distill/distill.hpp"
 
 #include <torch/cuda.h>
-#include <torch/torch.h>
+#include <torch/nn/functional/loss.h>
+#include <torch/optim.h>
 
 #include <algorithm>
 #include <chrono>

@@ -4,7 +4,8 @@
 // heartbeat in the store so that a failed collective can name the lost rank).
 // GradientSync: the student's gradients averaged across ranks in buckets.
 
-#include <torch/torch.h>
+#include <torch/nn/functional/loss.h>
+#include <torch/optim.h>
 
 #include <functional>
 #include <memory>

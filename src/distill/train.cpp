@@ -3,7 +3,8 @@
 // share of the batches, gradients are averaged across ranks before every
 // optimizer step, and checkpoints let a restarted run resume.
 
-#include <torch/torch.h>
+#include <torch/nn/functional/loss.h>
+#include <torch/optim.h>
 
 #include <algorithm>
 #include <chrono>

@@ -5,7 +5,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/jit/ir/constants.h>
 #include <torch/csrc/jit/ir/ir.h>
-#include <torch/torch.h>
+#include <torch/script.h>
 
 #include "pare/core/error.hpp"
 #include "pare/core/pipeline.hpp"

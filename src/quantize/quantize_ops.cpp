@@ -8,7 +8,7 @@
 #include <torch/csrc/jit/ir/constants.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/passes/remove_mutation.h>
-#include <torch/torch.h>
+#include <torch/script.h>
 
 #include "quantize/quantize_graph.hpp"
 

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include <nettle/md5.h>
+#include <ATen/Parallel.h>
 
 #include "fashion_mnist.hpp"
 #include "pare/cache/cache.hpp"

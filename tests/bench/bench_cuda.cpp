@@ -21,6 +21,7 @@
 #include <optional>
 #include <thread>
 
+#include <ATen/Parallel.h>
 #include <torch/cuda.h>
 
 #include <pare/cache/cache.hpp>

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include <pare/pare.hpp>
+#include <ATen/Parallel.h>
 
 #include "fashion_mnist.hpp"
 

@@ -16,6 +16,7 @@
 #include <functional>
 #include <string>
 #include <vector>
+#include <ATen/Parallel.h>
 
 #include "fashion_mnist.hpp"
 #include "pare/pool/pool.hpp"

@@ -30,6 +30,7 @@
 #include <nlohmann/json.hpp>
 #include <pare/pare.hpp>
 #include <pare/quantize/quantize.hpp>
+#include <ATen/Parallel.h>
 
 #include "bench_quantize_models.hpp"
 #include "fashion_mnist.hpp"

@@ -38,6 +38,7 @@
 #include <pare/quantize/quantize.hpp>
 #include <pare/serve/runner.hpp>
 #include <pare/tools/bench.hpp>
+#include <ATen/Parallel.h>
 #include <torch/version.h>
 
 #include "fashion_mnist.hpp"

@@ -28,6 +28,7 @@
 #include <pare/core/metrics.hpp>
 #include <pare/serve/padding.hpp>
 #include <pare/serve/runner.hpp>
+#include <ATen/Parallel.h>
 
 using Clock = std::chrono::steady_clock;
 
