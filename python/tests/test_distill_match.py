@@ -123,3 +123,31 @@ def test_head_pruned_student_is_matched_on_hidden_states(teacher, data):
     match = pare.DistillMatch.layers("blocks", 4, "blocks", 2)
     result = pare.Pipeline([pare.Distill(teacher, list(batches(x[:512], y[:512])), epochs=1, match=match)]).run(pruned)
     assert {"match_0_loss", "match_1_loss"} <= set(result.report["distill"].metrics)
+
+
+@pytest.mark.parametrize("architecture, names", [
+    ("mobilenet_v2", ["features.3", "features.7", "features.18"]),
+    ("efficientnet_b0", ["features.2", "features.4.1"]),
+    ("resnet18", ["layer2", "layer3.1"]),
+])
+def test_torchvision_submodules_are_found_whole_and_fully_inlined(architecture, names):
+    """Nested Sequentials, squeeze-excite and residual adds, read from the calls and
+    from a graph whose every call was inlined (constant pooling moves their constants away)."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(3)
+    eager = getattr(torchvision.models, architecture)().eval()
+    images = torch.randn(2, 3, 64, 64)
+    seen = {}
+    modules = dict(eager.named_modules())
+    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o)) for n in names]
+    with torch.no_grad():
+        eager(images)
+    for h in handles:
+        h.remove()
+    scripted = torch.jit.script(eager)
+    for inline in (False, True):
+        if inline:
+            torch._C._jit_pass_inline(scripted.forward.graph)
+            assert "prim::CallMethod" not in str(scripted.forward.graph)
+        for name, output in zip(names, pare.submodule_outputs(scripted, images, names)):
+            torch.testing.assert_close(output, seen[name], rtol=1e-4, atol=1e-4)

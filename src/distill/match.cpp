@@ -12,7 +12,8 @@
 
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/ir.h>
-#include <torch/torch.h>
+#include <torch/nn/functional/loss.h>
+#include <torch/optim.h>
 
 #include <algorithm>
 #include <cmath>
@@ -153,7 +154,10 @@ Value* capture_inlined(Graph& graph, const torch::jit::Module& submodule, const 
   const auto parts = path_parts(path);
   std::vector<Node*> order;
   for (Node* node : graph.block()->nodes()) order.push_back(node);
-  const auto is_inside = [&](Node* n) { return inlined_from(n, submodule.type(), parts); };
+  // Constants are left out: constant pooling hoists them to the top of the
+  // graph, far from the call they came from (mobilenet_v2's features.3).
+  const auto is_constant = [](Node* n) { return n->kind() == c10::prim::Constant; };
+  const auto is_inside = [&](Node* n) { return !is_constant(n) && inlined_from(n, submodule.type(), parts); };
   const auto first = std::find_if(order.begin(), order.end(), is_inside);
   require(first != order.end(), who + ": forward never calls submodule '" + path +
                                     "' (unused, or inlined away by freezing); expected a submodule forward runs");
@@ -161,13 +165,15 @@ Value* capture_inlined(Graph& graph, const torch::jit::Module& submodule, const 
   const auto last = std::find_if(order.rbegin(), order.rend(), is_inside).base();
   const std::set<Node*> inside(first, last);
   std::vector<Value*> leaving;
-  for (Node* node : inside)
+  for (Node* node : inside) {
+    if (is_constant(node)) continue;
     for (Value* value : node->outputs())
       for (const auto& use : value->uses())
         if (!inside.count(top_level(use.user, graph))) {
           leaving.push_back(value);
           break;
         }
+  }
   require(leaving.size() == 1 && leaving.front()->type()->isSubtypeOf(*c10::TensorType::get()),
           who + ": submodule '" + path + "' was inlined into forward, and " + std::to_string(leaving.size()) +
               " of the values it computes are read after it; expected one tensor (match the submodule inside it)");
