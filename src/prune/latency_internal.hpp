@@ -38,6 +38,8 @@ void validate_latency(const Latency& latency, const std::string& what);
 struct TargetGroups {
   /// Per group, per channel: its score (higher is more important).
   std::vector<std::vector<double>> scores;
+  /// Per group: the weights its producers hold (a group that spans more layers weighs more).
+  std::vector<double> weights;
   /// Per group: whether it may lose channels (not blocked, selected).
   std::vector<bool> prunable;
   int64_t min_channels = 1;

@@ -228,6 +228,7 @@ Kept choose_for_latency(const torch::jit::Module& module, const ChannelAnalysis&
     groups.scores.emplace_back();
     for (int64_t i = 0; i < analysis.groups[g].channels; ++i)
       groups.scores.back().push_back(channel_score(s, g, i, o.norm(), false));
+    groups.weights.push_back(std::accumulate(s.weights[g].begin(), s.weights[g].end(), 0.0));
   }
   stats.latency = detail::allocate_for_latency(module, stats.input_shape, groups, *o.target(), [&](const auto& widths) {
     return detail::pruned_copy(module, analysis, detail::kept_for_widths(groups.scores, widths));
