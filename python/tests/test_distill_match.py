@@ -39,11 +39,8 @@ def student(seed=1):
     return torch.jit.script(TinyViT(dim=32, depth=2, heads=4, ffn=64).eval())
 
 
-def test_submodule_outputs_equal_eager_forward_hooks_scripted_and_traced():
-    torch.manual_seed(2)
-    eager = TinyViT(dim=16, depth=3, heads=2, ffn=32).eval()
-    images = torch.randn(4, 1, 28, 28)
-    names = ["blocks.1", "blocks.2.attention.attend", "norm", "blocks.0.attention.query"]
+def hooked_outputs(eager, images, names):
+    """What eager PyTorch's forward hooks see at each named submodule: the reference."""
     seen = {}
     modules = dict(eager.named_modules())
     handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o)) for n in names]
@@ -51,6 +48,15 @@ def test_submodule_outputs_equal_eager_forward_hooks_scripted_and_traced():
         eager(images)
     for h in handles:
         h.remove()
+    return seen
+
+
+def test_submodule_outputs_equal_eager_forward_hooks_scripted_and_traced():
+    torch.manual_seed(2)
+    eager = TinyViT(dim=16, depth=3, heads=2, ffn=32).eval()
+    images = torch.randn(4, 1, 28, 28)
+    names = ["blocks.1", "blocks.2.attention.attend", "norm", "blocks.0.attention.query"]
+    seen = hooked_outputs(eager, images, names)
     for model in (torch.jit.script(eager), torch.jit.trace(eager, images)):
         graph_before = str(model.graph)
         outputs = pare.submodule_outputs(model, images, names)
@@ -137,13 +143,7 @@ def test_torchvision_submodules_are_found_whole_and_fully_inlined(architecture, 
     torch.manual_seed(3)
     eager = getattr(torchvision.models, architecture)().eval()
     images = torch.randn(2, 3, 64, 64)
-    seen = {}
-    modules = dict(eager.named_modules())
-    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o)) for n in names]
-    with torch.no_grad():
-        eager(images)
-    for h in handles:
-        h.remove()
+    seen = hooked_outputs(eager, images, names)
     scripted = torch.jit.script(eager)
     for inline in (False, True):
         if inline:
