@@ -1,7 +1,7 @@
 // Latency targets for channel removal: a sweep of speedup targets, each met by
 // PruneChannelsOptions::target (the latency-aware allocation) and compared with
-// the L1 allocation (every group loses the same share, round_to 8) that the
-// latency model predicts to run as fast; both measured against the unpruned
+// the L1 allocation (every group loses the same share, round_to 8) measured to
+// run as fast (a bisection on its amount); both measured against the unpruned
 // model in one interleaved run (1 intra-op thread, medians), with the model's
 // prediction error for each.
 //  1. bench_channels' small ResNet, trained on Fashion-MNIST (--epochs), batch 64;
@@ -83,16 +83,18 @@ std::vector<int64_t> widths_of(const pare::ChannelPruneResult& stats) {
   return widths;
 }
 
-// The L1 (local, round_to 8) amount whose allocation the model predicts closest to `seconds`.
+// The L1 (local, round_to 8) allocation that runs as fast as `speedup`, as
+// measured here against the unpruned model: the goal's "at equal latency".
 pare::PrunedChannels l1_at(const torch::jit::Module& model, const std::vector<int64_t>& shape,
-                           const pare::LatencyModel& latency, double seconds) {
+                           const pare::Latency& settings, double speedup) {
   double low = 0.0, high = 0.95;
   auto prune = [&](double amount) {
     return pare::prune_channels(model, pare::PruneChannelsOptions(amount).round_to(8).input_shape(shape));
   };
-  for (int i = 0; i < 10; ++i) {
+  for (int i = 0; i < 8; ++i) {
     const double mid = 0.5 * (low + high);
-    (latency.predict(widths_of(prune(mid).stats)) > seconds ? low : high) = mid;
+    const auto t = pare::measure_seconds({model, prune(mid).module}, shape, settings);
+    (t[0] / t[1] < speedup ? low : high) = mid;
   }
   return prune(high);
 }
@@ -147,7 +149,8 @@ void sweep(const std::string& name, const torch::jit::Module& model, const std::
     }
     const auto& r = *aware->stats.latency;
     const double aware_predicted = latency.predict(widths_of(aware->stats));
-    const auto l1 = l1_at(model, shape, latency, aware_predicted);
+    const auto first = pare::measure_seconds({model, aware->module}, shape, settings(2.0));
+    const auto l1 = l1_at(model, shape, settings(2.0), first[0] / first[1]);
     const double l1_predicted = latency.predict(widths_of(l1.stats));
     const auto t = pare::measure_seconds({model, aware->module, l1.module}, shape, settings(2.0));
     std::string accuracy = "-", l1_accuracy = "-";
@@ -191,9 +194,11 @@ int main(int argc, char** argv) {
   const auto args = parse(argc, argv);
   const auto part = [&](const char* name) { return args.only.empty() || args.only == name; };
   const auto dir = write_models();
-  std::printf("speedup = median(unpruned) / median(pruned), interleaved in one run; 'aware' is the latency target's "
-              "model, '(pass)' the speedup the pass measured itself; 'pred err' = LatencyModel / measured - 1; "
-              "L1: the local L1 allocation the model predicts as fast; clock: %s.\n", args.wall ? "wall" : "thread CPU time");
+  std::printf(
+      "speedup = median(unpruned) / median(pruned), interleaved in one run; 'aware' is the latency target's "
+      "model, '(pass)' the speedup the pass measured itself; 'pred err' = LatencyModel / measured - 1; "
+      "L1: the local L1 allocation measured as fast; clock: %s.\n",
+      args.wall ? "wall" : "thread CPU time");
   if (part("small_resnet")) small_resnet(args, dir);
   for (const std::string name : {"resnet18", "mobilenet_v2"}) {
     if (!part(name.c_str())) continue;
