@@ -60,6 +60,11 @@ TEST_CASE("CompressTo meets a modest target within the budget; the report lists 
   int chosen = 0;
   for (const auto& row : entry.layers) {
     CHECK(row.metrics.count("speedup") == 1);
+    if (row.labels.count("note")) {  // its pruning target was measured missed: no file, and the note says why
+      CHECK_THAT(row.labels.at("note"), Catch::Contains("not met") || Catch::Contains("out of reach"));
+      CHECK(row.labels.at("chosen") == "no");
+      continue;
+    }
     CHECK(row.metrics.at("file_bytes") > 0);
     CHECK(!row.labels.at("applied").empty());
     chosen += row.labels.at("chosen") == "yes";
