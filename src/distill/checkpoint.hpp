@@ -4,7 +4,6 @@
 // and read back by a restarted run.
 
 #include <torch/script.h>
-#include <torch/nn/functional/loss.h>
 #include <torch/optim.h>
 
 #include <cstdint>

@@ -4,8 +4,7 @@
 // heartbeat in the store so that a failed collective can name the lost rank).
 // GradientSync: the student's gradients averaged across ranks in buckets.
 
-#include <torch/nn/functional/loss.h>
-#include <torch/optim.h>
+#include <torch/script.h>
 
 #include <functional>
 #include <memory>

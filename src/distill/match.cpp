@@ -12,8 +12,6 @@
 
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/ir.h>
-#include <torch/nn/functional/loss.h>
-#include <torch/optim.h>
 
 #include <algorithm>
 #include <cmath>

@@ -3,7 +3,6 @@
 // share of the batches, gradients are averaged across ranks before every
 // optimizer step, and checkpoints let a restarted run resume.
 
-#include <torch/nn/functional/loss.h>
 #include <torch/optim.h>
 
 #include <algorithm>

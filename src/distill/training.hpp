@@ -3,7 +3,6 @@
 // training loop, one process or many). Internal.
 
 #include <torch/script.h>
-#include <torch/nn/functional/loss.h>
 #include <torch/optim.h>
 
 #include <memory>
