@@ -12,6 +12,7 @@ import pare
 from test_distill import batches, load_split
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tests" / "support"))
+from text_models import Encoder  # noqa: E402
 from vision_models import TinyViT  # noqa: E402
 
 
@@ -39,13 +40,14 @@ def student(seed=1):
     return torch.jit.script(TinyViT(dim=32, depth=2, heads=4, ffn=64).eval())
 
 
-def hooked_outputs(eager, images, names):
-    """What eager PyTorch's forward hooks see at each named submodule: the reference."""
+def hooked_outputs(eager, inputs, names):
+    """What eager PyTorch's forward hooks see at each named submodule: the reference.
+    `inputs`: one tensor, or a tuple of the model's inputs."""
     seen = {}
     modules = dict(eager.named_modules())
     handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o)) for n in names]
     with torch.no_grad():
-        eager(images)
+        eager(*inputs) if isinstance(inputs, tuple) else eager(inputs)
     for h in handles:
         h.remove()
     return seen
@@ -151,3 +153,24 @@ def test_torchvision_submodules_are_found_whole_and_fully_inlined(architecture, 
             assert "prim::CallMethod" not in str(scripted.forward.graph)
         for name, output in zip(names, pare.submodule_outputs(scripted, images, names)):
             torch.testing.assert_close(output, seen[name], rtol=1e-4, atol=1e-4)
+
+
+def test_two_input_text_encoder_submodules_scripted_and_fully_inlined():
+    """A BERT-style encoder called with ids and a padding mask: each layer's
+    output, taken from the calls and from a fully inlined graph, is eager's."""
+    torch.manual_seed(4)
+    eager = Encoder(vocab=60, hidden=32, layers=3, heads=4, ffn=64, max_length=16).eval()
+    ids = torch.randint(0, 60, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[1, 7:] = 0  # a padded row: the additive mask must reach every layer
+    names = ["layers.0", "layers.2", "layers.1.attention", "norm"]
+    seen = hooked_outputs(eager, (ids, mask), names)
+    scripted = torch.jit.script(eager)
+    for inline in (False, True):
+        if inline:
+            torch._C._jit_pass_inline(scripted.forward.graph)
+            assert "prim::CallMethod" not in str(scripted.forward.graph)
+        outputs = pare.submodule_outputs(scripted, [ids, mask], names)
+        assert len(outputs) == len(names)
+        for name, output in zip(names, outputs):
+            torch.testing.assert_close(output, seen[name], rtol=1e-5, atol=1e-5)
