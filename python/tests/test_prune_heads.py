@@ -18,6 +18,7 @@ import pare
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tests" / "support"))
 import text_models  # noqa: E402
 import text_reference  # noqa: E402
+import vit_reference  # noqa: E402
 
 SIZES = dict(vocab=100, hidden=64, layers=2, heads=4, ffn=128, max_length=32)
 
@@ -119,10 +120,20 @@ def test_pass_in_a_pipeline(encoder):
         assert_matches(module(*example), reference(module)(*example))
 
 
+VIT = dict(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=10)
+
+
+def vision_transformer():
+    """torchvision's ViT with a random classifier: torchvision zeroes it, and an
+    all-zero output would agree with any reference."""
+    vit = torchvision.models.VisionTransformer(**VIT).eval()
+    nn.init.normal_(vit.heads.head.weight)
+    return vit
+
+
 def test_vision_transformer_mlp_neurons_removed():
     torch.manual_seed(0)
-    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
-                                               hidden_dim=64, mlp_dim=128, num_classes=10).eval()
+    vit = vision_transformer()
     images = torch.randn(2, 3, 32, 32)
     pruned, stats = pare.prune_channels(torch.jit.script(vit), 0.5, example_inputs=images[:1])
     widths = {g.name: (g.channels_before, g.channels_after) for g in stats.groups}
@@ -150,3 +161,53 @@ def test_bad_inputs_are_clear_errors(encoder):
         pare.PruneChannels(0.5, heads=0.5, heads_scope="everywhere", example_inputs=example)
     with pytest.raises(pare.Error, match="does not run on inputs of shape 1x8, 1x8x3"):
         pare.prune_channels(scripted, 0.5, example_inputs=(example[0], torch.ones(1, 8, 3, dtype=torch.long)))
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_vision_transformer_heads_of_multihead_attention_removed(scope):
+    """torchvision's ViT: nn.MultiheadAttention's packed projection is written out,
+    a quarter of its heads and half the MLP neurons go, and the result equals a
+    reference built from the kept weights, also when reloaded by stock torch."""
+    torch.manual_seed(0)
+    vit = vision_transformer()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        original = vit(images)
+    pruned, stats = pare.prune_channels(torch.jit.script(vit), 0.5, heads=0.25, heads_scope=scope,
+                                        example_inputs=images[:1])
+    attention = [g for g in stats.groups if g.head_size > 0]
+    assert len(attention) == 2 and all(g.head_size == 16 and not g.blocked_by for g in attention)
+    assert sum(g.channels_before - g.channels_after for g in attention) == 2 * 16  # 2 of 8 heads
+    state = pruned.state_dict()
+    assert not any("in_proj" in name for name in state)
+    reference = vit_reference.reference(state, VIT)
+    assert [block.self_attention.heads() for block in reference.encoder.layers] in ([3, 3], [2, 4], [4, 2])
+    with torch.no_grad():
+        expected = reference(images)
+        assert (pruned(images) - expected).abs().max().item() <= 1e-4
+        assert (reloaded(pruned)(images) - expected).abs().max().item() <= 1e-4
+        assert (pruned(images) - original).abs().max().item() > 1e-3  # heads did go: not the original model
+
+
+def test_multihead_attention_that_cannot_be_followed_keeps_its_heads():
+    """Sequence-first nn.MultiheadAttention is left as it was: heads stay, the model still prunes and runs."""
+
+    class SequenceFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = nn.MultiheadAttention(32, 4)
+            self.ffn = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32))
+
+        def forward(self, x):
+            y, _ = self.attention(x, x, x, need_weights=False)
+            return self.ffn(x + y)
+
+    torch.manual_seed(0)
+    model = SequenceFirst().eval()
+    x = torch.randn(5, 2, 32)
+    pruned, stats = pare.prune_channels(torch.jit.script(model), 0.5, heads=0.25, example_inputs=x)
+    assert all(g.head_size == 0 for g in stats.groups)
+    assert "attention.in_proj_weight" in pruned.state_dict()
+    assert pruned.state_dict()["ffn.0.weight"].shape[0] == 32
+    with torch.no_grad():
+        assert pruned(x).shape == model(x).shape

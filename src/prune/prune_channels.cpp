@@ -13,6 +13,7 @@
 #include "prune/channel_heads.hpp"
 #include "prune/channel_ops.hpp"
 #include "prune/latency_internal.hpp"
+#include "prune/unpack_attention.hpp"
 
 namespace pare {
 namespace {
@@ -319,6 +320,8 @@ PrunedChannels prune_channels(const torch::jit::Module& module, const PruneChann
   auto& stats = out.stats;
   const auto inputs = pass_inputs(out.module, options);
   if (inputs.front().isTensor()) stats.input_shape = inputs.front().toTensor().sizes().vec();
+  // nn.MultiheadAttention written out so that its heads can go (unpack_attention.hpp).
+  if (options.heads() > 0 && !options.target()) detail::unpack_multihead_attention(out.module, inputs);
   // A throwaway copy runs: the copy being pruned must not run before its methods are rewritten.
   const auto expected = run_for_shapes(out.module.clone(), inputs, "before pruning");
   stats.params_before = parameter_count(out.module);

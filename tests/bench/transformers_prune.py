@@ -20,12 +20,14 @@ batch 1), then:
   re-implementation of the pruned shapes: for the encoder
   tests/support/text_reference.py (the eager Encoder built with the pruned
   widths and head counts, the kept weights copied in; several batch sizes and
-  lengths), for the ViT torchvision's eager VisionTransformer with the pruned
-  MLP widths. Its largest difference is printed; over 1e-4 is a failure.
+  lengths), for the ViT tests/support/vit_reference.py (torchvision's eager
+  VisionTransformer with the pruned MLP widths, each attention computed from
+  its kept heads' weights). Its largest difference is printed; over 1e-4 is a
+  failure.
 
-nn.MultiheadAttention (the ViT's attention) keeps its heads (docs/channels.md
-says why): the ViT's row says "kept whole" under heads and removes FFN
-neurons only.
+The ViT's nn.MultiheadAttention is written out by pare so that its heads can
+go (docs/channels.md); torchvision zeroes the ViT's classifier, so it gets
+random weights here: a zero output would agree with any reference.
 """
 
 import os
@@ -48,23 +50,19 @@ import text_models  # noqa: E402
 TEXT = dict(vocab=1000, hidden=256, layers=4, heads=8, ffn=1024, max_length=128)
 VIT = dict(image_size=64, patch_size=8, num_layers=4, num_heads=8, hidden_dim=256, mlp_dim=1024, num_classes=10)
 
-# Run in a subprocess without pare: stock torch.jit.load, then torchvision's ViT with the file's MLP widths.
+# Run in a subprocess without pare: stock torch.jit.load, then tests/support/vit_reference.py.
 VIT_REFERENCE = """
-import sys, torch, torchvision
-from torch import nn
+import sys, torch
+import vit_reference
 config = eval(sys.argv[2])
 pruned = torch.jit.load(sys.argv[1])
-state = pruned.state_dict()
-model = torchvision.models.VisionTransformer(**config).eval()
-for name, block in model.encoder.layers.named_children():
-    width = state[f"encoder.layers.{name}.mlp.0.weight"].shape[0]
-    block.mlp[0], block.mlp[3] = nn.Linear(config["hidden_dim"], width), nn.Linear(width, config["hidden_dim"])
-model.load_state_dict(state)
+model = vit_reference.reference(pruned.state_dict(), config)
 images = torch.randn(3, 3, config["image_size"], config["image_size"], generator=torch.Generator().manual_seed(5))
 with torch.no_grad():
     worst = (pruned(images) - model(images)).abs().max().item()
 assert "pare" not in sys.modules
-print("mlp", [state[f"encoder.layers.encoder_layer_{i}.mlp.0.weight"].shape[0] for i in range(config["num_layers"])])
+print("heads", [block.self_attention.heads() for block in model.encoder.layers],
+      "mlp", [block.mlp[0].out_features for block in model.encoder.layers])
 print("max difference", worst)
 sys.exit(0 if worst <= 1e-4 else 1)
 """
@@ -152,6 +150,7 @@ def run(args):
     torch.manual_seed(0)
     encoder = text_models.Encoder(**TEXT).eval()
     vit = torchvision.models.VisionTransformer(**VIT).eval()
+    torch.nn.init.normal_(vit.heads.head.weight)
     example = text_inputs(1)
     images = torch.randn(args.prune_batch, 3, VIT["image_size"], VIT["image_size"],
                          generator=torch.Generator().manual_seed(2))
