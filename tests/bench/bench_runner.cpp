@@ -18,7 +18,11 @@
 //  3. hot swap (first model only): clients while the model is swapped `--swaps` times.
 //
 //   bench_runner [--seconds 1] [--clients 1,8,32,128] [--models int8,fp32,resnet18] [--swaps 100] [--rounds 3] [--only
-//   closed]
+//   closed] [--concurrency N]
+//
+// --concurrency N: the hint runner gets concurrency(N) as an explicit setting,
+// which the hint keeps (it still chooses max_batch and the rest): to compare
+// its own choice of concurrent passes with another.
 
 #include <sys/resource.h>
 #include <unistd.h>
@@ -55,6 +59,7 @@ struct Config {
   int swaps = 100;
   int rounds = 3;    // each cell: plain, hint and fixed taken in turn this often; medians reported
   std::string only;  // "closed": the closed-loop tables alone
+  int concurrency = 0;  // > 0: the hint runner gets concurrency(N) explicitly (the hint's other choices stay)
 };
 
 /// One model and the single-row requests it is served.
@@ -153,7 +158,9 @@ double closed_loop_table(const Served& m, const Config& config) {
       "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
   double capacity = 0;
   for (int clients : config.clients) {
-    pare::Runner hint(m.module, warmed(pare::RunnerOptions().hint(pare::RunnerHint::Throughput), m));
+    auto hinted = pare::RunnerOptions().hint(pare::RunnerHint::Throughput);
+    if (config.concurrency > 0) hinted.concurrency(config.concurrency);
+    pare::Runner hint(m.module, warmed(hinted, m));
     pare::Runner fixed(m.module, warmed(pare::RunnerOptions().max_batch(32), m));
     // A shared host drifts by tens of percent within seconds: the three are
     // taken in turn, `rounds` times, and each column is the median of its rounds.
@@ -302,6 +309,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--rounds")) config.rounds = std::max(1, std::atoi(argv[i + 1]));
     if (!std::strcmp(argv[i], "--swaps")) config.swaps = std::max(1, std::atoi(argv[i + 1]));
     if (!std::strcmp(argv[i], "--only")) config.only = argv[i + 1];
+    if (!std::strcmp(argv[i], "--concurrency")) config.concurrency = std::max(0, std::atoi(argv[i + 1]));
   }
   torch::set_num_threads(1);  // one LibTorch thread per pass, for every way of serving
   std::printf("# bench_runner: single-row requests, %.1f s per run, %u hardware threads, LibTorch %s\n", config.seconds,
