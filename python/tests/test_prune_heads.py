@@ -206,7 +206,9 @@ def test_multihead_attention_that_cannot_be_followed_keeps_its_heads():
     model = SequenceFirst().eval()
     x = torch.randn(5, 2, 32)
     pruned, stats = pare.prune_channels(torch.jit.script(model), 0.5, heads=0.25, example_inputs=x)
-    assert all(g.head_size == 0 for g in stats.groups)
+    attention = [g for g in stats.groups if g.head_size > 0]
+    assert [(g.name, g.channels_before, g.channels_after, g.head_size) for g in attention] == [("attention", 32, 32, 8)]
+    assert attention[0].blocked_by == "nn.MultiheadAttention: batch_first=False (sequence-first inputs)"
     assert "attention.in_proj_weight" in pruned.state_dict()
     assert pruned.state_dict()["ffn.0.weight"].shape[0] == 32
     with torch.no_grad():

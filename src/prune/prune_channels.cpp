@@ -321,7 +321,9 @@ PrunedChannels prune_channels(const torch::jit::Module& module, const PruneChann
   const auto inputs = pass_inputs(out.module, options);
   if (inputs.front().isTensor()) stats.input_shape = inputs.front().toTensor().sizes().vec();
   // nn.MultiheadAttention written out so that its heads can go (unpack_attention.hpp).
-  if (options.heads() > 0 && !options.target()) detail::unpack_multihead_attention(out.module, inputs);
+  std::vector<ChannelGroupReport> whole_attention;
+  if (options.heads() > 0 && !options.target())
+    whole_attention = detail::unpack_multihead_attention(out.module, inputs);
   // A throwaway copy runs: the copy being pruned must not run before its methods are rewritten.
   const auto expected = run_for_shapes(out.module.clone(), inputs, "before pruning");
   stats.params_before = parameter_count(out.module);
@@ -353,6 +355,7 @@ PrunedChannels prune_channels(const torch::jit::Module& module, const PruneChann
   stats.macs_after = count_macs(out.module, inputs);
   stats.file_bytes_after = serialized_bytes(out.module);
   stats.groups = group_reports(analysis, kept);
+  stats.groups.insert(stats.groups.end(), whole_attention.begin(), whole_attention.end());
   out.module.train(training);
   return out;
 }

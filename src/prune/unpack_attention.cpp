@@ -159,30 +159,51 @@ void check_same_outputs(const std::vector<at::Tensor>& before, const std::vector
           Error::Kind::Runtime);
 }
 
+// A report row for an attention left whole: its inner width, in heads of head_dim channels.
+ChannelGroupReport kept_whole(const std::string& path, const Module& mha, const std::string& reason) {
+  ChannelGroupReport row;
+  row.name = path;
+  row.members = {path};
+  row.channels_before = row.channels_after = mha.attr("embed_dim").toInt();
+  row.head_size = mha.attr("head_dim").toInt();
+  row.blocked_by = "nn.MultiheadAttention: " + reason;
+  return row;
+}
+
 }  // namespace
 
-UnpackedAttention unpack_multihead_attention(torch::jit::Module& module, const std::vector<c10::IValue>& inputs) {
-  // Instances of one class type share its methods: a type is rewritten only if all of them can be.
-  std::map<const c10::ClassType*, std::vector<std::pair<std::string, Module>>> by_type;
-  for (const auto& item : module.named_modules())
-    if (is_multihead_attention(item.value)) by_type[item.value.type().get()].emplace_back(item.name, item.value);
-  UnpackedAttention out;
+std::vector<ChannelGroupReport> unpack_multihead_attention(torch::jit::Module& module,
+                                                           const std::vector<c10::IValue>& inputs) {
+  // Instances of one class type share its methods: a type is rewritten only
+  // if all of them can be. Types in the order their first instance appears.
+  std::vector<std::vector<std::pair<std::string, Module>>> by_type;
+  std::map<const c10::ClassType*, size_t> index;
+  for (const auto& item : module.named_modules()) {
+    if (!is_multihead_attention(item.value)) continue;
+    const auto at = index.emplace(item.value.type().get(), by_type.size()).first->second;
+    if (at == by_type.size()) by_type.emplace_back();
+    by_type[at].emplace_back(item.name, item.value);
+  }
+  std::vector<ChannelGroupReport> kept;
   std::vector<at::Tensor> before;
-  for (auto& [type, named] : by_type) {
+  bool unpacked = false;
+  for (auto& named : by_type) {
     std::optional<std::string> reason;
     for (const auto& [path, mha] : named)
       if (!reason) reason = why_kept(mha);
-    std::vector<Module> instances;
-    for (const auto& [path, mha] : named) {
-      if (reason) out.kept.emplace_back(path, *reason);
-      else out.unpacked.push_back(path), instances.push_back(mha);
+    if (reason) {
+      for (const auto& [path, mha] : named) kept.push_back(kept_whole(path, mha, *reason));
+      continue;
     }
-    if (instances.empty()) continue;
-    if (before.empty()) before = output_tensors(module.clone(), inputs);  // a copy runs, never `module` itself
+    if (!unpacked) before = output_tensors(module.clone(), inputs);  // a copy runs, never `module` itself
+    std::vector<Module> instances;
+    instances.reserve(named.size());
+    for (const auto& [path, mha] : named) instances.push_back(mha);
     unpack_type(instances);
+    unpacked = true;
   }
-  if (!out.unpacked.empty()) check_same_outputs(before, output_tensors(module.clone(), inputs));
-  return out;
+  if (unpacked) check_same_outputs(before, output_tensors(module.clone(), inputs));
+  return kept;
 }
 
 }  // namespace pare::detail

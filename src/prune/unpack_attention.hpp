@@ -12,25 +12,20 @@
 // the scaled softmax and the merge: the same numbers, and a file stock
 // PyTorch loads. docs/channels.md lists what stays whole.
 
-#include <string>
-#include <utility>
 #include <vector>
 
 #include <torch/script.h>
 
-namespace pare::detail {
+#include "pare/prune/prune_channels.hpp"
 
-struct UnpackedAttention {
-  /// Paths of the modules rewritten.
-  std::vector<std::string> unpacked;
-  /// Paths of the nn.MultiheadAttention modules left as they were, and why.
-  std::vector<std::pair<std::string, std::string>> kept;
-};
+namespace pare::detail {
 
 /// Rewrites, in place, every nn.MultiheadAttention of `module` whose heads can
 /// be followed, and checks on `inputs` that copies of it compute the same
 /// outputs before and after. `module` must be a clone the caller owns (its
-/// class types change) that has not run yet.
-UnpackedAttention unpack_multihead_attention(torch::jit::Module& module, const std::vector<c10::IValue>& inputs);
+/// class types change) that has not run yet. Returns a report row for each
+/// one left as it was: its heads stay whole, `blocked_by` says why.
+std::vector<ChannelGroupReport> unpack_multihead_attention(torch::jit::Module& module,
+                                                           const std::vector<c10::IValue>& inputs);
 
 }  // namespace pare::detail
