@@ -320,8 +320,7 @@ PrunedChannels prune_channels(const torch::jit::Module& module, const PruneChann
   auto& stats = out.stats;
   const auto inputs = pass_inputs(out.module, options);
   if (inputs.front().isTensor()) stats.input_shape = inputs.front().toTensor().sizes().vec();
-  // nn.MultiheadAttention written out so that its heads can go (unpack_attention.hpp).
-  std::vector<ChannelGroupReport> whole_attention;
+  std::vector<ChannelGroupReport> whole_attention;  // nn.MultiheadAttention is written out so its heads can go
   if (options.heads() > 0 && !options.target())
     whole_attention = detail::unpack_multihead_attention(out.module, inputs);
   // A throwaway copy runs: the copy being pruned must not run before its methods are rewritten.
@@ -342,9 +341,8 @@ PrunedChannels prune_channels(const torch::jit::Module& module, const PruneChann
   detail::choose_heads(analysis, scores,
                        {options.heads(), options.heads_scope() == Scope::Global, options.norm() == Norm::L2}, kept);
   out.kept = cut_tensors(out.module, analysis, kept);
-  // Methods cache their optimized graphs (inlining during the analysis filled
-  // them); a clone starts from the rewritten graphs. Depthwise convs first:
-  // rewriting head counts inlines forward, copying their calls.
+  // Methods cache their optimized graphs (the analysis's inlining filled them): a clone starts from the rewritten
+  // ones. Depthwise convs first: rewriting head counts inlines forward, copying their calls.
   const bool depthwise = follow_depthwise(out.module, analysis, out.kept);
   if (detail::rewrite_head_counts(out.module, analysis, kept) || depthwise) out.module = out.module.clone();
 
