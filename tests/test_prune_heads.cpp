@@ -2,7 +2,8 @@
 // inputs (ids, mask), attention heads removed whole across q/k/v and the
 // output projection, FFN neurons removed; the pruned file agrees with a
 // reference re-implementation of its shapes (tests/support/text_reference.py,
-// stock PyTorch), and bad inputs give clear errors.
+// stock PyTorch), torchvision ViT's nn.MultiheadAttention loses heads too
+// (tests/support/vit_reference.py), and bad inputs give clear errors.
 
 #include "support/testing.hpp"
 
@@ -64,6 +65,13 @@ int64_t rows(const torch::jit::Module& m, const std::string& layer) {
       .size(0);
 }
 
+// tests/support/vit_reference.py with `verb` ("write" or "check") on `path`: its exit status.
+int vit_reference(const std::string& verb, const std::string& path) {
+  const std::string command =
+      std::string(PARE_PYTHON) + " " + PARE_TESTS_DIR + "/support/vit_reference.py " + verb + " " + path;
+  return std::system(command.c_str());
+}
+
 }  // namespace prune_heads_testing
 
 namespace heads_testing = prune_heads_testing;
@@ -116,6 +124,42 @@ TEST_CASE("global head ranking takes the weakest heads across layers") {
   CHECK(heads_testing::rows(global.module, "0") == 64);  // 3 of 8 heads, all from layer 1
   CHECK(heads_testing::rows(global.module, "1") == 16);
   CHECK(heads_testing::reference_check(global.module) == 0);
+}
+
+TEST_CASE("heads of torchvision's nn.MultiheadAttention are removed and match a reference") {
+  const auto path = heads_testing::temp_path("vit.pt");
+  REQUIRE(heads_testing::vit_reference("write", path) == 0);
+  auto vit = torch::jit::load(path);
+  vit.eval();
+  torch::manual_seed(4);
+  const auto options = pare::PruneChannelsOptions(0.5).heads(0.25).example_inputs({torch::randn({1, 3, 32, 32})});
+  const auto pruned = pare::prune_channels(vit, options);
+  int attention = 0;
+  for (const auto& group : pruned.stats.groups) {
+    if (group.head_size == 0) continue;
+    ++attention;
+    CHECK(group.blocked_by.empty());
+    CHECK(group.head_size == 16);
+    CHECK(group.channels_after == 48);  // 3 of 4 heads
+  }
+  CHECK(attention == 2);
+  const auto written_out = pruned.module.attr("encoder")
+                               .toModule()
+                               .attr("layers")
+                               .toModule()
+                               .attr("encoder_layer_0")
+                               .toModule()
+                               .attr("self_attention")
+                               .toModule();
+  CHECK(written_out.attr("num_heads").toInt() == 3);
+  CHECK(!written_out.hasattr("in_proj_weight"));
+  CHECK(written_out.attr("query_weight").toTensor().size(0) == 48);
+  pruned.module.save(path);
+  CHECK(heads_testing::vit_reference("check", path) == 0);
+  // Heads left alone: nothing is written out, the fused attention stays.
+  const auto ffn_only = pare::prune_channels(vit, pare::PruneChannelsOptions(options).heads(0.0));
+  for (const auto& group : ffn_only.stats.groups) CHECK(group.head_size == 0);
+  std::filesystem::remove(path);
 }
 
 TEST_CASE("bad inputs for transformer pruning give pare::Error") {

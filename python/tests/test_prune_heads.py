@@ -120,15 +120,8 @@ def test_pass_in_a_pipeline(encoder):
         assert_matches(module(*example), reference(module)(*example))
 
 
-VIT = dict(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=10)
-
-
-def vision_transformer():
-    """torchvision's ViT with a random classifier: torchvision zeroes it, and an
-    all-zero output would agree with any reference."""
-    vit = torchvision.models.VisionTransformer(**VIT).eval()
-    nn.init.normal_(vit.heads.head.weight)
-    return vit
+VIT = vit_reference.SMALL
+vision_transformer = vit_reference.small_vit
 
 
 def test_vision_transformer_mlp_neurons_removed():

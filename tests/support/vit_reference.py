@@ -1,7 +1,14 @@
 """The reference for a pruned torchvision VisionTransformer: its eager model
 built with the pruned MLP widths, each nn.MultiheadAttention replaced by
 KeptHeadsAttention on the kept heads' weights, the pruned state copied in.
-Stock torch and torchvision only: it checks files pare wrote without pare."""
+Stock torch and torchvision only: it checks files pare wrote without pare.
+
+usage: vit_reference.py write OUT_PATH    a small ViT (32x32, 2 layers, 4 heads), scripted
+       vit_reference.py check PRUNED_PT   exit 1 unless the file equals its reference within 1e-4;
+                                          prints the kept heads per layer
+"""
+
+import sys
 
 import torch
 import torchvision
@@ -48,3 +55,33 @@ def reference(state, config):
         block.self_attention = KeptHeadsAttention(state, prefix + "self_attention.", head_dim)
     model.load_state_dict({k: v for k, v in state.items() if ".self_attention." not in k})
     return model
+
+
+SMALL = dict(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=10)
+
+
+def small_vit():
+    """torchvision's ViT with a random classifier: torchvision zeroes it, and an
+    all-zero output would agree with any reference."""
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(**SMALL).eval()
+    nn.init.normal_(vit.heads.head.weight)
+    return vit
+
+
+def main(command, path):
+    if command == "write":
+        torch.jit.save(torch.jit.script(small_vit()), path)
+        return 0
+    pruned = torch.jit.load(path)
+    model = reference(pruned.state_dict(), SMALL)
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        worst = (pruned(images) - model(images)).abs().max().item()
+        moved = (pruned(images) - small_vit()(images)).abs().max().item()
+    print("heads", [block.self_attention.heads() for block in model.encoder.layers], "max difference", worst)
+    return 0 if worst <= 1e-4 and moved > 1e-3 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:3]))
