@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -83,6 +84,7 @@ int main(int argc, char** argv) try {
     else if (!std::strcmp(argv[i], "--resnet-epochs")) resnet_epochs = std::stoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--out")) out = argv[i + 1];
   }
+  std::filesystem::create_directories(out);  // before minutes of training, not when the first file is saved
   torch::set_num_threads(2);
   const auto train = ex::load_fashion_mnist(true), test = ex::load_fashion_mnist(false);
   std::printf("Fashion-MNIST: %lld training, %lld test images\n", (long long)train.size(), (long long)test.size());
