@@ -4,6 +4,7 @@
 #include <functional>
 
 #include "pare/core/arg.hpp"
+#include "pare/core/compare.hpp"
 #include "pare/core/pipeline.hpp"
 
 namespace pare {
@@ -66,12 +67,6 @@ inline constexpr const char* kReportExtraFile = "pare/report.json";
 void save_atomically(const torch::jit::Module& module, const std::string& path,
                      const std::map<std::string, std::string>& extra_files = {},
                      const std::function<void(const std::string&)>& check = {});
-
-/// Largest absolute difference between two outputs (tensors, tuples, lists,
-/// dicts of tensors); pare::Error if their structure differs. NaN or Inf on
-/// one side where the other is finite counts as an infinite difference (equal
-/// non-finite values on both sides count as none), so verification fails on it.
-double max_abs_diff(const torch::jit::IValue& a, const torch::jit::IValue& b);
 
 /// Reads pare's embedded report from a saved file; empty if none.
 std::string read_embedded_report(const std::string& path);
