@@ -206,3 +206,18 @@ def test_multihead_attention_that_cannot_be_followed_keeps_its_heads():
     assert pruned.state_dict()["ffn.0.weight"].shape[0] == 32
     with torch.no_grad():
         assert pruned(x).shape == model(x).shape
+
+
+def test_traced_vision_transformer_keeps_its_heads_and_says_why():
+    """A traced nn.MultiheadAttention has no forward pare can rewrite (nor its attributes):
+    its heads stay, its MLP neurons go, and the report names the module and the reason."""
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 32, 32)
+    traced = torch.jit.trace(vision_transformer(), images[:1], check_trace=False)
+    pruned, stats = pare.prune_channels(traced, 0.5, heads=0.25, example_inputs=images[:1])
+    kept = [g for g in stats.groups if g.blocked_by.startswith("nn.MultiheadAttention")]
+    assert [g.name for g in kept] == [f"encoder.layers.encoder_layer_{i}.self_attention" for i in range(2)]
+    assert all(g.channels_before == g.channels_after == 64 and "unknown signature" in g.blocked_by for g in kept)
+    assert stats.params_after < stats.params_before
+    with torch.no_grad():
+        assert pruned(images).shape == (2, 10)

@@ -164,8 +164,12 @@ ChannelGroupReport kept_whole(const std::string& path, const Module& mha, const 
   ChannelGroupReport row;
   row.name = path;
   row.members = {path};
-  row.channels_before = row.channels_after = mha.attr("embed_dim").toInt();
-  row.head_size = mha.attr("head_dim").toInt();
+  // A traced module keeps parameters only: its width is out_proj's, its head size unknown (0).
+  const auto int_attr = [&](const char* name) { return mha.hasattr(name) ? mha.attr(name).toInt() : int64_t(0); };
+  const bool has_out = mha.hasattr("out_proj") && mha.attr("out_proj").isModule();
+  row.channels_before = row.channels_after =
+      has_out ? mha.attr("out_proj").toModule().attr("weight").toTensor().size(0) : int_attr("embed_dim");
+  row.head_size = int_attr("head_dim");
   row.blocked_by = "nn.MultiheadAttention: " + reason;
   return row;
 }
